@@ -1,0 +1,134 @@
+"""The asyncio client, on aiohttp's connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+
+from semcached.clients import commands
+from semcached.clients.base import Attempts, ClientOptions
+from semcached.clients.commands import Readiness, Reply, Request
+from semcached.clients.retry import RetryPolicy
+from semcached.errors import SemcachedConnectionError, SemcachedTimeoutError
+
+__all__ = ["AsyncSemcachedClient"]
+
+T = TypeVar("T")
+
+
+class AsyncSemcachedClient:
+    """Talks to a semcached daemon from asyncio code.
+
+    The connection pool opens on first use inside the running loop; use the client
+    as an async context manager, or await :meth:`close` when done::
+
+        async with AsyncSemcachedClient("http://127.0.0.1:8080") as client:
+            await client.ready()
+    """
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8080",
+        *,
+        token: str | None = None,
+        timeout_s: float = 10.0,
+        connect_timeout_s: float = 2.0,
+        retry: RetryPolicy | None = None,
+        pool_size: int = 10,
+    ) -> None:
+        self.options = ClientOptions(
+            base_url, token, timeout_s, connect_timeout_s, retry or RetryPolicy(), pool_size
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.options.pool_size),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.options.timeout_s, connect=self.options.connect_timeout_s
+                ),
+                raise_for_status=False,
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncSemcachedClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- transport -------------------------------------------------------------------
+
+    async def execute(self, request: Request[T]) -> T:
+        """Send ``request`` (retrying if it is idempotent) and return its parsed result."""
+        attempts = Attempts(request, self.options.retry)
+        while True:
+            try:
+                reply = await self._send(request)
+            except (SemcachedConnectionError, SemcachedTimeoutError) as exc:
+                delay = attempts.retry_delay(type(exc).__name__)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            if attempts.should_retry_status(reply):
+                delay = attempts.retry_delay(f"HTTP {reply.status}")
+                if delay is not None:
+                    await asyncio.sleep(delay)
+                    continue
+            return attempts.result(reply)
+
+    async def _send(self, request: Request[Any]) -> Reply:
+        url = self.options.url(request)
+        try:
+            async with self._get_session().request(
+                request.method, url, data=request.body(), headers=self.options.headers(request)
+            ) as response:
+                body = await response.read()
+                return Reply(
+                    response.status, {k.lower(): v for k, v in response.headers.items()}, body
+                )
+        except TimeoutError as exc:
+            raise SemcachedTimeoutError(f"{request.method} {url} timed out") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise SemcachedConnectionError(f"cannot connect to {url}: {exc}") from exc
+        except aiohttp.ClientError as exc:
+            raise SemcachedConnectionError(f"{request.method} {url} failed: {exc}") from exc
+
+    # -- commands --------------------------------------------------------------------
+
+    async def health(self) -> bool:
+        """True when the daemon process answers ``/livez``."""
+        return await self.execute(commands.health())
+
+    async def ready(self) -> Readiness:
+        """The daemon's readiness (``ready`` is False while it starts or stops)."""
+        return await self.execute(commands.ready())
+
+    async def metrics(self) -> str:
+        """The Prometheus exposition text of ``/metrics``."""
+        return await self.execute(commands.metrics())
+
+    async def get_config(self) -> dict[str, Any]:
+        """The daemon's effective settings, secrets redacted."""
+        return await self.execute(commands.get_config())
+
+    async def set_log_level(self, level: str) -> str:
+        """Change the daemon's log level until it restarts."""
+        return await self.execute(commands.set_log_level(level))

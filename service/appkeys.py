@@ -1,0 +1,33 @@
+"""Typed keys for the state an application shares between the core and route groups."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from aiohttp import web
+
+from semcached.index.datadir import DataDirectory
+from semcached.service.config import Settings
+from semcached.service.lifecycle import Components, Readiness, ShutdownRequest
+from semcached.service.metrics import Metrics
+
+__all__ = [
+    "COMPONENTS",
+    "DATA_DIR",
+    "EXECUTOR",
+    "METRICS",
+    "OPENAPI",
+    "READINESS",
+    "SETTINGS",
+    "SHUTDOWN",
+]
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
+SHUTDOWN = web.AppKey("shutdown", ShutdownRequest)
+COMPONENTS = web.AppKey("components", Components)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+DATA_DIR = web.AppKey("data_dir", DataDirectory)
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")

@@ -1,0 +1,367 @@
+"""The daemon's settings: one typed tree, loaded from four sources.
+
+Precedence, highest first: command-line flags, ``SEMCACHED_*`` environment
+variables, a TOML file (``--config`` or ``SEMCACHED_CONFIG``), the defaults below.
+
+Why dataclasses and not pydantic-settings: the settings are a fixed tree of
+scalars, and an operator needs an error that names both the key *and the source*
+that supplied the bad value ("SEMCACHED_SERVER_PORT: expected an integer, got
+'80a'"). pydantic-settings merges all sources before it validates, so it cannot
+say where a value came from; validating each source on its own against the
+dataclass schema can, and costs no dependency.
+
+Every key has one dotted name (``server.port``) that is also its TOML location
+(``[server] port``), its flag (``--server.port``) and, upper-cased with ``_``
+for ``.``, its environment variable (``SEMCACHED_SERVER_PORT``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import tomllib
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from semcached.errors import ConfigError
+
+__all__ = [
+    "CONFIG_ENV",
+    "ENV_PREFIX",
+    "IndexSettings",
+    "LogSettings",
+    "ServerSettings",
+    "SettingSpec",
+    "Settings",
+    "StorageSettings",
+    "iter_setting_specs",
+    "load_settings",
+]
+
+ENV_PREFIX = "SEMCACHED_"
+CONFIG_ENV = "SEMCACHED_CONFIG"
+# SEMCACHED_* variables that are not settings: the config file path and build flags.
+_NON_SETTING_ENV = frozenset({CONFIG_ENV, "SEMCACHED_NATIVE"})
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+def _setting(default: Any, help: str, *, min: float | None = None, max: float | None = None) -> Any:
+    """A dataclass field with help text and optional numeric bounds (inclusive)."""
+    return field(default=default, metadata={"help": help, "min": min, "max": max})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """The HTTP listener and request handling."""
+
+    host: str = _setting("127.0.0.1", "Address to listen on.")
+    port: int = _setting(8080, "TCP port to listen on (0 lets the OS choose).", min=0, max=65535)
+    max_body_bytes: int = _setting(
+        16 * MiB, "Largest request body accepted; larger bodies get 413.", min=1024
+    )
+    shutdown_timeout_s: float = _setting(
+        10.0, "How long in-flight requests may run after shutdown begins.", min=0
+    )
+    drain_delay_s: float = _setting(
+        0.0,
+        "After SIGTERM, how long /readyz answers 503 before the listener closes "
+        "(lets a load balancer stop routing here first).",
+        min=0,
+    )
+    access_log: bool = _setting(True, "Log one line per request.")
+    auth_token: str = _setting(
+        "", "Bearer token required on /v1/ routes (empty: no authentication)."
+    )
+    worker_threads: int = _setting(
+        4, "Threads for blocking work (index search, LMDB, embedding).", min=1, max=256
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """Process logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = _setting("info", "Minimum log level.")
+    format: Literal["plain", "json"] = _setting(
+        "plain", "Log line format: human-readable text or one JSON object per line."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSettings:
+    """Durable storage (LMDB)."""
+
+    data_dir: Path = _setting(Path("semcached-data"), "Directory for LMDB files and snapshots.")
+    lmdb_initial_map_bytes: int = _setting(
+        64 * MiB, "Initial LMDB map size; it grows on demand.", min=MiB
+    )
+    lmdb_max_map_bytes: int = _setting(
+        64 * GiB, "Cap on the LMDB map size; at the cap caches evict instead.", min=MiB
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    """Vector index backend."""
+
+    backend: Literal["hnswlib", "faiss"] = _setting(
+        "hnswlib", "Vector index library (faiss needs the `faiss` extra)."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """All settings, one section per table of the TOML file."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    index: IndexSettings = field(default_factory=IndexSettings)
+
+    def redacted(self) -> dict[str, dict[str, Any]]:
+        """The settings as plain data, with secrets replaced, for logs and the admin API."""
+        out: dict[str, dict[str, Any]] = {}
+        for spec in iter_setting_specs():
+            value = getattr(getattr(self, spec.section), spec.key)
+            if spec.secret and value:
+                value = "***"
+            elif isinstance(value, Path):
+                value = str(value)
+            out.setdefault(spec.section, {})[spec.key] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    """What the loader knows about one key: where it lives, its type and bounds."""
+
+    section: str
+    key: str
+    type: Any
+    default: Any
+    help: str
+    min: float | None
+    max: float | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.replace(".", "_").upper()
+
+    @property
+    def flag(self) -> str:
+        return f"--{self.name}"
+
+    @property
+    def secret(self) -> bool:
+        return self.key.endswith(("token", "key", "password"))
+
+    @property
+    def choices(self) -> tuple[str, ...] | None:
+        if typing.get_origin(self.type) is Literal:
+            return typing.get_args(self.type)
+        return None
+
+
+def iter_setting_specs() -> Iterator[SettingSpec]:
+    """Every settable key, in declaration order."""
+    for section in dataclasses.fields(Settings):
+        section_cls = typing.get_type_hints(Settings)[section.name]
+        hints = typing.get_type_hints(section_cls)
+        for f in dataclasses.fields(section_cls):
+            yield SettingSpec(
+                section=section.name,
+                key=f.name,
+                type=hints[f.name],
+                default=f.default,
+                help=f.metadata.get("help", ""),
+                min=f.metadata.get("min"),
+                max=f.metadata.get("max"),
+            )
+
+
+def _specs_by_name() -> dict[str, SettingSpec]:
+    return {spec.name: spec for spec in iter_setting_specs()}
+
+
+# --- conversion -------------------------------------------------------------------
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class _Mismatch(Exception):
+    """A value does not fit; carries what was expected, for the message."""
+
+
+def _parse_bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    word = raw.strip().lower() if isinstance(raw, str) else None
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise _Mismatch("a boolean (true/false)")
+
+
+def _parse_int(raw: Any) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str):
+        try:
+            return int(raw.strip().replace("_", ""), 0)  # 0: also accept 0x… and 1_000
+        except ValueError:
+            pass
+    raise _Mismatch("an integer")
+
+
+def _parse_float(raw: Any) -> float:
+    value: float | None = None
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        value = float(raw)
+    elif isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            value = float(raw.strip())
+    if value is None or not math.isfinite(value):
+        raise _Mismatch("a finite number")
+    return value
+
+
+def _parse_str(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise _Mismatch("a string")
+    return raw
+
+
+def _parse_path(raw: Any) -> Path:
+    if not isinstance(raw, str) or not raw:
+        raise _Mismatch("a path")
+    return Path(raw).expanduser()
+
+
+_PARSERS: dict[Any, Callable[[Any], Any]] = {
+    bool: _parse_bool,
+    int: _parse_int,
+    float: _parse_float,
+    str: _parse_str,
+    Path: _parse_path,
+}
+
+
+def _convert(spec: SettingSpec, raw: Any, source: str) -> Any:
+    """Turn ``raw`` (a string from env/CLI, a typed value from TOML) into the key's type."""
+    try:
+        if spec.choices is not None:
+            if raw not in spec.choices:
+                raise _Mismatch("one of " + ", ".join(repr(c) for c in spec.choices))
+            value = raw
+        else:
+            value = _PARSERS[spec.type](raw)
+    except _Mismatch as exc:
+        raise ConfigError(f"{source}: {spec.name}: expected {exc}, got {raw!r}") from None
+    if spec.min is not None and value < spec.min:
+        raise ConfigError(f"{source}: {spec.name}: must be >= {spec.min:g}, got {value!r}")
+    if spec.max is not None and value > spec.max:
+        raise ConfigError(f"{source}: {spec.name}: must be <= {spec.max:g}, got {value!r}")
+    return value
+
+
+# --- sources ----------------------------------------------------------------------
+
+
+def _from_toml(path: Path, specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
+    source = f"config file {path}"
+    try:
+        with path.open("rb") as fh:
+            doc = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    values: dict[str, Any] = {}
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section}: expected a [{section}] table")
+        for key, raw in table.items():
+            name = f"{section}.{key}"
+            spec = specs.get(name)
+            if spec is None:
+                raise ConfigError(f"{source}: unknown key {name!r}")
+            values[name] = _convert(spec, raw, source)
+    return values
+
+
+def _from_env(environ: Mapping[str, str], specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
+    by_env = {spec.env: spec for spec in specs.values()}
+    values: dict[str, Any] = {}
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX) or var in _NON_SETTING_ENV:
+            continue
+        spec = by_env.get(var)
+        if spec is None:
+            raise ConfigError(f"environment: unknown variable {var}")
+        values[spec.name] = _convert(spec, raw, f"environment {var}")
+    return values
+
+
+def _from_overrides(
+    overrides: Mapping[str, str], specs: Mapping[str, SettingSpec]
+) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, raw in overrides.items():
+        spec = specs.get(name)
+        if spec is None:
+            raise ConfigError(f"command line: unknown option --{name}")
+        values[name] = _convert(spec, raw, f"command line --{name}")
+    return values
+
+
+def load_settings(
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the settings from all sources; raise :class:`ConfigError` on any bad input.
+
+    ``overrides`` are command-line values keyed by dotted name (``"server.port"``).
+    ``environ`` defaults to ``os.environ``; the config file is ``config_file`` or else
+    the path in ``SEMCACHED_CONFIG``, if any.
+    """
+    env = os.environ if environ is None else environ
+    specs = _specs_by_name()
+    merged: dict[str, Any] = {}
+    path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
+    if path is not None:
+        merged.update(_from_toml(Path(path), specs))
+    merged.update(_from_env(env, specs))
+    merged.update(_from_overrides(overrides or {}, specs))
+
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in merged.items():
+        section, key = name.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+    hints = typing.get_type_hints(Settings)
+    settings = Settings(**{s: hints[s](**kv) for s, kv in sections.items()})
+    _check_cross_field(settings)
+    return settings
+
+
+def _check_cross_field(settings: Settings) -> None:
+    storage = settings.storage
+    if storage.lmdb_initial_map_bytes > storage.lmdb_max_map_bytes:
+        raise ConfigError(
+            "storage.lmdb_initial_map_bytes must not exceed storage.lmdb_max_map_bytes "
+            f"({storage.lmdb_initial_map_bytes} > {storage.lmdb_max_map_bytes})"
+        )

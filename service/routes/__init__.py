@@ -1,0 +1,10 @@
+"""The daemon's route groups, one module each; :data:`DEFAULT_GROUPS` is what serves."""
+
+from __future__ import annotations
+
+from semcached.service.routes import admin, health, meta
+from semcached.service.routing import RouteGroup
+
+__all__ = ["DEFAULT_GROUPS"]
+
+DEFAULT_GROUPS: tuple[RouteGroup, ...] = (health.group, meta.group, admin.group)

@@ -1,0 +1,71 @@
+"""Running the daemon: listen, serve until a signal, then shut down in order.
+
+Shutdown sequence on SIGTERM or SIGINT (or a component failing to open):
+1. ``/readyz`` turns 503 at once, and stays so for ``server.drain_delay_s`` while
+   the listener still accepts (a load balancer sees it and stops routing here);
+2. the listener closes; in-flight requests get ``server.shutdown_timeout_s`` to finish;
+3. components close newest first (stores flush and close);
+4. the process exits 0 (1 if a component failed to open).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from semcached._version import __version__
+from semcached.service.app import create_app
+from semcached.service.appkeys import READINESS, SHUTDOWN
+from semcached.service.config import Settings
+from semcached.service.logs import AccessLogger, access_logger
+
+__all__ = ["run", "serve"]
+
+log = logging.getLogger(__name__)
+
+
+async def serve(settings: Settings) -> int:
+    """Serve until asked to stop; return the process exit code."""
+    app = create_app(settings)
+    server = settings.server
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=access_logger() if server.access_log else None,
+        shutdown_timeout=server.shutdown_timeout_s,
+    )
+    await runner.setup()
+    shutdown = app[SHUTDOWN]
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.request, signal.Signals(sig).name)
+    try:
+        site = web.TCPSite(runner, server.host, server.port)
+        await site.start()
+        for address in runner.addresses:
+            host, port = address[0], address[1]
+            log.info("semcached %s listening on http://%s:%d", __version__, host, port)
+        await shutdown.wait()
+        log.info("shutting down (%s)", shutdown.reason)
+        app[READINESS].begin_shutdown()
+        if server.drain_delay_s > 0:
+            await asyncio.sleep(server.drain_delay_s)
+    finally:
+        await runner.cleanup()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+    return shutdown.exit_code
+
+
+def run(settings: Settings) -> int:
+    """Run :func:`serve` on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(serve(settings))
+    return uvloop.run(serve(settings))
