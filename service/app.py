@@ -15,6 +15,7 @@ from semcached.service.appkeys import (
     COMPONENTS,
     DATA_DIR,
     EXECUTOR,
+    LISTEN_URLS,
     METRICS,
     OPENAPI,
     READINESS,
@@ -55,6 +56,7 @@ def create_app(
     app[METRICS] = metrics
     app[READINESS] = readiness
     app[SHUTDOWN] = shutdown
+    app[LISTEN_URLS] = []
     app[COMPONENTS] = Components(readiness, shutdown)
     app[EXECUTOR] = ThreadPoolExecutor(
         max_workers=settings.server.worker_threads, thread_name_prefix="semcached-worker"

@@ -16,6 +16,7 @@ __all__ = [
     "COMPONENTS",
     "DATA_DIR",
     "EXECUTOR",
+    "LISTEN_URLS",
     "METRICS",
     "OPENAPI",
     "READINESS",
@@ -31,3 +32,5 @@ COMPONENTS = web.AppKey("components", Components)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+# Filled in by the server once it listens: the base URL of each listening socket.
+LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

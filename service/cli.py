@@ -10,6 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import orjson
 
@@ -72,7 +73,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def _format_default(spec: SettingSpec) -> str:
     if spec.type is bool:
         return "true" if spec.default else "false"
-    if isinstance(spec.default, str):
+    if isinstance(spec.default, str | Path):
         return f'"{spec.default}"'
     return str(spec.default)
 

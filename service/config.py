@@ -17,7 +17,6 @@ for ``.``, its environment variable (``SEMCACHED_SERVER_PORT``).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -111,9 +110,7 @@ class StorageSettings:
 class IndexSettings:
     """Vector index backend."""
 
-    backend: Literal["hnswlib", "faiss"] = _setting(
-        "hnswlib", "Vector index library (faiss needs the `faiss` extra)."
-    )
+    backend: Literal["hnswlib"] = _setting("hnswlib", "Vector index library.")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,74 +197,74 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
-class _Mismatch(Exception):
-    """A value does not fit; carries what was expected, for the message."""
-
-
 def _parse_bool(raw: Any) -> bool:
     if isinstance(raw, bool):
         return raw
     word = raw.strip().lower() if isinstance(raw, str) else None
     if word in _TRUE or word in _FALSE:
         return word in _TRUE
-    raise _Mismatch("a boolean (true/false)")
+    raise ValueError
 
 
 def _parse_int(raw: Any) -> int:
     if isinstance(raw, int) and not isinstance(raw, bool):
         return raw
     if isinstance(raw, str):
-        try:
-            return int(raw.strip().replace("_", ""), 0)  # 0: also accept 0x… and 1_000
-        except ValueError:
-            pass
-    raise _Mismatch("an integer")
+        return int(raw.strip().replace("_", ""), 0)  # 0: also accept 0x… and 1_000
+    raise ValueError
 
 
 def _parse_float(raw: Any) -> float:
-    value: float | None = None
-    if isinstance(raw, int | float) and not isinstance(raw, bool):
-        value = float(raw)
-    elif isinstance(raw, str):
-        with contextlib.suppress(ValueError):
-            value = float(raw.strip())
-    if value is None or not math.isfinite(value):
-        raise _Mismatch("a finite number")
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise ValueError
+    value = float(raw.strip() if isinstance(raw, str) else raw)
+    if not math.isfinite(value):
+        raise ValueError
     return value
 
 
 def _parse_str(raw: Any) -> str:
     if not isinstance(raw, str):
-        raise _Mismatch("a string")
+        raise ValueError
     return raw
 
 
 def _parse_path(raw: Any) -> Path:
     if not isinstance(raw, str) or not raw:
-        raise _Mismatch("a path")
+        raise ValueError
     return Path(raw).expanduser()
 
 
-_PARSERS: dict[Any, Callable[[Any], Any]] = {
-    bool: _parse_bool,
-    int: _parse_int,
-    float: _parse_float,
-    str: _parse_str,
-    Path: _parse_path,
+# type -> (what the error message says was expected, parser raising ValueError)
+_PARSERS: dict[Any, tuple[str, Callable[[Any], Any]]] = {
+    bool: ("a boolean (true/false)", _parse_bool),
+    int: ("an integer", _parse_int),
+    float: ("a finite number", _parse_float),
+    str: ("a string", _parse_str),
+    Path: ("a path", _parse_path),
 }
+# Types that environment variables and flags spell as text but TOML spells natively.
+_NON_TEXT_TYPES = (bool, int, float)
 
 
-def _convert(spec: SettingSpec, raw: Any, source: str) -> Any:
-    """Turn ``raw`` (a string from env/CLI, a typed value from TOML) into the key's type."""
+def _convert(spec: SettingSpec, raw: Any, source: str, *, typed: bool = False) -> Any:
+    """Turn ``raw`` into the key's type, or raise a ConfigError naming key and source.
+
+    Environment and command-line values are text and are parsed; a ``typed`` source
+    (TOML) must already carry the right type: ``port = "80"`` is rejected.
+    """
+    if spec.choices is not None:
+        if raw not in spec.choices:
+            expected = "one of " + ", ".join(repr(c) for c in spec.choices)
+            raise ConfigError(f"{source}: {spec.name}: expected {expected}, got {raw!r}")
+        return raw
+    expected, parse = _PARSERS[spec.type]
     try:
-        if spec.choices is not None:
-            if raw not in spec.choices:
-                raise _Mismatch("one of " + ", ".join(repr(c) for c in spec.choices))
-            value = raw
-        else:
-            value = _PARSERS[spec.type](raw)
-    except _Mismatch as exc:
-        raise ConfigError(f"{source}: {spec.name}: expected {exc}, got {raw!r}") from None
+        if typed and isinstance(raw, str) and spec.type in _NON_TEXT_TYPES:
+            raise ValueError
+        value = parse(raw)
+    except ValueError:
+        raise ConfigError(f"{source}: {spec.name}: expected {expected}, got {raw!r}") from None
     if spec.min is not None and value < spec.min:
         raise ConfigError(f"{source}: {spec.name}: must be >= {spec.min:g}, got {value!r}")
     if spec.max is not None and value > spec.max:
@@ -298,7 +295,7 @@ def _from_toml(path: Path, specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
             spec = specs.get(name)
             if spec is None:
                 raise ConfigError(f"{source}: unknown key {name!r}")
-            values[name] = _convert(spec, raw, source)
+            values[name] = _convert(spec, raw, source, typed=True)
     return values
 
 

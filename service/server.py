@@ -18,7 +18,7 @@ from aiohttp import web
 
 from semcached._version import __version__
 from semcached.service.app import create_app
-from semcached.service.appkeys import READINESS, SHUTDOWN
+from semcached.service.appkeys import LISTEN_URLS, READINESS, SHUTDOWN
 from semcached.service.config import Settings
 from semcached.service.logs import AccessLogger, access_logger
 
@@ -27,9 +27,10 @@ __all__ = ["run", "serve"]
 log = logging.getLogger(__name__)
 
 
-async def serve(settings: Settings) -> int:
-    """Serve until asked to stop; return the process exit code."""
-    app = create_app(settings)
+async def serve(settings: Settings, app: web.Application | None = None) -> int:
+    """Serve ``app`` (by default the daemon's) until asked to stop; return the exit code."""
+    if app is None:
+        app = create_app(settings)
     server = settings.server
     runner = web.AppRunner(
         app,
@@ -46,9 +47,10 @@ async def serve(settings: Settings) -> int:
     try:
         site = web.TCPSite(runner, server.host, server.port)
         await site.start()
-        for address in runner.addresses:
-            host, port = address[0], address[1]
-            log.info("semcached %s listening on http://%s:%d", __version__, host, port)
+        listening = [f"http://{a[0]}:{a[1]}" for a in runner.addresses]
+        app[LISTEN_URLS][:] = listening
+        for url in listening:
+            log.info("semcached %s listening on %s", __version__, url)
         await shutdown.wait()
         log.info("shutting down (%s)", shutdown.reason)
         app[READINESS].begin_shutdown()
