@@ -1,7 +1,7 @@
 # Shared by bskiplist.pyx and classic_skiplist.pyx (textual include, so both
 # structures are measured with exactly the same latch): the per-node
 # reader/writer latch, the few atomics, the key mixer and the conversion of
-# batch arguments to uint64 arrays.
+# batch arguments to uint64 arrays and the sort that orders a batch.
 #
 # The latch is one 32-bit word: bit 31 = a writer holds it, bit 30 = a writer
 # is waiting (new readers stand back, so a stream of readers on a hot upper
@@ -15,6 +15,10 @@
 # after which the releasing thread never touches the word again, which is what
 # lets a deleter free a node as soon as it has latched it exclusively (see
 # bskiplist.pyx, "Memory reclamation").
+
+from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memset
 
 cdef extern from *:
     """
@@ -126,6 +130,75 @@ cdef extern from *:
     uint64_t sc_mix64(uint64_t x) noexcept nogil
     int sc_ctz64(uint64_t x) noexcept nogil
     uint32_t SC_WRITER
+
+
+cdef struct KeyIndex:
+    uint64_t key
+    uint64_t index      # position in the caller's batch
+
+
+cdef KeyIndex* sort_batch(const uint64_t* keys, Py_ssize_t m) noexcept nogil:
+    """The batch as (key, index) pairs in key order; malloc'd, caller frees.
+
+    Stable, so equal keys keep their batch order (the last insert wins).
+    Sorted input is detected in the first pass; otherwise an LSD radix sort
+    on 8-bit digits skips digits that all keys share. NULL if out of memory.
+    """
+    cdef KeyIndex* a = <KeyIndex*>malloc((m if m > 0 else 1) * sizeof(KeyIndex))
+    cdef KeyIndex* b
+    cdef KeyIndex* swap
+    cdef KeyIndex item
+    cdef Py_ssize_t counts[8][256]
+    cdef Py_ssize_t i, j, total, c
+    cdef uint64_t k
+    cdef int d, shift
+    cdef bint ordered = True
+    if a == NULL:
+        return NULL
+    for i in range(m):
+        a[i].key = keys[i]
+        a[i].index = i
+        if i > 0 and keys[i] < keys[i - 1]:
+            ordered = False
+    if ordered:
+        return a
+    if m <= 32:
+        for i in range(1, m):
+            item = a[i]
+            j = i
+            while j > 0 and a[j - 1].key > item.key:
+                a[j] = a[j - 1]
+                j -= 1
+            a[j] = item
+        return a
+    b = <KeyIndex*>malloc(m * sizeof(KeyIndex))
+    if b == NULL:
+        free(a)
+        return NULL
+    memset(counts, 0, sizeof(counts))
+    for i in range(m):
+        k = keys[i]
+        for d in range(8):
+            counts[d][(k >> (8 * d)) & 0xFF] += 1
+    for d in range(8):
+        shift = 8 * d
+        if counts[d][(a[0].key >> shift) & 0xFF] == m:
+            continue
+        total = 0
+        for j in range(256):
+            c = counts[d][j]
+            counts[d][j] = total
+            total += c
+        for i in range(m):
+            item = a[i]
+            j = (item.key >> shift) & 0xFF
+            b[counts[d][j]] = item
+            counts[d][j] += 1
+        swap = a
+        a = b
+        b = swap
+    free(b)
+    return a
 
 
 import operator as _operator

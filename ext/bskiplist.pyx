@@ -40,7 +40,7 @@ came from, so at that point no thread holds, or is waiting for, the freed
 node's latch: immediate ``free`` is safe without deferred reclamation.
 """
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport uint8_t, uint16_t, uint64_t, uintptr_t
 from libc.string cimport memmove
 
 import numpy as np
@@ -79,7 +79,6 @@ cdef extern from *:
         uint64_t keys[1]
     bs_node* bs_alloc(size_t nbytes) noexcept nogil
     void __builtin_prefetch(const void* p) noexcept nogil
-    void free(void* p) noexcept nogil
 
 ctypedef bs_node Node
 
@@ -223,10 +222,11 @@ cdef inline void link_after(Node* x, Node* m) noexcept nogil:
 # ---------------------------------------------------------------- operations
 # All run without the GIL; each takes and releases its own latches.
 
-cdef Node* descend_read(const Tree* t, uint64_t k, int* pos) noexcept nogil:
-    """Read-latch the leaf covering k; *pos = rank of the largest key <= k.
+cdef Node* descend(const Tree* t, uint64_t k, int* pos, bint write_leaf) noexcept nogil:
+    """Latch the leaf covering k (write-latched if write_leaf, else read).
 
-    For a header leaf, *pos == 0 means no key <= k exists.
+    Upper levels are read-latched. *pos = rank of the largest key <= k; for a
+    header leaf, *pos == 0 means no key <= k exists.
     """
     cdef Node* x = t.heads[H - 1]
     cdef Node* c
@@ -235,7 +235,7 @@ cdef Node* descend_read(const Tree* t, uint64_t k, int* pos) noexcept nogil:
     cdef bint found = False
     sc_rlock(&x.latch)
     while True:
-        x = step_right(x, k, False)
+        x = step_right(x, k, write_leaf and level == 0)
         if found:
             r = 0           # found higher up: this node starts with k
         else:
@@ -246,7 +246,7 @@ cdef Node* descend_read(const Tree* t, uint64_t k, int* pos) noexcept nogil:
             return x
         c = child(t, x, r)
         prefetch_keys(t, c)
-        sc_rlock(&c.latch)
+        latch(c, write_leaf and level == 1)
         sc_runlock(&x.latch)
         x = c
         level -= 1
@@ -254,7 +254,7 @@ cdef Node* descend_read(const Tree* t, uint64_t k, int* pos) noexcept nogil:
 
 cdef bint bs_get(const Tree* t, uint64_t k, uint64_t* value) noexcept nogil:
     cdef int r
-    cdef Node* leaf = descend_read(t, k, &r)
+    cdef Node* leaf = descend(t, k, &r, False)
     cdef bint found = holds(leaf, r, k)
     if found:
         value[0] = slots(t, leaf)[r]
@@ -264,7 +264,7 @@ cdef bint bs_get(const Tree* t, uint64_t k, uint64_t* value) noexcept nogil:
 
 cdef bint bs_predecessor(const Tree* t, uint64_t k, uint64_t* key) noexcept nogil:
     cdef int r
-    cdef Node* leaf = descend_read(t, k, &r)
+    cdef Node* leaf = descend(t, k, &r, False)
     cdef bint found = r >= leaf.header
     if found:
         key[0] = leaf.keys[r]
@@ -279,7 +279,7 @@ cdef Py_ssize_t bs_scan(const Tree* t, uint64_t lo, uint64_t hi, uint64_t* keys,
     Each leaf is read under its latch; leaves are visited hand over hand.
     """
     cdef int r
-    cdef Node* x = descend_read(t, lo, &r)
+    cdef Node* x = descend(t, lo, &r, False)
     cdef Node* nxt
     cdef Py_ssize_t got = 0
     cdef int i = r if holds(x, r, lo) else r + 1
@@ -310,6 +310,27 @@ cdef void free_nodes(Node** nodes, int count) noexcept nogil:
     cdef int j
     for j in range(count):
         free(nodes[j])
+
+
+cdef Node* split_full(const Tree* t, Node* x, uint64_t k) noexcept nogil:
+    """Overflow split of the write-latched full node x (k not in it).
+
+    Moves the upper half to a new right neighbour and returns whichever half
+    covers k, still write-latched (the other is released). Out of memory:
+    releases x and returns NULL.
+    """
+    cdef Node* m = new_node(t, x.level, False)
+    if m == NULL:
+        sc_wunlock(&x.latch)
+        return NULL
+    m.latch = SC_WRITER
+    move_tail(t, x, t.B // 2, m)
+    link_after(x, m)
+    if k >= m.keys[0]:
+        sc_wunlock(&x.latch)
+        return m
+    sc_wunlock(&m.latch)
+    return x
 
 
 cdef int bs_insert(Tree* t, uint64_t k, uint64_t v) noexcept nogil:
@@ -359,21 +380,11 @@ cdef int bs_insert(Tree* t, uint64_t k, uint64_t v) noexcept nogil:
         sc_wunlock(&x.latch)
         return 0
     if x.n == t.B:
-        # Overflow: move the upper half to a new right neighbour. Nothing is
-        # modified yet, so running out of memory here can still back out.
-        m = new_node(t, level, False)
-        if m == NULL:
-            sc_wunlock(&x.latch)
+        # Nothing is modified yet, so running out of memory can still back out.
+        x = split_full(t, x, k)
+        if x == NULL:
             free_nodes(fresh, h)
             return -1
-        m.latch = SC_WRITER
-        move_tail(t, x, t.B // 2, m)
-        link_after(x, m)
-        if k >= m.keys[0]:
-            sc_wunlock(&x.latch)
-            x = m
-        else:
-            sc_wunlock(&m.latch)
         r = upper(x, k) - 1
     insert_at(t, x, r + 1, k, v if level == 0 else <uint64_t><uintptr_t>fresh[level - 1])
 
@@ -495,6 +506,177 @@ cdef bint bs_delete(Tree* t, uint64_t k, uint64_t* value) noexcept nogil:
         sc_wunlock(&left.latch)
         left = left_below
         target = target_below
+
+
+# ---------------------------------------------------------------- batches
+# A batch is applied in key order (see sort_batch) and keeps the leaf of the
+# previous key latched while the next key falls into it, so a dense batch
+# costs little more than a merge with the leaf level. Keys of height > 0, and
+# deletions of a leaf's first key, take the full single-key path instead.
+# The held leaf is always released before a descent starts at the top, which
+# keeps latch acquisition in the global top-down order.
+
+cdef inline bint covers(const Node* x, uint64_t k) noexcept nogil:
+    return (x.header or x.keys[0] <= k) and (x.next == NULL or k < x.next_header)
+
+
+cdef Node* reposition(const Tree* t, Node* x, uint64_t k, bint write) noexcept nogil:
+    """Return a latched leaf covering k, reusing the latched leaf x (or NULL)
+    when it or its right neighbour covers k, else descending afresh."""
+    cdef Node* nxt
+    cdef int r
+    if x != NULL:
+        if covers(x, k):
+            return x
+        if x.next != NULL and k >= x.next_header:
+            nxt = x.next
+            latch(nxt, write)
+            unlatch(x, write)
+            x = nxt
+            if x.next == NULL or k < x.next_header:
+                return x
+        unlatch(x, write)
+    return descend(t, k, &r, write)
+
+
+cdef Py_ssize_t batch_insert(Tree* t, const KeyIndex* s, Py_ssize_t m,
+                             const uint64_t* values, bint* oom) noexcept nogil:
+    cdef Node* x = NULL
+    cdef Py_ssize_t j, added = 0
+    cdef uint64_t k, v
+    cdef int r, res
+    for j in range(m):
+        k = s[j].key
+        v = values[s[j].index]
+        if key_height(t, k) > 0:
+            if x != NULL:
+                sc_wunlock(&x.latch)
+                x = NULL
+            res = bs_insert(t, k, v)
+            if res < 0:
+                oom[0] = True
+                return added
+            added += res
+            continue
+        x = reposition(t, x, k, True)
+        r = upper(x, k) - 1
+        if holds(x, r, k):
+            slots(t, x)[r] = v
+            continue
+        if x.n == t.B:
+            x = split_full(t, x, k)
+            if x == NULL:
+                oom[0] = True
+                return added
+            r = upper(x, k) - 1
+        insert_at(t, x, r + 1, k, v)
+        sc_count_add(&t.count, 1)
+        added += 1
+    if x != NULL:
+        sc_wunlock(&x.latch)
+    return added
+
+
+cdef Py_ssize_t batch_delete(Tree* t, const KeyIndex* s, Py_ssize_t m) noexcept nogil:
+    # The finger is a pair: leaf x and its left neighbour prev (or NULL), both
+    # write-latched, so that deleting x's first key (every key, when a sorted
+    # run empties a leaf) can fix prev's next_header or unlink x in place.
+    cdef Node* prev = NULL
+    cdef Node* x = NULL
+    cdef Node* nxt
+    cdef Py_ssize_t j, removed = 0
+    cdef uint64_t k, value
+    cdef int r
+    for j in range(m):
+        k = s[j].key
+        if key_height(t, k) == 0 and x != NULL and not covers(x, k):
+            if x.next != NULL and k >= x.next_header:
+                nxt = x.next
+                sc_wlock(&nxt.latch)
+                if prev != NULL:
+                    sc_wunlock(&prev.latch)
+                prev = x
+                x = nxt
+            if not covers(x, k):
+                release_pair(prev, x)
+                prev = x = NULL
+        if key_height(t, k) == 0 and x == NULL and k > 0:
+            # The leaf covering k - 1 is k's leaf, or its left neighbour if
+            # k heads the next leaf.
+            x = descend(t, k - 1, &r, True)
+            if not covers(x, k):
+                prev = x
+                x = prev.next
+                sc_wlock(&x.latch)
+        if x != NULL and key_height(t, k) == 0:
+            r = upper(x, k) - 1
+            if not holds(x, r, k):
+                continue
+            if r > 0 or (prev != NULL and prev.next == x):
+                remove_at(t, x, r)
+                sc_count_add(&t.count, -1)
+                removed += 1
+                if r == 0:
+                    if x.n == 0:
+                        prev.next = x.next
+                        prev.next_header = x.next_header
+                        free(x)
+                        x = prev
+                        prev = NULL
+                    else:
+                        prev.next_header = x.keys[0]
+                continue
+        release_pair(prev, x)
+        prev = x = NULL
+        removed += bs_delete(t, k, &value)
+    release_pair(prev, x)
+    return removed
+
+
+cdef inline void release_pair(Node* prev, Node* x) noexcept nogil:
+    if prev != NULL:
+        sc_wunlock(&prev.latch)
+    if x != NULL:
+        sc_wunlock(&x.latch)
+
+
+cdef void batch_get(const Tree* t, const KeyIndex* s, Py_ssize_t m,
+                    uint64_t* values, uint8_t* found) noexcept nogil:
+    cdef Node* x = NULL
+    cdef Py_ssize_t j
+    cdef uint64_t k
+    cdef int r
+    for j in range(m):
+        k = s[j].key
+        x = reposition(t, x, k, False)
+        r = upper(x, k) - 1
+        if holds(x, r, k):
+            values[s[j].index] = slots(t, x)[r]
+            found[s[j].index] = 1
+    if x != NULL:
+        sc_runlock(&x.latch)
+
+
+cdef void batch_successor(const Tree* t, const KeyIndex* s, Py_ssize_t m,
+                          uint64_t* out, uint8_t* found) noexcept nogil:
+    cdef Node* x = NULL
+    cdef Py_ssize_t j
+    cdef uint64_t k
+    cdef int i
+    for j in range(m):
+        k = s[j].key
+        x = reposition(t, x, k, False)
+        i = upper(x, k) - 1
+        if not holds(x, i, k):
+            i += 1
+        if i < x.n:
+            out[s[j].index] = x.keys[i]
+            found[s[j].index] = 1
+        elif x.next != NULL:    # the cached first key of the next leaf
+            out[s[j].index] = x.next_header
+            found[s[j].index] = 1
+    if x != NULL:
+        sc_runlock(&x.latch)
 
 
 cdef void bs_clear(Tree* t) noexcept nogil:
@@ -793,69 +975,101 @@ cdef class BSkipList:
     # ------------------------------------------------------------ batches
 
     def insert_many(self, keys, values):
-        """Insert or overwrite each (keys[i], values[i]) in order, without the
-        GIL; return how many keys were new. O(m (B + log n))."""
+        """Insert or overwrite each (keys[i], values[i]) without the GIL;
+        return how many keys were new.
+
+        The batch is applied in key order (a stable sort, so for a key given
+        twice the later value wins); each key is one atomic insert, the batch
+        as a whole is not.  O(m log m) to sort plus, per key, O(B) when it
+        lands in the leaf of the previous key, else O(B + log n).
+        """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef uint64_t[::1] vv = _u64_array(values, "values")
-        cdef Py_ssize_t i, m = kv.shape[0]
+        cdef Py_ssize_t m = kv.shape[0]
         cdef Py_ssize_t added = 0
-        cdef int res = 0
+        cdef bint oom = False
+        cdef KeyIndex* order
         if vv.shape[0] != m:
             raise ValueError(f"keys and values differ in length: {m} != {vv.shape[0]}")
+        if m == 0:
+            return 0
         with nogil:
-            for i in range(m):
-                res = bs_insert(&self.t, kv[i], vv[i])
-                if res < 0:
-                    break
-                added += res
-        if res < 0:
-            raise MemoryError(f"out of memory after {i} of {m} inserts")
+            order = sort_batch(&kv[0], m)
+            if order != NULL:
+                added = batch_insert(&self.t, order, m, &vv[0], &oom)
+                free(order)
+        if order == NULL or oom:
+            raise MemoryError(f"out of memory; {added} of {m} keys were added")
         return added
 
     def get_many(self, keys):
         """Look up every key without the GIL.
 
         Returns (values, found): uint64 values (0 where absent) and a bool
-        mask.  O(m log n).
+        mask, in the order of ``keys``.  O(m log m + m log n), much less per
+        key when keys are dense (keys sharing a leaf cost O(log B)).
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t i, m = kv.shape[0]
+        cdef Py_ssize_t m = kv.shape[0]
+        cdef KeyIndex* order
         values = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] vv = values
         cdef uint8_t[::1] fv = found.view(np.uint8)
+        if m == 0:
+            return values, found
         with nogil:
-            for i in range(m):
-                fv[i] = bs_get(&self.t, kv[i], &vv[i])
+            order = sort_batch(&kv[0], m)
+            if order != NULL:
+                batch_get(&self.t, order, m, &vv[0], &fv[0])
+                free(order)
+        if order == NULL:
+            raise MemoryError()
         return values, found
 
     def successor_many(self, keys):
         """For every key, the smallest stored key >= it, without the GIL.
 
         Returns (successors, found): uint64 keys (0 where none) and a bool
-        mask.  O(m log n).
+        mask, in the order of ``keys``.  Complexity as ``get_many``.
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t i, m = kv.shape[0]
+        cdef Py_ssize_t m = kv.shape[0]
+        cdef KeyIndex* order
         out = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] ov = out
         cdef uint8_t[::1] fv = found.view(np.uint8)
+        if m == 0:
+            return out, found
         with nogil:
-            for i in range(m):
-                fv[i] = bs_scan(&self.t, kv[i], 0xFFFFFFFFFFFFFFFF, &ov[i], NULL, 1) == 1
+            order = sort_batch(&kv[0], m)
+            if order != NULL:
+                batch_successor(&self.t, order, m, &ov[0], &fv[0])
+                free(order)
+        if order == NULL:
+            raise MemoryError()
         return out, found
 
     def delete_many(self, keys):
         """Delete every key without the GIL; return how many were present.
-        O(m (B + log n))."""
+
+        Applied in key order; each key is one atomic delete.  Complexity as
+        ``insert_many``.
+        """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t i, m = kv.shape[0]
+        cdef Py_ssize_t m = kv.shape[0]
         cdef Py_ssize_t removed = 0
-        cdef uint64_t value
+        cdef KeyIndex* order
+        if m == 0:
+            return 0
         with nogil:
-            for i in range(m):
-                removed += bs_delete(&self.t, kv[i], &value)
+            order = sort_batch(&kv[0], m)
+            if order != NULL:
+                removed = batch_delete(&self.t, order, m)
+                free(order)
+        if order == NULL:
+            raise MemoryError()
         return removed
 
     def range_to_arrays(self, lo=0, hi=None, limit=None):

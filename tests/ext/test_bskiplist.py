@@ -267,3 +267,19 @@ def test_pop_min_drains_in_order(sl: BSkipList) -> None:
     assert out == [(k, k + 1 if k < MAX_KEY else 0) for k in sorted(keys)]
     assert len(sl) == 0
     sl._check()
+
+
+@pytest.mark.parametrize("pattern", ["all", "runs", "reversed"])
+def test_delete_many_empties_leaves_in_place(sl: BSkipList, pattern: str) -> None:
+    keys = np.arange(1, 3_001, dtype=np.uint64) * 7
+    sl.insert_many(keys, keys)
+    if pattern == "all":
+        gone = keys
+    elif pattern == "runs":  # whole leaves and leaf heads, with survivors between
+        gone = keys[(np.arange(keys.size) // 37) % 3 != 0]
+    else:
+        gone = keys[::-1]
+    assert sl.delete_many(gone) == gone.size
+    sl._check()
+    assert list(sl) == sorted(set(keys.tolist()) - set(gone.tolist()))
+    assert sl.delete_many(gone) == 0
