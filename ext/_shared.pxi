@@ -117,6 +117,24 @@ cdef extern from *:
     static inline int sc_ctz64(uint64_t x) {
         return x ? __builtin_ctzll(x) : 64;
     }
+
+    /* Scratch buffers for batch sorting. Big ones are 2 MiB aligned and
+       advised for transparent huge pages: a radix pass scatters into 2048
+       places at once, which thrashes the TLB with 4 KiB pages. */
+    #include <stdlib.h>
+    #include <sys/mman.h>
+    static inline void *sc_scratch(size_t bytes) {
+        void *p = NULL;
+        if (bytes < (4u << 20))
+            return malloc(bytes);
+        bytes = (bytes + (2u << 20) - 1) & ~(size_t)((2u << 20) - 1);
+        if (posix_memalign(&p, 2u << 20, bytes) != 0)
+            return NULL;
+    #ifdef MADV_HUGEPAGE
+        madvise(p, bytes, MADV_HUGEPAGE);
+    #endif
+        return p;
+    }
     """
     ctypedef uint32_t sc_latch_t
     void sc_rlock(sc_latch_t* l) noexcept nogil
@@ -129,35 +147,50 @@ cdef extern from *:
     void sc_count_store(uint64_t* c, uint64_t v) noexcept nogil
     uint64_t sc_mix64(uint64_t x) noexcept nogil
     int sc_ctz64(uint64_t x) noexcept nogil
+    void* sc_scratch(size_t nbytes) noexcept nogil
     uint32_t SC_WRITER
 
 
-cdef struct KeyIndex:
+cdef struct KeyItem:
     uint64_t key
-    uint64_t index      # position in the caller's batch
+    uint64_t item       # the key's value (insert), else its position in the batch
 
 
-cdef KeyIndex* sort_batch(const uint64_t* keys, Py_ssize_t m) noexcept nogil:
-    """The batch as (key, index) pairs in key order; malloc'd, caller frees.
+cdef enum:
+    DIGIT_BITS = 11
+    DIGITS = 6                  # 6 * 11 >= 64
+    RADIX = 1 << DIGIT_BITS
 
-    Stable, so equal keys keep their batch order (the last insert wins).
-    Sorted input is detected in the first pass; otherwise an LSD radix sort
-    on 8-bit digits skips digits that all keys share. NULL if out of memory.
+
+cdef KeyItem* sort_batch(const uint64_t* keys, const uint64_t* values,
+                         Py_ssize_t m) noexcept nogil:
+    """The batch as (key, value) pairs, or (key, position) if values is NULL,
+    grouped by key; malloc'd, caller frees.  Carrying the value along saves
+    the inserts a random read of the values array per key.
+
+    The batch functions need only locality (keys that share a leaf arriving
+    together) and, for duplicates, batch order: so this is a stable LSD radix
+    sort (11-bit digits) on just the top ~log2(m) + 12 bits of the range the
+    keys span.  Keys closer than that keep batch order; for m random keys that
+    almost never happens, and a clustered batch degrades to batch order within
+    a cluster, which the callers handle (only more slowly).  Sorted input and
+    batches of up to 32 keys come out fully sorted.  NULL if out of memory.
     """
-    cdef KeyIndex* a = <KeyIndex*>malloc((m if m > 0 else 1) * sizeof(KeyIndex))
-    cdef KeyIndex* b
-    cdef KeyIndex* swap
-    cdef KeyIndex item
-    cdef Py_ssize_t counts[8][256]
+    cdef KeyItem* a = <KeyItem*>sc_scratch((m if m > 0 else 1) * sizeof(KeyItem))
+    cdef KeyItem* b
+    cdef KeyItem* swap
+    cdef KeyItem item
+    cdef Py_ssize_t* counts
+    cdef Py_ssize_t* cnt
     cdef Py_ssize_t i, j, total, c
     cdef uint64_t k
-    cdef int d, shift
+    cdef int d, shift, top = -1, wanted = 2
     cdef bint ordered = True
     if a == NULL:
         return NULL
     for i in range(m):
         a[i].key = keys[i]
-        a[i].index = i
+        a[i].item = values[i] if values != NULL else <uint64_t>i
         if i > 0 and keys[i] < keys[i - 1]:
             ordered = False
     if ordered:
@@ -171,33 +204,43 @@ cdef KeyIndex* sort_batch(const uint64_t* keys, Py_ssize_t m) noexcept nogil:
                 j -= 1
             a[j] = item
         return a
-    b = <KeyIndex*>malloc(m * sizeof(KeyIndex))
-    if b == NULL:
+    b = <KeyItem*>sc_scratch(m * sizeof(KeyItem))
+    counts = <Py_ssize_t*>malloc(DIGITS * RADIX * sizeof(Py_ssize_t))
+    if b == NULL or counts == NULL:
         free(a)
+        free(b)
+        free(counts)
         return NULL
-    memset(counts, 0, sizeof(counts))
+    memset(counts, 0, DIGITS * RADIX * sizeof(Py_ssize_t))
     for i in range(m):
         k = keys[i]
-        for d in range(8):
-            counts[d][(k >> (8 * d)) & 0xFF] += 1
-    for d in range(8):
-        shift = 8 * d
-        if counts[d][(a[0].key >> shift) & 0xFF] == m:
-            continue
+        for d in range(DIGITS):
+            counts[d * RADIX + ((k >> (d * DIGIT_BITS)) & (RADIX - 1))] += 1
+    while (<Py_ssize_t>1 << (wanted * DIGIT_BITS - 12)) < m and wanted < DIGITS:
+        wanted += 1
+    for d in range(DIGITS):     # the highest digit that varies
+        if counts[d * RADIX + ((a[0].key >> (d * DIGIT_BITS)) & (RADIX - 1))] != m:
+            top = d
+    for d in range(max(top - wanted + 1, 0), top + 1):
+        shift = d * DIGIT_BITS
+        cnt = counts + d * RADIX
+        if cnt[(a[0].key >> shift) & (RADIX - 1)] == m:
+            continue            # every key has this digit: nothing to move
         total = 0
-        for j in range(256):
-            c = counts[d][j]
-            counts[d][j] = total
+        for j in range(RADIX):
+            c = cnt[j]
+            cnt[j] = total
             total += c
         for i in range(m):
             item = a[i]
-            j = (item.key >> shift) & 0xFF
-            b[counts[d][j]] = item
-            counts[d][j] += 1
+            j = (item.key >> shift) & (RADIX - 1)
+            b[cnt[j]] = item
+            cnt[j] += 1
         swap = a
         a = b
         b = swap
     free(b)
+    free(counts)
     return a
 
 

@@ -509,11 +509,13 @@ cdef bint bs_delete(Tree* t, uint64_t k, uint64_t* value) noexcept nogil:
 
 
 # ---------------------------------------------------------------- batches
-# A batch is applied in key order (see sort_batch) and keeps the leaf of the
-# previous key latched while the next key falls into it, so a dense batch
-# costs little more than a merge with the leaf level. Keys of height > 0, and
-# deletions of a leaf's first key, take the full single-key path instead.
-# The held leaf is always released before a descent starts at the top, which
+# A batch is first grouped by key (sort_batch: a stable radix sort on the high
+# bits), then applied keeping the leaf of the previous key latched while the
+# next key falls into it, so a dense batch costs little more than a merge
+# with the leaf level. Order within a leaf does not matter for correctness,
+# only for speed. Keys of height > 0, and deletions of a leaf's first key
+# without its left neighbour at hand, take the full single-key path. The
+# held leaf is always released before a descent starts at the top, which
 # keeps latch acquisition in the global top-down order.
 
 cdef inline bint covers(const Node* x, uint64_t k) noexcept nogil:
@@ -539,15 +541,14 @@ cdef Node* reposition(const Tree* t, Node* x, uint64_t k, bint write) noexcept n
     return descend(t, k, &r, write)
 
 
-cdef Py_ssize_t batch_insert(Tree* t, const KeyIndex* s, Py_ssize_t m,
-                             const uint64_t* values, bint* oom) noexcept nogil:
+cdef Py_ssize_t batch_insert(Tree* t, const KeyItem* s, Py_ssize_t m, bint* oom) noexcept nogil:
     cdef Node* x = NULL
     cdef Py_ssize_t j, added = 0
     cdef uint64_t k, v
     cdef int r, res
     for j in range(m):
         k = s[j].key
-        v = values[s[j].index]
+        v = s[j].item
         if key_height(t, k) > 0:
             if x != NULL:
                 sc_wunlock(&x.latch)
@@ -577,7 +578,7 @@ cdef Py_ssize_t batch_insert(Tree* t, const KeyIndex* s, Py_ssize_t m,
     return added
 
 
-cdef Py_ssize_t batch_delete(Tree* t, const KeyIndex* s, Py_ssize_t m) noexcept nogil:
+cdef Py_ssize_t batch_delete(Tree* t, const KeyItem* s, Py_ssize_t m) noexcept nogil:
     # The finger is a pair: leaf x and its left neighbour prev (or NULL), both
     # write-latched, so that deleting x's first key (every key, when a sorted
     # run empties a leaf) can fix prev's next_header or unlink x in place.
@@ -640,7 +641,7 @@ cdef inline void release_pair(Node* prev, Node* x) noexcept nogil:
         sc_wunlock(&x.latch)
 
 
-cdef void batch_get(const Tree* t, const KeyIndex* s, Py_ssize_t m,
+cdef void batch_get(const Tree* t, const KeyItem* s, Py_ssize_t m,
                     uint64_t* values, uint8_t* found) noexcept nogil:
     cdef Node* x = NULL
     cdef Py_ssize_t j
@@ -651,13 +652,13 @@ cdef void batch_get(const Tree* t, const KeyIndex* s, Py_ssize_t m,
         x = reposition(t, x, k, False)
         r = upper(x, k) - 1
         if holds(x, r, k):
-            values[s[j].index] = slots(t, x)[r]
-            found[s[j].index] = 1
+            values[s[j].item] = slots(t, x)[r]
+            found[s[j].item] = 1
     if x != NULL:
         sc_runlock(&x.latch)
 
 
-cdef void batch_successor(const Tree* t, const KeyIndex* s, Py_ssize_t m,
+cdef void batch_successor(const Tree* t, const KeyItem* s, Py_ssize_t m,
                           uint64_t* out, uint8_t* found) noexcept nogil:
     cdef Node* x = NULL
     cdef Py_ssize_t j
@@ -670,11 +671,11 @@ cdef void batch_successor(const Tree* t, const KeyIndex* s, Py_ssize_t m,
         if not holds(x, i, k):
             i += 1
         if i < x.n:
-            out[s[j].index] = x.keys[i]
-            found[s[j].index] = 1
+            out[s[j].item] = x.keys[i]
+            found[s[j].item] = 1
         elif x.next != NULL:    # the cached first key of the next leaf
-            out[s[j].index] = x.next_header
-            found[s[j].index] = 1
+            out[s[j].item] = x.next_header
+            found[s[j].item] = 1
     if x != NULL:
         sc_runlock(&x.latch)
 
@@ -978,9 +979,9 @@ cdef class BSkipList:
         """Insert or overwrite each (keys[i], values[i]) without the GIL;
         return how many keys were new.
 
-        The batch is applied in key order (a stable sort, so for a key given
-        twice the later value wins); each key is one atomic insert, the batch
-        as a whole is not.  O(m log m) to sort plus, per key, O(B) when it
+        The batch is applied grouped by key (a stable radix sort, so for a key
+        given twice the later value wins); each key is one atomic insert, the
+        batch as a whole is not.  O(m) to group plus, per key, O(B) when it
         lands in the leaf of the previous key, else O(B + log n).
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
@@ -988,15 +989,15 @@ cdef class BSkipList:
         cdef Py_ssize_t m = kv.shape[0]
         cdef Py_ssize_t added = 0
         cdef bint oom = False
-        cdef KeyIndex* order
+        cdef KeyItem* order
         if vv.shape[0] != m:
             raise ValueError(f"keys and values differ in length: {m} != {vv.shape[0]}")
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], m)
+            order = sort_batch(&kv[0], &vv[0], m)
             if order != NULL:
-                added = batch_insert(&self.t, order, m, &vv[0], &oom)
+                added = batch_insert(&self.t, order, m, &oom)
                 free(order)
         if order == NULL or oom:
             raise MemoryError(f"out of memory; {added} of {m} keys were added")
@@ -1006,12 +1007,12 @@ cdef class BSkipList:
         """Look up every key without the GIL.
 
         Returns (values, found): uint64 values (0 where absent) and a bool
-        mask, in the order of ``keys``.  O(m log m + m log n), much less per
-        key when keys are dense (keys sharing a leaf cost O(log B)).
+        mask, in the order of ``keys``.  O(m + m log n), much less per key
+        when keys are dense (a key in the previous key's leaf costs O(log B)).
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
-        cdef KeyIndex* order
+        cdef KeyItem* order
         values = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] vv = values
@@ -1019,7 +1020,7 @@ cdef class BSkipList:
         if m == 0:
             return values, found
         with nogil:
-            order = sort_batch(&kv[0], m)
+            order = sort_batch(&kv[0], NULL, m)
             if order != NULL:
                 batch_get(&self.t, order, m, &vv[0], &fv[0])
                 free(order)
@@ -1035,7 +1036,7 @@ cdef class BSkipList:
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
-        cdef KeyIndex* order
+        cdef KeyItem* order
         out = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] ov = out
@@ -1043,7 +1044,7 @@ cdef class BSkipList:
         if m == 0:
             return out, found
         with nogil:
-            order = sort_batch(&kv[0], m)
+            order = sort_batch(&kv[0], NULL, m)
             if order != NULL:
                 batch_successor(&self.t, order, m, &ov[0], &fv[0])
                 free(order)
@@ -1054,17 +1055,17 @@ cdef class BSkipList:
     def delete_many(self, keys):
         """Delete every key without the GIL; return how many were present.
 
-        Applied in key order; each key is one atomic delete.  Complexity as
+        Applied grouped by key; each key is one atomic delete.  Complexity as
         ``insert_many``.
         """
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
         cdef Py_ssize_t removed = 0
-        cdef KeyIndex* order
+        cdef KeyItem* order
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], m)
+            order = sort_batch(&kv[0], NULL, m)
             if order != NULL:
                 removed = batch_delete(&self.t, order, m)
                 free(order)
