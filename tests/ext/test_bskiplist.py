@@ -283,3 +283,33 @@ def test_delete_many_empties_leaves_in_place(sl: BSkipList, pattern: str) -> Non
     sl._check()
     assert list(sl) == sorted(set(keys.tolist()) - set(gone.tolist()))
     assert sl.delete_many(gone) == 0
+
+
+def test_batches_with_clusters_far_apart(sl: BSkipList) -> None:
+    # A wide key span with dense clusters: the batch grouping only orders the
+    # high bits, so each cluster reaches the map in batch order.
+    rng = np.random.default_rng(11)
+    clusters = [0, 2**40, 2**63, MAX_KEY - 5_000]
+    keys = np.concatenate([c + rng.integers(0, 5_000, size=400, dtype=np.uint64) for c in clusters])
+    keys = rng.permutation(np.concatenate([keys, keys[:300]]))  # with duplicates
+    values = np.arange(keys.size, dtype=np.uint64)
+    ref: dict[int, int] = {}
+    for k, v in zip(keys.tolist(), values.tolist(), strict=True):
+        ref[k] = v
+    assert sl.insert_many(keys, values) == len(ref)
+    sl._check()
+    assert list(sl.items()) == sorted(ref.items())
+    probe = rng.permutation(np.concatenate([keys[:500], keys[:500] + np.uint64(1)]))
+    got, found = sl.get_many(probe)
+    assert found.tolist() == [k in ref for k in probe.tolist()]
+    assert got.tolist() == [ref.get(k, 0) for k in probe.tolist()]
+    succ, found = sl.successor_many(probe)
+    assert [s if f else None for s, f in zip(succ.tolist(), found.tolist(), strict=True)] == [
+        sl.successor(k) for k in probe.tolist()
+    ]
+    gone = rng.permutation(keys)[: keys.size // 2]
+    assert sl.delete_many(gone) == len(set(gone.tolist()))
+    for k in gone.tolist():
+        ref.pop(k, None)
+    sl._check()
+    assert list(sl.items()) == sorted(ref.items())

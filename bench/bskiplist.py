@@ -1,0 +1,418 @@
+"""Benchmark the B-skiplist against SortedDict, BTrees' LLBTree and a classic skiplist.
+
+Run: ``python bench/bskiplist.py [--n 1000000] [--quick]``. Prints tables of
+nanoseconds per key (lower is better) for insert, point get, successor of absent
+keys, 100-key range scans and delete, each as single calls from Python and as
+batch calls, then one- versus two-thread batch throughput, the node size sweep
+and the project's goals.
+
+Fairness notes, also printed with the results:
+- Every structure gets its input prepared in its natural form before timing
+  (numpy uint64 arrays for the skiplists, Python int lists for the others).
+- LLBTree keys are signed int64, so keys are mapped order-preservingly by
+  flipping the top bit (k ^ 2**63, read as int64).
+- SortedDict and LLBTree have no batch lookup or delete; their "batch" rows
+  use the fastest plain-Python form, list(map(bound_method, keys)), and
+  LLBTree's batch insert is its C-level update().
+- Skiplist batch calls sort the batch inside (radix sort, timed) and keep
+  the previous key's leaf latched while keys fall into it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+from BTrees.LLBTree import LLBTree
+from sortedcontainers import SortedDict
+
+from semcached.ext.bskiplist import DEFAULT_NODE_SIZE, BSkipList
+from semcached.ext.classic_skiplist import ClassicSkipList
+
+RANGE_LEN = 100
+SIGN = np.uint64(1 << 63)
+OPS = ("insert", "get", "successor", "range100", "delete")
+NAMES = ("BSkipList", "Classic", "LLBTree", "SortedDict")
+
+
+@dataclass
+class Workload:
+    keys: np.ndarray  # distinct random uint64, insertion order
+    values: np.ndarray
+    lookups: np.ndarray  # the same keys, shuffled
+    absent: np.ndarray  # random keys, almost surely absent
+    starts: np.ndarray  # range scan starts
+    deletes: np.ndarray  # the keys again, another order
+    lists: dict[str, list[int]] = field(default_factory=dict)
+
+    @classmethod
+    def make(cls, n: int, seed: int) -> Workload:
+        rng = np.random.default_rng(seed)
+        keys = np.unique(rng.integers(0, 2**64, size=n + n // 100 + 16, dtype=np.uint64))
+        keys = rng.permutation(keys)[:n]
+        return cls(
+            keys=keys,
+            values=rng.integers(0, 2**64, size=n, dtype=np.uint64),
+            lookups=rng.permutation(keys),
+            absent=rng.integers(0, 2**64, size=n, dtype=np.uint64),
+            starts=rng.integers(0, 2**64, size=max(n // RANGE_LEN, 1), dtype=np.uint64),
+            deletes=rng.permutation(keys),
+        )
+
+    def as_list(self, name: str, signed: bool) -> list[int]:
+        """A field as a list of Python ints (signed: mapped for LLBTree)."""
+        tag = f"{name}:{signed}"
+        if tag not in self.lists:
+            arr: np.ndarray = getattr(self, name)
+            if signed:
+                arr = (arr ^ SIGN).view(np.int64)
+            self.lists[tag] = arr.tolist()
+        return self.lists[tag]
+
+
+def clock(fn: Callable[[], object], repeat: int = 1) -> float:
+    """Best wall time of `repeat` runs, in seconds."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+# ----------------------------------------------------------------- adapters
+# Each returns {op: seconds} for one structure and mode, running the ops in
+# order on one instance: insert builds it, delete empties it.
+
+
+def run_skiplist(
+    make: Callable[[], Any], w: Workload, batch: bool, repeat: int
+) -> dict[str, float]:
+    s = make()
+    t: dict[str, float] = {}
+    if batch:
+        t["insert"] = clock(lambda: s.insert_many(w.keys, w.values))
+        t["get"] = clock(lambda: s.get_many(w.lookups), repeat)
+        t["successor"] = clock(lambda: s.successor_many(w.absent), repeat)
+        if isinstance(s, BSkipList):
+            t["range100"] = clock(
+                lambda: [s.range_to_arrays(lo, None, RANGE_LEN) for lo in w.starts.tolist()],
+                repeat,
+            )
+        else:
+            top = 2**64 - 1
+            t["range100"] = clock(
+                lambda: [s.range_to_arrays(lo, top, RANGE_LEN) for lo in w.starts.tolist()],
+                repeat,
+            )
+        t["delete"] = clock(lambda: s.delete_many(w.deletes))
+    else:
+        keys, values = w.as_list("keys", False), w.as_list("values", False)
+        lookups, absent = w.as_list("lookups", False), w.as_list("absent", False)
+        starts, deletes = w.as_list("starts", False), w.as_list("deletes", False)
+        ins, get, succ, dele = s.insert, s.get, s.successor, s.delete
+        t["insert"] = clock(lambda: list(map(ins, keys, values)))
+        t["get"] = clock(lambda: list(map(get, lookups)), repeat)
+        t["successor"] = clock(lambda: list(map(succ, absent)), repeat)
+        if isinstance(s, BSkipList):
+            t["range100"] = clock(
+                lambda: [list(islice(s.items(lo), RANGE_LEN)) for lo in starts], repeat
+            )
+        t["delete"] = clock(lambda: list(map(dele, deletes)))
+    assert len(s) == 0
+    return t
+
+
+def run_btree(w: Workload, batch: bool, repeat: int) -> dict[str, float]:
+    keys, values = w.as_list("keys", True), w.as_list("values", True)
+    lookups, absent = w.as_list("lookups", True), w.as_list("absent", True)
+    starts, deletes = w.as_list("starts", True), w.as_list("deletes", True)
+    b = LLBTree()
+    t: dict[str, float] = {}
+    if batch:
+        pairs = list(zip(keys, values, strict=True))
+        t["insert"] = clock(lambda: b.update(pairs))
+    else:
+
+        def insert_all() -> None:
+            for k, v in zip(keys, values, strict=True):
+                b[k] = v
+
+        t["insert"] = clock(insert_all)
+    min_key = b.minKey
+
+    def successor(k: int) -> int | None:
+        try:
+            return min_key(k)  # smallest key >= k
+        except ValueError:
+            return None
+
+    t["get"] = clock(lambda: list(map(b.get, lookups)), repeat)
+    t["successor"] = clock(lambda: list(map(successor, absent)), repeat)
+    t["range100"] = clock(
+        lambda: [list(islice(b.iteritems(lo), RANGE_LEN)) for lo in starts], repeat
+    )
+    t["delete"] = clock(lambda: list(map(b.__delitem__, deletes)))
+    assert len(b) == 0
+    return t
+
+
+def run_sorteddict(w: Workload, batch: bool, repeat: int) -> dict[str, float]:
+    keys, values = w.as_list("keys", False), w.as_list("values", False)
+    lookups, absent = w.as_list("lookups", False), w.as_list("absent", False)
+    starts, deletes = w.as_list("starts", False), w.as_list("deletes", False)
+    d: SortedDict[int, int] = SortedDict()
+    t: dict[str, float] = {}
+    if batch:
+        pairs = list(zip(keys, values, strict=True))
+        t["insert"] = clock(lambda: d.update(pairs))
+    else:
+        t["insert"] = clock(lambda: list(map(d.__setitem__, keys, values)))
+    sorted_keys = d.keys()
+    n = len(d)
+
+    def successor(k: int) -> int | None:
+        i = d.bisect_left(k)
+        return sorted_keys[i] if i < n else None
+
+    items = d.items()
+    t["get"] = clock(lambda: list(map(d.get, lookups)), repeat)
+    t["successor"] = clock(lambda: list(map(successor, absent)), repeat)
+    t["range100"] = clock(
+        lambda: [items[d.bisect_left(lo) : d.bisect_left(lo) + RANGE_LEN] for lo in starts],
+        repeat,
+    )
+    t["delete"] = clock(lambda: list(map(d.__delitem__, deletes)))
+    assert len(d) == 0
+    return t
+
+
+# ----------------------------------------------------------------- threads
+
+
+def in_threads(fn: Callable[..., object], arg_sets: Sequence[tuple[Any, ...]]) -> float:
+    """Wall time for fn(*args), one thread per argument tuple, all started together."""
+    barrier = threading.Barrier(len(arg_sets) + 1)
+
+    def run(args: tuple[Any, ...]) -> None:
+        barrier.wait()
+        fn(*args)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in arg_sets]
+    for th in threads:
+        th.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for th in threads:
+        th.join()
+    return time.perf_counter() - t0
+
+
+def thread_scaling(make: Callable[[], Any], w: Workload, repeat: int) -> dict[str, list[float]]:
+    """Seconds for each batch op with 1 and with 2 threads (the work split in two)."""
+    out: dict[str, list[float]] = {op: [] for op in ("insert", "get", "successor", "delete")}
+    for nthreads in (1, 2):
+
+        def parts(*arrays: np.ndarray, k: int = nthreads) -> list[tuple[np.ndarray, ...]]:
+            return list(zip(*(np.array_split(a, k) for a in arrays), strict=True))
+
+        s = make()
+        out["insert"].append(in_threads(s.insert_many, parts(w.keys, w.values)))
+        out["get"].append(min(in_threads(s.get_many, parts(w.lookups)) for _ in range(repeat)))
+        out["successor"].append(
+            min(in_threads(s.successor_many, parts(w.absent)) for _ in range(repeat))
+        )
+        out["delete"].append(in_threads(s.delete_many, parts(w.deletes)))
+        assert len(s) == 0
+    return out
+
+
+# ----------------------------------------------------------------- printing
+
+
+def ns_per(seconds: float, count: int) -> float:
+    return seconds / count * 1e9
+
+
+def op_counts(w: Workload) -> dict[str, int]:
+    n = len(w.keys)
+    # range100 is reported per scan, not per key
+    return {"insert": n, "get": n, "successor": n, "range100": len(w.starts), "delete": n}
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(f"\n{title}")
+    print(
+        "  ".join(
+            h.rjust(wd) if i else h.ljust(wd)
+            for i, (h, wd) in enumerate(zip(header, widths, strict=True))
+        )
+    )
+    print("  ".join("-" * wd for wd in widths))
+    for r in rows:
+        print(
+            "  ".join(
+                c.rjust(wd) if i else c.ljust(wd)
+                for i, (c, wd) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+
+
+def call_overhead(repeat: int) -> list[list[str]]:
+    """ns per call of a point lookup on an empty structure: the fixed path cost."""
+    n = 200_000
+    zeros = [0] * n
+    rows = []
+    candidates: list[tuple[str, Callable[[int], object]]] = [
+        ("dict.get (no structure, reference)", {}.get),
+        ("BSkipList.get, empty map", BSkipList().get),
+        ("ClassicSkipList.get, empty map", ClassicSkipList().get),
+        ("LLBTree.get, empty tree", LLBTree().get),
+        ("SortedDict.get, empty", SortedDict().get),
+    ]
+    for name, fn in candidates:
+        rows.append([name, fmt(ns_per(clock(lambda fn=fn: list(map(fn, zeros)), repeat), n))])
+    one = BSkipList()
+    one.insert(0, 0)
+    probe = np.zeros(1, dtype=np.uint64)
+    rows.append(
+        [
+            "BSkipList.get_many, 1 key (batch call)",
+            fmt(
+                ns_per(
+                    clock(lambda: [one.get_many(probe) for _ in range(n // 10)], repeat), n // 10
+                )
+            ),
+        ]
+    )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1_000_000, help="number of keys")
+    parser.add_argument("--quick", action="store_true", help="100k keys, one repeat")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--node-sizes", default="32,64,128", help="B values for the node size sweep"
+    )
+    args = parser.parse_args(argv)
+    n = 100_000 if args.quick else args.n
+    repeat = 1 if args.quick else 3
+    node_sizes = [int(b) for b in args.node_sizes.split(",")]
+    w = Workload.make(n, args.seed)
+    counts = op_counts(w)
+    print(
+        f"B-skiplist benchmark: n={n:,} random uint64 keys, B={DEFAULT_NODE_SIZE} (default), "
+        f"Python {sys.version.split()[0]}, numpy {np.__version__}"
+    )
+    print("ns per key (range100: ns per 100-key scan); lower is better")
+
+    results: dict[tuple[str, str], dict[str, float]] = {}
+    for mode in ("single", "batch"):
+        batch = mode == "batch"
+        results[("BSkipList", mode)] = run_skiplist(BSkipList, w, batch, repeat)
+        results[("Classic", mode)] = run_skiplist(ClassicSkipList, w, batch, repeat)
+        results[("LLBTree", mode)] = run_btree(w, batch, repeat)
+        results[("SortedDict", mode)] = run_sorteddict(w, batch, repeat)
+
+    rows = []
+    for op in OPS:
+        for mode in ("single", "batch"):
+            cells = [results[(name, mode)].get(op) for name in NAMES]
+            ns = [None if c is None else ns_per(c, counts[op]) for c in cells]
+            ours, classic, btree = ns[0], ns[1], ns[2]
+            rows.append(
+                [f"{op} ({mode})"]
+                + [fmt(x) for x in ns]
+                + [
+                    f"{btree / ours:.1f}x" if ours and btree else "—",
+                    f"{classic / ours:.1f}x" if ours and classic else "—",
+                ]
+            )
+    print_table(
+        "Single calls and batches, one thread",
+        ["operation", *NAMES, "LLBTree/ours", "classic/ours"],
+        rows,
+    )
+
+    scaling = {
+        "BSkipList": thread_scaling(BSkipList, w, repeat),
+        "Classic": thread_scaling(ClassicSkipList, w, repeat),
+    }
+    rows = []
+    for op in ("insert", "get", "successor", "delete"):
+        row = [f"{op} (batch)"]
+        for name in ("BSkipList", "Classic"):
+            one, two = scaling[name][op]
+            row += [fmt(ns_per(one, n)), fmt(ns_per(two, n)), f"{one / two:.2f}x"]
+        rows.append(row)
+    print_table(
+        "Threads: the same batch split over 1 or 2 threads (ns per key of wall time)",
+        ["operation", "BSkip 1T", "BSkip 2T", "speedup", "Classic 1T", "Classic 2T", "speedup"],
+        rows,
+    )
+
+    rows = []
+    sweep: dict[int, dict[str, dict[str, float]]] = {}
+    for b in node_sizes:
+        sweep[b] = {
+            mode: run_skiplist(lambda b=b: BSkipList(b), w, mode == "batch", repeat)
+            for mode in ("single", "batch")
+        }
+    for op in OPS:
+        for mode in ("single", "batch"):
+            rows.append(
+                [f"{op} ({mode})"]
+                + [fmt(ns_per(sweep[b][mode][op], counts[op])) for b in node_sizes]
+            )
+    print_table("Node size sweep (BSkipList)", ["operation", *(f"B={b}" for b in node_sizes)], rows)
+
+    print_table("Fixed cost of one call (ns per call)", ["call", "ns"], call_overhead(repeat))
+
+    ours_b, ours_s = results[("BSkipList", "batch")], results[("BSkipList", "single")]
+    bt_b = results[("LLBTree", "batch")]
+    cl_b, cl_s = results[("Classic", "batch")], results[("Classic", "single")]
+    sc = scaling["BSkipList"]
+    goals = [
+        ("batch insert >= 5x LLBTree", bt_b["insert"] / ours_b["insert"], 5.0),
+        ("batch successor >= 3x LLBTree", bt_b["successor"] / ours_b["successor"], 3.0),
+        ("batch range100 >= 3x LLBTree", bt_b["range100"] / ours_b["range100"], 3.0),
+        ("2 threads >= 1.6x 1 thread, batch get", sc["get"][0] / sc["get"][1], 1.6),
+        (
+            "2 threads >= 1.6x 1 thread, batch successor",
+            sc["successor"][0] / sc["successor"][1],
+            1.6,
+        ),
+        ("get >= 2x classic skiplist, batch", cl_b["get"] / ours_b["get"], 2.0),
+        ("get >= 2x classic skiplist, single calls", cl_s["get"] / ours_s["get"], 2.0),
+    ]
+    print_table(
+        "Goals",
+        ["goal", "measured", "verdict"],
+        [[g, f"{m:.2f}x", "met" if m >= target else "MISSED"] for g, m, target in goals],
+    )
+    print(
+        "\nNotes: LLBTree keys are int64, so keys were mapped k ^ 2**63 (order-preserving). "
+        "LLBTree/SortedDict 'batch' lookups and deletes are list(map(method, keys)); "
+        "their batch inserts are update(). Skiplist batches sort inside (timed). "
+        "Classic batch deletes run the single-key path in key order."
+    )
+
+
+if __name__ == "__main__":
+    main()
