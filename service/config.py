@@ -32,6 +32,7 @@ from semcached.errors import ConfigError
 __all__ = [
     "CONFIG_ENV",
     "ENV_PREFIX",
+    "EmbeddingSettings",
     "IndexSettings",
     "LogSettings",
     "ServerSettings",
@@ -108,9 +109,45 @@ class StorageSettings:
 
 @dataclass(frozen=True, slots=True)
 class IndexSettings:
-    """Vector index backend."""
+    """Vector index backend and its HNSW parameters."""
 
     backend: Literal["hnswlib"] = _setting("hnswlib", "Vector index library.")
+    hnsw_m: int = _setting(
+        16, "HNSW links per node (M): more is better recall, more memory.", min=2, max=128
+    )
+    hnsw_ef_construction: int = _setting(
+        200, "HNSW candidate list size while inserting.", min=8, max=4096
+    )
+    hnsw_ef_search: int = _setting(
+        64, "HNSW candidate list size while searching (recall vs latency).", min=1, max=4096
+    )
+    snapshot_interval_s: float = _setting(
+        300.0,
+        "How often indexes are snapshotted to disk in the background (0: only at shutdown).",
+        min=0,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingSettings:
+    """Server-side text embedding (for requests that send text but no vector)."""
+
+    backend: Literal["minilm", "http", "none"] = _setting(
+        "minilm",
+        "`minilm`: all-MiniLM-L6-v2 in-process (the `embed` extra); `http`: an "
+        "OpenAI-compatible /v1/embeddings endpoint; `none`: callers must send vectors.",
+    )
+    max_batch: int = _setting(32, "Most texts embedded in one model call.", min=1, max=4096)
+    max_wait_ms: float = _setting(
+        2.0, "Longest a text waits for others to share its model call.", min=0, max=1000
+    )
+    cache_entries: int = _setting(
+        10_000, "Embeddings kept in memory by text hash (0: no cache).", min=0
+    )
+    http_url: str = _setting("", "Base URL of the OpenAI-compatible embedding service.")
+    http_model: str = _setting("", "Model name sent to the embedding service.")
+    http_api_key: str = _setting("", "Bearer key for the embedding service.")
+    http_timeout_s: float = _setting(10.0, "Timeout of one embedding request.", min=0.001)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +158,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
+    embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The settings as plain data, with secrets replaced, for logs and the admin API."""
