@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
 from semcached.errors import ConfigError
 
 __all__ = [
@@ -47,6 +48,8 @@ ENV_PREFIX = "SEMCACHED_"
 CONFIG_ENV = "SEMCACHED_CONFIG"
 # SEMCACHED_* variables that are not settings: the config file path and build flags.
 _NON_SETTING_ENV = frozenset({CONFIG_ENV, "SEMCACHED_NATIVE"})
+
+_CATEGORIES = "categories"
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -159,6 +162,8 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    # Only the TOML file sets categories: ``[categories.<name>]`` tables.
+    categories: CategoryTable = field(default_factory=CategoryTable)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The settings as plain data, with secrets replaced, for logs and the admin API."""
@@ -170,6 +175,7 @@ class Settings:
             elif isinstance(value, Path):
                 value = str(value)
             out.setdefault(spec.section, {})[spec.key] = value
+        out["categories"] = {p.name: dataclasses.asdict(p) for p in self.categories}
         return out
 
 
@@ -211,6 +217,8 @@ class SettingSpec:
 def iter_setting_specs() -> Iterator[SettingSpec]:
     """Every settable key, in declaration order."""
     for section in dataclasses.fields(Settings):
+        if section.name == _CATEGORIES:
+            continue
         section_cls = typing.get_type_hints(Settings)[section.name]
         hints = typing.get_type_hints(section_cls)
         for f in dataclasses.fields(section_cls):
@@ -313,19 +321,26 @@ def _convert(spec: SettingSpec, raw: Any, source: str, *, typed: bool = False) -
 # --- sources ----------------------------------------------------------------------
 
 
-def _from_toml(path: Path, specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
+def _read_toml(path: Path) -> dict[str, Any]:
     source = f"config file {path}"
     try:
         with path.open("rb") as fh:
-            doc = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ConfigError(f"{source}: no such file") from None
     except OSError as exc:
         raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+
+
+def _from_toml(
+    doc: Mapping[str, Any], source: str, specs: Mapping[str, SettingSpec]
+) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for section, table in doc.items():
+        if section == _CATEGORIES:
+            continue
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {section}: expected a [{section}] table")
         for key, raw in table.items():
@@ -335,6 +350,28 @@ def _from_toml(path: Path, specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
                 raise ConfigError(f"{source}: unknown key {name!r}")
             values[name] = _convert(spec, raw, source, typed=True)
     return values
+
+
+def _categories_from_toml(doc: Mapping[str, Any], source: str) -> CategoryTable:
+    """``[categories.<name>]`` tables override built-in categories or add new ones."""
+    tables = doc.get(_CATEGORIES, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"{source}: categories: expected [categories.<name>] tables")
+    hints = typing.get_type_hints(CategoryPolicy)
+    overrides: dict[str, dict[str, Any]] = {}
+    for name, table in tables.items():
+        where = f"{_CATEGORIES}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: expected a [{where}] table")
+        for key, raw in table.items():
+            if key == "name" or key not in hints:
+                raise ConfigError(f"{source}: unknown key '{where}.{key}'")
+            spec = SettingSpec(where, key, hints[key], None, "", None, None)
+            overrides.setdefault(name, {})[key] = _convert(spec, raw, source, typed=True)
+    try:
+        return CategoryTable().with_overrides(overrides)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def _from_env(environ: Mapping[str, str], specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
@@ -377,9 +414,13 @@ def load_settings(
     env = os.environ if environ is None else environ
     specs = _specs_by_name()
     merged: dict[str, Any] = {}
+    categories = CategoryTable()
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
     if path is not None:
-        merged.update(_from_toml(Path(path), specs))
+        doc = _read_toml(Path(path))
+        source = f"config file {path}"
+        merged.update(_from_toml(doc, source, specs))
+        categories = _categories_from_toml(doc, source)
     merged.update(_from_env(env, specs))
     merged.update(_from_overrides(overrides or {}, specs))
 
@@ -388,7 +429,7 @@ def load_settings(
         section, key = name.split(".", 1)
         sections.setdefault(section, {})[key] = value
     hints = typing.get_type_hints(Settings)
-    settings = Settings(**{s: hints[s](**kv) for s, kv in sections.items()})
+    settings = Settings(**{s: hints[s](**kv) for s, kv in sections.items()}, categories=categories)
     _check_cross_field(settings)
     return settings
 
