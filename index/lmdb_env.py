@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import lmdb
 
 from semcached.errors import SemcachedError
+from semcached.index.rwlock import SharedExclusiveLock
 
 __all__ = ["LmdbEnvironment", "StoreFullError"]
 
@@ -33,46 +33,6 @@ T = TypeVar("T")
 
 class StoreFullError(SemcachedError):
     """A write needs more space than the configured map-size cap allows."""
-
-
-class _SharedExclusiveGate:
-    """Many transactions may hold it at once; a map resize needs it alone."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._shared = 0
-        self._exclusive_waiting = 0
-        self._exclusive = False
-
-    @contextmanager
-    def shared(self) -> Iterator[None]:
-        with self._cond:
-            # A waiting resize goes first so that steady readers cannot starve it.
-            while self._exclusive or self._exclusive_waiting:
-                self._cond.wait()
-            self._shared += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._shared -= 1
-                if self._shared == 0:
-                    self._cond.notify_all()
-
-    @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        with self._cond:
-            self._exclusive_waiting += 1
-            while self._exclusive or self._shared:
-                self._cond.wait()
-            self._exclusive_waiting -= 1
-            self._exclusive = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._exclusive = False
-                self._cond.notify_all()
 
 
 class LmdbEnvironment:
@@ -109,7 +69,7 @@ class LmdbEnvironment:
         )
         # Re-opening an environment that grew earlier: adopt its persisted size.
         self._env.set_mapsize(0)
-        self._gate = _SharedExclusiveGate()
+        self._gate = SharedExclusiveLock()
         self._write_lock = threading.Lock()
         self._dbs: dict[bytes, Any] = {}
         self._closed = False
