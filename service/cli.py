@@ -73,6 +73,8 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 def _format_default(spec: SettingSpec) -> str:
     if spec.type is bool:
         return "true" if spec.default else "false"
+    if isinstance(spec.default, tuple):
+        return "[" + ", ".join(f'"{x}"' for x in spec.default) + "]"
     if isinstance(spec.default, str | Path):
         return f'"{spec.default}"'
     return str(spec.default)

@@ -36,6 +36,7 @@ __all__ = [
     "EmbeddingSettings",
     "IndexSettings",
     "LogSettings",
+    "SemanticSettings",
     "ServerSettings",
     "SettingSpec",
     "Settings",
@@ -154,6 +155,24 @@ class EmbeddingSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticSettings:
+    """The semantic response cache."""
+
+    namespaces: tuple[str, ...] = _setting(
+        (),
+        "Namespaces (tenants) accepted; a request naming another gets 400. Empty: any "
+        "well-formed name. Comma-separated in the environment and on the command line.",
+    )
+    candidates: int = _setting(
+        8, "Nearest neighbours examined per lookup before widening the search.", min=1, max=1024
+    )
+    sweep_interval_s: float = _setting(
+        1.0, "How often expired entries are removed in the background.", min=0.01
+    )
+    max_batch: int = _setting(256, "Most lookups in one batch request.", min=1, max=100_000)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All settings, one section per table of the TOML file."""
 
@@ -162,6 +181,7 @@ class Settings:
     storage: StorageSettings = field(default_factory=StorageSettings)
     index: IndexSettings = field(default_factory=IndexSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
+    semantic: SemanticSettings = field(default_factory=SemanticSettings)
     # Only the TOML file sets categories: ``[categories.<name>]`` tables.
     categories: CategoryTable = field(default_factory=CategoryTable)
 
@@ -174,6 +194,8 @@ class Settings:
                 value = "***"
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
             out.setdefault(spec.section, {})[spec.key] = value
         out["categories"] = {p.name: dataclasses.asdict(p) for p in self.categories}
         return out
@@ -275,6 +297,14 @@ def _parse_str(raw: Any) -> str:
     return raw
 
 
+def _parse_names(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):  # environment / command line: comma-separated
+        raw = [part.strip() for part in raw.split(",") if part.strip()]
+    if not isinstance(raw, list) or not all(isinstance(x, str) and x for x in raw):
+        raise ValueError
+    return tuple(raw)
+
+
 def _parse_path(raw: Any) -> Path:
     if not isinstance(raw, str) or not raw:
         raise ValueError
@@ -288,6 +318,7 @@ _PARSERS: dict[Any, tuple[str, Callable[[Any], Any]]] = {
     float: ("a finite number", _parse_float),
     str: ("a string", _parse_str),
     Path: ("a path", _parse_path),
+    tuple[str, ...]: ("a list of names", _parse_names),
 }
 # Types that environment variables and flags spell as text but TOML spells natively.
 _NON_TEXT_TYPES = (bool, int, float)

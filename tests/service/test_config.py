@@ -79,6 +79,16 @@ def test_toml_int_accepted_for_float(tmp_path: Path) -> None:
     assert load_settings(config_file=config, environ={}).server.shutdown_timeout_s == 3.0
 
 
+def test_name_lists_from_every_source(tmp_path: Path) -> None:
+    config = write(tmp_path, '[semantic]\nnamespaces = ["a", "b"]\n')
+    assert load_settings(config_file=config, environ={}).semantic.namespaces == ("a", "b")
+    env = {"SEMCACHED_SEMANTIC_NAMESPACES": " team-1, team-2 ,"}
+    assert load_settings(environ=env).semantic.namespaces == ("team-1", "team-2")
+    bad = write(tmp_path, "[semantic]\nnamespaces = [1]\n")
+    with pytest.raises(ConfigError, match="expected a list of names"):
+        load_settings(config_file=bad, environ={})
+
+
 def test_path_expands_user(tmp_path: Path) -> None:
     settings = load_settings(environ={"SEMCACHED_STORAGE_DATA_DIR": "~/cache"})
     assert settings.storage.data_dir == Path("~/cache").expanduser()
@@ -162,7 +172,12 @@ def test_redacted_hides_secrets() -> None:
 def test_every_setting_type_is_supported() -> None:
     # Every key's default must survive a round trip through the text parser.
     for spec in iter_setting_specs():
-        text = str(spec.default).lower() if spec.type is bool else str(spec.default)
+        if spec.type is bool:
+            text = str(spec.default).lower()
+        elif isinstance(spec.default, tuple):
+            text = ",".join(spec.default)
+        else:
+            text = str(spec.default)
         settings = load_settings(environ={}, overrides={spec.name: text})
         assert getattr(getattr(settings, spec.section), spec.key) == spec.default
 
