@@ -100,6 +100,7 @@ cdef struct Tree:
     int bits          # log2 of the promotion base: P(height >= l) = 2**(-bits*l)
     size_t node_bytes
     uint64_t count    # atomic; changed under the leaf's write latch
+    uint64_t batches  # atomic ticket, spreads concurrent batches (batch_start)
 
 
 # ---------------------------------------------------------------- node helpers
@@ -541,12 +542,14 @@ cdef Node* reposition(const Tree* t, Node* x, uint64_t k, bint write) noexcept n
     return descend(t, k, &r, write)
 
 
-cdef Py_ssize_t batch_insert(Tree* t, const KeyItem* s, Py_ssize_t m, bint* oom) noexcept nogil:
+cdef Py_ssize_t batch_insert(Tree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t start,
+                             bint* oom) noexcept nogil:
     cdef Node* x = NULL
-    cdef Py_ssize_t j, added = 0
+    cdef Py_ssize_t i, j, added = 0
     cdef uint64_t k, v
     cdef int r, res
-    for j in range(m):
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         v = s[j].item
         if key_height(t, k) > 0:
@@ -578,17 +581,19 @@ cdef Py_ssize_t batch_insert(Tree* t, const KeyItem* s, Py_ssize_t m, bint* oom)
     return added
 
 
-cdef Py_ssize_t batch_delete(Tree* t, const KeyItem* s, Py_ssize_t m) noexcept nogil:
+cdef Py_ssize_t batch_delete(Tree* t, const KeyItem* s, Py_ssize_t m,
+                             Py_ssize_t start) noexcept nogil:
     # The finger is a pair: leaf x and its left neighbour prev (or NULL), both
     # write-latched, so that deleting x's first key (every key, when a sorted
     # run empties a leaf) can fix prev's next_header or unlink x in place.
     cdef Node* prev = NULL
     cdef Node* x = NULL
     cdef Node* nxt
-    cdef Py_ssize_t j, removed = 0
+    cdef Py_ssize_t i, j, removed = 0
     cdef uint64_t k, value
     cdef int r
-    for j in range(m):
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         if key_height(t, k) == 0 and x != NULL and not covers(x, k):
             if x.next != NULL and k >= x.next_header:
@@ -641,13 +646,14 @@ cdef inline void release_pair(Node* prev, Node* x) noexcept nogil:
         sc_wunlock(&x.latch)
 
 
-cdef void batch_get(const Tree* t, const KeyItem* s, Py_ssize_t m,
+cdef void batch_get(const Tree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t start,
                     uint64_t* values, uint8_t* found) noexcept nogil:
     cdef Node* x = NULL
-    cdef Py_ssize_t j
+    cdef Py_ssize_t i, j
     cdef uint64_t k
     cdef int r
-    for j in range(m):
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         x = reposition(t, x, k, False)
         r = upper(x, k) - 1
@@ -658,20 +664,21 @@ cdef void batch_get(const Tree* t, const KeyItem* s, Py_ssize_t m,
         sc_runlock(&x.latch)
 
 
-cdef void batch_successor(const Tree* t, const KeyItem* s, Py_ssize_t m,
+cdef void batch_successor(const Tree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t start,
                           uint64_t* out, uint8_t* found) noexcept nogil:
     cdef Node* x = NULL
-    cdef Py_ssize_t j
+    cdef Py_ssize_t i, j
     cdef uint64_t k
-    cdef int i
-    for j in range(m):
+    cdef int pos
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         x = reposition(t, x, k, False)
-        i = upper(x, k) - 1
-        if not holds(x, i, k):
-            i += 1
-        if i < x.n:
-            out[s[j].item] = x.keys[i]
+        pos = upper(x, k) - 1
+        if not holds(x, pos, k):
+            pos += 1
+        if pos < x.n:
+            out[s[j].item] = x.keys[pos]
             found[s[j].item] = 1
         elif x.next != NULL:    # the cached first key of the next leaf
             out[s[j].item] = x.next_header
@@ -757,7 +764,9 @@ cdef class BSkipList:
 
     Keys and values are Python ints in 0 .. 2**64-1; anything else raises
     OverflowError (or TypeError for non-integers).  Batch methods take and
-    return numpy uint64 arrays and run the whole batch without the GIL.
+    return numpy uint64 arrays and run the whole batch without the GIL;
+    single-key methods run the same GIL-free code but keep the GIL, which is
+    cheaper for one key (see the comment at ``insert``).
 
     Thread safety: every method may be called from any number of threads at
     once.  Single-key operations are linearizable.  ``len()`` is exact: the
@@ -819,6 +828,12 @@ cdef class BSkipList:
         return sc_count_load(&self.t.count) != 0
 
     # ------------------------------------------------------------ single keys
+    # These call their GIL-free core without releasing the GIL: releasing and
+    # retaking it costs about 70 ns, a third of a cached lookup, and invites
+    # the convoy effect (another thread takes the GIL and may keep it for a
+    # whole switch interval).  It cannot deadlock: no thread ever waits for
+    # the GIL while holding a latch.  Batches, range_to_arrays() and clear()
+    # release the GIL.
 
     def insert(self, key, value):
         """Map key to value; return True if key was new, False if overwritten.
@@ -827,8 +842,7 @@ cdef class BSkipList:
         """
         cdef uint64_t k = as_key(key), v = as_key(value)
         cdef int res
-        with nogil:
-            res = bs_insert(&self.t, k, v)
+        res = bs_insert(&self.t, k, v)
         if res < 0:
             raise MemoryError()
         return res == 1
@@ -837,8 +851,7 @@ cdef class BSkipList:
         """Return the value of key, or default if absent. O(log n)."""
         cdef uint64_t k = as_key(key), value = 0
         cdef bint found
-        with nogil:
-            found = bs_get(&self.t, k, &value)
+        found = bs_get(&self.t, k, &value)
         return value if found else default
 
     def __contains__(self, key):
@@ -849,16 +862,14 @@ cdef class BSkipList:
             k = as_key(key)
         except (OverflowError, TypeError):
             return False
-        with nogil:
-            found = bs_get(&self.t, k, &value)
+        found = bs_get(&self.t, k, &value)
         return found
 
     def delete(self, key):
         """Remove key; return whether it was present. O(B + log n)."""
         cdef uint64_t k = as_key(key), value
         cdef bint found
-        with nogil:
-            found = bs_delete(&self.t, k, &value)
+        found = bs_delete(&self.t, k, &value)
         return found
 
     def pop_min(self):
@@ -871,14 +882,13 @@ cdef class BSkipList:
         cdef uint64_t k, value
         cdef Py_ssize_t got
         cdef bint removed = False
-        with nogil:
-            while True:
-                got = bs_scan(&self.t, 0, 0xFFFFFFFFFFFFFFFF, &k, NULL, 1)
-                if got == 0:
-                    break
-                if bs_delete(&self.t, k, &value):
-                    removed = True
-                    break
+        while True:
+            got = bs_scan(&self.t, 0, 0xFFFFFFFFFFFFFFFF, &k, NULL, 1)
+            if got == 0:
+                break
+            if bs_delete(&self.t, k, &value):
+                removed = True
+                break
         if not removed:
             raise KeyError("pop_min from an empty BSkipList")
         return k, value
@@ -901,16 +911,14 @@ cdef class BSkipList:
         """Smallest key >= key (inclusive lower bound), or None. O(log n)."""
         cdef uint64_t q = as_key(key), k
         cdef Py_ssize_t got
-        with nogil:
-            got = bs_scan(&self.t, q, 0xFFFFFFFFFFFFFFFF, &k, NULL, 1)
+        got = bs_scan(&self.t, q, 0xFFFFFFFFFFFFFFFF, &k, NULL, 1)
         return k if got else None
 
     def predecessor(self, key):
         """Largest key <= key (inclusive), or None. O(log n)."""
         cdef uint64_t q = as_key(key), k
         cdef bint found
-        with nogil:
-            found = bs_predecessor(&self.t, q, &k)
+        found = bs_predecessor(&self.t, q, &k)
         return k if found else None
 
     def clear(self):
@@ -935,9 +943,8 @@ cdef class BSkipList:
         kv = keys
         vv = values
         while True:
-            with nogil:
-                got = bs_scan(&self.t, cur, hi_incl, &kv[0],
-                              &vv[0] if want_values else NULL, SCAN_CHUNK)
+            got = bs_scan(&self.t, cur, hi_incl, &kv[0],
+                          &vv[0] if want_values else NULL, SCAN_CHUNK)
             if got == 0:
                 return
             yield keys, values, got
@@ -990,14 +997,17 @@ cdef class BSkipList:
         cdef Py_ssize_t added = 0
         cdef bint oom = False
         cdef KeyItem* order
+        cdef int shift
+        cdef Py_ssize_t start
         if vv.shape[0] != m:
             raise ValueError(f"keys and values differ in length: {m} != {vv.shape[0]}")
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], &vv[0], m)
+            order = sort_batch(&kv[0], &vv[0], m, &shift)
             if order != NULL:
-                added = batch_insert(&self.t, order, m, &oom)
+                start = batch_start(order, m, shift, &self.t.batches)
+                added = batch_insert(&self.t, order, m, start, &oom)
                 free(order)
         if order == NULL or oom:
             raise MemoryError(f"out of memory; {added} of {m} keys were added")
@@ -1013,6 +1023,7 @@ cdef class BSkipList:
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
         cdef KeyItem* order
+        cdef int shift
         values = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] vv = values
@@ -1020,9 +1031,10 @@ cdef class BSkipList:
         if m == 0:
             return values, found
         with nogil:
-            order = sort_batch(&kv[0], NULL, m)
+            order = sort_batch(&kv[0], NULL, m, &shift)
             if order != NULL:
-                batch_get(&self.t, order, m, &vv[0], &fv[0])
+                batch_get(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
+                          &vv[0], &fv[0])
                 free(order)
         if order == NULL:
             raise MemoryError()
@@ -1037,6 +1049,7 @@ cdef class BSkipList:
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
         cdef KeyItem* order
+        cdef int shift
         out = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] ov = out
@@ -1044,9 +1057,10 @@ cdef class BSkipList:
         if m == 0:
             return out, found
         with nogil:
-            order = sort_batch(&kv[0], NULL, m)
+            order = sort_batch(&kv[0], NULL, m, &shift)
             if order != NULL:
-                batch_successor(&self.t, order, m, &ov[0], &fv[0])
+                batch_successor(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
+                                &ov[0], &fv[0])
                 free(order)
         if order == NULL:
             raise MemoryError()
@@ -1062,12 +1076,14 @@ cdef class BSkipList:
         cdef Py_ssize_t m = kv.shape[0]
         cdef Py_ssize_t removed = 0
         cdef KeyItem* order
+        cdef int shift
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], NULL, m)
+            order = sort_batch(&kv[0], NULL, m, &shift)
             if order != NULL:
-                removed = batch_delete(&self.t, order, m)
+                removed = batch_delete(&self.t, order, m,
+                                       batch_start(order, m, shift, &self.t.batches))
                 free(order)
         if order == NULL:
             raise MemoryError()

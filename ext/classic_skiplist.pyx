@@ -37,6 +37,7 @@ cdef struct CTree:
     CNode* heads[LEVELS]
     int top             # highest level ever used (atomic, only grows)
     uint64_t count
+    uint64_t batches
 
 
 cdef extern from *:
@@ -292,14 +293,15 @@ cdef CNode* reposition(CTree* t, CNode* x, uint64_t k, bint write) noexcept nogi
     return descend(t, k, 0, write)
 
 
-cdef Py_ssize_t batch_insert(CTree* t, const KeyItem* s, Py_ssize_t m,
+cdef Py_ssize_t batch_insert(CTree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t start,
                              bint* oom) noexcept nogil:
     cdef CNode* x = NULL
     cdef CNode* n
-    cdef Py_ssize_t j, added = 0
+    cdef Py_ssize_t i, j, added = 0
     cdef uint64_t k, v
     cdef int res
-    for j in range(m):
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         v = s[j].item
         if height(k) == 0:
@@ -332,12 +334,13 @@ cdef Py_ssize_t batch_insert(CTree* t, const KeyItem* s, Py_ssize_t m,
     return added
 
 
-cdef void batch_lookup(CTree* t, const KeyItem* s, Py_ssize_t m, uint64_t* out, uint8_t* found,
-                       bint successor) noexcept nogil:
+cdef void batch_lookup(CTree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t start, uint64_t* out,
+                       uint8_t* found, bint successor) noexcept nogil:
     cdef CNode* x = NULL
-    cdef Py_ssize_t j
+    cdef Py_ssize_t i, j
     cdef uint64_t k
-    for j in range(m):
+    for i in range(m):
+        j = i + start if i < m - start else i + start - m
         k = s[j].key
         x = reposition(t, x, k, False)
         if is_key(x, k):
@@ -353,7 +356,8 @@ cdef void batch_lookup(CTree* t, const KeyItem* s, Py_ssize_t m, uint64_t* out, 
 cdef class ClassicSkipList:
     """Concurrent one-key-per-node skiplist, uint64 -> uint64 (benchmark baseline).
 
-    Point operations O(log n) expected; a batch is sorted first, O(m log m).
+    Point operations O(log n) expected; a batch is grouped by key first, O(m).
+    Like BSkipList, single-key methods keep the GIL and batches release it.
     """
 
     cdef CTree t
@@ -383,8 +387,7 @@ cdef class ClassicSkipList:
 
     def insert(self, uint64_t key, uint64_t value):
         cdef int res
-        with nogil:
-            res = cs_insert(&self.t, key, value)
+        res = cs_insert(&self.t, key, value)
         if res < 0:
             raise MemoryError()
         return res == 1
@@ -392,22 +395,19 @@ cdef class ClassicSkipList:
     def get(self, uint64_t key, default=None):
         cdef uint64_t value = 0
         cdef bint found
-        with nogil:
-            found = cs_get(&self.t, key, &value)
+        found = cs_get(&self.t, key, &value)
         return value if found else default
 
     def successor(self, uint64_t key):
         cdef uint64_t out = 0
         cdef bint found
-        with nogil:
-            found = cs_successor(&self.t, key, &out)
+        found = cs_successor(&self.t, key, &out)
         return out if found else None
 
     def delete(self, uint64_t key):
         cdef uint64_t value
         cdef bint found
-        with nogil:
-            found = cs_delete(&self.t, key, &value)
+        found = cs_delete(&self.t, key, &value)
         return found
 
     def insert_many(self, keys, values):
@@ -415,15 +415,17 @@ cdef class ClassicSkipList:
         cdef uint64_t[::1] vv = _u64_array(values, "values")
         cdef Py_ssize_t m = kv.shape[0], added = 0
         cdef KeyItem* order = NULL
+        cdef int shift
         cdef bint oom = False
         if vv.shape[0] != m:
             raise ValueError("keys and values differ in length")
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], &vv[0], m)
+            order = sort_batch(&kv[0], &vv[0], m, &shift)
             if order != NULL:
-                added = batch_insert(&self.t, order, m, &oom)
+                added = batch_insert(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
+                                     &oom)
                 free(order)
         if order == NULL or oom:
             raise MemoryError()
@@ -433,6 +435,7 @@ cdef class ClassicSkipList:
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t m = kv.shape[0]
         cdef KeyItem* order = NULL
+        cdef int shift
         out = np.zeros(m, dtype=np.uint64)
         found = np.zeros(m, dtype=np.bool_)
         cdef uint64_t[::1] ov = out
@@ -440,9 +443,10 @@ cdef class ClassicSkipList:
         if m == 0:
             return out, found
         with nogil:
-            order = sort_batch(&kv[0], NULL, m)
+            order = sort_batch(&kv[0], NULL, m, &shift)
             if order != NULL:
-                batch_lookup(&self.t, order, m, &ov[0], &fv[0], successor)
+                batch_lookup(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
+                             &ov[0], &fv[0], successor)
                 free(order)
         if order == NULL:
             raise MemoryError()
@@ -460,11 +464,12 @@ cdef class ClassicSkipList:
         cdef uint64_t[::1] kv = _u64_array(keys, "keys")
         cdef Py_ssize_t j, m = kv.shape[0], removed = 0
         cdef KeyItem* order = NULL
+        cdef int shift
         cdef uint64_t value
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], NULL, m)
+            order = sort_batch(&kv[0], NULL, m, &shift)
             if order != NULL:
                 for j in range(m):
                     removed += cs_delete(&self.t, order[j].key, &value)

@@ -313,3 +313,31 @@ def test_batches_with_clusters_far_apart(sl: BSkipList) -> None:
         ref.pop(k, None)
     sl._check()
     assert list(sl.items()) == sorted(ref.items())
+
+
+def test_big_batches_keep_the_last_duplicate(sl: BSkipList) -> None:
+    # Big batches start at a varying point and wrap around; duplicates must
+    # still be applied in batch order, clustered or spread out.
+    rng = np.random.default_rng(5)
+    ref: dict[int, int] = {}
+    for call in range(4):
+        keys = np.concatenate(
+            [
+                rng.integers(0, 2_000, size=6_000, dtype=np.uint64),
+                rng.integers(0, 2**64, size=300, dtype=np.uint64) | np.uint64(1 << 63),
+            ]
+        )
+        keys = np.concatenate([keys, keys[:: 7 + call]])
+        values = rng.integers(0, 2**64, size=keys.size, dtype=np.uint64)
+        expect_new = len(set(keys.tolist()) - set(ref))
+        for k, v in zip(keys.tolist(), values.tolist(), strict=True):
+            ref[k] = v
+        assert sl.insert_many(keys, values) == expect_new
+        got, found = sl.get_many(keys)
+        assert found.all()
+        assert got.tolist() == [ref[k] for k in keys.tolist()]
+    sl._check()
+    assert list(sl.items()) == sorted(ref.items())
+    assert sl.delete_many(np.array(list(ref), dtype=np.uint64)) == len(ref)
+    assert len(sl) == 0
+    sl._check()
