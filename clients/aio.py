@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -10,7 +11,17 @@ import aiohttp
 
 from semcached.clients import commands
 from semcached.clients.base import Attempts, ClientOptions
-from semcached.clients.commands import Readiness, Reply, Request
+from semcached.clients.commands import (
+    CategoryStats,
+    Entry,
+    InsertResult,
+    LookupQuery,
+    LookupResult,
+    Readiness,
+    Reply,
+    Request,
+    VectorLike,
+)
 from semcached.clients.retry import RetryPolicy
 from semcached.errors import SemcachedConnectionError, SemcachedTimeoutError
 
@@ -132,3 +143,61 @@ class AsyncSemcachedClient:
     async def set_log_level(self, level: str) -> str:
         """Change the daemon's log level until it restarts."""
         return await self.execute(commands.set_log_level(level))
+
+    # -- semantic cache --------------------------------------------------------------
+
+    async def lookup(
+        self,
+        namespace: str,
+        text: str | None = None,
+        *,
+        vector: VectorLike | None = None,
+        category: str | None = None,
+        partition: str | None = None,
+        threshold: float | None = None,
+    ) -> LookupResult:
+        """Find a cached response to a prompt meaning the same thing (text and/or vector)."""
+        query = LookupQuery(namespace, text, vector, category, partition, threshold)
+        return await self.execute(commands.lookup(query))
+
+    async def lookup_many(self, queries: Sequence[LookupQuery]) -> list[LookupResult]:
+        """Several lookups in one request; results in order."""
+        return await self.execute(commands.lookup_many(queries))
+
+    async def insert(
+        self,
+        namespace: str,
+        prompt: str,
+        response: Any,
+        *,
+        category: str | None = None,
+        partition: str | None = None,
+        model: str | None = None,
+        vector: VectorLike | None = None,
+        ttl_s: float | None = None,
+    ) -> InsertResult:
+        """Cache ``response`` (JSON value, or bytes) for ``prompt``; returns once durable."""
+        return await self.execute(
+            commands.insert(
+                namespace, prompt, response, category=category, partition=partition,
+                model=model, vector=vector, ttl_s=ttl_s,
+            )
+        )  # fmt: skip
+
+    async def get(self, entry_id: int, namespace: str) -> Entry:
+        """One entry; raises NotFoundError if it is absent, expired or in another namespace."""
+        return await self.execute(commands.get_entry(entry_id, namespace))
+
+    async def delete(self, entry_id: int, namespace: str) -> bool:
+        """Remove one entry; False if there was none."""
+        return await self.execute(commands.delete_entry(entry_id, namespace))
+
+    async def purge(
+        self, namespace: str, *, category: str | None = None, partition: str | None = None
+    ) -> int:
+        """Remove a namespace's entries (optionally one category or partition); the count."""
+        return await self.execute(commands.purge(namespace, category=category, partition=partition))
+
+    async def stats(self) -> dict[str, CategoryStats]:
+        """Counters per category."""
+        return await self.execute(commands.stats())

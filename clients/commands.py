@@ -8,24 +8,40 @@ command is written once and both clients stay in step.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import base64
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import orjson
+from numpy.typing import NDArray
 
 from semcached.errors import ApiError, api_error_class
 
 __all__ = [
+    "CategoryStats",
+    "Entry",
+    "InsertResult",
+    "LookupQuery",
+    "LookupResult",
     "Readiness",
     "Reply",
     "Request",
+    "VectorLike",
+    "delete_entry",
     "get_config",
+    "get_entry",
     "health",
+    "insert",
+    "lookup",
+    "lookup_many",
     "metrics",
+    "purge",
     "raise_for_reply",
     "ready",
     "set_log_level",
+    "stats",
 ]
 
 T = TypeVar("T")
@@ -138,4 +154,218 @@ def set_log_level(level: str) -> Request[str]:
         lambda r: str(r.json()["level"]),
         idempotent=True,
         json={"level": level},
+    )
+
+
+# --- semantic cache ---------------------------------------------------------------------
+
+VectorLike = Sequence[float] | NDArray[np.floating[Any]]
+
+
+def _encode_vector(vector: VectorLike) -> str:
+    """Base64 of little-endian float32: a third the size of a JSON list, parsed without floats."""
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def _decode_response(value: Any, response_format: str) -> Any:
+    return base64.b64decode(value) if response_format == "bytes" else value
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """A semantic lookup's answer. ``response`` is the cached JSON value (or bytes)."""
+
+    hit: bool
+    category: str
+    similarity: float | None = None
+    entry_id: int | None = None
+    age_s: float | None = None
+    strategy: str | None = None
+    response: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    entry_id: int
+    category: str
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A cached entry as stored."""
+
+    entry_id: int
+    namespace: str
+    category: str
+    partition: str
+    model: str
+    prompt: str
+    response: Any
+    created_at: float
+    expires_at: float
+    hit_count: int
+    last_hit_at: float
+    size_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryStats:
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    inserts: int
+    evictions: int
+    expirations: int
+
+
+@dataclass(frozen=True, slots=True)
+class LookupQuery:
+    """One lookup of a batch (see :func:`lookup_many`)."""
+
+    namespace: str
+    text: str | None = None
+    vector: VectorLike | None = None
+    category: str | None = None
+    partition: str | None = None
+    threshold: float | None = None
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"namespace": self.namespace}
+        if self.text is not None:
+            body["text"] = self.text
+        if self.vector is not None:
+            body["vector"] = _encode_vector(self.vector)
+        for name in ("category", "partition", "threshold"):
+            value = getattr(self, name)
+            if value is not None:
+                body[name] = value
+        return body
+
+
+def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
+    return LookupResult(
+        hit=bool(doc["hit"]),
+        category=str(doc["category"]),
+        similarity=doc.get("similarity"),
+        entry_id=doc.get("entry_id"),
+        age_s=doc.get("age_s"),
+        strategy=doc.get("strategy"),
+        response=_decode_response(doc.get("response"), doc.get("response_format", "json")),
+    )
+
+
+def lookup(query: LookupQuery) -> Request[LookupResult]:
+    """``POST /v1/semantic/lookup``. Safe to retry: a lookup changes nothing but hit counts."""
+    return Request(
+        "POST",
+        "/v1/semantic/lookup",
+        lambda r: _lookup_result(r.json()),
+        idempotent=True,
+        json=query.body(),
+    )
+
+
+def lookup_many(queries: Sequence[LookupQuery]) -> Request[list[LookupResult]]:
+    """``POST /v1/semantic/lookup:batch``: results in the order of ``queries``."""
+    return Request(
+        "POST",
+        "/v1/semantic/lookup:batch",
+        lambda r: [_lookup_result(d) for d in r.json()["results"]],
+        idempotent=True,
+        json={"lookups": [q.body() for q in queries]},
+    )
+
+
+def insert(
+    namespace: str,
+    prompt: str,
+    response: Any,
+    *,
+    category: str | None = None,
+    partition: str | None = None,
+    model: str | None = None,
+    vector: VectorLike | None = None,
+    ttl_s: float | None = None,
+) -> Request[InsertResult]:
+    """``POST /v1/semantic/entries``. ``bytes`` responses are stored as opaque bytes,
+    anything else as JSON. Not retried: a repeat would store the entry twice."""
+    body: dict[str, Any] = {"namespace": namespace, "prompt": prompt}
+    if isinstance(response, bytes | bytearray | memoryview):
+        body["response"] = base64.b64encode(bytes(response)).decode()
+        body["response_format"] = "bytes"
+    else:
+        body["response"] = response
+    optional = {"category": category, "partition": partition, "model": model, "ttl_s": ttl_s}
+    body.update({k: v for k, v in optional.items() if v is not None})
+    if vector is not None:
+        body["vector"] = _encode_vector(vector)
+
+    def parse(reply: Reply) -> InsertResult:
+        doc = reply.json()
+        return InsertResult(int(doc["entry_id"]), str(doc["category"]), float(doc["expires_at"]))
+
+    return Request(
+        "POST", "/v1/semantic/entries", parse, idempotent=False, json=body,
+        ok_status=frozenset({201}),
+    )  # fmt: skip
+
+
+def get_entry(entry_id: int, namespace: str) -> Request[Entry]:
+    """``GET /v1/semantic/entries/{id}``; a missing entry raises NotFoundError."""
+
+    def parse(reply: Reply) -> Entry:
+        doc = reply.json()
+        return Entry(
+            entry_id=int(doc["entry_id"]),
+            namespace=doc["namespace"],
+            category=doc["category"],
+            partition=doc["partition"],
+            model=doc["model"],
+            prompt=doc["prompt"],
+            response=_decode_response(doc["response"], doc["response_format"]),
+            created_at=float(doc["created_at"]),
+            expires_at=float(doc["expires_at"]),
+            hit_count=int(doc["hit_count"]),
+            last_hit_at=float(doc["last_hit_at"]),
+            size_bytes=int(doc["size_bytes"]),
+        )
+
+    return Request(
+        "GET", f"/v1/semantic/entries/{int(entry_id)}", parse, idempotent=True,
+        params={"namespace": namespace},
+    )  # fmt: skip
+
+
+def delete_entry(entry_id: int, namespace: str) -> Request[bool]:
+    """``DELETE /v1/semantic/entries/{id}``: True if it was removed, False if absent."""
+    return Request(
+        "DELETE", f"/v1/semantic/entries/{int(entry_id)}", lambda r: r.status == 204,
+        idempotent=True, params={"namespace": namespace}, ok_status=frozenset({204, 404}),
+    )  # fmt: skip
+
+
+def purge(
+    namespace: str, *, category: str | None = None, partition: str | None = None
+) -> Request[int]:
+    """``POST /v1/semantic/purge``: how many entries were removed."""
+    body: dict[str, Any] = {"namespace": namespace}
+    if category is not None:
+        body["category"] = category
+    if partition is not None:
+        body["partition"] = partition
+    return Request(
+        "POST", "/v1/semantic/purge", lambda r: int(r.json()["purged"]), idempotent=True,
+        json=body,
+    )  # fmt: skip
+
+
+def stats() -> Request[dict[str, CategoryStats]]:
+    """``GET /v1/semantic/stats``: counters per category."""
+    return Request(
+        "GET",
+        "/v1/semantic/stats",
+        lambda r: {n: CategoryStats(**s) for n, s in r.json()["categories"].items()},
+        idempotent=True,
     )
