@@ -18,9 +18,12 @@
 # deleter free a node as soon as it holds its write latch (see bskiplist.pyx,
 # "Memory reclamation").
 
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memset
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -279,29 +282,48 @@ import operator as _operator
 import numpy as _np
 
 
-def _u64_array(obj, str name):
-    """Return ``obj`` as a 1-D C-contiguous uint64 array, refusing lossy input.
+cdef cnp.ndarray as_u64_array(object obj, str name):
+    """``obj`` as a 1-D C-contiguous uint64 array, refusing lossy input.
 
     Negative or >= 2**64 values raise OverflowError, non-integers TypeError.
+    A fitting array is used as it is (no copy).
     """
-    cdef object arr
-    if not isinstance(obj, _np.ndarray):
+    cdef cnp.ndarray arr
+    cdef object view
+    if type(obj) is cnp.ndarray:
+        arr = <cnp.ndarray>obj
+        if (cnp.PyArray_TYPE(arr) == cnp.NPY_UINT64 and cnp.PyArray_NDIM(arr) == 1
+                and cnp.PyArray_IS_C_CONTIGUOUS(arr)):
+            return arr
+    else:
         arr = _np.asarray(obj)
-        if arr.size == 0:
-            return _np.empty(0, dtype=_np.uint64)
-        if arr.dtype.kind not in "iu":
+        if cnp.PyArray_SIZE(arr) == 0:
+            return new_array(0, cnp.NPY_UINT64)
+        if (<object>arr).dtype.kind not in "iu":
             # Mixed or huge Python ints become float64/object: convert one by one.
             return _np.fromiter((_operator.index(x) for x in obj), dtype=_np.uint64)
-        obj = arr
-    arr = obj
-    if arr.ndim != 1:
-        raise ValueError(f"{name} must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype == _np.uint64:
-        return _np.ascontiguousarray(arr)
-    if arr.dtype.kind == "u":
-        return arr.astype(_np.uint64)
-    if arr.dtype.kind == "i":
-        if arr.size and arr.min() < 0:
+    view = arr              # plain Python attribute access from here on
+    if view.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {view.shape}")
+    if view.dtype.kind == "u":
+        return _np.ascontiguousarray(view, dtype=_np.uint64)
+    if view.dtype.kind == "i":
+        if view.size and view.min() < 0:
             raise OverflowError(f"{name} holds a negative value; keys and values are uint64")
-        return arr.astype(_np.uint64)
-    raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        return _np.ascontiguousarray(view, dtype=_np.uint64)
+    raise TypeError(f"{name} must hold integers, got dtype {view.dtype}")
+
+
+cdef inline cnp.ndarray new_array(Py_ssize_t m, int typenum):
+    """A zeroed 1-D array (NPY_UINT64 or NPY_BOOL) of m elements."""
+    cdef cnp.npy_intp dims[1]
+    dims[0] = m
+    return cnp.PyArray_ZEROS(1, dims, typenum, 0)
+
+
+cdef inline uint64_t* u64_data(cnp.ndarray a) noexcept:
+    return <uint64_t*>cnp.PyArray_DATA(a)
+
+
+cdef inline uint8_t* bool_data(cnp.ndarray a) noexcept:
+    return <uint8_t*>cnp.PyArray_DATA(a)

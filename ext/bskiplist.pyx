@@ -40,7 +40,7 @@ came from, so at that point no thread holds, or is waiting for, the freed
 node's latch: immediate ``free`` is safe without deferred reclamation.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint64_t, uintptr_t
+from libc.stdint cimport uint16_t, uintptr_t
 from libc.string cimport memmove
 
 import numpy as np
@@ -91,7 +91,12 @@ DEFAULT_NODE_SIZE = 64
 
 cdef int MIN_NODE_SIZE = 4
 cdef int MAX_NODE_SIZE = 4096
-cdef int SCAN_CHUNK = 512
+
+cdef enum:
+    SCAN_CHUNK = 512    # entries an iterator reads per latched pass
+    KEYS = 0
+    VALUES = 1
+    ITEMS = 2
 
 
 cdef struct Tree:
@@ -583,9 +588,10 @@ cdef Py_ssize_t batch_insert(Tree* t, const KeyItem* s, Py_ssize_t m, Py_ssize_t
 
 cdef Py_ssize_t batch_delete(Tree* t, const KeyItem* s, Py_ssize_t m,
                              Py_ssize_t start) noexcept nogil:
-    # The finger is a pair: leaf x and its left neighbour prev (or NULL), both
-    # write-latched, so that deleting x's first key (every key, when a sorted
-    # run empties a leaf) can fix prev's next_header or unlink x in place.
+    # The finger is a pair: leaf x and, when known, its left neighbour prev
+    # (prev.next == x whenever prev is set), both write-latched, so deleting
+    # x's first key (every key, when a sorted run empties a leaf) can fix
+    # prev's next_header, or unlink x, in place.
     cdef Node* prev = NULL
     cdef Node* x = NULL
     cdef Node* nxt
@@ -595,43 +601,43 @@ cdef Py_ssize_t batch_delete(Tree* t, const KeyItem* s, Py_ssize_t m,
     for i in range(m):
         j = i + start if i < m - start else i + start - m
         k = s[j].key
-        if key_height(t, k) == 0 and x != NULL and not covers(x, k):
-            if x.next != NULL and k >= x.next_header:
-                nxt = x.next
-                sc_wlock(&nxt.latch)
-                if prev != NULL:
-                    sc_wunlock(&prev.latch)
-                prev = x
-                x = nxt
-            if not covers(x, k):
-                release_pair(prev, x)
-                prev = x = NULL
-        if key_height(t, k) == 0 and x == NULL and k > 0:
-            # The leaf covering k - 1 is k's leaf, or its left neighbour if
-            # k heads the next leaf.
-            x = descend(t, k - 1, &r, True)
-            if not covers(x, k):
-                prev = x
-                x = prev.next
-                sc_wlock(&x.latch)
-        if x != NULL and key_height(t, k) == 0:
+        if key_height(t, k) == 0 and k > 0:
+            if x != NULL and not covers(x, k):
+                if x.next != NULL and k >= x.next_header:
+                    nxt = x.next
+                    sc_wlock(&nxt.latch)
+                    if prev != NULL:
+                        sc_wunlock(&prev.latch)
+                    prev = x
+                    x = nxt
+                if not covers(x, k):
+                    release_pair(prev, x)
+                    prev = x = NULL
+            if x == NULL:
+                # The leaf covering k - 1 holds k, or is the left neighbour
+                # of the leaf that k heads.
+                x = descend(t, k - 1, &r, True)
+                if not covers(x, k):
+                    prev = x
+                    x = prev.next
+                    sc_wlock(&x.latch)
             r = upper(x, k) - 1
             if not holds(x, r, k):
                 continue
-            if r > 0 or (prev != NULL and prev.next == x):
+            if r > 0 or prev != NULL:
                 remove_at(t, x, r)
                 sc_count_add(&t.count, -1)
                 removed += 1
-                if r == 0:
-                    if x.n == 0:
-                        prev.next = x.next
-                        prev.next_header = x.next_header
-                        free(x)
-                        x = prev
-                        prev = NULL
-                    else:
-                        prev.next_header = x.keys[0]
+                if r == 0 and x.n == 0:
+                    prev.next = x.next
+                    prev.next_header = x.next_header
+                    free(x)
+                    x = prev
+                    prev = NULL
+                elif r == 0:
+                    prev.next_header = x.keys[0]
                 continue
+        # Promoted keys (and leaf heads with no left neighbour at hand).
         release_pair(prev, x)
         prev = x = NULL
         removed += bs_delete(t, k, &value)
@@ -929,28 +935,17 @@ cdef class BSkipList:
 
     # ------------------------------------------------------------ iteration
 
-    def _chunks(self, object lo, object hi, bint want_values):
-        """Yield (keys, values, count) chunks of the scan [lo, hi)."""
+    cdef _scan(self, object lo, object hi, int what):
+        cdef _Scan it = _Scan.__new__(_Scan)
         cdef bint empty = False
-        cdef uint64_t hi_incl = hi_inclusive(hi, &empty)
-        cdef uint64_t cur = as_key(lo)
-        cdef Py_ssize_t got
-        cdef uint64_t[::1] kv, vv
-        if empty or cur > hi_incl:
-            return
-        keys = np.empty(SCAN_CHUNK, dtype=np.uint64)
-        values = np.empty(SCAN_CHUNK if want_values else 1, dtype=np.uint64)
-        kv = keys
-        vv = values
-        while True:
-            got = bs_scan(&self.t, cur, hi_incl, &kv[0],
-                          &vv[0] if want_values else NULL, SCAN_CHUNK)
-            if got == 0:
-                return
-            yield keys, values, got
-            if got < SCAN_CHUNK or kv[got - 1] >= hi_incl:
-                return
-            cur = kv[got - 1] + 1
+        it.owner = self
+        it.t = &self.t
+        it.hi = hi_inclusive(hi, &empty)
+        it.cur = as_key(lo)
+        it.what = what
+        it.cap = 32             # small first read: callers often stop early
+        it.done = empty or it.cur > it.hi
+        return it
 
     def range(self, lo=0, hi=None):
         """Iterate (key, value) pairs with lo <= key < hi, ascending.
@@ -959,26 +954,23 @@ cdef class BSkipList:
         per node, not a snapshot (see the class docstring).  O(log n + m) for
         m pairs.
         """
-        return self.items(lo, hi)
+        return self._scan(lo, hi, ITEMS)
 
     def items(self, lo=0, hi=None):
         """Iterate (key, value) pairs with lo <= key < hi. O(log n + m)."""
-        for keys, values, got in self._chunks(lo, hi, True):
-            yield from zip(keys[:got].tolist(), values[:got].tolist())
+        return self._scan(lo, hi, ITEMS)
 
     def keys(self, lo=0, hi=None):
         """Iterate keys with lo <= key < hi, ascending. O(log n + m)."""
-        for keys, _, got in self._chunks(lo, hi, False):
-            yield from keys[:got].tolist()
+        return self._scan(lo, hi, KEYS)
 
     def values(self, lo=0, hi=None):
         """Iterate values in key order, for lo <= key < hi. O(log n + m)."""
-        for _, values, got in self._chunks(lo, hi, True):
-            yield from values[:got].tolist()
+        return self._scan(lo, hi, VALUES)
 
     def __iter__(self):
         """Iterate all keys ascending. O(n)."""
-        return self.keys()
+        return self._scan(0, None, KEYS)
 
     # ------------------------------------------------------------ batches
 
@@ -991,23 +983,24 @@ cdef class BSkipList:
         batch as a whole is not.  O(m) to group plus, per key, O(B) when it
         lands in the leaf of the previous key, else O(B + log n).
         """
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef uint64_t[::1] vv = _u64_array(values, "values")
-        cdef Py_ssize_t m = kv.shape[0]
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef cnp.ndarray va = as_u64_array(values, "values")
+        cdef Py_ssize_t m = ka.shape[0]
         cdef Py_ssize_t added = 0
-        cdef bint oom = False
+        cdef const uint64_t* kp = u64_data(ka)
+        cdef const uint64_t* vp = u64_data(va)
         cdef KeyItem* order
+        cdef bint oom = False
         cdef int shift
-        cdef Py_ssize_t start
-        if vv.shape[0] != m:
-            raise ValueError(f"keys and values differ in length: {m} != {vv.shape[0]}")
+        if va.shape[0] != m:
+            raise ValueError(f"keys and values differ in length: {m} != {va.shape[0]}")
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], &vv[0], m, &shift)
+            order = sort_batch(kp, vp, m, &shift)
             if order != NULL:
-                start = batch_start(order, m, shift, &self.t.batches)
-                added = batch_insert(&self.t, order, m, start, &oom)
+                added = batch_insert(&self.t, order, m,
+                                     batch_start(order, m, shift, &self.t.batches), &oom)
                 free(order)
         if order == NULL or oom:
             raise MemoryError(f"out of memory; {added} of {m} keys were added")
@@ -1020,25 +1013,7 @@ cdef class BSkipList:
         mask, in the order of ``keys``.  O(m + m log n), much less per key
         when keys are dense (a key in the previous key's leaf costs O(log B)).
         """
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t m = kv.shape[0]
-        cdef KeyItem* order
-        cdef int shift
-        values = np.zeros(m, dtype=np.uint64)
-        found = np.zeros(m, dtype=np.bool_)
-        cdef uint64_t[::1] vv = values
-        cdef uint8_t[::1] fv = found.view(np.uint8)
-        if m == 0:
-            return values, found
-        with nogil:
-            order = sort_batch(&kv[0], NULL, m, &shift)
-            if order != NULL:
-                batch_get(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
-                          &vv[0], &fv[0])
-                free(order)
-        if order == NULL:
-            raise MemoryError()
-        return values, found
+        return self._lookup_many(keys, False)
 
     def successor_many(self, keys):
         """For every key, the smallest stored key >= it, without the GIL.
@@ -1046,21 +1021,29 @@ cdef class BSkipList:
         Returns (successors, found): uint64 keys (0 where none) and a bool
         mask, in the order of ``keys``.  Complexity as ``get_many``.
         """
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t m = kv.shape[0]
+        return self._lookup_many(keys, True)
+
+    cdef tuple _lookup_many(self, object keys, bint successor):
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef Py_ssize_t m = ka.shape[0]
+        cdef cnp.ndarray out = new_array(m, cnp.NPY_UINT64)
+        cdef cnp.ndarray found = new_array(m, cnp.NPY_BOOL)
+        cdef const uint64_t* kp = u64_data(ka)
+        cdef uint64_t* op = u64_data(out)
+        cdef uint8_t* fp = bool_data(found)
         cdef KeyItem* order
         cdef int shift
-        out = np.zeros(m, dtype=np.uint64)
-        found = np.zeros(m, dtype=np.bool_)
-        cdef uint64_t[::1] ov = out
-        cdef uint8_t[::1] fv = found.view(np.uint8)
         if m == 0:
             return out, found
         with nogil:
-            order = sort_batch(&kv[0], NULL, m, &shift)
+            order = sort_batch(kp, NULL, m, &shift)
             if order != NULL:
-                batch_successor(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
-                                &ov[0], &fv[0])
+                if successor:
+                    batch_successor(&self.t, order, m,
+                                    batch_start(order, m, shift, &self.t.batches), op, fp)
+                else:
+                    batch_get(&self.t, order, m,
+                              batch_start(order, m, shift, &self.t.batches), op, fp)
                 free(order)
         if order == NULL:
             raise MemoryError()
@@ -1072,15 +1055,16 @@ cdef class BSkipList:
         Applied grouped by key; each key is one atomic delete.  Complexity as
         ``insert_many``.
         """
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t m = kv.shape[0]
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef Py_ssize_t m = ka.shape[0]
         cdef Py_ssize_t removed = 0
+        cdef const uint64_t* kp = u64_data(ka)
         cdef KeyItem* order
         cdef int shift
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], NULL, m, &shift)
+            order = sort_batch(kp, NULL, m, &shift)
             if order != NULL:
                 removed = batch_delete(&self.t, order, m,
                                        batch_start(order, m, shift, &self.t.batches))
@@ -1095,37 +1079,39 @@ cdef class BSkipList:
         O(log n + m)."""
         cdef bint empty = False
         cdef uint64_t hi_incl = hi_inclusive(hi, &empty)
-        cdef Py_ssize_t remaining, cap, got
         cdef uint64_t cur = as_key(lo)
-        cdef uint64_t[::1] kv, vv
+        cdef Py_ssize_t remaining, cap, got
+        cdef cnp.ndarray ka, va
+        cdef uint64_t* kp
+        cdef uint64_t* vp
         if limit is None:
             remaining = <Py_ssize_t>(<size_t>-1 >> 1)
         else:
             remaining = limit
             if remaining < 0:
                 raise ValueError(f"limit must be >= 0, got {limit}")
+        if empty or cur > hi_incl or remaining == 0:
+            return new_array(0, cnp.NPY_UINT64), new_array(0, cnp.NPY_UINT64)
+        # Sized from len() (grown if the map grows meanwhile); trimmed at the end.
+        cap = min(remaining, max(<Py_ssize_t>sc_count_load(&self.t.count), 16))
         key_parts = []
         value_parts = []
-        if not empty and cur <= hi_incl:
-            cap = min(remaining, max(<Py_ssize_t>sc_count_load(&self.t.count), 16))
-            while remaining > 0:
-                keys = np.empty(cap, dtype=np.uint64)
-                values = np.empty(cap, dtype=np.uint64)
-                kv = keys
-                vv = values
-                with nogil:
-                    got = bs_scan(&self.t, cur, hi_incl, &kv[0], &vv[0], cap)
-                key_parts.append(keys[:got])
-                value_parts.append(values[:got])
-                remaining -= got
-                if got < cap or kv[got - 1] >= hi_incl:
-                    break
-                cur = kv[got - 1] + 1
-                cap = min(remaining, 2 * cap)
+        while True:
+            ka = cnp.PyArray_EMPTY(1, [cap], cnp.NPY_UINT64, 0)
+            va = cnp.PyArray_EMPTY(1, [cap], cnp.NPY_UINT64, 0)
+            kp = u64_data(ka)
+            vp = u64_data(va)
+            with nogil:
+                got = bs_scan(&self.t, cur, hi_incl, kp, vp, cap)
+            key_parts.append(ka[:got])
+            value_parts.append(va[:got])
+            remaining -= got
+            if got < cap or remaining == 0 or kp[got - 1] >= hi_incl:
+                break
+            cur = kp[got - 1] + 1
+            cap = min(remaining, 2 * cap)
         if len(key_parts) == 1:
             return key_parts[0], value_parts[0]
-        if not key_parts:
-            return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.uint64)
         return np.concatenate(key_parts), np.concatenate(value_parts)
 
     # ------------------------------------------------------------ checking
@@ -1226,3 +1212,43 @@ cdef class BSkipList:
             raise AssertionError(
                 f"len() says {sc_count_load(&t.count)} but the leaves hold {stats[0][1]} keys")
         return stats
+
+
+cdef class _Scan:
+    """Iterator over a key range, reading SCAN_CHUNK entries per pass (fewer
+    at first, as callers often stop early) and holding no latch in between."""
+
+    cdef object owner           # keeps the map alive
+    cdef Tree* t
+    cdef uint64_t cur           # next key to read from
+    cdef uint64_t hi            # inclusive
+    cdef int what
+    cdef bint done
+    cdef Py_ssize_t pos, got, cap
+    cdef uint64_t keys[SCAN_CHUNK]
+    cdef uint64_t values[SCAN_CHUNK]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        cdef Py_ssize_t i
+        if self.pos == self.got:
+            if self.done:
+                raise StopIteration
+            self.got = bs_scan(self.t, self.cur, self.hi, self.keys, self.values, self.cap)
+            self.pos = 0
+            if self.got < self.cap or self.keys[self.got - 1] >= self.hi:
+                self.done = True
+            else:
+                self.cur = self.keys[self.got - 1] + 1
+            self.cap = min(4 * self.cap, SCAN_CHUNK)
+            if self.got == 0:
+                raise StopIteration
+        i = self.pos
+        self.pos += 1
+        if self.what == KEYS:
+            return self.keys[i]
+        if self.what == VALUES:
+            return self.values[i]
+        return (self.keys[i], self.values[i])

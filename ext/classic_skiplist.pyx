@@ -13,7 +13,7 @@ the B-skiplist; batch inserts keep it for height-0 keys; batch deletes run
 the single-key path in key order. Not part of the public API.
 """
 
-from libc.stdint cimport uint8_t, uint64_t, uintptr_t
+from libc.stdint cimport uintptr_t
 
 import numpy as np
 
@@ -411,18 +411,20 @@ cdef class ClassicSkipList:
         return found
 
     def insert_many(self, keys, values):
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef uint64_t[::1] vv = _u64_array(values, "values")
-        cdef Py_ssize_t m = kv.shape[0], added = 0
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef cnp.ndarray va = as_u64_array(values, "values")
+        cdef Py_ssize_t m = ka.shape[0], added = 0
+        cdef const uint64_t* kp = u64_data(ka)
+        cdef const uint64_t* vp = u64_data(va)
         cdef KeyItem* order = NULL
         cdef int shift
         cdef bint oom = False
-        if vv.shape[0] != m:
+        if va.shape[0] != m:
             raise ValueError("keys and values differ in length")
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], &vv[0], m, &shift)
+            order = sort_batch(kp, vp, m, &shift)
             if order != NULL:
                 added = batch_insert(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
                                      &oom)
@@ -431,22 +433,23 @@ cdef class ClassicSkipList:
             raise MemoryError()
         return added
 
-    def _lookup_many(self, keys, bint successor):
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t m = kv.shape[0]
+    cdef tuple _lookup_many(self, object keys, bint successor):
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef Py_ssize_t m = ka.shape[0]
+        cdef cnp.ndarray out = new_array(m, cnp.NPY_UINT64)
+        cdef cnp.ndarray found = new_array(m, cnp.NPY_BOOL)
+        cdef const uint64_t* kp = u64_data(ka)
+        cdef uint64_t* op = u64_data(out)
+        cdef uint8_t* fp = bool_data(found)
         cdef KeyItem* order = NULL
         cdef int shift
-        out = np.zeros(m, dtype=np.uint64)
-        found = np.zeros(m, dtype=np.bool_)
-        cdef uint64_t[::1] ov = out
-        cdef uint8_t[::1] fv = found.view(np.uint8)
         if m == 0:
             return out, found
         with nogil:
-            order = sort_batch(&kv[0], NULL, m, &shift)
+            order = sort_batch(kp, NULL, m, &shift)
             if order != NULL:
                 batch_lookup(&self.t, order, m, batch_start(order, m, shift, &self.t.batches),
-                             &ov[0], &fv[0], successor)
+                             op, fp, successor)
                 free(order)
         if order == NULL:
             raise MemoryError()
@@ -461,15 +464,16 @@ cdef class ClassicSkipList:
         return self._lookup_many(keys, True)
 
     def delete_many(self, keys):
-        cdef uint64_t[::1] kv = _u64_array(keys, "keys")
-        cdef Py_ssize_t j, m = kv.shape[0], removed = 0
+        cdef cnp.ndarray ka = as_u64_array(keys, "keys")
+        cdef Py_ssize_t j, m = ka.shape[0], removed = 0
+        cdef const uint64_t* kp = u64_data(ka)
         cdef KeyItem* order = NULL
         cdef int shift
         cdef uint64_t value
         if m == 0:
             return 0
         with nogil:
-            order = sort_batch(&kv[0], NULL, m, &shift)
+            order = sort_batch(kp, NULL, m, &shift)
             if order != NULL:
                 for j in range(m):
                     removed += cs_delete(&self.t, order[j].key, &value)
@@ -480,14 +484,14 @@ cdef class ClassicSkipList:
 
     def range_to_arrays(self, uint64_t lo, uint64_t hi_inclusive, Py_ssize_t limit):
         """Up to limit (key, value) pairs with lo <= key <= hi_inclusive."""
-        keys = np.empty(max(limit, 1), dtype=np.uint64)
-        values = np.empty(max(limit, 1), dtype=np.uint64)
-        cdef uint64_t[::1] kv = keys
-        cdef uint64_t[::1] vv = values
+        cdef cnp.ndarray ka = new_array(max(limit, 1), cnp.NPY_UINT64)
+        cdef cnp.ndarray va = new_array(max(limit, 1), cnp.NPY_UINT64)
+        cdef uint64_t* kp = u64_data(ka)
+        cdef uint64_t* vp = u64_data(va)
         cdef Py_ssize_t got
         with nogil:
-            got = cs_scan(&self.t, lo, hi_inclusive, &kv[0], &vv[0], limit)
-        return keys[:got], values[:got]
+            got = cs_scan(&self.t, lo, hi_inclusive, kp, vp, limit)
+        return ka[:got], va[:got]
 
     def _check(self):
         """Levels sorted, level l+1 keys a subset of level l, count matches."""
