@@ -8,6 +8,7 @@ are imported by name inside functions and used through :class:`_SentenceEncoder`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -111,6 +112,9 @@ class MiniLMBackend:
                 f"embedding.backend = 'minilm' needs torch and sentence-transformers "
                 f"({exc}): {INSTALL_HINT}"
             ) from exc
+        with contextlib.suppress(ImportError, AttributeError):
+            # The env var only counts if transformers was not imported before us.
+            importlib.import_module("transformers.utils.logging").disable_progress_bar()
         torch.set_num_threads(self.torch_threads)
         started = time.perf_counter()
         raw = st.SentenceTransformer(path, device="cpu", local_files_only=True)
