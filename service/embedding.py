@@ -277,6 +277,8 @@ class BatchingEmbedder:
 
     async def open(self) -> None:
         """Open the backend (load the model, probe the service); then accept texts."""
+        if self._open:
+            return
         await self.backend.open()
         from semcached.service.embedding_batch import MicroBatcher  # it imports this module
 

@@ -9,6 +9,7 @@ holds each text for at most ``max_wait_s`` to let others join it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ from semcached.service.embedding import (
 )
 
 __all__ = ["MicroBatcher"]
+
+log = logging.getLogger(__name__)
 
 
 class _Request:
@@ -127,9 +130,15 @@ class MicroBatcher:
             await self._slots.acquire()
             try:
                 batch = await self._collect()
-            except BaseException:
+            except asyncio.CancelledError:
                 self._slots.release()
                 raise
+            except Exception:  # a bug here must not leave callers waiting forever
+                self._slots.release()
+                log.exception("embedding batcher failed; failing the queued texts")
+                self._fail_queued(EmbeddingError("internal error in the embedding batcher"))
+                self._worker = None  # the next submit starts a new one
+                return
             task = asyncio.create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -209,10 +218,13 @@ class MicroBatcher:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-        while self._queue:
-            self._queue.popleft().request.fail(
-                EmbeddingUnavailableError("the embedder closed before this text was embedded")
-            )
-        self._queued_texts = 0
+        self._fail_queued(
+            EmbeddingUnavailableError("the embedder closed before this text was embedded")
+        )
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._queue:
+            self._queue.popleft().request.fail(exc)
+        self._queued_texts = 0

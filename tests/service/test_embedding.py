@@ -168,6 +168,30 @@ async def test_slices_finishing_out_of_order_keep_their_order() -> None:
     await batcher.close()
 
 
+async def test_a_batcher_fault_fails_the_queued_callers_and_recovers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def echo(texts: list[str]) -> Matrix:
+        return bows(texts)
+
+    batcher = MicroBatcher(echo, max_batch=4, max_wait_s=0)
+    real_collect = batcher._collect
+    calls = 0
+
+    async def collect_once_broken() -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("bug")
+        return await real_collect()
+
+    monkeypatch.setattr(batcher, "_collect", collect_once_broken)
+    with pytest.raises(EmbeddingError, match="internal error"):
+        await batcher.submit(["first"])
+    np.testing.assert_allclose(await batcher.submit(["second"]), bows(["second"]), rtol=1e-6)
+    await batcher.close()
+
+
 async def test_texts_wait_while_the_model_is_busy_then_leave_together(
     backend: RecordingBackend,
 ) -> None:
