@@ -38,6 +38,12 @@ Two hnswlib traps this wrapper steps around:
   deletions leave parts of the graph reachable only through deleted nodes); such
   rows are answered again with a smaller ``k``.
 
+A property of HNSW itself, not fixed here: among many exact duplicate vectors, the
+neighbour-selection heuristic keeps one of a set of equally distant candidates, so a
+vector whose every in-edge loses to a duplicate becomes unreachable (found by the
+property tests: 17 identical vectors and one opposite one, M=8). Generic data is not
+affected; a cache that stores one prompt in many partitions of one index could be.
+
 Memory: hnswlib's ``(4*dim + 8*M + 12)`` bytes per slot plus the set of live ids here
 (about 70 bytes per entry), which answers ``len``, ``in`` and ``ids()`` without hnswlib.
 """
