@@ -1,0 +1,447 @@
+"""The semantic cache's durable document store on LMDB.
+
+Three named databases in one :class:`LmdbEnvironment`:
+
+- ``sem.docs``: entry id (8 bytes, big-endian, so key order is id order) -> document;
+- ``sem.vectors``: entry id -> the vector as little-endian float32 bytes;
+- ``sem.exact``: exact key (16 bytes, :func:`exact_key`) -> entry id.
+
+An insert writes all three in one durable transaction; concurrent ``put_many`` calls
+are merged by a :class:`GroupCommitter` into one transaction and one fsync.
+
+Document encoding (version 1), little-endian::
+
+    u8 version | u8 response format | u32 vector_dim
+    f64 created_at | f64 expires_at | f64 last_hit_at | u64 hit_count
+    u16 len(namespace) | u16 len(category) | u16 len(partition) | u16 len(model)
+    u32 len(prompt) | the five UTF-8 strings | response bytes (the rest)
+
+A fixed header with raw strings is smaller and several times faster to decode than
+any general serialisation, and ``update_hits`` patches two fields in place.
+"""
+
+from __future__ import annotations
+
+import struct
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import lmdb
+import numpy as np
+import xxhash
+from numpy.typing import NDArray
+
+from semcached.index.group_commit import GroupCommitter
+from semcached.index.lmdb_env import LmdbEnvironment
+
+__all__ = [
+    "ENTRY_OVERHEAD_BYTES",
+    "Document",
+    "DocumentStore",
+    "exact_key",
+    "normalise_prompt",
+]
+
+FORMAT_VERSION = 1
+
+ENTRY_OVERHEAD_BYTES = 256
+"""Bytes counted per entry beyond its strings, payload and vector: the 50-byte document
+header, three LMDB keys with their node headers (~80 bytes), and hnswlib's per-element
+label and level-0 links at M=16 (~140 bytes), rounded. Approximate on purpose: quotas
+need a stable, monotone measure, not an allocator audit."""
+
+_HEADER = struct.Struct("<BBIdddQHHHHI")
+_HITS = struct.Struct("<dQ")  # last_hit_at, hit_count: contiguous in _HEADER
+_HITS_OFFSET = 22
+_FORMATS: tuple[Literal["json", "bytes"], ...] = ("json", "bytes")
+_MAX_SHORT = 0xFFFF
+_MAX_ID = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """One cached response and what it was an answer to.
+
+    ``vector_dim`` is the dimension of the entry's vector, so that :attr:`size_bytes`
+    can count it; 0 leaves the vector out of the count. The store keeps it as given.
+    """
+
+    entry_id: int
+    namespace: str
+    category: str
+    partition: str
+    model: str
+    prompt: str
+    response: bytes
+    response_format: Literal["json", "bytes"]
+    created_at: float
+    expires_at: float
+    hit_count: int
+    last_hit_at: float
+    vector_dim: int = 0
+
+    @property
+    def size_bytes(self) -> int:
+        """What quotas count: the encoded document (strings, prompt, response, header),
+        the vector's float32 bytes, and :data:`ENTRY_OVERHEAD_BYTES`. O(len(prompt))."""
+        strings = (self.namespace, self.category, self.partition, self.model, self.prompt)
+        return (
+            _HEADER.size
+            + sum(len(s.encode("utf-8")) for s in strings)
+            + len(self.response)
+            + 4 * self.vector_dim
+            + ENTRY_OVERHEAD_BYTES
+        )
+
+
+def _id_key(entry_id: int) -> bytes:
+    return entry_id.to_bytes(8, "big")
+
+
+def _encode(doc: Document) -> bytes:
+    if not 1 <= doc.entry_id <= _MAX_ID:
+        raise ValueError(f"entry_id must be in [1, 2**64), got {doc.entry_id}")
+    if doc.response_format not in _FORMATS:
+        raise ValueError(f"response_format must be 'json' or 'bytes', not {doc.response_format!r}")
+    if doc.hit_count < 0 or doc.vector_dim < 0:
+        raise ValueError("hit_count and vector_dim must not be negative")
+    short = [s.encode("utf-8") for s in (doc.namespace, doc.category, doc.partition, doc.model)]
+    if any(len(s) > _MAX_SHORT for s in short):
+        raise ValueError("namespace, category, partition and model must be under 64 KiB")
+    prompt = doc.prompt.encode("utf-8")
+    header = _HEADER.pack(
+        FORMAT_VERSION,
+        _FORMATS.index(doc.response_format),
+        doc.vector_dim,
+        doc.created_at,
+        doc.expires_at,
+        doc.last_hit_at,
+        doc.hit_count,
+        *(len(s) for s in short),
+        len(prompt),
+    )
+    return b"".join((header, *short, prompt, bytes(doc.response)))
+
+
+def _bytes(value: bytes | memoryview) -> bytes:
+    # Our transactions copy values out (buffers=False); lmdb's types allow views.
+    return value if isinstance(value, bytes) else bytes(value)
+
+
+def _fields(value: bytes | memoryview) -> tuple[tuple[Any, ...], list[str], int]:
+    """Header fields, the five strings, and the offset where the response starts."""
+    value = _bytes(value)
+    if len(value) < _HEADER.size or value[0] != FORMAT_VERSION:
+        raise ValueError(f"unreadable document (version byte {value[:1]!r})")
+    header = _HEADER.unpack_from(value)
+    offset = _HEADER.size
+    strings: list[str] = []
+    for length in header[7:12]:
+        strings.append(value[offset : offset + length].decode("utf-8"))
+        offset += length
+    return header, strings, offset
+
+
+def _decode(entry_id: int, value: bytes | memoryview) -> Document:
+    value = _bytes(value)
+    header, (namespace, category, partition, model, prompt), offset = _fields(value)
+    return Document(
+        entry_id=entry_id,
+        namespace=namespace,
+        category=category,
+        partition=partition,
+        model=model,
+        prompt=prompt,
+        response=value[offset:],
+        response_format=_FORMATS[header[1]],
+        created_at=header[3],
+        expires_at=header[4],
+        hit_count=header[6],
+        last_hit_at=header[5],
+        vector_dim=header[2],
+    )
+
+
+def normalise_prompt(prompt: str) -> str:
+    """The prompt as the exact tier compares it.
+
+    Unicode NFKC (so full-width, ligature and compatibility forms match their plain
+    forms), leading and trailing whitespace stripped, and each internal run of
+    whitespace collapsed to one space. Case is kept: "US" and "us", ``List`` and
+    ``list`` differ in meaning, above all in code, and an exact-tier hit is served
+    without any similarity threshold, so it must not merge prompts that could differ.
+    Near-duplicates that differ in case are the semantic tier's job.
+    """
+    return " ".join(unicodedata.normalize("NFKC", prompt).split())
+
+
+_EXACT_DOMAIN = b"semcached.exact.v1\x00"
+
+
+def exact_key(namespace: str, partition: str, prompt: str) -> bytes:
+    """16-byte xxh3-128 of (namespace, partition, normalised prompt).
+
+    Each part is length-prefixed, so no two different triples encode alike
+    ("a" + "bc" vs "ab" + "c"). Stable across processes (unlike ``hash()``).
+    """
+    hasher = xxhash.xxh3_128(_EXACT_DOMAIN)
+    for part in (namespace, partition, normalise_prompt(prompt)):
+        data = part.encode("utf-8")
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.digest()
+
+
+Vector = NDArray[np.float32]
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    key: bytes
+    doc: bytes
+    vector: bytes
+    exact: bytes
+
+
+class DocumentStore:
+    """Documents, vectors and the exact map of the semantic cache, on LMDB.
+
+    Every method is safe to call from several threads. Reads run in their own read
+    transaction (a consistent snapshot); writes are one durable transaction each.
+    Costs: point operations O(log n) per id; ``scan``, ``purge`` O(n).
+    """
+
+    def __init__(
+        self,
+        env: LmdbEnvironment,
+        *,
+        group_commit: bool = True,
+        max_batch_items: int = 256,
+        max_batch_bytes: int = 16 << 20,
+    ) -> None:
+        self._env = env
+        self._docs = env.database(b"sem.docs")
+        self._vectors = env.database(b"sem.vectors")
+        self._exact = env.database(b"sem.exact")
+        self._committer: GroupCommitter[_Put] | None = (
+            GroupCommitter(self._commit, max_items=max_batch_items, max_bytes=max_batch_bytes)
+            if group_commit
+            else None
+        )
+
+    @property
+    def committer(self) -> GroupCommitter[_Put] | None:
+        """The group committer (for its statistics), or None when group commit is off."""
+        return self._committer
+
+    # -- writes ---------------------------------------------------------------------
+
+    def put_many(self, items: Sequence[tuple[Document, Vector]]) -> None:
+        """Store documents with their vectors and exact-map entries, durably.
+
+        Returns once committed. An existing id is overwritten (and its old exact
+        mapping dropped if the prompt changed); a prompt stored again under a new id
+        moves its exact mapping to the new id. Raises ``ValueError`` for a bad
+        document or vector (nothing is written) and :class:`StoreFullError` at the
+        map cap (nothing of the transaction is written).
+        """
+        puts = [self._prepare(doc, vector) for doc, vector in items]
+        if not puts:
+            return
+        if self._committer is None:
+            self._commit(puts)
+        else:
+            size = sum(len(p.doc) + len(p.vector) for p in puts)
+            self._committer.submit(puts, size)
+
+    @staticmethod
+    def _prepare(doc: Document, vector: Vector) -> _Put:
+        array = np.asarray(vector, dtype=np.float32)
+        if array.ndim != 1 or array.size == 0:
+            raise ValueError(f"vector of entry {doc.entry_id} must be 1-D, got {array.shape}")
+        if doc.vector_dim and array.size != doc.vector_dim:
+            raise ValueError(
+                f"vector of entry {doc.entry_id} has {array.size} values, "
+                f"document says {doc.vector_dim}"
+            )
+        if not np.isfinite(array).all() or not array.any():
+            raise ValueError(f"vector of entry {doc.entry_id} is zero or not finite")
+        return _Put(
+            key=_id_key(doc.entry_id),
+            doc=_encode(doc),
+            vector=array.astype("<f4").tobytes(),
+            exact=exact_key(doc.namespace, doc.partition, doc.prompt),
+        )
+
+    def _commit(self, puts: list[_Put]) -> None:
+        self._env.write(lambda txn: self._apply(txn, puts))
+
+    def _apply(self, txn: lmdb.Transaction, puts: list[_Put]) -> None:
+        for put in puts:
+            old = txn.replace(put.key, put.doc, db=self._docs)
+            if old is not None:
+                _, strings, _ = _fields(old)
+                stale = exact_key(strings[0], strings[2], strings[4])
+                if stale != put.exact:
+                    self._drop_exact(txn, stale, put.key)
+            txn.put(put.key, put.vector, db=self._vectors)
+            txn.put(put.exact, put.key, db=self._exact)
+
+    def _drop_exact(self, txn: lmdb.Transaction, exact: bytes, key: bytes) -> None:
+        """Delete the exact mapping only if it still points at ``key``."""
+        if txn.get(exact, db=self._exact) == key:
+            txn.delete(exact, db=self._exact)
+
+    def delete_many(self, ids: Iterable[int]) -> list[Document]:
+        """Delete entries (document, vector, exact mapping if still theirs); one txn.
+
+        Returns the deleted documents; unknown ids are skipped.
+        """
+        keys = [_id_key(i) for i in dict.fromkeys(ids)]
+
+        def run(txn: lmdb.Transaction) -> list[Document]:
+            deleted: list[Document] = []
+            for key in keys:
+                value = txn.pop(key, db=self._docs)
+                if value is None:
+                    continue
+                doc = _decode(int.from_bytes(key, "big"), value)
+                txn.delete(key, db=self._vectors)
+                self._drop_exact(txn, exact_key(doc.namespace, doc.partition, doc.prompt), key)
+                deleted.append(doc)
+            return deleted
+
+        return self._env.write(run) if keys else []
+
+    def update_hits(self, updates: Sequence[tuple[int, int, float]]) -> int:
+        """Add hits and advance the last-hit time, for (id, added, at) triples; one txn.
+
+        The last-hit time never moves backwards. Ids that are gone are skipped.
+        Returns the number of documents updated.
+        """
+        if not updates:
+            return 0
+
+        def run(txn: lmdb.Transaction) -> int:
+            updated = 0
+            for entry_id, added, at in updates:
+                key = _id_key(entry_id)
+                value = txn.get(key, db=self._docs)
+                if value is None:
+                    continue
+                patched = bytearray(value)
+                last, count = _HITS.unpack_from(patched, _HITS_OFFSET)
+                _HITS.pack_into(patched, _HITS_OFFSET, max(last, at), count + added)
+                txn.put(key, bytes(patched), db=self._docs)
+                updated += 1
+            return updated
+
+        return self._env.write(run)
+
+    def purge(
+        self, namespace: str, category: str | None = None, partition: str | None = None
+    ) -> list[int]:
+        """Delete every entry of ``namespace`` (narrowed by category and/or partition).
+
+        Scans in read batches, then deletes in write batches, so it never holds a long
+        write transaction; entries inserted during the purge may survive it. O(n).
+        Returns the ids removed.
+        """
+        wanted = (namespace, category, partition)
+        matches: list[int] = []
+        for batch in self._scan_raw(4096):
+            for entry_id, value in batch:
+                _, strings, _ = _fields(value)
+                found = (strings[0], strings[1], strings[2])
+                if all(w is None or w == f for w, f in zip(wanted, found, strict=True)):
+                    matches.append(entry_id)
+        removed: list[int] = []
+        for start in range(0, len(matches), 1024):
+            removed.extend(d.entry_id for d in self.delete_many(matches[start : start + 1024]))
+        return removed
+
+    # -- reads ----------------------------------------------------------------------
+
+    def get(self, entry_id: int) -> Document | None:
+        value = self._env.read(lambda txn: txn.get(_id_key(entry_id), db=self._docs))
+        return None if value is None else _decode(entry_id, value)
+
+    def get_many(self, ids: Sequence[int]) -> list[Document | None]:
+        """Documents in the order of ``ids`` (None where absent), from one snapshot."""
+        values = self._env.read(lambda txn: [txn.get(_id_key(i), db=self._docs) for i in ids])
+        return [None if v is None else _decode(i, v) for i, v in zip(ids, values, strict=True)]
+
+    def vector(self, entry_id: int) -> Vector | None:
+        return self.vectors([entry_id])[0]
+
+    def vectors(self, ids: Sequence[int]) -> list[Vector | None]:
+        """Vectors in the order of ``ids`` (None where absent), from one snapshot."""
+        values = self._env.read(lambda txn: [txn.get(_id_key(i), db=self._vectors) for i in ids])
+        return [None if v is None else _vector(v) for v in values]
+
+    def exact_lookup(self, key: bytes) -> int | None:
+        """The entry id the exact key maps to, if any."""
+        value = self._env.read(lambda txn: txn.get(key, db=self._exact))
+        return None if value is None else int.from_bytes(value, "big")
+
+    def count(self) -> int:
+        return int(self._env.read(lambda txn: txn.stat(self._docs)["entries"]))
+
+    def max_id(self) -> int:
+        """The highest stored entry id, 0 when empty; new ids are allocated above it."""
+
+        def run(txn: lmdb.Transaction) -> int:
+            cursor = txn.cursor(db=self._docs)
+            return int.from_bytes(cursor.key(), "big") if cursor.last() else 0
+
+        return self._env.read(run)
+
+    def scan(self, batch_size: int = 1024) -> Iterator[list[tuple[Document, Vector]]]:
+        """All entries in id order, as lists of up to ``batch_size`` (document, vector).
+
+        Each batch comes from its own read transaction, so a long scan (an index
+        rebuild) does not pin old pages and let the map grow. Consistency: each batch
+        is a snapshot; an entry that exists throughout the scan is yielded exactly
+        once, and one inserted or deleted meanwhile may or may not be. Ids grow, so
+        entries inserted during a scan usually appear in a later batch.
+        """
+        for batch in self._scan_raw(batch_size, with_vectors=True):
+            yield [(_decode(i, v), _vector(vec)) for i, v, vec in batch]
+
+    def _scan_raw(self, batch_size: int, *, with_vectors: bool = False) -> Iterator[list[Any]]:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        start = b""
+
+        def run(txn: lmdb.Transaction) -> list[Any]:
+            cursor = txn.cursor(db=self._docs)
+            out: list[Any] = []
+            if not cursor.set_range(start):
+                return out
+            for key, value in cursor:
+                entry_id = int.from_bytes(key, "big")
+                if with_vectors:
+                    vec = txn.get(key, db=self._vectors)
+                    if vec is None:  # written together; only a bug could split them
+                        raise RuntimeError(f"entry {entry_id} has no vector")
+                    out.append((entry_id, value, vec))
+                else:
+                    out.append((entry_id, value))
+                if len(out) == batch_size:
+                    break
+            return out
+
+        while True:
+            batch = self._env.read(run)
+            if not batch:
+                return
+            yield batch
+            if len(batch) < batch_size:
+                return
+            start = _id_key(batch[-1][0] + 1) if batch[-1][0] < _MAX_ID else b"\xff" * 9
+
+
+def _vector(raw: bytes | memoryview) -> Vector:
+    return np.frombuffer(raw, dtype="<f4").astype(np.float32)
