@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from semcached.index.datadir import DataDirectory
 from semcached.service.config import Settings
-from semcached.service.lifecycle import Components, Readiness, ShutdownRequest
+from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "METRICS",
     "OPENAPI",
     "READINESS",
+    "SEMANTIC",
     "SETTINGS",
     "SHUTDOWN",
 ]
@@ -31,6 +32,10 @@ SHUTDOWN = web.AppKey("shutdown", ShutdownRequest)
 COMPONENTS = web.AppKey("components", Components)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
+if TYPE_CHECKING:
+    from semcached.service.semantic import SemanticCache
+# The semantic cache engine, once open (a Slot: 503 before).
+SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

@@ -113,7 +113,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from semcached.service.server import run
 
     configure_logging(settings.log)
-    return run(settings)
+    try:
+        return run(settings)
+    except ConfigError as exc:  # found while building the app (e.g. a missing extra)
+        print(f"semcached: configuration error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -141,6 +141,16 @@ class EmbeddingSettings:
         "`minilm`: all-MiniLM-L6-v2 in-process (the `embed` extra); `http`: an "
         "OpenAI-compatible /v1/embeddings endpoint; `none`: callers must send vectors.",
     )
+    dim: int = _setting(
+        384,
+        "Vector dimension callers send when the backend is `none` (the model's own "
+        "dimension is used otherwise).",
+        min=1,
+        max=65536,
+    )
+    torch_threads: int = _setting(
+        0, "Threads torch may use for `minilm` (0: half the cores, 1 to 4).", min=0, max=256
+    )
     max_batch: int = _setting(32, "Most texts embedded in one model call.", min=1, max=4096)
     max_wait_ms: float = _setting(
         2.0, "Longest a text waits for others to share its model call.", min=0, max=1000

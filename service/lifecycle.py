@@ -15,7 +15,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+from semcached.errors import ServiceUnavailableError
 
 __all__ = [
     "Component",
@@ -23,7 +25,10 @@ __all__ = [
     "FunctionComponent",
     "Readiness",
     "ShutdownRequest",
+    "Slot",
 ]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -174,3 +179,28 @@ class Components:
                 log.exception("failed to close %s", component.name)
             else:
                 log.info("closed %s", component.name)
+
+
+class Slot(Generic[T]):
+    """Holds a component's object once it is open; empty before and after.
+
+    Route handlers ``get()`` it: while the daemon starts or stops they answer 503
+    instead of touching a half-open store. (The application's own state is frozen
+    once it starts, so components fill a slot instead of setting app keys.)
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._value: T | None = None
+
+    def set(self, value: T | None) -> None:
+        self._value = value
+
+    def get(self) -> T:
+        if self._value is None:
+            raise ServiceUnavailableError("not_ready", f"the {self.name} is not open")
+        return self._value
+
+    @property
+    def is_set(self) -> bool:
+        return self._value is not None

@@ -22,6 +22,9 @@ class DaemonProcess:
 
     def __init__(self, data_dir: Path, args: Sequence[str] = (), env: dict[str, str] | None = None):
         self.data_dir = data_dir
+        if "--embedding.backend" not in args:
+            # Most tests send vectors; the model tests ask for it explicitly.
+            args = [*args, "--embedding.backend", "none"]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHED_")}
         child_env.update(env or {})
         self.proc = subprocess.Popen(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from semcached.service.routes import admin, health, meta
+from semcached.service.routes import admin, health, meta, semantic
 from semcached.service.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
 
-DEFAULT_GROUPS: tuple[RouteGroup, ...] = (health.group, meta.group, admin.group)
+DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
+    health.group,
+    meta.group,
+    admin.group,
+    semantic.group,
+)

@@ -22,7 +22,10 @@ ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, we
 
 
 def settings_for(tmp_path: Path, **env: str) -> Settings:
-    environ = {"SEMCACHED_STORAGE_DATA_DIR": str(tmp_path / "data")}
+    environ = {
+        "SEMCACHED_STORAGE_DATA_DIR": str(tmp_path / "data"),
+        "SEMCACHED_EMBEDDING_BACKEND": "none",
+    }
     environ.update({f"SEMCACHED_{k.upper()}": v for k, v in env.items()})
     return load_settings(environ=environ)
 

@@ -103,6 +103,7 @@ async def test_graceful_shutdown_finishes_in_flight_requests(tmp_path: Path) -> 
             "SEMCACHED_STORAGE_DATA_DIR": str(tmp_path / "data"),
             "SEMCACHED_SERVER_PORT": "0",
             "SEMCACHED_SERVER_DRAIN_DELAY_S": "0.3",
+            "SEMCACHED_EMBEDDING_BACKEND": "none",
         }
     )
     slow = RouteGroup("slow", "test only")

@@ -1,0 +1,140 @@
+"""Wiring the semantic cache into the daemon: components, shared state, metrics.
+
+At set-up the ``semantic`` route group registers two components behind the core's
+data directory: the embedding model (slow to load) and the engine (rebuilds its
+indexes from LMDB). Handlers reach the engine through a :class:`Slot`, which
+answers 503 until the engine is open.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from semcached.index.docstore import DocumentStore
+from semcached.index.hnsw import HnswlibIndex
+from semcached.index.vector_index import VectorIndex
+from semcached.service.appkeys import (
+    COMPONENTS,
+    DATA_DIR,
+    EXECUTOR,
+    METRICS,
+    SEMANTIC,
+    SETTINGS,
+)
+from semcached.service.embedding import EmbeddingStats, create_embedder
+from semcached.service.lifecycle import FunctionComponent, Slot
+from semcached.service.semantic import SemanticCache
+
+__all__ = ["SemanticCollector", "install_semantic_cache"]
+
+
+def install_semantic_cache(app: web.Application) -> None:
+    """The ``semantic`` group's set-up hook."""
+    settings = app[SETTINGS]
+    slot: Slot[SemanticCache] = Slot("semantic cache")
+    app[SEMANTIC] = slot
+    embedding_stats = EmbeddingStats()
+    embedder = create_embedder(settings.embedding, app[EXECUTOR], stats=embedding_stats)
+    index_settings = settings.index
+
+    def new_index(dim: int) -> VectorIndex:
+        return HnswlibIndex(
+            dim,
+            m=index_settings.hnsw_m,
+            ef_construction=index_settings.hnsw_ef_construction,
+            ef_search=index_settings.hnsw_ef_search,
+        )
+
+    async def open_engine() -> None:
+        engine = SemanticCache(
+            store=DocumentStore(app[DATA_DIR].env),
+            index_factory=new_index,
+            embedder=embedder,
+            categories=settings.categories,
+            dim=embedder.dim,
+            executor=app[EXECUTOR],
+            candidates=settings.semantic.candidates,
+            sweep_interval_s=settings.semantic.sweep_interval_s,
+        )
+        await engine.open()
+        slot.set(engine)
+
+    async def close_engine() -> None:
+        engine = slot.get()
+        slot.set(None)
+        await engine.close()
+
+    components = app[COMPONENTS]
+    components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
+    components.add(FunctionComponent("semantic cache", open_engine, close_engine))
+    app[METRICS].registry.register(SemanticCollector(slot, embedding_stats))
+
+
+class SemanticCollector(Collector):
+    """Exports the engine's own counters at scrape time (no second bookkeeping)."""
+
+    def __init__(self, slot: Slot[SemanticCache], embedding: EmbeddingStats) -> None:
+        self._slot = slot
+        self._embedding = embedding
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._embedding_metrics()
+        if not self._slot.is_set:
+            return
+        stats = self._slot.get().stats()
+        lookups = CounterMetricFamily(
+            "semcached_semantic_lookups",
+            "Semantic cache lookups by category and result.",
+            labels=["category", "result"],
+        )
+        entries = GaugeMetricFamily(
+            "semcached_semantic_entries", "Entries cached, by category.", labels=["category"]
+        )
+        size = GaugeMetricFamily(
+            "semcached_semantic_bytes",
+            "Bytes counted against the category's quota.",
+            labels=["category"],
+        )
+        removals = CounterMetricFamily(
+            "semcached_semantic_removals",
+            "Entries removed by the cache itself, by category and reason.",
+            labels=["category", "reason"],
+        )
+        inserts = CounterMetricFamily(
+            "semcached_semantic_inserts", "Entries inserted, by category.", labels=["category"]
+        )
+        for name, s in stats.items():
+            lookups.add_metric([name, "hit"], s.hits)
+            lookups.add_metric([name, "miss"], s.misses)
+            entries.add_metric([name], s.entries)
+            size.add_metric([name], s.bytes)
+            removals.add_metric([name, "evicted"], s.evictions)
+            removals.add_metric([name, "expired"], s.expirations)
+            inserts.add_metric([name], s.inserts)
+        yield from (lookups, entries, size, removals, inserts)
+
+    def _embedding_metrics(self) -> Iterator[Metric]:
+        e = self._embedding
+        texts = CounterMetricFamily(
+            "semcached_embedding_texts",
+            "Texts asked to be embedded, by whether the embedding cache had them.",
+            labels=["cache"],
+        )
+        texts.add_metric(["hit"], e.cache_hits)
+        texts.add_metric(["miss"], e.texts - e.cache_hits)
+        calls = CounterMetricFamily(
+            "semcached_embedding_model_calls",
+            "Calls to the embedding model (one per micro-batch), by outcome.",
+            labels=["outcome"],
+        )
+        calls.add_metric(["ok"], e.model_calls - e.model_errors)
+        calls.add_metric(["error"], e.model_errors)
+        seconds = CounterMetricFamily(
+            "semcached_embedding_model_seconds", "Time spent in embedding model calls."
+        )
+        seconds.add_metric([], e.model_seconds)
+        yield from (texts, calls, seconds)
