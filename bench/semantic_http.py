@@ -1,0 +1,616 @@
+"""Semantic lookup latency and throughput over HTTP, beside a bare aiohttp + hnswlib server.
+
+    python bench/semantic_http.py                      # 10k, 100k, 1M entries
+    python bench/semantic_http.py --quick              # a smoke run at 5k entries
+    python bench/semantic_http.py --sizes 10000 100000 --concurrency 1 16 --duration-s 10
+
+For each size the script writes a data directory in-process with the engine's own
+DocumentStore (``put_many`` in large batches), starts ``semcached serve`` on it (the
+daemon builds its indexes at start) and, in the same run, the baseline
+``bench/_bare_server.py``: aiohttp + hnswlib with the same index parameters (M,
+ef_construction, ef_search, k = ``semantic.candidates``), the same vectors and the
+same request/response JSON, and a minimal handler (parse, knn_query, threshold,
+answer). Both listen on 127.0.0.1 with OS-chosen ports. The load generator runs in
+another process: wrk with a Lua script cycling through the request bodies when wrk is
+installed (``--client auto``), else ``bench/_loadgen.py`` (aiohttp, closed loop).
+Each (concurrency, server) pair gets a 1 s warm-up, then ``--duration-s`` measured;
+the two servers alternate which goes first.
+
+Measured, per size:
+
+- client-side p50 / p99 and req/s, semcached beside the bare server (goal: semcached
+  at least 0.8x the bare server's req/s);
+- server-side latency: semcached's own ``/metrics`` histogram
+  ``semcached_http_request_duration_seconds{route="/v1/semantic/lookup"}`` (difference of
+  two scrapes; quantiles interpolated inside buckets as Prometheus does, so coarse:
+  the buckets are 0.5, 1, 2.5 ms) and the bare server's exact handler times
+  (goal: semcached p99 <= 2 ms at the largest size);
+- hnswlib's query time alone (the same index, one query per call, one thread, in this
+  process) and the overhead ratio: server-side mean time per lookup at the lowest
+  concurrency over hnswlib's mean query time;
+- recall of the hit decision against exact brute-force search (numpy over the same
+  vectors): a query counts as right when "best similarity >= threshold" agrees with
+  brute force and, on a hit, the entry id is brute force's (goal >= 0.99).
+
+Inputs: *vector-in* requests carry the vector (a JSON list, or base64 with
+``--vector-format base64``) to a daemon with embedding backend ``none``; *text-in*
+requests carry a paraphrased or unseen prompt to a daemon with MiniLM and its
+embedding cache off (every request runs the model; the baseline embeds one text per
+call in its thread pool). Text-in needs a second daemon start, a full index rebuild
+until HNSW snapshots exist, so by default it runs only at sizes up to 100k
+(``--text-sizes`` to change). The data set — clustered synthetic vectors and template
+prompts — is described in bench/_semantic_common.py; each store holds
+``--text-entries`` MiniLM-embedded prompts (ids 1..T) and synthetic vectors after them.
+
+Memory: one float32 copy of the vectors in a memory-mapped file (1.5 GB at 1M x 384),
+plus the daemon's and the bare server's indexes (~1.7 GB each at 1M) and, while the
+bare index is built and timed, this process's copy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+import orjson
+from _semantic_common import (
+    CATEGORY,
+    DIM,
+    MAX_TEXT_COMBOS,
+    NAMESPACE,
+    Matrix,
+    Mixture,
+    Server,
+    embed_texts,
+    histogram,
+    histogram_quantile,
+    populate,
+    running,
+    synthetic_vectors,
+    text_prompts,
+    vector_queries,
+    write_config,
+)
+from numpy.typing import NDArray
+
+from semcached.service.config import IndexSettings, SemanticSettings
+
+ROUTE = "/v1/semantic/lookup"
+METRIC = "semcached_http_request_duration_seconds"
+WRK_SCRIPT = """
+local bodies = {}
+local n = 0
+function init(args)
+  for line in io.lines(args[1]) do
+    n = n + 1
+    bodies[n] = wrk.format("POST", nil, {["Content-Type"] = "application/json"}, line)
+  end
+end
+local i = 0
+function request()
+  i = i % n + 1
+  return bodies[i]
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %.1f %.1f %d %d\\n", summary.requests,
+    summary.duration, latency:percentile(50), latency:percentile(99), e.status,
+    e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """One measured run: client side (wrk or the aiohttp generator) and server side."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    server_p50_ms: float
+    server_p99_ms: float
+    server_mean_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    size: int
+    mode: str
+    concurrency: int
+    server: str
+    load: Load
+
+
+@dataclass(slots=True)
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    overhead: list[tuple[int, str, NDArray[np.float64]]] = field(default_factory=list)
+    recall: list[tuple[int, str, int, int, float, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- load generation ------------------------------------------------------------------------
+
+
+def _client(choice: str) -> str:
+    if choice == "auto":
+        return "wrk" if shutil.which("wrk") else "aiohttp"
+    if choice == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--client wrk: wrk is not installed (apt-get install wrk)")
+    return choice
+
+
+def generate_load(
+    client: str, url: str, bodies: Path, *, concurrency: int, seconds: float, work: Path
+) -> tuple[float, float, float, int]:
+    """(req/s, p50 ms, p99 ms, errors) of one closed-loop run from another process."""
+    if client == "wrk":
+        script = work / "lookup.lua"
+        script.write_text(WRK_SCRIPT)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout",
+             "10s", "-s", str(script), url + ROUTE, "--", str(bodies)],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        line = next(x for x in out.splitlines() if x.startswith("RESULT"))
+        requests, duration_us, p50, p99, status, sock = (float(x) for x in line.split()[1:])
+        return requests / (duration_us / 1e6), p50 / 1e3, p99 / 1e3, int(status + sock)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("_loadgen.py")), url + ROUTE, str(bodies),
+         "--concurrency", str(concurrency), "--duration-s", str(seconds), "--warmup-s", "0"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    r = orjson.loads(out.splitlines()[-1])
+    return r["requests"] / r["seconds"], r["p50_us"] / 1e3, r["p99_us"] / 1e3, int(r["errors"])
+
+
+def _sum_count(text: str) -> tuple[float, float]:
+    total = count = 0.0
+    for line in text.splitlines():
+        if line.startswith(METRIC) and f'route="{ROUTE}"' in line and 'method="POST"' in line:
+            if line.startswith(METRIC + "_sum"):
+                total = float(line.rsplit(" ", 1)[1])
+            elif line.startswith(METRIC + "_count"):
+                count = float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def measure(server: Server, bodies: Path, concurrency: int, opts: Options) -> Load:
+    assert server.url is not None
+    generate_load(
+        opts.client, server.url, bodies, concurrency=concurrency, seconds=1.0, work=opts.work
+    )  # warm-up
+    if server.name == "bare":
+        server.http.request("POST", server.url + "/bench/reset")
+    else:
+        before = server.get("/metrics").decode()
+    rps, p50, p99, errors = generate_load(
+        opts.client,
+        server.url,
+        bodies,
+        concurrency=concurrency,
+        seconds=opts.duration_s,
+        work=opts.work,
+    )
+    if server.name == "bare":
+        t = orjson.loads(server.get("/bench/timings"))
+        sp50, sp99, mean = t["p50"] * 1e3, t["p99"] * 1e3, t["mean"] * 1e3
+    else:
+        after = server.get("/metrics").decode()
+        labels = {"route": ROUTE, "method": "POST"}
+        h0, h1 = histogram(before, METRIC, **labels), histogram(after, METRIC, **labels)
+        sp50 = histogram_quantile(0.50, h0, h1) * 1e3
+        sp99 = histogram_quantile(0.99, h0, h1) * 1e3
+        (s0, c0), (s1, c1) = _sum_count(before), _sum_count(after)
+        mean = (s1 - s0) / max(c1 - c0, 1) * 1e3
+    return Load(rps, p50, p99, errors, sp50, sp99, mean)
+
+
+# -- recall ------------------------------------------------------------------------------------
+
+
+def brute_force(vectors: Matrix, queries: Matrix) -> tuple[Matrix, NDArray[np.int64]]:
+    """Exact best similarity and entry id (row + 1) of every query."""
+    best = np.full(len(queries), -np.inf, dtype=np.float32)
+    arg = np.zeros(len(queries), dtype=np.int64)
+    q = np.ascontiguousarray(queries.T)
+    for lo in range(0, len(vectors), 16_384):
+        sims = np.asarray(vectors[lo : lo + 16_384]) @ q
+        rows = sims.argmax(axis=0)
+        top = sims[rows, np.arange(len(queries))]
+        better = top > best
+        best[better] = top[better]
+        arg[better] = lo + rows[better]
+    return best, arg + 1
+
+
+def answers(server: Server, bodies: Sequence[bytes]) -> list[tuple[bool, int | None]]:
+    """Each query's (hit, entry id), asked once, 8 at a time."""
+    assert server.url is not None
+    url = server.url + ROUTE
+
+    def ask(body: bytes) -> tuple[bool, int | None]:
+        response = server.http.request(
+            "POST", url, body=body, headers={"Content-Type": "application/json"}
+        )
+        if response.status != 200:
+            raise RuntimeError(f"{server.name}: {response.status} {response.data[:200]!r}")
+        result = orjson.loads(response.data)
+        return bool(result["hit"]), result.get("entry_id")
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(ask, bodies))
+
+
+def recall(
+    got: list[tuple[bool, int | None]], best: Matrix, ids: NDArray[np.int64], threshold: float
+) -> float:
+    right = 0
+    for (hit, entry_id), sim, exact_id in zip(got, best.tolist(), ids.tolist(), strict=True):
+        exact_hit = sim >= threshold
+        right += hit == exact_hit and (not hit or entry_id == exact_id)
+    return right / len(got)
+
+
+# -- per size ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Options:
+    sizes: list[int]
+    text_sizes: list[int]
+    concurrency: list[int]
+    duration_s: float
+    queries: int
+    text_queries: int
+    text_entries: int
+    centroids: int
+    threshold: float
+    m: int
+    ef_construction: int
+    ef_search: int
+    candidates: int
+    vector_format: str
+    access_log: bool
+    client: str
+    seed: int
+    work: Path
+
+
+@dataclass(slots=True)
+class Texts:
+    stored: list[str]
+    asked: list[str]
+    stored_vectors: Matrix
+    asked_vectors: Matrix
+
+
+def vector_body(vector: Matrix, fmt: str) -> bytes:
+    value: object = (
+        base64.b64encode(vector.astype("<f4").tobytes()).decode()
+        if fmt == "base64"
+        else vector.tolist()
+    )
+    return orjson.dumps({"namespace": NAMESPACE, "category": CATEGORY, "vector": value})
+
+
+def text_body(text: str) -> bytes:
+    return orjson.dumps({"namespace": NAMESPACE, "category": CATEGORY, "text": text})
+
+
+def write_bodies(path: Path, bodies: Sequence[bytes]) -> Path:
+    path.write_bytes(b"\n".join(bodies) + b"\n")
+    return path
+
+
+def build_index(vectors: Matrix, opts: Options, threads: int) -> hnswlib.Index:
+    index = hnswlib.Index(space="cosine", dim=DIM)
+    index.init_index(
+        max_elements=len(vectors), M=opts.m, ef_construction=opts.ef_construction,
+        random_seed=100, allow_replace_deleted=True,
+    )  # fmt: skip
+    for lo in range(0, len(vectors), 65_536):
+        block = np.asarray(vectors[lo : lo + 65_536])
+        index.add_items(block, np.arange(lo + 1, lo + 1 + len(block)), num_threads=threads)
+    index.set_ef(opts.ef_search)
+    return index
+
+
+def query_times_us(index: hnswlib.Index, queries: Matrix, k: int) -> NDArray[np.float64]:
+    out = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        started = time.perf_counter()
+        index.knn_query(q[None, :], k=k, num_threads=1)
+        out[i] = (time.perf_counter() - started) * 1e6
+    return out
+
+
+def daemon_settings(opts: Options, *, text: bool) -> dict[str, object]:
+    settings: dict[str, object] = {
+        "embedding.backend": "minilm" if text else "none",
+        "embedding.dim": DIM,
+        "index.hnsw_m": opts.m,
+        "index.hnsw_ef_construction": opts.ef_construction,
+        "index.hnsw_ef_search": opts.ef_search,
+        "index.snapshot_interval_s": 0,  # no background snapshot inside a measurement
+        "semantic.candidates": opts.candidates,
+        "server.access_log": opts.access_log,
+    }
+    if text:
+        settings["embedding.cache_entries"] = 0  # every request runs the model
+    return settings
+
+
+def load_rows(
+    size: int, mode: str, servers: Sequence[Server], bodies: Path, opts: Options
+) -> list[Row]:
+    rows: list[Row] = []
+    for i, concurrency in enumerate(opts.concurrency):
+        for server in servers if i % 2 == 0 else list(reversed(servers)):
+            log(f"{size} {mode}: {server.name} at concurrency {concurrency}")
+            load = measure(server, bodies, concurrency, opts)
+            rows.append(Row(size, mode, concurrency, server.name, load))
+    return rows
+
+
+def run_mode(
+    size: int, mode: str, data: tuple[Path, Path, Path], bodies: list[bytes], *,
+    exact: tuple[Matrix, NDArray[np.int64]], opts: Options, report: Report,
+) -> None:  # fmt: skip
+    data_dir, config, index_file = data
+    text = mode == "text-in"
+    body_file = write_bodies(opts.work / f"{mode}.jsonl", bodies)
+    semcached = Server.semcached(data_dir, config, daemon_settings(opts, text=text))
+    with running(semcached):
+        bare = Server.bare(
+            index_file, ef=opts.ef_search, k=opts.candidates, threshold=opts.threshold,
+            minilm=text,
+        )  # fmt: skip
+        with running(bare):
+            ready = semcached.wait_ready()
+            bare_ready = bare.wait_ready()
+            loaded = [x for x in semcached.lines if "semantic cache:" in x]
+            report.notes.append(
+                f"{size} {mode}: semcached ready in {ready:.1f} s "
+                f"({loaded[-1].split('semantic cache: ')[-1] if loaded else 'no load line'}); "
+                f"bare server ready in {bare_ready:.1f} s"
+            )
+            report.rows += load_rows(size, mode, [semcached, bare], body_file, opts)
+            log(f"{size} {mode}: recall passes")
+            got = [answers(s, bodies) for s in (semcached, bare)]
+    best, ids = exact
+    hits = int((best >= opts.threshold).sum())
+    report.recall.append(
+        (size, mode, len(bodies), hits, *(recall(g, best, ids, opts.threshold) for g in got))
+    )
+
+
+def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: Report) -> None:
+    work = opts.work / f"n{size}"
+    work.mkdir()
+    try:
+        t = len(texts.stored)
+        vectors = np.lib.format.open_memmap(
+            work / "vectors.npy", mode="w+", dtype=np.float32, shape=(size, DIM)
+        )
+        vectors[:t] = texts.stored_vectors
+        synthetic_vectors(vectors, t, mixture, opts.seed)
+        queries, copies = vector_queries(vectors, t, opts.queries, mixture, opts.seed)
+        log(f"{size}: writing the data directory")
+        seconds = populate(work / "data", vectors, texts.stored)
+        report.notes.append(f"{size}: data directory written in {seconds:.1f} s")
+        config = write_config(work / "bench.toml", opts.threshold)
+        log(f"{size}: building the bare index")
+        started = time.perf_counter()
+        index = build_index(vectors, opts, threads=2)
+        report.notes.append(f"{size}: bare hnswlib index built in "
+                            f"{time.perf_counter() - started:.1f} s (2 threads)")  # fmt: skip
+        index_file = work / "bare.hnsw"
+        index.save_index(str(index_file))
+        for mode, q in (("vector-in", queries), ("text-in", texts.asked_vectors)):
+            if len(q):
+                report.overhead.append((size, mode, query_times_us(index, q, opts.candidates)))
+        del index
+        log(f"{size}: brute force")
+        exact_v = brute_force(vectors, queries)
+        exact_t = brute_force(vectors, texts.asked_vectors) if len(texts.asked) else None
+        del vectors
+        data = (work / "data", config, index_file)
+        vbodies = [vector_body(q, opts.vector_format) for q in queries]
+        run_mode(size, "vector-in", data, vbodies, exact=exact_v, opts=opts, report=report)
+        if size in opts.text_sizes and exact_t is not None:
+            tbodies = [text_body(x) for x in texts.asked]
+            run_mode(size, "text-in", data, tbodies, exact=exact_t, opts=opts, report=report)
+        elif len(texts.asked):
+            report.notes.append(f"{size}: text-in skipped (not in --text-sizes)")
+        report.notes.append(f"{size}: vector queries: {copies} noisy copies, "
+                            f"{len(queries) - copies} fresh")  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _ms(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+def print_report(report: Report, opts: Options) -> None:
+    print("\n| entries | input | conc. | server | req/s | p50 ms | p99 ms | server p50 ms "
+          "| server p99 ms | req/s vs bare |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    bare = {(r.size, r.mode, r.concurrency): r.load.rps for r in report.rows if r.server == "bare"}
+    for r in report.rows:
+        ratio = r.load.rps / bare[(r.size, r.mode, r.concurrency)]
+        errors = f" ({r.load.errors} errors)" if r.load.errors else ""
+        print(f"| {r.size} | {r.mode} | {r.concurrency} | {r.server} | {r.load.rps:.0f}{errors} "
+              f"| {_ms(r.load.p50_ms)} | {_ms(r.load.p99_ms)} | {_ms(r.load.server_p50_ms)} "
+              f"| {_ms(r.load.server_p99_ms)} | {ratio:.2f} |")  # fmt: skip
+    low = min(opts.concurrency)
+    print(f"\n| entries | input | hnswlib alone p50 / mean µs | server mean µs at conc. {low}: "
+          "semcached / bare | overhead vs hnswlib: semcached / bare |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    means = {(r.size, r.mode, r.server): r.load.server_mean_ms * 1e3
+             for r in report.rows if r.concurrency == low}  # fmt: skip
+    for size, mode, times in report.overhead:
+        if (size, mode, "bare") not in means:
+            continue
+        mean = float(times.mean())
+        ours, theirs = means[(size, mode, "semcached")], means[(size, mode, "bare")]
+        print(f"| {size} | {mode} | {np.median(times):.0f} / {mean:.0f} | {ours:.0f} / "
+              f"{theirs:.0f} | {ours / mean:.1f}x / {theirs / mean:.1f}x |")  # fmt: skip
+    print(f"\n| entries | input | queries | brute-force hits (>= {opts.threshold}) "
+          "| recall semcached | recall bare |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for size, mode, n, hits, ours, theirs in report.recall:
+        print(f"| {size} | {mode} | {n} | {hits} | {ours:.4f} | {theirs:.4f} |")
+    print_goals(report)
+    print("\nNotes:")
+    for note in report.notes:
+        print(f"- {note}")
+
+
+def print_goals(report: Report) -> None:
+    print("\nGoals:")
+    vector = [r for r in report.rows if r.mode == "vector-in"]
+    if not vector:
+        return
+    top = max(r.concurrency for r in vector)
+    bare = {(r.size, r.concurrency): r.load.rps for r in vector if r.server == "bare"}
+    for r in vector:
+        if r.server == "semcached" and r.concurrency == top:
+            ratio = r.load.rps / bare[(r.size, r.concurrency)]
+            verdict = "met" if ratio >= 0.8 else "missed"
+            print(f"- throughput >= 0.8x bare, vector-in, {r.size} entries, concurrency "
+                  f"{top}: {ratio:.2f}x, {verdict}")  # fmt: skip
+    for size, mode, _, _, ours, _ in report.recall:
+        print(f"- recall >= 0.99, {mode}, {size} entries: {ours:.4f}, "
+              f"{'met' if ours >= 0.99 else 'missed'}")  # fmt: skip
+    largest = max(r.size for r in vector)
+    for r in vector:
+        if r.server == "semcached" and r.size == largest:
+            p99 = r.load.server_p99_ms
+            print(f"- server-side p99 <= 2 ms at {largest} entries, concurrency "
+                  f"{r.concurrency}: {_ms(p99)} ms (from /metrics buckets), "
+                  f"{'met' if p99 <= 2 else 'missed'}")  # fmt: skip
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> tuple[Options, bool]:
+    index, semantic = IndexSettings(), SemanticSettings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    p.add_argument(
+        "--text-sizes",
+        type=int,
+        nargs="*",
+        default=None,
+        help="sizes that also run text-in (default: sizes up to 100000)",
+    )
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--duration-s", type=float, default=10.0)
+    p.add_argument("--quick", action="store_true", help="5k entries, short runs: a smoke test")
+    p.add_argument("--queries", type=int, default=4000, help="distinct vector-in queries")
+    p.add_argument("--text-queries", type=int, default=1000, help="distinct text-in queries")
+    p.add_argument("--text-entries", type=int, default=4000, help="MiniLM-embedded entries")
+    p.add_argument("--centroids", type=int, default=4096)
+    p.add_argument("--threshold", type=float, default=0.90)
+    p.add_argument("--m", type=int, default=index.hnsw_m)
+    p.add_argument("--ef-construction", type=int, default=index.hnsw_ef_construction)
+    p.add_argument("--ef-search", type=int, default=index.hnsw_ef_search)
+    p.add_argument("--candidates", type=int, default=semantic.candidates, help="k of both")
+    p.add_argument("--vector-format", choices=["list", "base64"], default="list")
+    p.add_argument("--access-log", action="store_true", help="keep the daemon's access log")
+    p.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: tmp)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.duration_s, a.concurrency = [5_000], 3.0, [1, 8]
+        a.queries, a.text_queries, a.text_entries = 1000, 200, 500
+    text_sizes = a.text_sizes if a.text_sizes is not None else [s for s in a.sizes if s <= 100_000]
+    a.text_entries = min(a.text_entries, min(a.sizes) // 2, MAX_TEXT_COMBOS - a.text_queries)
+    if a.text_entries < a.text_queries // 2:
+        a.text_queries = 0  # too few stored prompts to paraphrase
+    opts = Options(
+        sizes=a.sizes, text_sizes=text_sizes if a.text_queries else [],
+        concurrency=a.concurrency, duration_s=a.duration_s, queries=a.queries,
+        text_queries=a.text_queries, text_entries=a.text_entries if a.text_queries else 0,
+        centroids=a.centroids, threshold=a.threshold, m=a.m,
+        ef_construction=a.ef_construction, ef_search=a.ef_search, candidates=a.candidates,
+        vector_format=a.vector_format, access_log=a.access_log, client=_client(a.client),
+        seed=a.seed, work=Path(),
+    )  # fmt: skip
+    return opts, a.workdir
+
+
+def make_texts(opts: Options) -> Texts:
+    if not opts.text_entries:
+        empty = np.empty((0, DIM), dtype=np.float32)
+        return Texts([], [], empty, empty)
+    import asyncio
+
+    stored, asked, _ = text_prompts(opts.text_entries, opts.text_queries, opts.seed)
+    log(f"embedding {len(stored) + len(asked)} prompts with MiniLM")
+    vectors = asyncio.run(embed_texts(stored + asked))
+    return Texts(stored, asked, vectors[: len(stored)], vectors[len(stored) :])
+
+
+@contextlib.contextmanager
+def scratch(workdir: Path | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="semcached-http-", dir=workdir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts, workdir = parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C, so every child server is stopped on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    report = Report()
+    print(f"# semantic lookup over HTTP: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+          f"client {opts.client}, M={opts.m} ef_construction={opts.ef_construction} "
+          f"ef_search={opts.ef_search} k={opts.candidates}, threshold {opts.threshold}, "
+          f"{opts.duration_s:g} s per run, vectors as {opts.vector_format}")  # fmt: skip
+    with scratch(workdir) as work:
+        opts.work = work
+        texts = make_texts(opts)
+        mixture = Mixture.create(opts.centroids, opts.seed)
+        try:
+            for size in opts.sizes:
+                run_size(size, texts, mixture, opts, report)
+        except KeyboardInterrupt:
+            report.notes.append("interrupted: the tables hold what ran before")
+        except (RuntimeError, MemoryError, OSError) as exc:
+            report.notes.append(f"stopped: {type(exc).__name__}: {exc}")
+    print_report(report, opts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
