@@ -26,7 +26,7 @@ import struct
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lmdb
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "ENTRY_OVERHEAD_BYTES",
     "Document",
     "DocumentStore",
+    "EntryMeta",
     "exact_key",
     "normalise_prompt",
 ]
@@ -94,6 +95,22 @@ class Document:
             + 4 * self.vector_dim
             + ENTRY_OVERHEAD_BYTES
         )
+
+
+class EntryMeta(NamedTuple):
+    """What an index rebuild needs of a document, without its prompt or response.
+
+    ``size_bytes`` equals :attr:`Document.size_bytes` of the same entry. A named
+    tuple: a restart builds one per entry, and tuples are the cheapest to build.
+    """
+
+    entry_id: int
+    namespace: str
+    category: str
+    partition: str
+    created_at: float
+    expires_at: float
+    size_bytes: int
 
 
 def _id_key(entry_id: int) -> bytes:
@@ -161,6 +178,31 @@ def _decode(entry_id: int, value: bytes | memoryview) -> Document:
         hit_count=header[6],
         last_hit_at=header[5],
         vector_dim=header[2],
+    )
+
+
+def _decode_meta(entry_id: int, value: bytes, names: dict[bytes, str]) -> EntryMeta:
+    """Decode the header fields and the namespace, category and partition only.
+
+    ``names`` interns those strings across a scan: a store holds few distinct ones.
+    """
+    if len(value) < _HEADER.size or value[0] != FORMAT_VERSION:
+        raise ValueError(f"unreadable document (version byte {value[:1]!r})")
+    _, _, dim, created_at, expires_at, _, _, n_ns, n_cat, n_part, _, _ = _HEADER.unpack_from(value)
+    o = _HEADER.size
+    ns, cat, part = value[o : o + n_ns], value[o + n_ns : o + n_ns + n_cat], b""
+    if n_part:
+        part = value[o + n_ns + n_cat : o + n_ns + n_cat + n_part]
+    return EntryMeta(
+        entry_id,
+        names.get(ns) or names.setdefault(ns, ns.decode("utf-8")),
+        names.get(cat) or names.setdefault(cat, cat.decode("utf-8")),
+        names.get(part) or names.setdefault(part, part.decode("utf-8")),
+        created_at,
+        expires_at,
+        # The encoding is the header, the five strings and the response: what
+        # Document.size_bytes adds up, less the vector and the fixed overhead.
+        len(value) + 4 * dim + ENTRY_OVERHEAD_BYTES,
     )
 
 
@@ -409,6 +451,17 @@ class DocumentStore:
         """
         for batch in self._scan_raw(batch_size, with_vectors=True):
             yield [(_decode(i, v), _vector(vec)) for i, v, vec in batch]
+
+    def scan_meta(self, batch_size: int = 4096) -> Iterator[list[EntryMeta]]:
+        """Every entry's :class:`EntryMeta` in id order, in lists of up to ``batch_size``.
+
+        Reads neither vectors nor prompts nor responses, so restoring the in-memory
+        bookkeeping costs one pass over the document headers. Same batching and
+        consistency as :meth:`scan`. O(n).
+        """
+        names: dict[bytes, str] = {}
+        for batch in self._scan_raw(batch_size):
+            yield [_decode_meta(i, v, names) for i, v in batch]
 
     def _scan_raw(self, batch_size: int, *, with_vectors: bool = False) -> Iterator[list[Any]]:
         if batch_size < 1:
