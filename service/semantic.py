@@ -8,7 +8,9 @@ the lookup if the category's policy says its similarity is high enough.
 
 An insert is acknowledged only after its LMDB transaction has committed; the
 in-memory structures (indexes, expiry order, eviction order, quota counts) are
-derived from LMDB and rebuilt from it at start.
+derived from LMDB. The indexes are snapshotted in the background and at close
+(:mod:`semcached.service.semantic_snapshots`) and at start loaded from their
+snapshots and reconciled with LMDB (:mod:`semcached.service.semantic_restore`).
 
 Threading: every method runs on the event loop, which alone mutates the in-memory
 structures; index searches and inserts, embedding and LMDB writes run on the
@@ -33,10 +35,12 @@ from numpy.typing import NDArray
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
 from semcached.cachepolicy.eviction import EvictionPolicy, LruPolicy
 from semcached.errors import BadRequestError
-from semcached.index.docstore import Document, DocumentStore, exact_key
+from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.expiry import ExpiryIndex
 from semcached.index.vector_index import VectorIndex
 from semcached.service.embedding import Embedder
+from semcached.service.semantic_restore import OpenReport, restore
+from semcached.service.semantic_snapshots import SnapshotDirectory, SnapshotStats, SnapshotTracker
 
 __all__ = [
     "CategoryStats",
@@ -44,7 +48,9 @@ __all__ = [
     "InsertResult",
     "Lookup",
     "LookupResult",
+    "OpenReport",
     "SemanticCache",
+    "SnapshotStats",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,7 +156,12 @@ class SemanticCache:
         sweep_interval_s: float = 1.0,
         sweep_batch: int = 1000,
         hit_flush_interval_s: float = 5.0,
+        snapshots: SnapshotDirectory | None = None,
+        snapshot_interval_s: float = 0.0,
     ) -> None:
+        """``snapshots``: where index snapshots go (None: none, every start rebuilds);
+        ``snapshot_interval_s``: how often changed indexes are snapshotted in the
+        background (0: only at close)."""
         self._store = store
         self._index_factory = index_factory
         self._embedder = embedder
@@ -171,37 +182,83 @@ class SemanticCache:
         self._pending_hits: dict[int, tuple[int, float]] = {}
         self._next_id = 1
         self._maintenance: asyncio.Task[None] | None = None
+        self._snapshots = SnapshotTracker(snapshots, executor)
+        self._snapshot_interval_s = snapshot_interval_s
+        self._snapshotter: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._expired_at_open: list[int] = []
+        # Restored entries whose expiry the expiry index does not know yet (see open()).
+        self._expiry_backlog: list[int] = []
+        self._expiry_filler: asyncio.Task[None] | None = None
+        self.last_open: OpenReport | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Rebuild the in-memory structures from LMDB and start the sweeper."""
-        started = time.perf_counter()
-        self._next_id = await self._run(self._store.max_id) + 1
-        loaded = 0
-        now = self._clock()
-        batches = self._store.scan(4096)
-        # One batch at a time off the loop, so a large store is never all in memory.
-        while (batch := await self._run(next, batches, None)) is not None:
-            live = [(d, v) for d, v in batch if not CategoryPolicy.is_expired(d.expires_at, now)]
-            await self._add_to_memory(live)
-            loaded += len(live)
-        log.info(
-            "semantic cache: %d entries in %d indexes loaded in %.2f s",
-            loaded,
-            len(self._indexes),
-            time.perf_counter() - started,
+        """Restore the indexes (snapshots + LMDB) and bookkeeping; start background tasks."""
+        restored = await restore(
+            store=self._store,
+            tracker=self._snapshots,
+            index_factory=self._index_factory,
+            dim=self.dim,
+            now=self._clock(),
+            account=self._restore_entry,
+            executor=self._executor,
         )
+        self._indexes = restored.indexes
+        self._next_id = restored.next_id
+        self._expired_at_open = restored.expired
+        report = self.last_open = restored.report
+        log.info(
+            "semantic cache: %d entries in %d indexes ready in %.2f s (%d indexes from "
+            "snapshots, %d rebuilt; %d entries from snapshots, %d added from LMDB, "
+            "%d removed; %d expired)",
+            report.entries,
+            len(self._indexes),
+            report.seconds,
+            report.indexes_loaded,
+            report.indexes_rebuilt,
+            report.entries_from_snapshot,
+            report.entries_added,
+            report.entries_removed,
+            report.expired,
+        )
+        self._stopping.clear()
+        self._expiry_filler = asyncio.create_task(self._fill_expiry(), name="semantic-expiry")
         self._maintenance = asyncio.create_task(self._maintain(), name="semantic-maintenance")
+        if self._snapshots.directory is not None and self._snapshot_interval_s > 0:
+            self._snapshotter = asyncio.create_task(
+                self._snapshot_periodically(), name="semantic-snapshots"
+            )
 
     async def close(self) -> None:
-        """Stop the sweeper and flush pending hit counts."""
-        if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
-            self._maintenance = None
+        """Stop the background tasks, flush pending hit counts, snapshot changed indexes."""
+        self._stopping.set()
+        if self._snapshotter is not None:
+            await self._snapshotter  # finishes a round under way rather than cut a save
+            self._snapshotter = None
+        for task in (self._maintenance, self._expiry_filler):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._maintenance = self._expiry_filler = None
         await self._flush_hits()
+        await self.snapshot()
+
+    async def snapshot(self) -> int:
+        """Snapshot every index changed since its last snapshot; returns how many."""
+        return await self._snapshots.save_changed(self._indexes, lambda: self._next_id)
+
+    async def _snapshot_periodically(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._snapshot_interval_s)
+                return
+            try:
+                await self.snapshot()
+            except Exception:
+                log.exception("semantic cache snapshot round failed; retrying next round")
 
     # -- lookups -----------------------------------------------------------------------
 
@@ -383,29 +440,68 @@ class SemanticCache:
         """Index and account entries already committed to LMDB."""
         by_index: dict[tuple[str, str], list[tuple[Document, Vector]]] = {}
         for doc, vec in items:
-            if doc.category not in self._state:
-                # A category removed from the configuration since the entry was written:
-                # keep serving it under the default policy rather than dropping data.
-                self._state[doc.category] = _CategoryState(
-                    self._categories.resolve(None), self._eviction_factory()
-                )
             by_index.setdefault((doc.namespace, doc.category), []).append((doc, vec))
         for key, group in by_index.items():
             index = self._indexes.get(key)
             if index is None:
                 index = self._indexes[key] = self._index_factory(self.dim)
             ids = np.fromiter((d.entry_id for d, _ in group), dtype=np.uint64, count=len(group))
-            await self._run(index.add, ids, np.stack([v for _, v in group]))
+            try:
+                await self._run(index.add, ids, np.stack([v for _, v in group]))
+            finally:
+                self._snapshots.changed(key)
         for doc, _ in items:
-            size = doc.size_bytes
-            self._entries[doc.entry_id] = _Entry(
-                doc.namespace, doc.category, doc.partition, doc.created_at, doc.expires_at, size
+            self._account(
+                EntryMeta(
+                    doc.entry_id,
+                    doc.namespace,
+                    doc.category,
+                    doc.partition,
+                    doc.created_at,
+                    doc.expires_at,
+                    doc.size_bytes,
+                )
             )
-            self._expiry.add(doc.entry_id, doc.expires_at)
-            state = self._state[doc.category]
-            state.eviction.admit(doc.entry_id, size)
-            state.stats.entries += 1
-            state.stats.bytes += size
+
+    def _restore_entry(self, meta: EntryMeta) -> None:
+        """Account an entry found in LMDB at open, leaving its expiry for later.
+
+        The expiry index costs ~8 us per add, more than all the rest of a restart's
+        per-entry work; lookups check expiry on the entry itself, so only the sweeper
+        needs it, and :meth:`_fill_expiry` feeds it after open, between requests.
+        """
+        self._account(meta, track_expiry=False)
+        self._expiry_backlog.append(meta.entry_id)
+
+    async def _fill_expiry(self, chunk: int = 1024) -> None:
+        """Add the restored entries to the expiry index, ``chunk`` per loop turn."""
+        backlog = self._expiry_backlog
+        while backlog:
+            for entry_id in backlog[-chunk:]:
+                entry = self._entries.get(entry_id)
+                if entry is not None:  # not removed since open
+                    self._expiry.add(entry_id, entry.expires_at)
+            del backlog[-chunk:]
+            await asyncio.sleep(0)
+
+    def _account(self, meta: EntryMeta, *, track_expiry: bool = True) -> None:
+        """Track an entry in every in-memory structure but its index. O(log n)."""
+        state = self._state.get(meta.category)
+        if state is None:
+            # A category removed from the configuration since the entry was written:
+            # keep serving it under the default policy rather than dropping data.
+            state = self._state[meta.category] = _CategoryState(
+                self._categories.resolve(None), self._eviction_factory()
+            )
+        size = meta.size_bytes
+        self._entries[meta.entry_id] = _Entry(
+            meta.namespace, meta.category, meta.partition, meta.created_at, meta.expires_at, size
+        )
+        if track_expiry:
+            self._expiry.add(meta.entry_id, meta.expires_at)
+        state.eviction.admit(meta.entry_id, size)
+        state.stats.entries += 1
+        state.stats.bytes += size
 
     # -- removal -----------------------------------------------------------------------
 
@@ -450,7 +546,10 @@ class SemanticCache:
         for key, ids in by_index.items():
             index = self._indexes.get(key)
             if index is not None:
-                await self._run(index.remove, np.asarray(ids, dtype=np.uint64))
+                try:
+                    await self._run(index.remove, np.asarray(ids, dtype=np.uint64))
+                finally:
+                    self._snapshots.changed(key)
         return removed
 
     async def delete(self, entry_id: int) -> bool:
@@ -485,8 +584,17 @@ class SemanticCache:
 
     async def sweep_expired(self) -> int:
         """Remove up to one batch of expired entries; returns how many."""
+        if self._expiry_backlog:
+            await self._fill_expiry(chunk=len(self._expiry_backlog))
         due = self._expiry.pop_expired(self._clock(), self._sweep_batch)
         return await self._remove(due, reason="expired") if due else 0
+
+    async def _delete_expired_at_open(self) -> None:
+        """Delete from LMDB what had expired when the cache opened (never loaded)."""
+        while self._expired_at_open:
+            batch = self._expired_at_open[: self._sweep_batch]
+            await self._run(self._store.delete_many, batch)
+            del self._expired_at_open[: len(batch)]
 
     def _record_hit(self, entry_id: int, category: str, now: float) -> None:
         count, _ = self._pending_hits.get(entry_id, (0, 0.0))
@@ -508,6 +616,7 @@ class SemanticCache:
                 swept = self._sweep_batch
                 while swept == self._sweep_batch:  # a backlog: keep going between requests
                     swept = await self.sweep_expired()
+                await self._delete_expired_at_open()
                 if time.monotonic() - last_flush >= self._hit_flush_interval_s:
                     await self._flush_hits()
                     last_flush = time.monotonic()
@@ -518,6 +627,10 @@ class SemanticCache:
 
     def stats(self) -> dict[str, CategoryStats]:
         return {name: state.stats for name, state in self._state.items()}
+
+    def snapshot_stats(self) -> SnapshotStats:
+        """Index snapshots written and failed since start, and time spent on them."""
+        return self._snapshots.stats
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -1,14 +1,15 @@
 """Wiring the semantic cache into the daemon: components, shared state, metrics.
 
 At set-up the ``semantic`` route group registers two components behind the core's
-data directory: the embedding model (slow to load) and the engine (rebuilds its
-indexes from LMDB). Handlers reach the engine through a :class:`Slot`, which
-answers 503 until the engine is open.
+data directory: the embedding model (slow to load) and the engine (loads its
+indexes from ``<data_dir>/snapshots`` and reconciles them with LMDB). Handlers
+reach the engine through a :class:`Slot`, which answers 503 until the engine is open.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -28,6 +29,7 @@ from semcached.service.appkeys import (
 from semcached.service.embedding import EmbeddingStats, create_embedder
 from semcached.service.lifecycle import FunctionComponent, Slot
 from semcached.service.semantic import SemanticCache
+from semcached.service.semantic_snapshots import SnapshotDirectory
 
 __all__ = ["SemanticCollector", "install_semantic_cache"]
 
@@ -49,6 +51,9 @@ def install_semantic_cache(app: web.Application) -> None:
             ef_search=index_settings.hnsw_ef_search,
         )
 
+    def load_index(path: Path, dim: int) -> VectorIndex:
+        return HnswlibIndex.load(path, dim=dim, ef_search=index_settings.hnsw_ef_search)
+
     async def open_engine() -> None:
         engine = SemanticCache(
             store=DocumentStore(app[DATA_DIR].env),
@@ -59,6 +64,8 @@ def install_semantic_cache(app: web.Application) -> None:
             executor=app[EXECUTOR],
             candidates=settings.semantic.candidates,
             sweep_interval_s=settings.semantic.sweep_interval_s,
+            snapshots=SnapshotDirectory(app[DATA_DIR].path / "snapshots", load_index),
+            snapshot_interval_s=index_settings.snapshot_interval_s,
         )
         await engine.open()
         slot.set(engine)
@@ -116,6 +123,51 @@ class SemanticCollector(Collector):
             removals.add_metric([name, "expired"], s.expirations)
             inserts.add_metric([name], s.inserts)
         yield from (lookups, entries, size, removals, inserts)
+        yield from self._restart_metrics(self._slot.get())
+
+    @staticmethod
+    def _restart_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        s = engine.snapshot_stats()
+        snapshots = CounterMetricFamily(
+            "semcached_semantic_snapshots",
+            "Index snapshots written to disk, by outcome (one per index saved).",
+            labels=["outcome"],
+        )
+        snapshots.add_metric(["ok"], s.written)
+        snapshots.add_metric(["error"], s.failed)
+        seconds = CounterMetricFamily(
+            "semcached_semantic_snapshot_seconds", "Time spent writing index snapshots."
+        )
+        seconds.add_metric([], s.seconds)
+        last = GaugeMetricFamily(
+            "semcached_semantic_last_snapshot_timestamp_seconds",
+            "Unix time of the last complete snapshot round (0: none since start).",
+        )
+        last.add_metric([], s.last_success_at)
+        yield from (snapshots, seconds, last)
+        report = engine.last_open
+        if report is None:
+            return
+        open_seconds = GaugeMetricFamily(
+            "semcached_semantic_open_seconds",
+            "How long the last start took to restore the indexes and bookkeeping.",
+        )
+        open_seconds.add_metric([], report.seconds)
+        open_entries = GaugeMetricFamily(
+            "semcached_semantic_open_entries",
+            "Entries restored at the last start, by where their vectors came from.",
+            labels=["source"],
+        )
+        open_entries.add_metric(["snapshot"], report.entries_from_snapshot)
+        open_entries.add_metric(["lmdb"], report.entries_added)
+        open_indexes = GaugeMetricFamily(
+            "semcached_semantic_open_indexes",
+            "Indexes at the last start, by whether a snapshot was loaded or they were rebuilt.",
+            labels=["outcome"],
+        )
+        open_indexes.add_metric(["loaded"], report.indexes_loaded)
+        open_indexes.add_metric(["rebuilt"], report.indexes_rebuilt)
+        yield from (open_seconds, open_entries, open_indexes)
 
     def _embedding_metrics(self) -> Iterator[Metric]:
         e = self._embedding
