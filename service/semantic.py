@@ -583,7 +583,12 @@ class SemanticCache:
     # -- maintenance -------------------------------------------------------------------
 
     async def sweep_expired(self) -> int:
-        """Remove up to one batch of expired entries; returns how many."""
+        """Remove up to one batch of expired entries; returns how many.
+
+        The first call also deletes from LMDB what had expired when the cache opened.
+        """
+        if self._expired_at_open:
+            await self._delete_expired_at_open()
         if self._expiry_backlog:
             await self._fill_expiry(chunk=len(self._expiry_backlog))
         due = self._expiry.pop_expired(self._clock(), self._sweep_batch)
@@ -616,7 +621,6 @@ class SemanticCache:
                 swept = self._sweep_batch
                 while swept == self._sweep_batch:  # a backlog: keep going between requests
                     swept = await self.sweep_expired()
-                await self._delete_expired_at_open()
                 if time.monotonic() - last_flush >= self._hit_flush_interval_s:
                     await self._flush_hits()
                     last_flush = time.monotonic()

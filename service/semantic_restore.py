@@ -35,11 +35,16 @@ from semcached.index.snapshot import SnapshotError
 from semcached.index.vector_index import VectorIndex
 from semcached.service.semantic_snapshots import IndexKey, SnapshotTracker
 
-__all__ = ["OpenReport", "Restored", "restore"]
+__all__ = ["PROGRESS_EVERY_N", "PROGRESS_EVERY_S", "OpenReport", "Restored", "restore"]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+PROGRESS_EVERY_N = 100_000
+"""A rebuild logs its progress every this many entries..."""
+PROGRESS_EVERY_S = 5.0
+"""...or every this many seconds, whichever comes first."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +101,8 @@ async def restore(
     account: Callable[[EntryMeta], None],
     executor: Executor,
     batch_size: int = 4096,
-    progress_every_n: int = 100_000,
-    progress_every_s: float = 5.0,
+    progress_every_n: int | None = None,
+    progress_every_s: float | None = None,
 ) -> Restored:
     """Load snapshots, scan LMDB, reconcile; ``account`` sees every live entry once.
 
@@ -118,9 +123,13 @@ async def restore(
     for key, ids in live.items():
         in_snapshot = job.snapshot_ids.pop(key, None)
         if in_snapshot is None:
-            await job.rebuild(
-                key, ids, _Progress(key, len(ids), progress_every_n, progress_every_s)
+            progress = _Progress(
+                key,
+                len(ids),
+                PROGRESS_EVERY_N if progress_every_n is None else progress_every_n,
+                PROGRESS_EVERY_S if progress_every_s is None else progress_every_s,
             )
+            await job.rebuild(key, ids, progress)
         else:
             await job.reconcile(key, ids, in_snapshot)
     for key, stale in job.snapshot_ids.items():
