@@ -598,8 +598,8 @@ class SemanticCache:
         """Delete from LMDB what had expired when the cache opened (never loaded)."""
         while self._expired_at_open:
             batch = self._expired_at_open[: self._sweep_batch]
+            del self._expired_at_open[: len(batch)]  # before the await: sweeps may overlap
             await self._run(self._store.delete_many, batch)
-            del self._expired_at_open[: len(batch)]
 
     def _record_hit(self, entry_id: int, category: str, now: float) -> None:
         count, _ = self._pending_hits.get(entry_id, (0, 0.0))
