@@ -1,0 +1,250 @@
+"""Restart: time from ``semcached serve`` to ``/readyz`` 200, beside hnswlib's load_index.
+
+    python bench/semantic_restart.py                    # 100k and 1M entries
+    python bench/semantic_restart.py --sizes 100000     # one size
+    python bench/semantic_restart.py --quick            # a smoke run at 5k entries
+
+For each size the script writes a data directory in-process with the engine's own
+DocumentStore (the clustered synthetic vectors of bench/_semantic_common.py, dimension
+384, embedding backend ``none``), then measures:
+
+- **bare load_index**: ``hnswlib.Index.load_index`` of an index of the same vectors
+  with the same parameters (M, ef_construction), built and saved by this script; the
+  best of ``--repeats`` loads in this process (the file is in the page cache, as the
+  daemon's LMDB is);
+- **bare server**: the same load in a fresh process (bench/_bare_server.py: Python,
+  aiohttp and hnswlib imported, index loaded, listening), process start to ``/readyz``;
+- **semcached, first start**: process start to ``/readyz`` 200 (polled every 10 ms) on
+  the fresh data directory — the engine rebuilds its indexes from LMDB;
+- **shutdown**: SIGTERM to exit; a daemon with HNSW snapshots writes them here
+  (``<data_dir>/snapshots`` exists afterwards);
+- **semcached, second start**: when a snapshot was written (or with ``--always-restart``),
+  start again: the engine loads the snapshot and reconciles it with LMDB.
+
+Also the start of an empty data directory (the fixed cost of the interpreter, imports
+and components). The goal is a start within 2x the bare ``load_index`` time. The daemon
+runs with ``index.snapshot_interval_s = 0`` (snapshots only at shutdown) so no
+background snapshot runs during the first start. The engine's own log line (entries,
+indexes, seconds) is printed under the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import hnswlib
+import numpy as np
+from _semantic_common import (
+    DIM,
+    Mixture,
+    Server,
+    populate,
+    running,
+    synthetic_vectors,
+    write_config,
+)
+
+from semcached.service.config import IndexSettings
+
+
+@dataclass(slots=True)
+class Start:
+    ready_s: float
+    engine_line: str
+
+
+@dataclass(slots=True)
+class Result:
+    size: int
+    load_index_s: float
+    bare_server_s: float
+    first: Start
+    shutdown_s: float
+    exit_code: int
+    snapshot_bytes: int | None  # None: no <data_dir>/snapshots after shutdown
+    second: Start | None
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def settings(args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "embedding.backend": "none",
+        "embedding.dim": DIM,
+        "index.hnsw_m": args.m,
+        "index.hnsw_ef_construction": args.ef_construction,
+        "index.snapshot_interval_s": 0,
+        "server.access_log": False,
+    }
+
+
+def start(data_dir: Path, config: Path, args: argparse.Namespace) -> tuple[Server, Start]:
+    """Start the daemon and wait for /readyz; the caller stops it."""
+    server = Server.semcached(data_dir, config, settings(args))
+    try:
+        ready = server.wait_ready(timeout=args.timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    lines = [x.split("semantic cache: ", 1)[1] for x in server.lines if "semantic cache: " in x]
+    return server, Start(ready, lines[-1] if lines else "(no engine log line)")
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bare_times(index_file: Path, args: argparse.Namespace) -> tuple[float, float]:
+    """(best in-process load_index seconds, bare server process start to ready)."""
+    loads = []
+    for _ in range(args.repeats):
+        index = hnswlib.Index(space="cosine", dim=DIM)
+        started = time.perf_counter()
+        index.load_index(str(index_file))
+        loads.append(time.perf_counter() - started)
+        del index
+    bare = Server.bare(index_file, ef=64, k=8, threshold=0.9, minilm=False)
+    with running(bare):
+        ready = bare.wait_ready(timeout=args.timeout_s)
+    return min(loads), ready
+
+
+def build_bare_index(vectors: np.memmap, path: Path, args: argparse.Namespace) -> None:
+    index = hnswlib.Index(space="cosine", dim=DIM)
+    index.init_index(
+        max_elements=len(vectors), M=args.m, ef_construction=args.ef_construction,
+        random_seed=100, allow_replace_deleted=True,
+    )  # fmt: skip
+    for lo in range(0, len(vectors), 65_536):
+        block = np.asarray(vectors[lo : lo + 65_536])
+        index.add_items(block, np.arange(lo + 1, lo + 1 + len(block)), num_threads=2)
+    index.save_index(str(path))
+
+
+def run_size(size: int, work: Path, config: Path, args: argparse.Namespace) -> Result:
+    root = work / f"n{size}"
+    root.mkdir()
+    try:
+        vectors = np.lib.format.open_memmap(
+            root / "vectors.npy", mode="w+", dtype=np.float32, shape=(size, DIM)
+        )
+        synthetic_vectors(vectors, 0, Mixture.create(args.centroids, args.seed), args.seed)
+        log(f"{size}: writing the data directory")
+        populate(root / "data", vectors, [])
+        log(f"{size}: building and saving the bare hnswlib index")
+        build_bare_index(vectors, root / "bare.hnsw", args)
+        del vectors
+        (root / "vectors.npy").unlink()
+        load_s, bare_s = bare_times(root / "bare.hnsw", args)
+        log(f"{size}: semcached first start")
+        server, first = start(root / "data", config, args)
+        shutdown_s = server.stop(signal.SIGTERM, timeout=args.timeout_s)
+        exit_code = server.proc.returncode
+        snapshots = root / "data" / "snapshots"
+        snapshot_bytes = dir_bytes(snapshots) if snapshots.is_dir() else None
+        second = None
+        if snapshot_bytes is not None or args.always_restart:
+            log(f"{size}: semcached second start")
+            server, second = start(root / "data", config, args)
+            server.stop(signal.SIGTERM, timeout=args.timeout_s)
+        return Result(
+            size, load_s, bare_s, first, shutdown_s, exit_code, snapshot_bytes, second,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def print_table(results: list[Result], empty: Start | None) -> None:
+    print("\n| entries | bare load_index s | bare server start s | semcached 1st start s "
+          "| shutdown s | snapshot MB | semcached 2nd start s "
+          "| fastest start / load_index (goal <= 2x) "
+          "| fastest start / bare server start |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        snap = "none" if r.snapshot_bytes is None else f"{r.snapshot_bytes / 1e6:.0f}"
+        fastest = r.first.ready_s if r.second is None else r.second.ready_s
+        second = "not run (no snapshot)" if r.second is None else f"{r.second.ready_s:.2f}"
+        ratio = fastest / r.load_index_s
+        print(f"| {r.size} | {r.load_index_s:.2f} | {r.bare_server_s:.2f} "
+              f"| {r.first.ready_s:.2f} | {r.shutdown_s:.2f} | {snap} | {second} "
+              f"| {ratio:.1f}x, {'met' if ratio <= 2 else 'missed'} "
+              f"| {fastest / r.bare_server_s:.1f}x |")  # fmt: skip
+    print("\nEngine log lines:")
+    if empty is not None:
+        print(f"- empty data directory: ready in {empty.ready_s:.2f} s; {empty.engine_line}")
+    for r in results:
+        print(f"- {r.size}, 1st start: {r.first.engine_line}")
+        if r.second is not None:
+            print(f"- {r.size}, 2nd start: {r.second.engine_line}")
+        if r.exit_code:
+            print(f"- {r.size}: the daemon exited with status {r.exit_code}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    index = IndexSettings()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    p.add_argument("--quick", action="store_true", help="5k entries: a smoke test")
+    p.add_argument("--repeats", type=int, default=3, help="bare load_index runs (best kept)")
+    p.add_argument(
+        "--always-restart",
+        action="store_true",
+        help="start a second time even without a snapshot (a second rebuild)",
+    )
+    p.add_argument("--centroids", type=int, default=4096)
+    p.add_argument("--m", type=int, default=index.hnsw_m)
+    p.add_argument("--ef-construction", type=int, default=index.hnsw_ef_construction)
+    p.add_argument("--timeout-s", type=float, default=7200.0, help="per start and shutdown")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: tmp)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes = [5_000]
+    return args
+
+
+@contextlib.contextmanager
+def scratch(workdir: Path | None) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="semcached-restart-", dir=workdir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on the way out
+    print(f"# restart to ready: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+          f"M={args.m} ef_construction={args.ef_construction}, dim {DIM}")  # fmt: skip
+    results: list[Result] = []
+    empty: Start | None = None
+    with scratch(args.workdir) as work:
+        config = write_config(work / "bench.toml", 0.9)
+        try:
+            server, empty = start(work / "empty", config, args)
+            server.stop()
+            for size in args.sizes:
+                results.append(run_size(size, work, config, args))
+        except KeyboardInterrupt:
+            print("interrupted: the table holds what ran before", file=sys.stderr)
+        except (RuntimeError, MemoryError, OSError) as exc:
+            print(f"stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    print_table(results, empty)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
