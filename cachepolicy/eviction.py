@@ -8,8 +8,9 @@ only tracks keys and decides; the cache does the removing and then calls
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Protocol
+
+from semcached.ext.bskiplist import BSkipList
 
 __all__ = ["EvictionPolicy", "LruPolicy"]
 
@@ -35,25 +36,40 @@ class EvictionPolicy(Protocol):
 class LruPolicy:
     """Least recently used: evict the item whose last admission or hit is oldest.
 
-    Every operation is O(1) (an ordered dict kept in recency order).
+    The recency order lives in the B-skiplist, keyed by a logical clock that ticks on
+    every admission and hit, so the victim is the minimum. ``admit``,
+    ``record_access`` and ``forget`` are O(log n); ``choose_victim`` is O(1).
     """
 
     def __init__(self) -> None:
-        self._order: OrderedDict[int, None] = OrderedDict()
+        self._order = BSkipList()  # tick -> key
+        self._tick_of: dict[int, int] = {}  # key -> its current tick
+        self._clock = 0
 
     def __len__(self) -> int:
-        return len(self._order)
+        return len(self._tick_of)
+
+    def _touch(self, key: int) -> None:
+        old = self._tick_of.get(key)
+        if old is not None:
+            self._order.delete(old)
+        self._clock += 1
+        self._order.insert(self._clock, key)
+        self._tick_of[key] = self._clock
 
     def admit(self, key: int, size: int) -> None:
-        self._order[key] = None
-        self._order.move_to_end(key)
+        self._touch(key)
 
     def record_access(self, key: int) -> None:
-        if key in self._order:
-            self._order.move_to_end(key)
+        if key in self._tick_of:
+            self._touch(key)
 
     def forget(self, key: int) -> None:
-        self._order.pop(key, None)
+        tick = self._tick_of.pop(key, None)
+        if tick is not None:
+            self._order.delete(tick)
 
     def choose_victim(self) -> int | None:
-        return next(iter(self._order), None)
+        if not self._tick_of:
+            return None
+        return self._order.get(self._order.min())

@@ -41,3 +41,28 @@ def test_empty_and_forget_unknown() -> None:
     policy.forget(42)
     policy.record_access(42)
     assert len(policy) == 0
+
+
+def test_lru_matches_an_ordered_dict_reference() -> None:
+    import random
+    from collections import OrderedDict
+
+    rng = random.Random(11)
+    policy = LruPolicy()
+    reference: OrderedDict[int, None] = OrderedDict()
+    for _ in range(5000):
+        key = rng.randrange(300)
+        op = rng.random()
+        if op < 0.4:
+            policy.admit(key, 1)
+            reference[key] = None
+            reference.move_to_end(key)
+        elif op < 0.8:
+            policy.record_access(key)
+            if key in reference:
+                reference.move_to_end(key)
+        else:
+            policy.forget(key)
+            reference.pop(key, None)
+        assert len(policy) == len(reference)
+        assert policy.choose_victim() == next(iter(reference), None)
