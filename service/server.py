@@ -46,7 +46,11 @@ async def serve(settings: Settings, app: web.Application | None = None) -> int:
         loop.add_signal_handler(sig, shutdown.request, signal.Signals(sig).name)
     try:
         site = web.TCPSite(runner, server.host, server.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # port taken, address not local, no permission
+            log.error("cannot listen on %s:%d: %s", server.host, server.port, exc.strerror)
+            return 1
         listening = [f"http://{a[0]}:{a[1]}" for a in runner.addresses]
         app[LISTEN_URLS][:] = listening
         for url in listening:

@@ -85,6 +85,20 @@ def test_bad_config_exits_2_with_message(tmp_path: Path) -> None:
     assert "server.worker_threads" in process.log
 
 
+def test_port_in_use_exits_1_with_a_message(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        process = DaemonProcess(tmp_path / "data", ["--server.port", str(port)])
+        assert process.proc.wait(30) == 1
+        process.terminate()
+    assert f"cannot listen on 127.0.0.1:{port}" in process.log
+    assert "Traceback" not in process.log
+
+
 def test_second_daemon_on_same_data_dir_fails_and_first_keeps_serving(
     daemon: DaemonProcess,
 ) -> None:
