@@ -8,6 +8,7 @@ reach the engine through a :class:`Slot`, which answers 503 until the engine is 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,6 +50,9 @@ def install_semantic_cache(app: web.Application) -> None:
             m=index_settings.hnsw_m,
             ef_construction=index_settings.hnsw_ef_construction,
             ef_search=index_settings.hnsw_ef_search,
+            # Batches (a rebuild at start, insert_many) use every core; a single
+            # insert or search is one row and runs on one thread either way.
+            num_threads=max(1, os.cpu_count() or 1),
         )
 
     def load_index(path: Path, dim: int) -> VectorIndex:

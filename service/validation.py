@@ -110,11 +110,16 @@ def optional_vector(body: Mapping[str, Any], field: str) -> NDArray[np.float32] 
             raise _invalid(field, "base64 must decode to a whole number of float32 values")
         vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
     elif isinstance(value, list):
-        if not value or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) for x in value
-        ):
+        # numpy infers one dtype for the whole list in C: ints and floats give a
+        # numeric array; bools, strings, None or nesting give another kind.
+        try:
+            wide = np.array(value, dtype=None)
+        except (ValueError, OverflowError):
+            wide = np.empty(0)
+        numeric = wide.ndim == 1 and wide.size and wide.dtype.kind in "iuf"
+        if not numeric or bool in map(type, value):  # numpy would coerce true to 1.0
             raise _invalid(field, "expected a non-empty list of numbers")
-        wide = np.asarray(value, dtype=np.float64)
+        wide = wide.astype(np.float64, copy=False)
         if np.abs(wide).max() > np.finfo(np.float32).max:
             raise _invalid(field, "a value does not fit in float32")
         vector = wide.astype(np.float32)

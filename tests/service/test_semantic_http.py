@@ -210,6 +210,8 @@ BAD_LOOKUPS: list[tuple[str, Any, str | None]] = [
      {"namespace": "t1", "vector": unit(1), "threshold": "high"}, "threshold"),
     ("unknown category", {"namespace": "t1", "vector": unit(1), "category": "x"}, "category"),
     ("infinite value", {"namespace": "t1", "vector": [1e39] * DIM}, "vector"),
+    ("boolean in vector", {"namespace": "t1", "vector": [True] + [0.5] * (DIM - 1)}, "vector"),
+    ("nested vector", {"namespace": "t1", "vector": [[0.5] * DIM]}, "vector"),
 ]  # fmt: skip
 
 
