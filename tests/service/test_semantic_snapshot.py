@@ -349,7 +349,9 @@ def test_kill_9_after_a_snapshot_keeps_every_acknowledged_entry(tmp_path: Path) 
         from_snapshot = _metric(url, "semcached_semantic_open_entries", {"source": "snapshot"})
         assert from_lmdb is not None
         assert from_snapshot is not None
-        assert from_snapshot >= 39
+        # An interval snapshot may have caught only part of the first 40 inserts (it
+        # runs concurrently with them); whatever it missed came from LMDB.
+        assert from_snapshot >= 1
         assert from_lmdb + from_snapshot == 79
         assert _metric(url, "semcached_semantic_open_seconds") is not None
         with SemcachedClient(url) as client:
