@@ -57,7 +57,8 @@ class ExpiryIndex:
 
     def pop_expired(self, now: float, limit: int) -> list[int]:
         """Remove and return up to ``limit`` entries whose expiry is at or before ``now``."""
-        bound = (int(now * 1000) + 1) << SEQ_BITS
+        # Past the last representable millisecond everything is due: no upper bound.
+        bound = min((int(now * 1000) + 1) << SEQ_BITS, 1 << 64)
         keys, ids = self._tree.range_to_arrays(0, bound, limit)
         if len(keys):
             self._tree.delete_many(keys)

@@ -61,3 +61,9 @@ def test_matches_a_sorted_reference() -> None:
             for i in due:
                 del reference[i]
             assert len(index) == len(reference)
+
+
+def test_a_far_future_now_pops_everything() -> None:
+    index = ExpiryIndex()
+    index.add(1, 10.0)
+    assert index.pop_expired(now=1e300, limit=10) == [1]
