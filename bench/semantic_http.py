@@ -23,8 +23,9 @@ Measured, per size:
   at least 0.8x the bare server's req/s);
 - server-side latency: semcached's own ``/metrics`` histogram
   ``semcached_http_request_duration_seconds{route="/v1/semantic/lookup"}`` (difference of
-  two scrapes; quantiles interpolated inside buckets as Prometheus does, so coarse:
-  the buckets are 0.5, 1, 2.5 ms) and the bare server's exact handler times
+  two scrapes; quantiles interpolated inside buckets as Prometheus does, so only as
+  fine as the buckets: 0.5, 0.75, 1, 1.5, 2, 3, 5 ms) and the bare server's exact
+  handler times
   (goal: semcached p99 <= 2 ms at the largest size);
 - hnswlib's query time alone (the same index, one query per call, one thread, in this
   process) and the overhead ratio: server-side mean time per lookup at the lowest

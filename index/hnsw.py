@@ -279,7 +279,7 @@ class HnswlibIndex:
     def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
         if k < 1:
             raise ValueError("k must be at least 1")
-        unit = normalise(queries, self._dim, what="query")
+        unit = _queries(queries, self._dim)
         if unit.shape[0] == 0:
             return []
         with self._lock.shared():
@@ -291,7 +291,8 @@ class HnswlibIndex:
                 labels, distances = self._index.knn_query(unit, k=k, num_threads=self._num_threads)
             except RuntimeError:
                 return [self._search_row(row, k) for row in unit]
-        return [(labels[i], _similarity(distances[i])) for i in range(unit.shape[0])]
+        similarities = _similarity(distances)
+        return [(labels[i], similarities[i]) for i in range(unit.shape[0])]
 
     def _search_row(self, row: VectorArray, k: int) -> SearchResult:
         """One query, lowering ``k`` until hnswlib can fill it. Caller holds the lock."""
@@ -380,6 +381,24 @@ class HnswlibIndex:
         labels = index.get_ids_list() if slots else []  # deleted labels included
         loaded._max_label = int(max(labels)) if labels else -1
         return loaded
+
+
+_TINY = np.finfo(np.float32).tiny  # the smallest normal float32
+
+
+def _queries(queries: ArrayLike, dim: int) -> VectorArray:
+    """Query rows hnswlib can take as they are (its cosine space normalises them).
+
+    Only rows whose float32 squared norm is finite and normal pass unchanged; the
+    rest go through :func:`normalise`, which rescales extreme but valid rows in
+    float64 and names the row that is zero, NaN or infinite. O(n * dim).
+    """
+    array = np.asarray(queries, dtype=np.float32)
+    if array.ndim == 2 and array.shape[1] == dim:
+        squares = np.einsum("ij,ij->i", array, array)
+        if np.isfinite(squares).all() and (squares >= _TINY).all():
+            return array
+    return normalise(queries, dim, what="query")
 
 
 def _similarity(distances: Any) -> NDArray[np.float32]:

@@ -44,7 +44,7 @@ def metrics_middleware(metrics: HttpMetrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
-        metrics.in_flight.inc()
+        metrics.started()
         status = 500
         try:
             response = await handler(request)
@@ -54,10 +54,8 @@ def metrics_middleware(metrics: HttpMetrics) -> Middleware:
             status = exc.status
             raise
         finally:
-            metrics.in_flight.dec()
-            route = route_label(request)
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.duration.labels(route, request.method).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            metrics.finished(route_label(request), request.method, status, seconds)
 
     return middleware
 

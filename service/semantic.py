@@ -39,6 +39,7 @@ from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_k
 from semcached.index.expiry import ExpiryIndex
 from semcached.index.vector_index import VectorIndex
 from semcached.service.embedding import Embedder
+from semcached.service.search_batch import SearchBatcher
 from semcached.service.semantic_restore import OpenReport, restore
 from semcached.service.semantic_snapshots import SnapshotDirectory, SnapshotStats, SnapshotTracker
 
@@ -150,6 +151,7 @@ class SemanticCache:
         categories: CategoryTable,
         dim: int,
         executor: Executor,
+        search_executor: Executor | None = None,
         eviction_factory: Callable[[], EvictionPolicy] = LruPolicy,
         clock: Callable[[], float] = time.time,
         candidates: int = 8,
@@ -161,13 +163,15 @@ class SemanticCache:
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
-        background (0: only at close)."""
+        background (0: only at close); ``search_executor``: where index searches run
+        (default ``executor``), batched per index by :class:`SearchBatcher`."""
         self._store = store
         self._index_factory = index_factory
         self._embedder = embedder
         self._categories = categories
         self.dim = dim
         self._executor = executor
+        self._searches = SearchBatcher(search_executor or executor)
         self._eviction_factory = eviction_factory
         self._clock = clock
         self._candidates = candidates
@@ -333,7 +337,7 @@ class SemanticCache:
         """The most similar live entry of the request's partition, widening k if needed."""
         k = self._candidates
         while True:
-            ((ids, sims),) = await self._run(index.search, vector[None, :], k)
+            ids, sims = await self._searches.search(index, vector, k)
             for entry_id, similarity in zip(ids.tolist(), sims.tolist(), strict=True):
                 entry = self._entries.get(entry_id)
                 if (

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from aiohttp import web
@@ -58,6 +59,12 @@ def install_semantic_cache(app: web.Application) -> None:
     def load_index(path: Path, dim: int) -> VectorIndex:
         return HnswlibIndex.load(path, dim=dim, ef_search=index_settings.hnsw_ef_search)
 
+    # Searches get threads of their own, so that a slow LMDB commit or model call in
+    # the shared pool never queues a lookup behind it.
+    searches = ThreadPoolExecutor(
+        max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="semcached-search"
+    )
+
     async def open_engine() -> None:
         engine = SemanticCache(
             store=DocumentStore(app[DATA_DIR].env),
@@ -66,6 +73,7 @@ def install_semantic_cache(app: web.Application) -> None:
             categories=settings.categories,
             dim=embedder.dim,
             executor=app[EXECUTOR],
+            search_executor=searches,
             candidates=settings.semantic.candidates,
             sweep_interval_s=settings.semantic.sweep_interval_s,
             snapshots=SnapshotDirectory(app[DATA_DIR].path / "snapshots", load_index),
@@ -78,6 +86,7 @@ def install_semantic_cache(app: web.Application) -> None:
         engine = slot.get()
         slot.set(None)
         await engine.close()
+        searches.shutdown(wait=True)
 
     components = app[COMPONENTS]
     components.add(FunctionComponent("embedding model", embedder.open, embedder.close))

@@ -119,12 +119,12 @@ def optional_vector(body: Mapping[str, Any], field: str) -> NDArray[np.float32] 
         numeric = wide.ndim == 1 and wide.size and wide.dtype.kind in "iuf"
         if not numeric or bool in map(type, value):  # numpy would coerce true to 1.0
             raise _invalid(field, "expected a non-empty list of numbers")
-        wide = wide.astype(np.float64, copy=False)
-        if np.abs(wide).max() > np.finfo(np.float32).max:
-            raise _invalid(field, "a value does not fit in float32")
-        vector = wide.astype(np.float32)
+        with np.errstate(over="ignore"):  # too large for float32 -> inf, caught below
+            vector = wide.astype(np.float32)
     else:
         raise _invalid(field, "expected a list of numbers or a base64 string")
     if not np.isfinite(vector).all():
+        if isinstance(value, list):  # JSON has no NaN or Inf: a value was too large
+            raise _invalid(field, "a value does not fit in float32")
         raise _invalid(field, "contains NaN or Inf")
     return vector
