@@ -5,15 +5,16 @@
     python bench/semantic_http.py --sizes 10000 100000 --concurrency 1 16 --duration-s 10
 
 For each size the script writes a data directory in-process with the engine's own
-DocumentStore (``put_many`` in large batches), starts ``semcached serve`` on it (the
-daemon builds its indexes at start) and, in the same run, the baseline
-``bench/_bare_server.py``: aiohttp + hnswlib with the same index parameters (M,
-ef_construction, ef_search, k = ``semantic.candidates``), the same vectors and the
-same request/response JSON, and a minimal handler (parse, knn_query, threshold,
-answer). Both listen on 127.0.0.1 with OS-chosen ports. The load generator runs in
-another process: wrk with a Lua script cycling through the request bodies when wrk is
-installed (``--client auto``), else ``bench/_loadgen.py`` (aiohttp, closed loop).
-Each (concurrency, server) pair gets a 1 s warm-up, then ``--duration-s`` measured,
+DocumentStore (``put_many`` in large batches) and the engine's HNSW index of it as the
+directory's snapshot (bench/_semantic_common.py: ``write_index_snapshot``), starts
+``semcached serve`` on it (the daemon loads the snapshot) and, in the same run, the
+baseline ``bench/_bare_server.py``: aiohttp + hnswlib with the very same HNSW graph (the
+snapshot's hnswlib file), ef_search and k (``semantic.candidates``), the same
+request/response JSON, and a minimal handler (parse, knn_query, threshold, answer). Both
+listen on 127.0.0.1 with OS-chosen ports. The load generator runs in another process:
+wrk with a Lua script cycling through the request bodies when wrk is installed
+(``--client auto``), else ``bench/_loadgen.py`` (aiohttp, closed loop). Each
+(concurrency, server) pair gets a 1 s warm-up, then ``--duration-s`` measured,
 ``--rounds`` times round-robin with the two servers alternating which goes first; the
 fastest run of each pair is kept (the one least disturbed by a shared machine).
 
@@ -34,20 +35,18 @@ Measured, per size:
   vectors): a query counts as right when "best similarity >= threshold" agrees with
   brute force and, on a hit, the entry id is brute force's (goal >= 0.99).
 
-Inputs: *vector-in* requests carry the vector (a JSON list, or base64 with
-``--vector-format base64``) to a daemon with embedding backend ``none``; *text-in*
-requests carry a paraphrased or unseen prompt to a daemon with MiniLM and its
-embedding cache off (every request runs the model; the baseline embeds one text per
-call in its thread pool). Text-in needs a second daemon start, a full index rebuild
-until HNSW snapshots exist, so by default it runs only at sizes up to 100k
+Inputs: *vector-in* requests carry the vector (a JSON list, or base64 with ``--vector-
+format base64``) to a daemon with embedding backend ``none``; *text-in* requests carry a
+paraphrased or unseen prompt to a daemon with MiniLM and its embedding cache off (every
+request runs the model; the baseline embeds one text per call in its thread pool). Text-
+in runs the model on every request, so by default it runs only at sizes up to 100k
 (``--text-sizes`` to change). The data set — clustered synthetic vectors and template
-prompts — is described in bench/_semantic_common.py; each store holds
-``--text-entries`` MiniLM-embedded prompts (ids 1..T) and synthetic vectors after them.
-Caveat: in one index the MiniLM prompts form a small island far from the synthetic
-vectors (cosine ~0), and HNSW's greedy descent from a synthetic entry point can miss
-it, so at 100k text-in recall drops for the bare server just as for semcached (0.84
-measured): a property of this mixed data set and of HNSW, not of semcached; compare
-the two recall columns.
+prompts — is described in bench/_semantic_common.py; each store holds ``--text-entries``
+MiniLM-embedded prompts (ids 1..T) and synthetic vectors after them. Caveat: in one
+index the MiniLM prompts form a small island far from the synthetic vectors (cosine ~0),
+and HNSW's greedy descent from a synthetic entry point can miss it, so at 100k text-in
+recall drops for the bare server just as for semcached (0.84 measured): a property of
+this mixed data set and of HNSW, not of semcached; compare the two recall columns.
 
 Server-side times are comparable at concurrency 1 only: semcached's histogram runs
 from its outermost middleware and so includes waiting for the event loop and the
@@ -97,6 +96,7 @@ from _semantic_common import (
     text_prompts,
     vector_queries,
     write_config,
+    write_index_snapshot,
 )
 from numpy.typing import NDArray
 
@@ -336,19 +336,6 @@ def write_bodies(path: Path, bodies: Sequence[bytes]) -> Path:
     return path
 
 
-def build_index(vectors: Matrix, opts: Options, threads: int) -> hnswlib.Index:
-    index = hnswlib.Index(space="cosine", dim=DIM)
-    index.init_index(
-        max_elements=len(vectors), M=opts.m, ef_construction=opts.ef_construction,
-        random_seed=100, allow_replace_deleted=True,
-    )  # fmt: skip
-    for lo in range(0, len(vectors), 65_536):
-        block = np.asarray(vectors[lo : lo + 65_536])
-        index.add_items(block, np.arange(lo + 1, lo + 1 + len(block)), num_threads=threads)
-    index.set_ef(opts.ef_search)
-    return index
-
-
 def query_times_us(index: hnswlib.Index, queries: Matrix, k: int) -> NDArray[np.float64]:
     out = np.empty(len(queries))
     for i, q in enumerate(queries):
@@ -440,13 +427,14 @@ def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: R
         seconds = populate(work / "data", vectors, texts.stored)
         report.notes.append(f"{size}: data directory written in {seconds:.1f} s")
         config = write_config(work / "bench.toml", opts.threshold)
-        log(f"{size}: building the bare index")
-        started = time.perf_counter()
-        index = build_index(vectors, opts, threads=2)
-        report.notes.append(f"{size}: bare hnswlib index built in "
-                            f"{time.perf_counter() - started:.1f} s (2 threads)")  # fmt: skip
-        index_file = work / "bare.hnsw"
-        index.save_index(str(index_file))
+        log(f"{size}: building the index (the daemon's snapshot and the bare server's file)")
+        seconds, index_file = write_index_snapshot(
+            work / "data", vectors, m=opts.m, ef_construction=opts.ef_construction
+        )
+        report.notes.append(f"{size}: index built in {seconds:.1f} s (2 threads)")
+        index = hnswlib.Index(space="cosine", dim=DIM)
+        index.load_index(str(index_file))
+        index.set_ef(opts.ef_search)
         for mode, q in (("vector-in", queries), ("text-in", texts.asked_vectors)):
             if len(q):
                 report.overhead.append((size, mode, query_times_us(index, q, opts.candidates)))

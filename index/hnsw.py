@@ -70,9 +70,9 @@ from semcached.index.vector_index import (
     normalise,
 )
 
-__all__ = ["HnswlibIndex"]
+__all__ = ["SNAPSHOT_KIND", "HnswlibIndex"]
 
-_KIND = "hnswlib-cosine"
+SNAPSHOT_KIND = "hnswlib-cosine"  # the manifest kind of an index snapshot
 
 
 def _empty_result() -> SearchResult:
@@ -321,7 +321,7 @@ class HnswlibIndex:
             }
             write_snapshot(
                 path,
-                kind=_KIND,
+                kind=SNAPSHOT_KIND,
                 meta=meta,
                 files={
                     "hnsw": lambda target: self._index.save_index(str(target)),
@@ -344,7 +344,7 @@ class HnswlibIndex:
         Raises :class:`SnapshotError` when it is missing, corrupt, of another ``dim``,
         or larger than ``max_capacity``. O(n).
         """
-        meta, parts = read_snapshot(path, kind=_KIND)
+        meta, parts = read_snapshot(path, kind=SNAPSHOT_KIND)
         try:
             saved_dim, m, ef_c = int(meta["dim"]), int(meta["m"]), int(meta["ef_construction"])
             capacity, slots, count = int(meta["capacity"]), int(meta["slots"]), int(meta["count"])
