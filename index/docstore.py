@@ -4,9 +4,15 @@ Three named databases in one :class:`LmdbEnvironment`:
 
 - ``sem.docs``: entry id (8 bytes, big-endian, so key order is id order) -> document;
 - ``sem.vectors``: entry id -> the vector as little-endian float32 bytes;
-- ``sem.exact``: exact key (16 bytes, :func:`exact_key`) -> entry id.
+- ``sem.exact``: exact key (16 bytes, :func:`exact_key`) -> entry id;
+- ``sem.meta``: entry id -> a fixed 40-byte record of what the engine keeps in memory
+  per entry (id, created_at, expires_at, size in bytes, group), so a restart reads
+  every entry's bookkeeping as one array (:meth:`DocumentStore.scan_columns`) instead
+  of decoding every document;
+- ``sem.groups``: group (xxh3-64 of namespace, category and partition) -> those three
+  strings. A store holds few distinct groups; they are never deleted.
 
-An insert writes all three in one durable transaction; concurrent ``put_many`` calls
+An insert writes all of them in one durable transaction; concurrent ``put_many`` calls
 are merged by a :class:`GroupCommitter` into one transaction and one fsync.
 
 Document encoding (version 1), little-endian::
@@ -22,6 +28,7 @@ any general serialisation, and ``update_hits`` patches two fields in place.
 
 from __future__ import annotations
 
+import itertools
 import struct
 import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,6 +45,7 @@ from semcached.index.lmdb_env import LmdbEnvironment
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
+    "META_DTYPE",
     "Document",
     "DocumentStore",
     "EntryMeta",
@@ -59,6 +67,15 @@ _HITS_OFFSET = 22
 _FORMATS: tuple[Literal["json", "bytes"], ...] = ("json", "bytes")
 _MAX_SHORT = 0xFFFF
 _MAX_ID = (1 << 64) - 1
+
+META_DTYPE = np.dtype(
+    [("id", "<u8"), ("created_at", "<f8"), ("expires_at", "<f8"), ("size", "<u8"),
+     ("group", "<u8")]
+)  # fmt: skip
+"""One ``sem.meta`` record, as :meth:`DocumentStore.scan_columns` returns them."""
+_META = struct.Struct("<QddQQ")
+_GROUP_LENGTHS = struct.Struct("<HHH")
+_GROUP_DOMAIN = b"semcached.group.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +115,9 @@ class Document:
 
 
 class EntryMeta(NamedTuple):
-    """What an index rebuild needs of a document, without its prompt or response.
+    """What the engine keeps of a document in memory, without its prompt or response.
 
-    ``size_bytes`` equals :attr:`Document.size_bytes` of the same entry. A named
-    tuple: a restart builds one per entry, and tuples are the cheapest to build.
+    ``size_bytes`` equals :attr:`Document.size_bytes` of the same entry.
     """
 
     entry_id: int
@@ -181,31 +197,6 @@ def _decode(entry_id: int, value: bytes | memoryview) -> Document:
     )
 
 
-def _decode_meta(entry_id: int, value: bytes, names: dict[bytes, str]) -> EntryMeta:
-    """Decode the header fields and the namespace, category and partition only.
-
-    ``names`` interns those strings across a scan: a store holds few distinct ones.
-    """
-    if len(value) < _HEADER.size or value[0] != FORMAT_VERSION:
-        raise ValueError(f"unreadable document (version byte {value[:1]!r})")
-    _, _, dim, created_at, expires_at, _, _, n_ns, n_cat, n_part, _, _ = _HEADER.unpack_from(value)
-    o = _HEADER.size
-    ns, cat, part = value[o : o + n_ns], value[o + n_ns : o + n_ns + n_cat], b""
-    if n_part:
-        part = value[o + n_ns + n_cat : o + n_ns + n_cat + n_part]
-    return EntryMeta(
-        entry_id,
-        names.get(ns) or names.setdefault(ns, ns.decode("utf-8")),
-        names.get(cat) or names.setdefault(cat, cat.decode("utf-8")),
-        names.get(part) or names.setdefault(part, part.decode("utf-8")),
-        created_at,
-        expires_at,
-        # The encoding is the header, the five strings and the response: what
-        # Document.size_bytes adds up, less the vector and the fixed overhead.
-        len(value) + 4 * dim + ENTRY_OVERHEAD_BYTES,
-    )
-
-
 def normalise_prompt(prompt: str) -> str:
     """The prompt as the exact tier compares it.
 
@@ -239,12 +230,47 @@ def exact_key(namespace: str, partition: str, prompt: str) -> bytes:
 Vector = NDArray[np.float32]
 
 
+def _group(namespace: bytes, category: bytes, partition: bytes) -> tuple[bytes, bytes]:
+    """(``sem.groups`` key, value) of one (namespace, category, partition)."""
+    hasher = xxhash.xxh3_64(_GROUP_DOMAIN)
+    for part in (namespace, category, partition):
+        hasher.update(len(part).to_bytes(8, "little"))
+        hasher.update(part)
+    value = _GROUP_LENGTHS.pack(len(namespace), len(category), len(partition))
+    return hasher.digest(), value + namespace + category + partition
+
+
+def _decode_group(value: bytes) -> tuple[str, str, str]:
+    a, b, c = _GROUP_LENGTHS.unpack_from(value)
+    o = _GROUP_LENGTHS.size
+    raw = (value[o : o + a], value[o + a : o + a + b], value[o + a + b : o + a + b + c])
+    ns, cat, part = (x.decode("utf-8") for x in raw)
+    return ns, cat, part
+
+
+def _meta_of(entry_id: int, doc: bytes) -> tuple[bytes, bytes, bytes]:
+    """(meta record, group key, group value) of an encoded document."""
+    header = _HEADER.unpack_from(doc)
+    o = _HEADER.size
+    n_ns, n_cat, n_part = header[7:10]
+    gkey, gvalue = _group(
+        doc[o : o + n_ns], doc[o + n_ns : o + n_ns + n_cat],
+        doc[o + n_ns + n_cat : o + n_ns + n_cat + n_part],
+    )  # fmt: skip
+    size = len(doc) + 4 * header[2] + ENTRY_OVERHEAD_BYTES  # = Document.size_bytes
+    record = _META.pack(entry_id, header[3], header[4], size, int.from_bytes(gkey, "little"))
+    return record, gkey, gvalue
+
+
 @dataclass(frozen=True, slots=True)
 class _Put:
     key: bytes
     doc: bytes
     vector: bytes
     exact: bytes
+    meta: bytes
+    group_key: bytes
+    group: bytes
 
 
 class DocumentStore:
@@ -267,6 +293,8 @@ class DocumentStore:
         self._docs = env.database(b"sem.docs")
         self._vectors = env.database(b"sem.vectors")
         self._exact = env.database(b"sem.exact")
+        self._meta = env.database(b"sem.meta")
+        self._groups = env.database(b"sem.groups")
         self._committer: GroupCommitter[_Put] | None = (
             GroupCommitter(self._commit, max_items=max_batch_items, max_bytes=max_batch_bytes)
             if group_commit
@@ -310,11 +338,16 @@ class DocumentStore:
             )
         if not np.isfinite(array).all() or not array.any():
             raise ValueError(f"vector of entry {doc.entry_id} is zero or not finite")
+        encoded = _encode(doc)
+        meta, group_key, group = _meta_of(doc.entry_id, encoded)
         return _Put(
             key=_id_key(doc.entry_id),
-            doc=_encode(doc),
+            doc=encoded,
             vector=array.astype("<f4").tobytes(),
             exact=exact_key(doc.namespace, doc.partition, doc.prompt),
+            meta=meta,
+            group_key=group_key,
+            group=group,
         )
 
     def _commit(self, puts: list[_Put]) -> None:
@@ -330,6 +363,8 @@ class DocumentStore:
                     self._drop_exact(txn, stale, put.key)
             txn.put(put.key, put.vector, db=self._vectors)
             txn.put(put.exact, put.key, db=self._exact)
+            txn.put(put.key, put.meta, db=self._meta)
+            txn.put(put.group_key, put.group, db=self._groups, overwrite=False)
 
     def _drop_exact(self, txn: lmdb.Transaction, exact: bytes, key: bytes) -> None:
         """Delete the exact mapping only if it still points at ``key``."""
@@ -351,6 +386,7 @@ class DocumentStore:
                     continue
                 doc = _decode(int.from_bytes(key, "big"), value)
                 txn.delete(key, db=self._vectors)
+                txn.delete(key, db=self._meta)
                 self._drop_exact(txn, exact_key(doc.namespace, doc.partition, doc.prompt), key)
                 deleted.append(doc)
             return deleted
@@ -452,16 +488,71 @@ class DocumentStore:
         for batch in self._scan_raw(batch_size, with_vectors=True):
             yield [(_decode(i, v), _vector(vec)) for i, v, vec in batch]
 
-    def scan_meta(self, batch_size: int = 4096) -> Iterator[list[EntryMeta]]:
-        """Every entry's :class:`EntryMeta` in id order, in lists of up to ``batch_size``.
+    def scan_columns(
+        self, batch_size: int = 65_536
+    ) -> tuple[NDArray[np.void], dict[int, tuple[str, str, str]]]:
+        """Every entry's ``sem.meta`` record in id order (a :data:`META_DTYPE` array),
+        and the (namespace, category, partition) of each group they name.
 
-        Reads neither vectors nor prompts nor responses, so restoring the in-memory
-        bookkeeping costs one pass over the document headers. Same batching and
-        consistency as :meth:`scan`. O(n).
+        Reads ``batch_size`` records per read transaction, with the consistency of
+        :meth:`scan`. About 40 bytes and well under a microsecond per entry: no
+        document is decoded. Call :meth:`ensure_meta` first on a store that older
+        versions wrote. O(n).
         """
-        names: dict[bytes, str] = {}
+        chunks: list[bytes] = []
+        start = b""
+
+        def run(txn: lmdb.Transaction) -> list[bytes | memoryview]:
+            cursor = txn.cursor(db=self._meta)
+            if not cursor.set_range(start):
+                return []
+            return list(itertools.islice(cursor.iternext(keys=False, values=True), batch_size))
+
+        while True:
+            values = self._env.read(run)
+            if not values:
+                break
+            chunks.append(b"".join(values))
+            last = int.from_bytes(values[-1][:8], "little")
+            if len(values) < batch_size or last == _MAX_ID:
+                break
+            start = _id_key(last + 1)
+        records = np.frombuffer(b"".join(chunks), dtype=META_DTYPE)
+
+        def groups(txn: lmdb.Transaction) -> dict[int, tuple[str, str, str]]:
+            return {
+                int.from_bytes(k, "little"): _decode_group(_bytes(v))
+                for k, v in txn.cursor(db=self._groups)
+            }
+
+        return records, self._env.read(groups)
+
+    def ensure_meta(self, batch_size: int = 4096) -> int:
+        """Rebuild ``sem.meta`` from the documents if it does not hold one record per
+        document (a store written before it existed); returns the records written.
+
+        O(1) when they agree; otherwise O(n), in write transactions of ``batch_size``.
+        """
+
+        def counts(txn: lmdb.Transaction) -> tuple[int, int]:
+            return txn.stat(self._docs)["entries"], txn.stat(self._meta)["entries"]
+
+        docs, metas = self._env.read(counts)
+        if docs == metas:
+            return 0
+        self._env.write(lambda txn: txn.drop(self._meta, delete=False))
+        written = 0
         for batch in self._scan_raw(batch_size):
-            yield [_decode_meta(i, v, names) for i, v in batch]
+
+            def run(txn: lmdb.Transaction, batch: list[Any] = batch) -> None:
+                for entry_id, value in batch:
+                    record, group_key, group = _meta_of(entry_id, _bytes(value))
+                    txn.put(_id_key(entry_id), record, db=self._meta)
+                    txn.put(group_key, group, db=self._groups, overwrite=False)
+
+            self._env.write(run)
+            written += len(batch)
+        return written
 
     def _scan_raw(self, batch_size: int, *, with_vectors: bool = False) -> Iterator[list[Any]]:
         if batch_size < 1:

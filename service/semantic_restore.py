@@ -4,8 +4,10 @@ LMDB is the truth; a snapshot is a head start. :func:`restore` does:
 
 1. read the snapshot catalog and load each listed index snapshot (hnswlib
    ``load_index``; one sequential read, no graph construction);
-2. scan LMDB's document headers once (no vectors, prompts or responses), handing
-   each live entry to the engine's bookkeeping and grouping ids by index;
+2. read every entry's fixed-size bookkeeping record from LMDB as one array
+   (:meth:`~semcached.index.docstore.DocumentStore.scan_columns`: no document is
+   decoded), split off the expired entries, and hand the live ones to the engine's
+   bookkeeping a (namespace, category, partition) group at a time;
 3. per index, reconcile: ids live in LMDB but absent from the snapshot are added
    with their vectors read from LMDB; ids in the snapshot that LMDB no longer holds,
    or that have expired by now, are removed. An index without a usable snapshot
@@ -14,7 +16,8 @@ LMDB is the truth; a snapshot is a head start. :func:`restore` does:
 
 So a start after a clean shutdown reads vectors only for what changed, and a start
 after ``kill -9`` reads those written since the last background snapshot.
-Cost: O(n) header decodes + O(snapshot bytes) + O(changed entries * index add).
+Cost: O(n) for ~40-byte records, vectorised + O(snapshot bytes) + O(changed entries *
+index add); the per-entry Python work is the engine's own bookkeeping.
 """
 
 from __future__ import annotations
@@ -28,14 +31,21 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
-from semcached.cachepolicy.categories import CategoryPolicy
-from semcached.index.docstore import DocumentStore, EntryMeta
+from semcached.index.docstore import DocumentStore
 from semcached.index.snapshot import SnapshotError
 from semcached.index.vector_index import VectorIndex
 from semcached.service.semantic_snapshots import IndexKey, SnapshotTracker
 
-__all__ = ["PROGRESS_EVERY_N", "PROGRESS_EVERY_S", "OpenReport", "Restored", "restore"]
+__all__ = [
+    "PROGRESS_EVERY_N",
+    "PROGRESS_EVERY_S",
+    "EntryGroup",
+    "OpenReport",
+    "Restored",
+    "restore",
+]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,19 @@ class OpenReport:
     entries_from_snapshot: int  # live entries whose vectors came with a snapshot
     entries_added: int  # vectors read from LMDB and added (new since the snapshot, or rebuilt)
     entries_removed: int  # snapshot entries gone from LMDB or expired, removed
+
+
+@dataclass(frozen=True, slots=True)
+class EntryGroup:
+    """The live entries of one (namespace, category, partition) found at open.
+
+    ``records`` are :data:`~semcached.index.docstore.META_DTYPE` rows in id order.
+    """
+
+    namespace: str
+    category: str
+    partition: str
+    records: NDArray[np.void]
 
 
 @dataclass(slots=True)
@@ -98,13 +121,15 @@ async def restore(
     index_factory: Callable[[int], VectorIndex],
     dim: int,
     now: float,
-    account: Callable[[EntryMeta], None],
+    account: Callable[[EntryGroup], None],
     executor: Executor,
     batch_size: int = 4096,
     progress_every_n: int | None = None,
     progress_every_s: float | None = None,
 ) -> Restored:
     """Load snapshots, scan LMDB, reconcile; ``account`` sees every live entry once.
+
+    Groups reach ``account`` in no particular order; within one, entries are in id order.
 
     Runs on the event loop; LMDB reads and index work go to ``executor`` one batch
     at a time, so the loop keeps answering ``/livez`` meanwhile.
@@ -134,7 +159,7 @@ async def restore(
             await job.reconcile(key, ids, in_snapshot)
     for key, stale in job.snapshot_ids.items():
         # Every entry of this index is gone since the snapshot: keep it, emptied.
-        await job.reconcile(key, [], stale)
+        await job.reconcile(key, np.empty(0, dtype=np.uint64), stale)
     report = OpenReport(
         seconds=time.perf_counter() - started,
         entries=sum(len(ids) for ids in live.values()),
@@ -164,7 +189,7 @@ class _Restore:
         self.store, self.tracker, self.dim = store, tracker, dim
         self.index_factory, self.executor, self.batch_size = index_factory, executor, batch_size
         self.indexes: dict[IndexKey, VectorIndex] = {}
-        self.snapshot_ids: dict[IndexKey, set[int]] = {}  # until reconciled
+        self.snapshot_ids: dict[IndexKey, NDArray[np.uint64]] = {}  # sorted; until reconciled
         self.next_id = 1
         self.rebuilt = self.added = self.removed = self.from_snapshot = 0
 
@@ -187,9 +212,9 @@ class _Restore:
             except SnapshotError as exc:
                 log.warning("semantic cache: index %s/%s will be rebuilt: %s", *key, exc)
                 continue
-            ids = set((await self.run(index.ids)).tolist())
-            if ids:  # ids in a snapshot must never be handed out again (see the catalog)
-                self.next_id = max(self.next_id, max(ids) + 1)
+            ids = np.sort(await self.run(index.ids))
+            if ids.size:  # ids in a snapshot must never be handed out again (see the catalog)
+                self.next_id = max(self.next_id, int(ids[-1]) + 1)
             self.indexes[key], self.snapshot_ids[key] = index, ids
             log.info(
                 "semantic cache: loaded index %s/%s from its snapshot (%d entries) in %.3f s",
@@ -199,29 +224,42 @@ class _Restore:
             )
 
     async def scan(
-        self, now: float, account: Callable[[EntryMeta], None]
-    ) -> tuple[dict[IndexKey, list[int]], list[int]]:
-        """One pass over the headers: live ids per index (in id order), and expired ids."""
-        live: dict[IndexKey, list[int]] = {}
-        expired: list[int] = []
-        batches = self.store.scan_meta(self.batch_size)
-        while (batch := await self.run(next, batches, None)) is not None:
-            for meta in batch:
-                if CategoryPolicy.is_expired(meta.expires_at, now):
-                    expired.append(meta.entry_id)
-                    continue
-                account(meta)
-                live.setdefault((meta.namespace, meta.category), []).append(meta.entry_id)
-        return live, expired
+        self, now: float, account: Callable[[EntryGroup], None]
+    ) -> tuple[dict[IndexKey, NDArray[np.uint64]], list[int]]:
+        """One pass over the records: live ids per index (sorted), and expired ids."""
+        records, groups = await self.run(_read_records, self.store)
+        dead = records["expires_at"] <= now  # as CategoryPolicy.is_expired
+        expired: list[int] = records["id"][dead].tolist()
+        records = records[~dead]
+        live: dict[IndexKey, list[NDArray[np.uint64]]] = {}
+        codes, starts = np.unique(records["group"], return_index=True)
+        if codes.size > 1:  # one stable sort puts each group's rows together, in id order
+            order = np.argsort(records["group"], kind="stable")
+            records = records[order]
+            codes, starts = np.unique(records["group"], return_index=True)
+        bounds = [*starts.tolist(), len(records)]
+        for i, code in enumerate(codes.tolist()):
+            rows = records[bounds[i] : bounds[i + 1]]
+            try:
+                namespace, category, partition = groups[code]
+            except KeyError:  # written in one transaction with its record: a bug if absent
+                raise RuntimeError(f"LMDB has entries of an unknown group {code:#x}") from None
+            account(EntryGroup(namespace, category, partition, rows))
+            live.setdefault((namespace, category), []).append(rows["id"])
+        merged = {
+            key: parts[0] if len(parts) == 1 else np.sort(np.concatenate(parts))
+            for key, parts in live.items()
+        }
+        return merged, expired
 
-    async def rebuild(self, key: IndexKey, ids: list[int], progress: _Progress) -> None:
+    async def rebuild(self, key: IndexKey, ids: NDArray[np.uint64], progress: _Progress) -> None:
         index = self.indexes[key] = self.index_factory(self.dim)
         self.tracker.changed(key)
         self.rebuilt += 1
         log.info("semantic cache: rebuilding index %s/%s from LMDB (%d entries)", *key, len(ids))
         started = time.perf_counter()
         for start in range(0, len(ids), self.batch_size):
-            chunk = ids[start : start + self.batch_size]
+            chunk = ids[start : start + self.batch_size].tolist()
             self.added += await self.run(_add_batch, self.store, index, chunk)
             progress.update(start + len(chunk))
         log.info(
@@ -231,25 +269,40 @@ class _Restore:
             time.perf_counter() - started,
         )
 
-    async def reconcile(self, key: IndexKey, ids: list[int], in_snapshot: set[int]) -> None:
-        """Add what LMDB has and the snapshot lacks; remove what LMDB no longer has."""
+    async def reconcile(
+        self, key: IndexKey, ids: NDArray[np.uint64], in_snapshot: NDArray[np.uint64]
+    ) -> None:
+        """Add what LMDB has and the snapshot lacks; remove what LMDB no longer has.
+
+        Both id arrays are sorted and unique. O(n) in numpy.
+        """
         index = self.indexes[key]
-        missing = [i for i in ids if i not in in_snapshot]
-        stale = in_snapshot.difference(ids)
+        missing = np.setdiff1d(ids, in_snapshot, assume_unique=True)
+        stale = np.setdiff1d(in_snapshot, ids, assume_unique=True)
         self.from_snapshot += len(ids) - len(missing)
         for start in range(0, len(missing), self.batch_size):
-            chunk = missing[start : start + self.batch_size]
+            chunk = missing[start : start + self.batch_size].tolist()
             self.added += await self.run(_add_batch, self.store, index, chunk)
-        if stale:
-            self.removed += await self.run(index.remove, np.fromiter(stale, dtype=np.uint64))
-        self.tracker.loaded(key, current=not (missing or stale))
-        if missing or stale:
+        if stale.size:
+            self.removed += await self.run(index.remove, stale)
+        changed = bool(missing.size or stale.size)
+        self.tracker.loaded(key, current=not changed)
+        if changed:
             log.info(
                 "semantic cache: index %s/%s brought up to date: %d added, %d removed",
                 *key,
                 len(missing),
                 len(stale),
             )
+
+
+def _read_records(
+    store: DocumentStore,
+) -> tuple[NDArray[np.void], dict[int, tuple[str, str, str]]]:
+    """Every entry's bookkeeping record and the groups they name; blocking (executor)."""
+    if written := store.ensure_meta():
+        log.info("semantic cache: wrote the bookkeeping records of %d entries", written)
+    return store.scan_columns()
 
 
 def _add_batch(store: DocumentStore, index: VectorIndex, ids: Sequence[int]) -> int:

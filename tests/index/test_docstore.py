@@ -484,6 +484,15 @@ class StoreAgainstDict(RuleBasedStateMachine):
         assert all(np.array_equal(v, self.vectors[d.entry_id]) for d, v in scanned)
         for key in self.keys_seen:
             assert self.store.exact_lookup(key) == self.exact.get(key)
+        records, groups = self.store.scan_columns(batch_size=3)
+        assert [
+            (int(r["id"]), groups[int(r["group"])], float(r["expires_at"]), int(r["size"]))
+            for r in records
+        ] == [
+            ((d := self.docs[i]).entry_id, (d.namespace, d.category, d.partition),
+             d.expires_at, d.size_bytes)
+            for i in sorted(self.docs)
+        ]  # fmt: skip
 
 
 StoreAgainstDict.TestCase.settings = settings(

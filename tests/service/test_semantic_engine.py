@@ -231,6 +231,31 @@ async def test_restart_rebuilds_from_lmdb(
     await second.close()
 
 
+async def test_restored_entries_are_evicted_oldest_first_even_while_being_fed(
+    env: LmdbEnvironment, executor: ThreadPoolExecutor, clock: Clock
+) -> None:
+    table = CategoryTable().with_overrides({"small": {"max_entries": 50}})
+    first = make_engine(env, executor, clock, table)
+    await first.open()
+    old = [await first.insert(insert(f"q{i}", unit(100 + i), category="small")) for i in range(50)]
+    await first.close()
+
+    second = make_engine(env, executor, clock, table)
+    await second.open()
+    # Hold the background feeder back: the policy has seen none of the restored entries.
+    assert second._backlog_filler is not None
+    second._backlog_filler.cancel()
+    assert second._backlog
+    new = [await second.insert(insert(f"n{i}", unit(200 + i), category="small")) for i in range(3)]
+    assert len(second) == 50
+    gone = [o.entry_id for o in old if second.get(o.entry_id) is None]
+    assert gone == [o.entry_id for o in old[:3]]  # the oldest restored entries went
+    assert all(second.get(n.entry_id) is not None for n in new)
+    await second.sweep_expired()  # drains the backlog
+    assert not second._backlog
+    await second.close()
+
+
 async def test_reinserting_a_prompt_replaces_the_old_entry(engine: SemanticCache) -> None:
     old = await engine.insert(insert("same prompt", unit(40)))
     new = await engine.insert(insert("same prompt", unit(41)))
