@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,27 +12,10 @@ import pytest
 from semcached.cachepolicy.categories import CategoryTable, UnknownCategoryError
 from semcached.errors import BadRequestError
 from semcached.index.docstore import DocumentStore
-from semcached.index.hnsw import HnswlibIndex
 from semcached.index.lmdb_env import LmdbEnvironment
-from semcached.index.vector_index import VectorIndex
 from semcached.service.embedding import DisabledEmbedder, EmbeddingDisabledError
 from semcached.service.semantic import Insert, Lookup, SemanticCache
-
-DIM = 16
-MiB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def unit(seed: int) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(DIM).astype(np.float32)
-    return v / np.linalg.norm(v)
+from tests.service.engine_kit import DIM, Clock, new_index, unit
 
 
 def at_similarity(base: np.ndarray, similarity: float, seed: int = 99) -> np.ndarray:
@@ -42,28 +24,6 @@ def at_similarity(base: np.ndarray, similarity: float, seed: int = 99) -> np.nda
     other -= other.dot(base) * base
     other /= np.linalg.norm(other)
     return (similarity * base + math.sqrt(1 - similarity**2) * other).astype(np.float32)
-
-
-def new_index(dim: int) -> VectorIndex:
-    return HnswlibIndex(dim, m=16, ef_construction=100, ef_search=64, initial_capacity=16)
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[LmdbEnvironment]:
-    environment = LmdbEnvironment(tmp_path / "lmdb", initial_map_bytes=MiB, max_map_bytes=64 * MiB)
-    yield environment
-    environment.close()
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 def make_engine(

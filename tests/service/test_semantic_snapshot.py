@@ -7,11 +7,10 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 import urllib3
 from prometheus_client.parser import text_string_to_metric_families
@@ -27,51 +26,14 @@ from semcached.service.embedding import DisabledEmbedder
 from semcached.service.semantic import Insert, Lookup, SemanticCache
 from semcached.service.semantic_snapshots import SnapshotDirectory
 from tests.daemon import DaemonProcess
-
-DIM = 16
-MiB = 1 << 20
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def unit(seed: int, dim: int = DIM) -> np.ndarray:
-    v = np.random.default_rng(seed).standard_normal(dim).astype(np.float32)
-    return v / np.linalg.norm(v)
-
-
-def new_index(dim: int) -> VectorIndex:
-    return HnswlibIndex(dim, m=16, ef_construction=100, ef_search=64, initial_capacity=16)
+from tests.service.engine_kit import DIM, Clock, new_index, unit
 
 
 def load_index(path: Path, dim: int) -> VectorIndex:
     return HnswlibIndex.load(path, dim=dim)
 
 
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[LmdbEnvironment]:
-    environment = LmdbEnvironment(tmp_path / "lmdb", initial_map_bytes=MiB, max_map_bytes=64 * MiB)
-    yield environment
-    environment.close()
-
-
 Factory = Callable[..., SemanticCache]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
