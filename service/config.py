@@ -84,7 +84,10 @@ class ServerSettings:
         "", "Bearer token required on /v1/ routes (empty: no authentication)."
     )
     worker_threads: int = _setting(
-        4, "Threads for blocking work (index search, LMDB, embedding).", min=1, max=256
+        4,
+        "Threads for blocking work (LMDB, index inserts, embedding); searches have one per core.",
+        min=1,
+        max=256,
     )
 
 
