@@ -20,7 +20,15 @@ import numpy as np
 
 from semcached.index.vector_index import SearchResult, VectorArray, VectorIndex
 
-__all__ = ["SearchBatcher"]
+__all__ = ["SearchBatcher", "SearchStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchStats:
+    """Index search calls made and query vectors sent (their ratio: the mean batch)."""
+
+    batches: int
+    queries: int
 
 
 @dataclass(slots=True)
@@ -57,6 +65,10 @@ class SearchBatcher:
         self._lanes: dict[int, _Lane] = {}  # id(index) -> lane, only while it has work
         self.batches = 0
         self.queries = 0
+
+    @property
+    def stats(self) -> SearchStats:
+        return SearchStats(self.batches, self.queries)
 
     async def search(self, index: VectorIndex, vector: VectorArray, k: int) -> SearchResult:
         """The ``k`` best (ids, similarities) for one query vector of shape (dim,)."""

@@ -41,7 +41,7 @@ from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_k
 from semcached.index.expiry import ExpiryIndex
 from semcached.index.vector_index import VectorIndex
 from semcached.service.embedding import Embedder
-from semcached.service.search_batch import SearchBatcher
+from semcached.service.search_batch import SearchBatcher, SearchStats
 from semcached.service.semantic_restore import EntryGroup, OpenReport, restore
 from semcached.service.semantic_snapshots import SnapshotDirectory, SnapshotStats, SnapshotTracker
 
@@ -682,6 +682,10 @@ class SemanticCache:
 
     def stats(self) -> dict[str, CategoryStats]:
         return {name: state.stats for name, state in self._state.items()}
+
+    def search_stats(self) -> SearchStats:
+        """Index search calls made and queries sent (their ratio: the mean batch)."""
+        return self._searches.stats
 
     def snapshot_stats(self) -> SnapshotStats:
         """Index snapshots written and failed since start, and time spent on them."""

@@ -136,6 +136,17 @@ class SemanticCollector(Collector):
             removals.add_metric([name, "expired"], s.expirations)
             inserts.add_metric([name], s.inserts)
         yield from (lookups, entries, size, removals, inserts)
+        searches = self._slot.get().search_stats()
+        calls = CounterMetricFamily(
+            "semcached_semantic_index_searches",
+            "Index search calls; concurrent lookups of one index share one call.",
+        )
+        calls.add_metric([], searches.batches)
+        queries = CounterMetricFamily(
+            "semcached_semantic_index_queries", "Query vectors sent to index search calls."
+        )
+        queries.add_metric([], searches.queries)
+        yield from (calls, queries)
         yield from self._restart_metrics(self._slot.get())
 
     @staticmethod

@@ -85,8 +85,8 @@ async def test_queries_arriving_during_a_search_share_the_next_call(
         want_ids, want_sims = index.search(vectors[i][None, :], k)[0]
         assert ids.tolist() == want_ids.tolist()  # each caller gets its own k
         np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
-    assert batcher.batches == 4
-    assert batcher.queries == 20
+    assert batcher.stats.batches == 4
+    assert batcher.stats.queries == 20
     assert not batcher._lanes
 
 

@@ -162,6 +162,9 @@ async def test_batch_entries_purge_and_stats(client: Client) -> None:
     samples = {(s.labels["category"], s.labels["result"]): s.value for s in lookups.samples}
     assert samples[("default", "hit")] == 1
     assert samples[("default", "miss")] == 1
+    # Both lookups searched the index, one at a time: two calls of one query each.
+    assert families["semcached_semantic_index_searches"].samples[0].value == 2
+    assert families["semcached_semantic_index_queries"].samples[0].value == 2
 
 
 GOOD = {"namespace": "t1", "prompt": "p", "response": "r", "vector": unit(5)}
