@@ -161,6 +161,20 @@ cdef extern from *:
     uint32_t SC_WRITER
 
 
+cdef inline void sc_latch(sc_latch_t* l, bint write) noexcept nogil:
+    if write:
+        sc_wlock(l)
+    else:
+        sc_rlock(l)
+
+
+cdef inline void sc_unlatch(sc_latch_t* l, bint write) noexcept nogil:
+    if write:
+        sc_wunlock(l)
+    else:
+        sc_runlock(l)
+
+
 cdef struct KeyItem:
     uint64_t key
     uint64_t item       # the key's value (insert), else its position in the batch

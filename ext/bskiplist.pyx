@@ -131,17 +131,11 @@ cdef inline void prefetch_keys(const Tree* t, const Node* x) noexcept nogil:
 
 
 cdef inline void latch(Node* x, bint write) noexcept nogil:
-    if write:
-        sc_wlock(&x.latch)
-    else:
-        sc_rlock(&x.latch)
+    sc_latch(&x.latch, write)
 
 
 cdef inline void unlatch(Node* x, bint write) noexcept nogil:
-    if write:
-        sc_wunlock(&x.latch)
-    else:
-        sc_runlock(&x.latch)
+    sc_unlatch(&x.latch, write)
 
 
 cdef inline int key_height(const Tree* t, uint64_t k) noexcept nogil:

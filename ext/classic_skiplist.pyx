@@ -63,17 +63,11 @@ cdef inline int height(uint64_t k) noexcept nogil:
 
 
 cdef inline void latch(CNode* x, bint write) noexcept nogil:
-    if write:
-        sc_wlock(&x.latch)
-    else:
-        sc_rlock(&x.latch)
+    sc_latch(&x.latch, write)
 
 
 cdef inline void unlatch(CNode* x, bint write) noexcept nogil:
-    if write:
-        sc_wunlock(&x.latch)
-    else:
-        sc_runlock(&x.latch)
+    sc_unlatch(&x.latch, write)
 
 
 cdef inline CNode* step_right(CNode* x, uint64_t k, bint write) noexcept nogil:
