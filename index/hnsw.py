@@ -288,7 +288,10 @@ class HnswlibIndex:
                 return [_empty_result() for _ in range(unit.shape[0])]
             k = min(k, live)
             try:
-                labels, distances = self._index.knn_query(unit, k=k, num_threads=self._num_threads)
+                # One thread: hnswlib starts fresh OS threads on every call with more
+                # than 4 rows per thread, which costs more than it saves on a busy
+                # machine; callers search several batches at once instead.
+                labels, distances = self._index.knn_query(unit, k=k, num_threads=1)
             except RuntimeError:
                 return [self._search_row(row, k) for row in unit]
         similarities = _similarity(distances)

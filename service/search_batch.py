@@ -6,8 +6,8 @@ search itself. :class:`SearchBatcher` pays that price once per *batch*: while a
 search of an index runs on a worker, new queries for that index queue, and when it
 returns they all leave together as one multi-row ``search`` call. A query that finds
 its index idle leaves at once, so a lone client never waits for company; under load
-the batch size grows with the backlog by itself. hnswlib answers the rows of one call
-on several threads when there are enough of them.
+the batch size grows with the backlog by itself. Up to ``max_in_flight`` batches of
+one index run at once, each on one worker thread.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ class _Query:
 
 @dataclass(slots=True)
 class _Lane:
-    """The searches of one index: at most one batch in flight, the rest queued."""
+    """The searches of one index: up to ``max_in_flight`` batches running, the rest queued."""
 
     index: VectorIndex
     queued: list[_Query] = field(default_factory=list)
-    busy: bool = False
+    running: int = 0
 
 
 class SearchBatcher:
-    """Runs ``index.search`` on ``executor``, one batch per index in flight at a time.
+    """Runs ``index.search`` on ``executor``, up to ``max_in_flight`` batches per index.
 
     Different indexes search in parallel (as many as the executor has threads). A
     batch holds at most ``max_batch`` queries; ``k`` of a batch is the largest asked
@@ -57,11 +57,12 @@ class SearchBatcher:
     has not left yet. Per query on the event loop: O(1) to queue, O(k) to answer.
     """
 
-    def __init__(self, executor: Executor, *, max_batch: int = 64) -> None:
-        if max_batch < 1:
-            raise ValueError("max_batch must be at least 1")
+    def __init__(self, executor: Executor, *, max_batch: int = 64, max_in_flight: int = 1) -> None:
+        if max_batch < 1 or max_in_flight < 1:
+            raise ValueError("max_batch and max_in_flight must be at least 1")
         self._executor = executor
         self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
         self._lanes: dict[int, _Lane] = {}  # id(index) -> lane, only while it has work
         self.batches = 0
         self.queries = 0
@@ -78,7 +79,7 @@ class SearchBatcher:
             lane = self._lanes[id(index)] = _Lane(index)
         query = _Query(vector, k, loop.create_future())
         lane.queued.append(query)
-        if not lane.busy:
+        if lane.running < self.max_in_flight:
             self._dispatch(loop, lane)
         return await query.future
 
@@ -89,10 +90,10 @@ class SearchBatcher:
         if not batch:
             if lane.queued:
                 self._dispatch(loop, lane)
-            else:
+            elif lane.running == 0:
                 del self._lanes[id(lane.index)]
             return
-        lane.busy = True
+        lane.running += 1
         self.batches += 1
         self.queries += len(batch)
         vectors = np.stack([q.vector for q in batch])
@@ -118,7 +119,7 @@ class SearchBatcher:
         results: list[SearchResult] | None,
         exc: BaseException | None,
     ) -> None:
-        lane.busy = False
+        lane.running -= 1
         for i, query in enumerate(batch):
             if query.future.done():
                 continue
@@ -129,5 +130,5 @@ class SearchBatcher:
                 query.future.set_result((ids[: query.k], sims[: query.k]))
         if lane.queued:
             self._dispatch(loop, lane)
-        else:
+        elif lane.running == 0:
             del self._lanes[id(lane.index)]

@@ -160,6 +160,7 @@ class SemanticCache:
         dim: int,
         executor: Executor,
         search_executor: Executor | None = None,
+        search_batches_in_flight: int = 1,
         eviction_factory: Callable[[], EvictionPolicy] = LruPolicy,
         clock: Callable[[], float] = time.time,
         candidates: int = 8,
@@ -172,14 +173,17 @@ class SemanticCache:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
         background (0: only at close); ``search_executor``: where index searches run
-        (default ``executor``), batched per index by :class:`SearchBatcher`."""
+        (default ``executor``), batched per index by :class:`SearchBatcher`, with up to
+        ``search_batches_in_flight`` batches of one index searching at once."""
         self._store = store
         self._index_factory = index_factory
         self._embedder = embedder
         self._categories = categories
         self.dim = dim
         self._executor = executor
-        self._searches = SearchBatcher(search_executor or executor)
+        self._searches = SearchBatcher(
+            search_executor or executor, max_in_flight=search_batches_in_flight
+        )
         self._eviction_factory = eviction_factory
         self._clock = clock
         self._candidates = candidates

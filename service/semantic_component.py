@@ -51,8 +51,8 @@ def install_semantic_cache(app: web.Application) -> None:
             m=index_settings.hnsw_m,
             ef_construction=index_settings.hnsw_ef_construction,
             ef_search=index_settings.hnsw_ef_search,
-            # Batches (a rebuild at start, insert_many) use every core; a single
-            # insert or search is one row and runs on one thread either way.
+            # Adds (a rebuild at start, insert_many) use every core; searches run
+            # on one thread each and the search pool runs several at once.
             num_threads=max(1, os.cpu_count() or 1),
         )
 
@@ -61,9 +61,8 @@ def install_semantic_cache(app: web.Application) -> None:
 
     # Searches get threads of their own, so that a slow LMDB commit or model call in
     # the shared pool never queues a lookup behind it.
-    searches = ThreadPoolExecutor(
-        max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="semcached-search"
-    )
+    search_threads = max(1, os.cpu_count() or 1)
+    searches = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="semcached-search")
 
     async def open_engine() -> None:
         engine = SemanticCache(
@@ -74,6 +73,7 @@ def install_semantic_cache(app: web.Application) -> None:
             dim=embedder.dim,
             executor=app[EXECUTOR],
             search_executor=searches,
+            search_batches_in_flight=search_threads,
             candidates=settings.semantic.candidates,
             sweep_interval_s=settings.semantic.sweep_interval_s,
             snapshots=SnapshotDirectory(app[DATA_DIR].path / "snapshots", load_index),

@@ -90,6 +90,25 @@ async def test_queries_arriving_during_a_search_share_the_next_call(
     assert not batcher._lanes
 
 
+async def test_up_to_max_in_flight_batches_of_one_index_run_at_once(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor, max_in_flight=2)
+    index.gate.clear()
+    first = asyncio.ensure_future(batcher.search(index, vectors[0], 1))
+    second = asyncio.ensure_future(batcher.search(index, vectors[1], 1))
+    await asyncio.sleep(0.01)  # both are in the index now, on the two workers
+    rest = [asyncio.ensure_future(batcher.search(index, vectors[i], 1)) for i in range(2, 7)]
+    await asyncio.sleep(0.01)
+    assert batcher.stats.batches == 2  # the others wait for a free slot
+    index.gate.set()
+    results = await asyncio.gather(first, second, *rest)
+    assert [ids.tolist() for ids, _ in results] == [[i + 1] for i in range(7)]
+    assert sorted(index.calls) == [1, 1, 5]  # the backlog left as one batch
+    assert not batcher._lanes
+
+
 async def test_an_index_error_reaches_every_caller_of_the_batch(
     executor: ThreadPoolExecutor,
 ) -> None:
