@@ -281,14 +281,29 @@ def write_index_snapshot(
         hi = min(lo + CHUNK, n)
         index.add(np.arange(lo + 1, hi + 1, dtype=np.uint64), np.asarray(vectors[lo:hi]))
     seconds = time.perf_counter() - started
-    directory = SnapshotDirectory(
-        data_dir / "snapshots", lambda path, dim: HnswlibIndex.load(path, dim=dim)
-    )
+    directory = _snapshots(data_dir)
     key = (NAMESPACE, CATEGORY)
     directory.save(key, index)
     directory.write_catalog([key], next_id=n + 1)
-    _, parts = read_snapshot(directory.path_for(key), kind=SNAPSHOT_KIND)
-    return seconds, parts["hnsw"]
+    return seconds, snapshot_hnsw_file(data_dir)
+
+
+def _snapshots(data_dir: Path) -> SnapshotDirectory:
+    return SnapshotDirectory(
+        data_dir / "snapshots", lambda path, dim: HnswlibIndex.load(path, dim=dim)
+    )
+
+
+def snapshot_hnsw_file(data_dir: Path) -> Path:
+    """The hnswlib file of the bench index's snapshot in ``data_dir`` (verified)."""
+    path = _snapshots(data_dir).path_for((NAMESPACE, CATEGORY))
+    _, parts = read_snapshot(path, kind=SNAPSHOT_KIND)
+    return parts["hnsw"]
+
+
+def cache_key(size: int, *, texts: int, seed: int, centroids: int, m: int, efc: int) -> str:
+    """The folder name under ``--cache`` of one size's data directory, vectors and index."""
+    return f"n{size}-texts{texts}-seed{seed}-centroids{centroids}-m{m}-efc{efc}"
 
 
 def write_config(path: Path, threshold: float) -> Path:

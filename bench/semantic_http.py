@@ -87,11 +87,13 @@ from _semantic_common import (
     Matrix,
     Mixture,
     Server,
+    cache_key,
     embed_texts,
     histogram,
     histogram_quantile,
     populate,
     running,
+    snapshot_hnsw_file,
     synthetic_vectors,
     text_prompts,
     vector_queries,
@@ -308,6 +310,7 @@ class Options:
     client: str
     seed: int
     work: Path
+    cache: Path | None
 
 
 @dataclass(slots=True)
@@ -412,26 +415,48 @@ def run_mode(
     report.recall.append((size, mode, len(bodies), hits, ours, theirs))
 
 
+def prepare_size(
+    size: int, texts: Texts, mixture: Mixture, opts: Options, report: Report, *, work: Path
+) -> tuple[Matrix, Path]:
+    """The vectors and the index file of ``work``: built now, or reused from ``--cache``."""
+    ready = work / "READY"
+    if ready.exists():
+        log(f"{size}: reusing the data directory and index in {work}")
+        report.notes.append(f"{size}: data directory and index reused from {work}")
+        return np.load(work / "vectors.npy", mmap_mode="r"), snapshot_hnsw_file(work / "data")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t = len(texts.stored)
+    vectors = np.lib.format.open_memmap(
+        work / "vectors.npy", mode="w+", dtype=np.float32, shape=(size, DIM)
+    )
+    vectors[:t] = texts.stored_vectors
+    synthetic_vectors(vectors, t, mixture, opts.seed)
+    log(f"{size}: writing the data directory")
+    seconds = populate(work / "data", vectors, texts.stored)
+    report.notes.append(f"{size}: data directory written in {seconds:.1f} s")
+    log(f"{size}: building the index (the daemon's snapshot and the bare server's file)")
+    seconds, index_file = write_index_snapshot(
+        work / "data", vectors, m=opts.m, ef_construction=opts.ef_construction
+    )
+    report.notes.append(f"{size}: index built in {seconds:.1f} s (2 threads)")
+    vectors.flush()
+    ready.write_text("complete\n")
+    return vectors, index_file
+
+
 def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: Report) -> None:
-    work = opts.work / f"n{size}"
-    work.mkdir()
+    t = len(texts.stored)
+    if opts.cache is not None:
+        key = cache_key(size, texts=t, seed=opts.seed, centroids=opts.centroids, m=opts.m,
+                        efc=opts.ef_construction)  # fmt: skip
+        work = opts.cache / key
+    else:
+        work = opts.work / f"n{size}"
     try:
-        t = len(texts.stored)
-        vectors = np.lib.format.open_memmap(
-            work / "vectors.npy", mode="w+", dtype=np.float32, shape=(size, DIM)
-        )
-        vectors[:t] = texts.stored_vectors
-        synthetic_vectors(vectors, t, mixture, opts.seed)
+        vectors, index_file = prepare_size(size, texts, mixture, opts, report, work=work)
         queries, copies = vector_queries(vectors, t, opts.queries, mixture, opts.seed)
-        log(f"{size}: writing the data directory")
-        seconds = populate(work / "data", vectors, texts.stored)
-        report.notes.append(f"{size}: data directory written in {seconds:.1f} s")
         config = write_config(work / "bench.toml", opts.threshold)
-        log(f"{size}: building the index (the daemon's snapshot and the bare server's file)")
-        seconds, index_file = write_index_snapshot(
-            work / "data", vectors, m=opts.m, ef_construction=opts.ef_construction
-        )
-        report.notes.append(f"{size}: index built in {seconds:.1f} s (2 threads)")
         index = hnswlib.Index(space="cosine", dim=DIM)
         index.load_index(str(index_file))
         index.set_ef(opts.ef_search)
@@ -454,7 +479,8 @@ def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: R
         report.notes.append(f"{size}: vector queries: {copies} noisy copies, "
                             f"{len(queries) - copies} fresh")  # fmt: skip
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if opts.cache is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -556,6 +582,13 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
     p.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: tmp)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep each size's data directory, vectors and index here and reuse them "
+        "(an index of 1M entries takes about half an hour to build on two cores)",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.sizes, a.duration_s, a.concurrency, a.rounds = [5_000], 3.0, [1, 8], 1
@@ -571,7 +604,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
         centroids=a.centroids, threshold=a.threshold, m=a.m,
         ef_construction=a.ef_construction, ef_search=a.ef_search, candidates=a.candidates,
         vector_format=a.vector_format, access_log=a.access_log, client=_client(a.client),
-        seed=a.seed, work=Path(),
+        seed=a.seed, work=Path(), cache=a.cache,
     )  # fmt: skip
     return opts, a.workdir
 

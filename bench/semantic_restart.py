@@ -23,6 +23,9 @@ DocumentStore (the clustered synthetic vectors of bench/_semantic_common.py, dim
   directory's snapshot (bench/_semantic_common.py: ``write_index_snapshot``), and the
   bare baseline loads that snapshot's hnswlib file; the daemon starts on it once and
   is shut down;
+- with ``--cache DIR``, a size above ``--rebuild-max`` that bench/semantic_http.py
+  ``--cache DIR`` already built (same seed, centroids, M, ef_construction) starts from
+  that data directory instead, and nothing is built;
 - **semcached, start from snapshot**: start again: the engine loads the snapshot and
   reconciles it with LMDB (with ``--always-restart``, also when no snapshot exists).
 
@@ -53,8 +56,10 @@ from _semantic_common import (
     DIM,
     Mixture,
     Server,
+    cache_key,
     populate,
     running,
+    snapshot_hnsw_file,
     synthetic_vectors,
     write_config,
     write_index_snapshot,
@@ -140,7 +145,25 @@ def build_bare_index(vectors: np.memmap, path: Path, args: argparse.Namespace) -
     index.save_index(str(path))
 
 
+def cached_data(size: int, args: argparse.Namespace) -> Path | None:
+    """A data directory (with its index snapshot) semantic_http.py --cache left for this
+    size and these index parameters, if there is one."""
+    if args.cache is None or size <= args.rebuild_max:
+        return None
+    key = cache_key(size, texts=0, seed=args.seed, centroids=args.centroids, m=args.m,
+                    efc=args.ef_construction)  # fmt: skip
+    pattern = key.replace("-texts0-", "-texts*-")
+    for folder in sorted(args.cache.glob(pattern)):
+        if (folder / "READY").exists():
+            return folder / "data"
+    return None
+
+
 def run_size(size: int, work: Path, config: Path, args: argparse.Namespace) -> Result:
+    if (data := cached_data(size, args)) is not None:
+        log(f"{size}: starting from the data directory in {data}")
+        bare = bare_times(snapshot_hnsw_file(data), args)
+        return measure_starts(size, data, config, args, bare=bare, rebuild=False)
     root = work / f"n{size}"
     root.mkdir()
     try:
@@ -162,23 +185,33 @@ def run_size(size: int, work: Path, config: Path, args: argparse.Namespace) -> R
             )
         del vectors
         (root / "vectors.npy").unlink()
-        load_s, bare_s = bare_times(bare_file, args)
-        log(f"{size}: semcached first start ({'rebuild' if rebuild else 'from the snapshot'})")
-        server, first = start(root / "data", config, args)
-        shutdown_s = server.stop(signal.SIGTERM, timeout=args.timeout_s)
-        exit_code = server.proc.returncode
-        snapshots = root / "data" / "snapshots"
-        snapshot_bytes = dir_bytes(snapshots) if snapshots.is_dir() else None
-        second = None
-        if snapshot_bytes is not None or args.always_restart:
-            log(f"{size}: semcached second start")
-            server, second = start(root / "data", config, args)
-            server.stop(signal.SIGTERM, timeout=args.timeout_s)
-        return Result(
-            size, load_s, bare_s, first, rebuild, shutdown_s, exit_code, snapshot_bytes, second,
-        )  # fmt: skip
+        bare = bare_times(bare_file, args)
+        return measure_starts(size, root / "data", config, args, bare=bare, rebuild=rebuild)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def measure_starts(
+    size: int, data: Path, config: Path, args: argparse.Namespace, *,
+    bare: tuple[float, float], rebuild: bool,
+) -> Result:  # fmt: skip
+    """The daemon's start, shutdown and (from its snapshot) second start on ``data``;
+    ``bare``: (load_index seconds, bare server start seconds) of the same index."""
+    load_s, bare_s = bare
+    log(f"{size}: semcached first start ({'rebuild' if rebuild else 'from the snapshot'})")
+    server, first = start(data, config, args)
+    shutdown_s = server.stop(signal.SIGTERM, timeout=args.timeout_s)
+    exit_code = server.proc.returncode
+    snapshots = data / "snapshots"
+    snapshot_bytes = dir_bytes(snapshots) if snapshots.is_dir() else None
+    second = None
+    if snapshot_bytes is not None or args.always_restart:
+        log(f"{size}: semcached second start")
+        server, second = start(data, config, args)
+        server.stop(signal.SIGTERM, timeout=args.timeout_s)
+    return Result(
+        size, load_s, bare_s, first, rebuild, shutdown_s, exit_code, snapshot_bytes, second,
+    )  # fmt: skip
 
 
 def print_table(results: list[Result], empty: Start | None) -> None:
@@ -237,6 +270,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-s", type=float, default=7200.0, help="per start and shutdown")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=None, help="scratch space (default: tmp)")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="sizes above --rebuild-max start from the data directory and index that "
+        "bench/semantic_http.py --cache left here, when there is one, instead of building",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.sizes = [5_000]
