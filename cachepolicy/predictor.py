@@ -9,7 +9,7 @@ capacity, and an access gets bit 1 when Belady evicts its item before the next
 request (*discard* bits) — or, with ``label="phase"``, when its item is not
 requested in the next k-phase. Accesses in the newer half are labelled in the next
 round, once their future is in the window. Labelled rows go to a bounded training
-set; every ``retrain_every`` new labels a model is fitted to it and replaces the
+set; every ``retrain_every`` (8 k) new labels a model is fitted to it and replaces the
 current one. Until the first model exists every bit is 0 (the follower is LRU).
 
 Models (``model=``):
@@ -179,11 +179,11 @@ class LearnedBits:
         model: ModelKind = "lightgbm",
         label: LabelKind = "discard",
         window: int | None = None,
-        window_factor: int = 16,
+        window_factor: int = 8,
         min_window: int = 4096,
         max_window: int = 1 << 17,
         train_rows: int = 1 << 16,
-        retrain_every: int = 1 << 14,
+        retrain_every: int = 1 << 13,
         first_fit: int = 2048,
         threshold: float = 0.5,
         background: bool = True,
