@@ -9,6 +9,7 @@ policies over it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 __all__ = [
     "LIBCACHESIM_POLICIES",
+    "S3FIFO_MIN_CAPACITY",
     "Trace",
     "libcachesim_miss_ratios",
     "read_trace",
@@ -25,6 +27,7 @@ __all__ = [
     "zipf_trace",
 ]
 
+S3FIFO_MIN_CAPACITY = 20
 # Our policy name -> libCacheSim class name.
 LIBCACHESIM_POLICIES = {
     "lru": "LRU",
@@ -136,7 +139,10 @@ def libcachesim_miss_ratios(
     trace: Trace, capacities: Iterable[int], policies: Sequence[str], workdir: Path
 ) -> dict[tuple[str, int], float]:
     """Object miss ratios of libCacheSim's policies (our names, see
-    :data:`LIBCACHESIM_POLICIES`), each at each capacity (items or bytes)."""
+    :data:`LIBCACHESIM_POLICIES`), each at each capacity (items or bytes).
+
+    NaN for libCacheSim's S3FIFO below 20 slots: its small queue (10 %) is then empty
+    and the process aborts, or a single slot and every request misses (0.3.5)."""
     import libcachesim as lcs
 
     csv = workdir / f"{trace.name}.csv"
@@ -152,6 +158,9 @@ def libcachesim_miss_ratios(
     out: dict[tuple[str, int], float] = {}
     for capacity in capacities:
         for name in policies:
+            if name == "s3fifo" and capacity < S3FIFO_MIN_CAPACITY:
+                out[name, capacity] = math.nan
+                continue
             cache = getattr(lcs, LIBCACHESIM_POLICIES[name])(cache_size=capacity)
             reader.reset()
             obj_miss, _ = cache.process_trace(reader)
