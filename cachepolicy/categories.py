@@ -17,9 +17,11 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
+from semcached.cachepolicy.policies import EVICTION_POLICIES, EvictionName
 from semcached.errors import BadRequestError
 
 __all__ = [
+    "CATEGORY_FIELD_HELP",
     "DEFAULT_CATEGORIES",
     "DEFAULT_CATEGORY",
     "CategoryPolicy",
@@ -45,7 +47,8 @@ class CategoryPolicy:
 
     ``threshold`` is a cosine similarity: a cached entry answers a lookup when its
     similarity to the query is at least the effective threshold. Per-request
-    overrides of threshold and TTL are clamped to ``[min_*, max_*]``.
+    overrides of threshold and TTL are clamped to ``[min_*, max_*]``. ``eviction``
+    names the policy that picks victims when the category is over its quota.
     """
 
     name: str
@@ -58,9 +61,13 @@ class CategoryPolicy:
     max_threshold: float = 1.0
     min_ttl_s: float = 1.0
     max_ttl_s: float = 365 * _DAY
+    # S3-FIFO by the numbers of bench/eviction.py (README, "Eviction").
+    eviction: EvictionName = "s3fifo"
 
     def __post_init__(self) -> None:
         problems = []
+        if self.eviction not in EVICTION_POLICIES:
+            problems.append(f"eviction must be one of {', '.join(EVICTION_POLICIES)}")
         if not (-1.0 <= self.min_threshold <= self.threshold <= self.max_threshold <= 1.0):
             problems.append("need -1 <= min_threshold <= threshold <= max_threshold <= 1")
         if not (0 < self.min_ttl_s <= self.ttl_s <= self.max_ttl_s) or math.isinf(self.max_ttl_s):
@@ -97,6 +104,22 @@ class CategoryPolicy:
     def over_quota(self, entries: int, nbytes: int) -> bool:
         return entries > self.max_entries or nbytes > self.max_bytes
 
+
+# What each field of a ``[categories.<name>]`` table means (the reference table).
+CATEGORY_FIELD_HELP: dict[str, str] = {
+    "threshold": "Cosine similarity a cached entry needs to answer a lookup.",
+    "ttl_s": "Lifetime of a new entry, in seconds.",
+    "max_entries": "Most entries kept; over it the category evicts.",
+    "max_bytes": "Most bytes of entries kept; over it the category evicts.",
+    "enabled": "Whether requests may name the category.",
+    "min_threshold": "Lowest threshold a request may ask for.",
+    "max_threshold": "Highest threshold a request may ask for.",
+    "min_ttl_s": "Shortest TTL a request may ask for.",
+    "max_ttl_s": "Longest TTL a request may ask for.",
+    "eviction": "Which entry goes when over quota: `lru` (least recently used), "
+    "`s3fifo` (S3-FIFO), `onebit` (learned one-bit predictions with a robustness guard; "
+    "see Eviction).",
+}
 
 # Defaults follow the paper's observations. Thresholds are cosine similarities for
 # all-MiniLM-L6-v2-like sentence embeddings; bench/semantic_quality.py measures them.

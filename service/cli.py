@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from semcached._version import __version__
+from semcached.cachepolicy.categories import CATEGORY_FIELD_HELP, CategoryTable
 from semcached.errors import ConfigError
 from semcached.service.config import (
     CONFIG_ENV,
@@ -81,13 +82,20 @@ def _format_default(spec: SettingSpec) -> str:
 
 
 def reference_table() -> str:
-    """The Markdown table of every setting: key, env variable, default, meaning."""
+    """The Markdown table of every setting: key, env variable, default, meaning; then
+    the keys of a ``[categories.<name>]`` table."""
     rows = ["| key (TOML / flag) | environment | default | meaning |", "|---|---|---|---|"]
     for spec in iter_setting_specs():
         meaning = spec.help
         if spec.choices:
             meaning += " One of: " + ", ".join(f"`{c}`" for c in spec.choices) + "."
         rows.append(f"| `{spec.name}` | `{spec.env}` | `{_format_default(spec)}` | {meaning} |")
+    # Category keys exist only in the TOML file; defaults are the `default` category's.
+    default = CategoryTable().resolve(None)
+    for key, meaning in CATEGORY_FIELD_HELP.items():
+        value = getattr(default, key)
+        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        rows.append(f"| `categories.<name>.{key}` | (TOML only) | `{shown}` | {meaning} |")
     return "\n".join(rows)
 
 

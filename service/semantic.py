@@ -35,7 +35,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
-from semcached.cachepolicy.eviction import EvictionPolicy, LruPolicy
+from semcached.cachepolicy.eviction import EvictionPolicy
+from semcached.cachepolicy.policies import eviction_factory
 from semcached.errors import BadRequestError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.expiry import ExpiryIndex
@@ -161,7 +162,7 @@ class SemanticCache:
         executor: Executor,
         search_executor: Executor | None = None,
         search_batches_in_flight: int = 1,
-        eviction_factory: Callable[[], EvictionPolicy] = LruPolicy,
+        eviction_factory: Callable[[], EvictionPolicy] | None = None,
         clock: Callable[[], float] = time.time,
         candidates: int = 8,
         sweep_interval_s: float = 1.0,
@@ -194,7 +195,7 @@ class SemanticCache:
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._entries: dict[int, _Entry] = {}
         self._expiry = ExpiryIndex()
-        self._state = {p.name: _CategoryState(p, eviction_factory()) for p in categories}
+        self._state = {p.name: _CategoryState(p, self._new_eviction(p)) for p in categories}
         self._pending_hits: dict[int, tuple[int, float]] = {}
         self._next_id = 1
         self._maintenance: asyncio.Task[None] | None = None
@@ -536,9 +537,8 @@ class SemanticCache:
         if state is None:
             # A category removed from the configuration since the entry was written:
             # keep serving it under the default policy rather than dropping data.
-            state = self._state[category] = _CategoryState(
-                self._categories.resolve(None), self._eviction_factory()
-            )
+            default = self._categories.resolve(None)
+            state = self._state[category] = _CategoryState(default, self._new_eviction(default))
         return state
 
     def _account(self, meta: EntryMeta) -> None:
@@ -555,6 +555,13 @@ class SemanticCache:
             state.eviction.admit(meta.entry_id, size)
         state.stats.entries += 1
         state.stats.bytes += size
+
+    def _new_eviction(self, policy: CategoryPolicy) -> EvictionPolicy:
+        """The eviction policy the category configures (``eviction = ...``), unless the
+        engine was given a factory for all categories."""
+        if self._eviction_factory is not None:
+            return self._eviction_factory()
+        return eviction_factory(policy.eviction)()
 
     # -- removal -----------------------------------------------------------------------
 

@@ -64,5 +64,6 @@ def test_lru_matches_an_ordered_dict_reference() -> None:
         else:
             policy.forget(key)
             reference.pop(key, None)
+        policy._check()
         assert len(policy) == len(reference)
         assert policy.choose_victim() == next(iter(reference), None)

@@ -195,3 +195,19 @@ def test_cli_config_prints_effective_settings(capsys: pytest.CaptureFixture[str]
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert reference_table() in readme, "regenerate with: semcached config --reference"
+
+
+def test_category_eviction_setting(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[categories.code]\neviction = "s3fifo"\n[categories.legal]\neviction = "onebit"\n'
+    )
+    settings = load_settings(config_file=path, environ={})
+    assert settings.categories.resolve("code").eviction == "s3fifo"
+    assert settings.categories.resolve("legal").eviction == "onebit"
+    assert settings.categories.resolve(None).eviction == "s3fifo"
+    path.write_text('[categories.code]\neviction = "arc"\n')
+    with pytest.raises(
+        ConfigError, match=r"categories.code.*eviction.*one of 'lru', 's3fifo', 'onebit'"
+    ):
+        load_settings(config_file=path, environ={})

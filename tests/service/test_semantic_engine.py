@@ -138,7 +138,7 @@ async def test_request_ttl_is_clamped(engine: SemanticCache, clock: Clock) -> No
 async def test_quota_evicts_least_recently_used(
     env: LmdbEnvironment, executor: ThreadPoolExecutor, clock: Clock
 ) -> None:
-    table = CategoryTable().with_overrides({"small": {"max_entries": 3}})
+    table = CategoryTable().with_overrides({"small": {"max_entries": 3, "eviction": "lru"}})
     engine = make_engine(env, executor, clock, table)
     await engine.open()
     ids = []
