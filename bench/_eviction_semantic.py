@@ -10,20 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import orjson
+from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
-from semcached.index.docstore import DocumentStore
-from semcached.index.hnsw import HnswlibIndex
-from semcached.index.lmdb_env import LmdbEnvironment
-from semcached.index.vector_index import VectorIndex
-from semcached.service.config import EmbeddingSettings
-from semcached.service.embedding import create_embedder
-from semcached.service.semantic import Insert, Lookup, SemanticCache
+from semcached.service.semantic import Insert, Lookup
 
 __all__ = ["DEFAULT_PAIRS", "semantic_trace"]
 
@@ -37,25 +31,12 @@ DEFAULT_PAIRS = (
 
 
 async def _replay(texts: list[str], order: list[int], workdir: Path) -> list[int]:
-    executor = ThreadPoolExecutor(2, thread_name_prefix="bench")
-    env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
-    embedder = create_embedder(EmbeddingSettings(backend="minilm"), executor)
-    await embedder.open()
     # The default category's threshold; quotas far above the data (no eviction here).
     table = CategoryTable().with_overrides(
         {"default": {"max_entries": 10**7, "max_bytes": 1 << 40}}
     )
-
-    def new_index(dim: int) -> VectorIndex:
-        return HnswlibIndex(dim, m=16, ef_construction=200, ef_search=128)
-
-    engine = SemanticCache(
-        store=DocumentStore(env), index_factory=new_index, embedder=embedder,
-        categories=table, dim=embedder.dim, executor=executor,
-    )  # fmt: skip
-    await engine.open()
     trace: list[int] = []
-    try:
+    async with minilm_engine(workdir, table) as engine:
         for i in order:
             result = await engine.lookup(Lookup("bench", text=texts[i]))
             if result.hit and result.entry_id is not None:
@@ -63,11 +44,6 @@ async def _replay(texts: list[str], order: list[int], workdir: Path) -> list[int
             else:
                 inserted = await engine.insert(Insert("bench", texts[i], orjson.dumps(i)))
                 trace.append(inserted.entry_id)
-    finally:
-        await engine.close()
-        await embedder.close()
-        env.close()
-        executor.shutdown()
     return trace
 
 

@@ -14,6 +14,8 @@ Not a benchmark itself. It holds:
   tens of minutes on two cores);
 - :class:`Server` — a child process (``semcached serve`` or the bare baseline server) on
   127.0.0.1 with an OS-chosen port, whose URL is read from its log;
+- :func:`minilm_engine` — an in-process engine with MiniLM, for the benchmarks that
+  need real embeddings but no HTTP (semantic_quality.py, the eviction trace);
 - Prometheus histogram parsing and quantile estimation for the daemon's ``/metrics``.
 
 The vector data set (dimension 384, like all-MiniLM-L6-v2):
@@ -46,7 +48,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,10 +57,16 @@ import numpy as np
 import urllib3
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.categories import CategoryTable
 from semcached.index.datadir import DataDirectory
 from semcached.index.docstore import Document, DocumentStore
 from semcached.index.hnsw import SNAPSHOT_KIND, HnswlibIndex
+from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.snapshot import read_snapshot
+from semcached.index.vector_index import VectorIndex
+from semcached.service.config import EmbeddingSettings
+from semcached.service.embedding import create_embedder
+from semcached.service.semantic import SemanticCache
 from semcached.service.semantic_snapshots import SnapshotDirectory
 
 DIM = 384
@@ -304,6 +313,34 @@ def snapshot_hnsw_file(data_dir: Path) -> Path:
 def cache_key(size: int, *, texts: int, seed: int, centroids: int, m: int, efc: int) -> str:
     """The folder name under ``--cache`` of one size's data directory, vectors and index."""
     return f"n{size}-texts{texts}-seed{seed}-centroids{centroids}-m{m}-efc{efc}"
+
+
+@contextlib.asynccontextmanager
+async def minilm_engine(
+    workdir: Path, categories: CategoryTable, *, threads: int = 2
+) -> AsyncIterator[SemanticCache]:
+    """An open in-process :class:`SemanticCache` embedding with MiniLM, its LMDB under
+    ``workdir``, HNSW at M=16, ef_construction 200, ef_search 128; closed on exit."""
+    executor = ThreadPoolExecutor(threads, thread_name_prefix="bench")
+    env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
+    embedder = create_embedder(EmbeddingSettings(backend="minilm"), executor)
+    await embedder.open()
+
+    def new_index(dim: int) -> VectorIndex:
+        return HnswlibIndex(dim, m=16, ef_construction=200, ef_search=128)
+
+    engine = SemanticCache(
+        store=DocumentStore(env), index_factory=new_index, embedder=embedder,
+        categories=categories, dim=embedder.dim, executor=executor,
+    )  # fmt: skip
+    await engine.open()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+        await embedder.close()
+        env.close()
+        executor.shutdown()
 
 
 def write_config(path: Path, threshold: float) -> Path:

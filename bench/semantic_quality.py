@@ -23,20 +23,14 @@ import asyncio
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
-from semcached.index.docstore import DocumentStore
-from semcached.index.hnsw import HnswlibIndex
-from semcached.index.lmdb_env import LmdbEnvironment
-from semcached.index.vector_index import VectorIndex
-from semcached.service.config import EmbeddingSettings
-from semcached.service.embedding import create_embedder
-from semcached.service.semantic import Insert, Lookup, SemanticCache
+from semcached.service.semantic import Insert, Lookup
 
 DEFAULT_PAIRS = (
     Path(__file__).parents[2] / "shared" / "data" / "gptcache-benchmark" / "mock_data.json"
@@ -76,52 +70,38 @@ def load_pairs(path: Path) -> list[Pair]:
 
 
 async def score(pairs: list[Pair], thresholds: list[float], workdir: Path) -> dict[float, Score]:
-    executor = ThreadPoolExecutor(4, thread_name_prefix="bench")
-    env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
-    embedder = create_embedder(EmbeddingSettings(backend="minilm"), executor)
-    await embedder.open()
     # One category whose bounds let the sweep go anywhere; quotas far above the data.
     table = CategoryTable().with_overrides(
         {"bench": {"threshold": 0.9, "min_threshold": -1.0, "max_threshold": 1.0,
                    "max_entries": 10**7, "max_bytes": 1 << 40}}
     )  # fmt: skip
-
-    def new_index(dim: int) -> VectorIndex:
-        return HnswlibIndex(dim, m=16, ef_construction=200, ef_search=128)
-
-    engine = SemanticCache(
-        store=DocumentStore(env), index_factory=new_index, embedder=embedder,
-        categories=table, dim=embedder.dim, executor=executor,
-    )  # fmt: skip
-    await engine.open()
-    started = time.perf_counter()
-    await engine.insert_many(
-        [Insert("bench", p.stored, orjson.dumps(i), category="bench") for i, p in enumerate(pairs)]
-    )
-    insert_s = time.perf_counter() - started
     scores: dict[float, Score] = {}
     lookup_s = 0.0
-    for threshold in thresholds:
+    async with minilm_engine(workdir, table, threads=4) as engine:
         started = time.perf_counter()
-        results = await engine.lookup_many(
-            [Lookup("bench", text=p.asked, category="bench", threshold=threshold) for p in pairs]
-        )
-        lookup_s += time.perf_counter() - started
-        s = scores[threshold] = Score()
-        for i, (pair, result) in enumerate(zip(pairs, results, strict=True)):
-            if not pair.positive:
-                s.negatives += 1
-                s.negative_hits += result.hit
-            elif not result.hit:
-                s.miss += 1
-            elif result.document is not None and orjson.loads(result.document.response) == i:
-                s.right += 1
-            else:
-                s.wrong += 1
-    await engine.close()
-    await embedder.close()
-    env.close()
-    executor.shutdown()
+        await engine.insert_many(
+            [Insert("bench", p.stored, orjson.dumps(i), category="bench")
+             for i, p in enumerate(pairs)]
+        )  # fmt: skip
+        insert_s = time.perf_counter() - started
+        for threshold in thresholds:
+            started = time.perf_counter()
+            results = await engine.lookup_many(
+                [Lookup("bench", text=p.asked, category="bench", threshold=threshold)
+                 for p in pairs]
+            )  # fmt: skip
+            lookup_s += time.perf_counter() - started
+            s = scores[threshold] = Score()
+            for i, (pair, result) in enumerate(zip(pairs, results, strict=True)):
+                if not pair.positive:
+                    s.negatives += 1
+                    s.negative_hits += result.hit
+                elif not result.hit:
+                    s.miss += 1
+                elif result.document is not None and orjson.loads(result.document.response) == i:
+                    s.right += 1
+                else:
+                    s.wrong += 1
     print(
         f"# {len(pairs)} pairs; insert {insert_s:.2f} s ({len(pairs) / insert_s:.0f}/s, "
         f"embedding included); lookups {lookup_s / len(thresholds):.2f} s per threshold",
