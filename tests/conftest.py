@@ -7,7 +7,18 @@ from pathlib import Path
 
 import pytest
 
+from semcached.index.lmdb_env import LmdbEnvironment
 from tests.daemon import DaemonProcess
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[LmdbEnvironment]:
+    """A fresh LMDB environment: a 1 MiB map that may grow to 64 MiB."""
+    environment = LmdbEnvironment(tmp_path / "lmdb", initial_map_bytes=MiB, max_map_bytes=64 * MiB)
+    yield environment
+    environment.close()
 
 
 @pytest.fixture

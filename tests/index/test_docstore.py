@@ -6,7 +6,6 @@ import dataclasses
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +55,6 @@ def vec(seed: int, dim: int = DIM) -> np.ndarray:
 
 def open_env(path: Path, *, cap: int = 64 * MiB) -> LmdbEnvironment:
     return LmdbEnvironment(path, initial_map_bytes=MiB, max_map_bytes=cap)
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[LmdbEnvironment]:
-    environment = open_env(tmp_path / "lmdb")
-    yield environment
-    environment.close()
 
 
 @pytest.fixture(params=[True, False], ids=["group-commit", "direct"])

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,13 +12,6 @@ from semcached.index.lmdb_env import LmdbEnvironment
 
 MiB = 1 << 20
 DIM = 8
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[LmdbEnvironment]:
-    environment = LmdbEnvironment(tmp_path / "lmdb", initial_map_bytes=MiB, max_map_bytes=64 * MiB)
-    yield environment
-    environment.close()
 
 
 @pytest.fixture

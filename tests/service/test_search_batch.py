@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -35,12 +34,6 @@ class GatedIndex(ExactIndex):
         if self.fail:
             raise RuntimeError("index broke")
         return super().search(rows, k)
-
-
-@pytest.fixture
-def executor() -> Iterator[ThreadPoolExecutor]:
-    with ThreadPoolExecutor(2) as pool:
-        yield pool
 
 
 def filled(n: int = 200, seed: int = 0) -> tuple[GatedIndex, np.ndarray]:
