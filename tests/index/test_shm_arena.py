@@ -393,3 +393,47 @@ def test_seeded_stress(tmp_path: Path, seed: int) -> None:
         arena._check()
         assert arena.used_bytes == 0
         assert arena.largest_free() == pages * P
+
+
+_CHILD = """
+import os, sys, time
+from pathlib import Path
+from semcached.index.shm_arena import ShmArena
+arena = ShmArena(4096, directory=Path(sys.argv[1]), prefix="life")
+print(arena.name, flush=True)
+if sys.argv[2] == "fork":
+    pid = os.fork()
+    if pid == 0:
+        sys.exit(0)  # a normal exit in the child runs the inherited finalizer
+    os.waitpid(pid, 0)
+    print(arena.path.exists(), flush=True)
+elif sys.argv[2] == "hang":
+    time.sleep(60)
+"""
+
+
+def _spawn(directory: Path, how: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(directory), how], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_segment_life_cycle_across_processes(tmp_path: Path) -> None:
+    # A normal exit without close() unlinks the segment; a forked child's exit does not.
+    exiting = _spawn(tmp_path, "fork")
+    out, _ = exiting.communicate(timeout=60)
+    name, still_there_after_child = out.split()
+    assert still_there_after_child == "True"
+    assert exiting.returncode == 0
+    assert not (tmp_path / name).exists()
+    # kill -9 leaves it behind; remove_stale cleans it up once the process is gone.
+    crashing = _spawn(tmp_path, "hang")
+    assert crashing.stdout is not None
+    name = crashing.stdout.readline().strip()
+    assert ShmArena.remove_stale(tmp_path, "life") == []  # still alive
+    crashing.kill()
+    crashing.wait()
+    crashing.stdout.close()
+    assert (tmp_path / name).exists()
+    assert ShmArena.remove_stale(tmp_path, "life") == [name]
+    assert not any(tmp_path.iterdir())
