@@ -89,10 +89,18 @@ class LmdbEnvironment:
 
     # -- transactions --------------------------------------------------------------
 
-    def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn`` in a read-only transaction (a consistent snapshot)."""
-        with self._gate.shared(), self._env.begin(write=False, buffers=False) as txn:
-            return fn(txn)
+    def read(self, fn: Callable[[lmdb.Transaction], T], *, buffers: bool = False) -> T:
+        """Run ``fn`` in a read-only transaction (a consistent snapshot).
+
+        With ``buffers`` values come as memoryviews into the map, valid only inside ``fn``
+        (no copy: for large values that ``fn`` copies once to where they belong).
+        """
+        with self._gate.shared():
+            if buffers:
+                with self._env.begin(buffers=True) as view_txn:
+                    return fn(view_txn)
+            with self._env.begin() as txn:
+                return fn(txn)
 
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
         """Run ``fn`` in a write transaction and commit it durably.

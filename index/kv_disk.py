@@ -1,0 +1,137 @@
+"""The chunk KV cache's durable store: blobs and their metadata in LMDB.
+
+Two named databases in the KV cache's own :class:`LmdbEnvironment` (its own map and
+cap, apart from the semantic cache's documents):
+
+- ``kv.blobs``: chunk key + variant key (32 bytes) -> the KV bytes;
+- ``kv.meta``: the same key -> the encoded :class:`~semcached.index.kv_meta.VariantMeta`.
+
+A put writes both in one durable transaction, so after ``kill -9`` a variant is there
+whole or not at all; concurrent writers share transactions through a
+:class:`GroupCommitter` (one fsync for several puts). Deletions ride in the same
+transactions, so an eviction and the put that caused it commit together.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import lmdb
+
+from semcached.index.group_commit import GroupCommitter
+from semcached.index.kv_meta import VariantMeta, decode_meta, encode_meta
+from semcached.index.lmdb_env import LmdbEnvironment
+
+__all__ = ["BlobWrite", "KvDiskStore"]
+
+log = logging.getLogger(__name__)
+
+_BLOBS = b"kv.blobs"
+_META = b"kv.meta"
+
+
+@dataclass(frozen=True, slots=True)
+class BlobWrite:
+    """One change in a transaction: a variant to store (``meta`` and ``blob``) or, when
+    both are None, the key to delete."""
+
+    key: bytes
+    meta: VariantMeta | None = None
+    blob: bytes | bytearray | memoryview | None = None
+
+
+class KvDiskStore:
+    """Thread-safe; every write is durable when its call returns."""
+
+    def __init__(self, env: LmdbEnvironment, *, group_max_bytes: int = 64 << 20) -> None:
+        self.env = env
+        self._blobs = env.database(_BLOBS)
+        self._meta = env.database(_META)
+        self._committer: GroupCommitter[BlobWrite] = GroupCommitter(
+            self._commit, max_bytes=group_max_bytes
+        )
+
+    def write(self, changes: Sequence[BlobWrite]) -> None:
+        """Apply ``changes`` in one durable transaction (shared with concurrent callers)."""
+        nbytes = sum(len(c.blob) for c in changes if c.blob is not None)
+        self._committer.submit(changes, nbytes)
+
+    def _commit(self, changes: list[BlobWrite]) -> None:
+        def apply(txn: lmdb.Transaction) -> None:
+            for change in changes:
+                if change.meta is None:
+                    txn.delete(change.key, db=self._blobs)
+                    txn.delete(change.key, db=self._meta)
+                else:
+                    assert change.blob is not None
+                    txn.put(change.key, change.blob, db=self._blobs)
+                    txn.put(change.key, encode_meta(change.meta), db=self._meta)
+
+        self.env.write(apply)
+
+    def read_blob(self, key: bytes) -> bytes | None:
+        """A copy of the blob under ``key``, or None."""
+
+        def read(txn: lmdb.Transaction) -> bytes | None:
+            value = txn.get(key, db=self._blobs)
+            return None if value is None else bytes(value)
+
+        return self.env.read(read)
+
+    def read_into(self, key: bytes, dest: memoryview) -> bool:
+        """Copy the blob under ``key`` straight into ``dest`` (one copy, from LMDB's map).
+
+        False when the key is absent; ValueError when the sizes differ.
+        """
+
+        def copy(txn: lmdb.Transaction) -> bool:
+            value = txn.get(key, db=self._blobs)
+            if value is None:
+                return False
+            if len(value) != len(dest):
+                raise ValueError(f"blob has {len(value)} bytes, destination {len(dest)}")
+            dest[:] = value
+            return True
+
+        return self.env.read(copy, buffers=True)
+
+    def scan(self) -> Iterator[VariantMeta]:
+        """Every stored variant's metadata, in key order; corrupt records are logged and
+        skipped (their blobs are then orphans and are deleted)."""
+        records = cast(
+            list[tuple[bytes, bytes]],
+            self.env.read(lambda txn: list(txn.cursor(db=self._meta).iternext())),
+        )
+        corrupt: list[bytes] = []
+        for key, record in records:
+            try:
+                yield decode_meta(key, record)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                log.error("dropping corrupt chunk metadata %s: %s", key.hex(), exc)
+                corrupt.append(key)
+        if corrupt:
+            self.write([BlobWrite(key) for key in corrupt])
+
+    def orphan_blobs(self) -> list[bytes]:
+        """Keys with a blob but no metadata (none in a healthy store; a repair aid)."""
+
+        def find(txn: lmdb.Transaction) -> list[bytes]:
+            meta = txn.cursor(db=self._meta)
+            keys = cast(list[bytes], list(txn.cursor(db=self._blobs).iternext(values=False)))
+            return [k for k in keys if not meta.set_key(k)]
+
+        return self.env.read(find)
+
+    def save_access(self, metas: Sequence[VariantMeta]) -> None:
+        """Persist access counts (at close; counts since the last save are lost on kill -9)."""
+
+        def apply(txn: lmdb.Transaction) -> None:
+            for meta in metas:
+                if txn.get(meta.key, db=self._meta) is not None:
+                    txn.put(meta.key, encode_meta(meta), db=self._meta)
+
+        if metas:
+            self.env.write(apply)
