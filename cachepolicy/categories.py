@@ -118,7 +118,7 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
     "max_ttl_s": "Longest TTL a request may ask for.",
     "eviction": "Which entry goes when over quota: `lru` (least recently used), "
     "`s3fifo` (S3-FIFO), `onebit` (learned one-bit predictions with a robustness guard; "
-    "see Eviction).",
+    "see Eviction), `reuse` (GDSF: hits times saved cost per byte, aged).",
 }
 
 # Defaults follow the paper's observations. Thresholds are cosine similarities for

@@ -17,7 +17,8 @@ The protocol of a cache with a policy:
   tells an eviction from other removals by ``forget`` naming the key it chose.
 
 Policies: :class:`LruPolicy`, :class:`~semcached.cachepolicy.s3fifo.S3FifoPolicy`,
-and the one-bit policies of :mod:`semcached.cachepolicy.onebit`.
+:class:`~semcached.cachepolicy.reuse_value.ReuseValuePolicy` (GDSF) and the one-bit
+policies of :mod:`semcached.cachepolicy.onebit`.
 """
 
 from __future__ import annotations

@@ -10,11 +10,12 @@ from semcached.cachepolicy.eviction import EvictionPolicy
 from semcached.cachepolicy.lru import LruPolicy
 from semcached.cachepolicy.onebit import DiscardFollower
 from semcached.cachepolicy.predictor import LearnedBits
+from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
 
 __all__ = ["EVICTION_POLICIES", "EvictionName", "eviction_factory"]
 
-EvictionName = Literal["lru", "s3fifo", "onebit"]
+EvictionName = Literal["lru", "s3fifo", "onebit", "reuse"]
 EVICTION_POLICIES: tuple[str, ...] = get_args(EvictionName)
 
 
@@ -28,6 +29,7 @@ _FACTORIES: dict[str, Callable[[], EvictionPolicy]] = {
     "lru": LruPolicy,
     "s3fifo": S3FifoPolicy,
     "onebit": _onebit,
+    "reuse": ReuseValuePolicy,
 }
 
 

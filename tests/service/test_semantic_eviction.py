@@ -9,6 +9,7 @@ import pytest
 from semcached.cachepolicy.categories import CategoryTable
 from semcached.cachepolicy.lru import LruPolicy
 from semcached.cachepolicy.onebit import DiscardFollower
+from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.service.semantic import Lookup
@@ -17,7 +18,13 @@ from tests.service.test_semantic_engine import insert, make_engine
 
 
 @pytest.mark.parametrize(
-    ("name", "kind"), [("lru", LruPolicy), ("s3fifo", S3FifoPolicy), ("onebit", DiscardFollower)]
+    ("name", "kind"),
+    [
+        ("lru", LruPolicy),
+        ("s3fifo", S3FifoPolicy),
+        ("onebit", DiscardFollower),
+        ("reuse", ReuseValuePolicy),
+    ],
 )
 async def test_category_eviction_setting_picks_the_policy(
     env: LmdbEnvironment, executor: ThreadPoolExecutor, clock: Clock, name: str, kind: type
