@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
 import aiohttp
+from numpy.typing import NDArray
 
-from semcached.clients import commands
+from semcached.clients import commands, kv
 from semcached.clients.base import Attempts, ClientOptions
 from semcached.clients.commands import (
     CategoryStats,
@@ -23,6 +25,7 @@ from semcached.clients.commands import (
     VectorLike,
 )
 from semcached.clients.retry import RetryPolicy
+from semcached.clients.shm import ShmUnavailableError
 from semcached.errors import SemcachedConnectionError, SemcachedTimeoutError
 
 __all__ = ["AsyncSemcachedClient"]
@@ -49,10 +52,14 @@ class AsyncSemcachedClient:
         connect_timeout_s: float = 2.0,
         retry: RetryPolicy | None = None,
         pool_size: int = 10,
+        shm: bool = True,
+        shm_dir: str | Path = "/dev/shm",
     ) -> None:
         self.options = ClientOptions(
             base_url, token, timeout_s, connect_timeout_s, retry or RetryPolicy(), pool_size
         )
+        # Zero-copy reads of KV blobs when the daemon is on this host (see ``get_chunk``).
+        self._shm = kv.ShmPath(shm, Path(shm_dir))
         self._session: aiohttp.ClientSession | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -72,6 +79,7 @@ class AsyncSemcachedClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        self._shm.close()
 
     async def __aenter__(self) -> AsyncSemcachedClient:
         return self
@@ -201,3 +209,99 @@ class AsyncSemcachedClient:
     async def stats(self) -> dict[str, CategoryStats]:
         """Counters per category."""
         return await self.execute(commands.stats())
+
+    # -- chunk KV cache --------------------------------------------------------------
+
+    async def put_chunk(
+        self,
+        key: bytes | str,
+        data: bytes | bytearray | memoryview | NDArray[Any],
+        *,
+        model: str,
+        dtype: str,
+        shape: Sequence[int],
+        prefix: Sequence[bytes | str] = (),
+        prefix_tokens: Sequence[int] = (),
+        rope_base: int = 0,
+        rope: Mapping[str, Any] | None = None,
+        inter: Sequence[float] | NDArray[Any] | None = None,
+        intra: float | None = None,
+        token_scores: Sequence[float] | NDArray[Any] | None = None,
+    ) -> kv.ChunkMeta:
+        """Store one variant of a chunk's KV (layout ``[layers, 2, kv_heads, tokens,
+        head_dim]``) with its Cache-Craft statistics; returns once durable."""
+        return await self.execute(
+            kv.put_chunk(
+                key, data, model=model, dtype=dtype, shape=shape, prefix=prefix,
+                prefix_tokens=prefix_tokens, rope_base=rope_base, rope=rope, inter=inter,
+                intra=intra, token_scores=token_scores,
+            )
+        )  # fmt: skip
+
+    async def get_chunk(
+        self,
+        key: bytes | str,
+        variant: bytes | str | None = None,
+        *,
+        transfer: kv.Transfer = "auto",
+        lease_s: float | None = None,
+    ) -> kv.KvChunk:
+        """One variant's bytes (the newest variant by default).
+
+        Zero-copy from shared memory when the daemon is on this host (``transfer``
+        ``auto`` or ``shm``): the view is pinned by a lease; release it with
+        :meth:`release_lease` when done. Otherwise a copy over HTTP.
+        """
+        if self._shm.wanted(transfer):
+            meta, ref, lease = await self.execute(kv.lease_chunk(key, variant, lease_s=lease_s))
+            chunk = self._shm.view(meta, ref, lease)
+            if chunk is not None:
+                return chunk
+            await self.release_lease(lease.id)
+            if transfer == "shm":
+                raise ShmUnavailableError(f"segment {ref.segment} is not on this host")
+        return await self.execute(kv.get_chunk(key, variant))
+
+    async def fetch(
+        self, planned: kv.PlannedChunk, lease: kv.LeaseInfo | None = None
+    ) -> kv.KvChunk:
+        """The bytes of a hit of a plan: zero-copy when the plan handed out a handle
+        for this host (pinned by the plan's ``lease``), else over HTTP."""
+        if planned.fetch is None or planned.variant is None:
+            raise ValueError(f"chunk {planned.key} is a miss: nothing to fetch")
+        ref = planned.fetch.shm
+        if ref is not None:
+            chunk = self._shm.view(self._shm.planned_meta(planned), ref, lease)
+            if chunk is not None:
+                return chunk
+        return await self.execute(kv.get_chunk(planned.key, planned.variant))
+
+    async def plan(
+        self,
+        model: str,
+        keys: Sequence[bytes | str],
+        *,
+        chunk_tokens: Sequence[int] | None = None,
+        start: int = 0,
+        transfer: kv.Transfer = "auto",
+        lease_s: float | None = None,
+    ) -> kv.KvPlan:
+        """The reuse plan for a prompt's chunks (in prompt order); unknown chunks are
+        misses. With shared memory the hits are pinned under the plan's lease."""
+        shm = self._shm.wanted(transfer)
+        return await self.execute(
+            kv.plan(model, keys, chunk_tokens=chunk_tokens, start=start, shm=shm,
+                    lease_s=lease_s)
+        )  # fmt: skip
+
+    async def release_lease(self, lease_id: str) -> bool:
+        """End a lease (its views must not be read afterwards); False if it had ended."""
+        return await self.execute(kv.release_lease(lease_id))
+
+    async def delete_chunk(self, key: bytes | str, variant: bytes | str | None = None) -> int:
+        """Remove one variant, or every variant of a chunk; how many were removed."""
+        return await self.execute(kv.delete_chunk(key, variant))
+
+    async def kv_stats(self) -> dict[str, kv.TierStats]:
+        """Counters per tier (host, disk)."""
+        return await self.execute(kv.kv_stats())

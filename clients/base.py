@@ -53,6 +53,8 @@ class ClientOptions:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        if request.headers:
+            headers.update(request.headers)
         return headers
 
 

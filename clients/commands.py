@@ -65,7 +65,9 @@ class Request(Generic[T]):
 
     ``idempotent`` requests may be retried after a transport failure or a 502/503/504;
     others are sent at most once. ``ok_status`` lists the statuses ``parse`` handles;
-    any other status is raised as an :class:`~semcached.errors.ApiError`.
+    any other status is raised as an :class:`~semcached.errors.ApiError`. The body is
+    ``json`` (serialised) or ``data`` (raw bytes, sent as they are); ``headers`` add to
+    the client's own.
     """
 
     method: str
@@ -75,8 +77,12 @@ class Request(Generic[T]):
     json: Any = None
     params: Mapping[str, str] | None = None
     ok_status: frozenset[int] = field(default=frozenset({200}))
+    data: bytes | bytearray | memoryview | None = None
+    headers: Mapping[str, str] | None = None
 
-    def body(self) -> bytes | None:
+    def body(self) -> bytes | bytearray | memoryview | None:
+        if self.data is not None:
+            return self.data
         return None if self.json is None else orjson.dumps(self.json)
 
 

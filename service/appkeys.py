@@ -13,6 +13,7 @@ from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, 
 from semcached.service.metrics import Metrics
 
 __all__ = [
+    "CHUNKS",
     "COMPONENTS",
     "DATA_DIR",
     "EXECUTOR",
@@ -33,9 +34,12 @@ COMPONENTS = web.AppKey("components", Components)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
 if TYPE_CHECKING:
+    from semcached.service.chunks import ChunkCache
     from semcached.service.semantic import SemanticCache
 # The semantic cache engine, once open (a Slot: 503 before).
 SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
+# The chunk KV cache engine, once open (a Slot: 503 before).
+CHUNKS: web.AppKey[Slot[ChunkCache]] = web.AppKey("chunks")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

@@ -29,12 +29,15 @@ from typing import Any, Literal
 
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
 from semcached.errors import ConfigError
+from semcached.index.kv_meta import ModelSpec
 
 __all__ = [
     "CONFIG_ENV",
+    "DEFAULT_KV_MODELS",
     "ENV_PREFIX",
     "EmbeddingSettings",
     "IndexSettings",
+    "KvSettings",
     "LogSettings",
     "SemanticSettings",
     "ServerSettings",
@@ -51,6 +54,8 @@ CONFIG_ENV = "SEMCACHED_CONFIG"
 _NON_SETTING_ENV = frozenset({CONFIG_ENV, "SEMCACHED_NATIVE"})
 
 _CATEGORIES = "categories"
+_KV_MODELS = "kv_models"
+_TABLE_SECTIONS = frozenset({_CATEGORIES, _KV_MODELS})
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -186,6 +191,70 @@ class SemanticSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class KvSettings:
+    """The RAG chunk KV cache: tiers, blob and lease limits."""
+
+    enabled: bool = _setting(True, "Serve the chunk KV cache (route group /v1/kv).")
+    host_bytes: int = _setting(
+        1 * GiB,
+        "Host-memory tier budget: the size of its shared-memory arena (0: no host tier; "
+        "memory is only committed as blobs arrive).",
+        min=0,
+    )
+    disk_bytes: int = _setting(
+        16 * GiB, "Disk tier budget (LMDB, the system of record): blob bytes kept.", min=MiB
+    )
+    disk_max_map_bytes: int = _setting(
+        0,
+        "Cap on the KV LMDB map (0: the disk budget plus a quarter for LMDB's own pages).",
+        min=0,
+    )
+    max_blob_bytes: int = _setting(
+        256 * MiB, "Largest KV blob accepted; larger puts get 413.", min=1024
+    )
+    max_meta_bytes: int = _setting(
+        1 * MiB,
+        "Largest metadata header (X-Semcached-KV-Meta) accepted; per-token scores make it "
+        "grow with the chunk length.",
+        min=8190,
+        max=64 * MiB,
+    )
+    shm: bool = _setting(
+        True, "Hand same-host clients shared-memory handles to blobs in the host tier."
+    )
+    shm_dir: Path = _setting(
+        Path("/dev/shm"),
+        "A tmpfs directory for the host tier's arena (in Docker, size it with --shm-size).",
+    )
+    lease_timeout_s: float = _setting(
+        30.0, "How long a shared-memory handle stays pinned unless released.", min=0.001
+    )
+    max_lease_s: float = _setting(
+        300.0, "Longest lease a client may ask for.", min=0.001, max=86400
+    )
+    max_leases: int = _setting(10_000, "Most leases live at once.", min=1)
+    max_plan_chunks: int = _setting(1024, "Most chunks in one plan request.", min=1)
+    eviction: Literal["reuse", "lru", "s3fifo"] = _setting(
+        "reuse",
+        "Victim choice in each tier: `reuse` (expected frequency x prefill saved / bytes, "
+        "with aging), `lru` or `s3fifo`.",
+    )
+
+
+DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec(
+        "HuggingFaceTB/SmolLM2-135M-Instruct",
+        layers=30,
+        kv_heads=3,
+        head_dim=64,
+        alpha=1.0,
+        tokenizer="HuggingFaceTB/SmolLM2-135M-Instruct",
+    ),
+)
+"""Models known without configuration; ``[kv_models."<id>"]`` tables add or replace."""
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """All settings, one section per table of the TOML file."""
 
@@ -195,8 +264,11 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
-    # Only the TOML file sets categories: ``[categories.<name>]`` tables.
+    kv: KvSettings = field(default_factory=KvSettings)
+    # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models
+    # (``[kv_models."<id>"]`` tables).
     categories: CategoryTable = field(default_factory=CategoryTable)
+    kv_models: tuple[ModelSpec, ...] = DEFAULT_KV_MODELS
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The settings as plain data, with secrets replaced, for logs and the admin API."""
@@ -211,6 +283,7 @@ class Settings:
                 value = list(value)
             out.setdefault(spec.section, {})[spec.key] = value
         out["categories"] = {p.name: dataclasses.asdict(p) for p in self.categories}
+        out["kv_models"] = {m.name: dataclasses.asdict(m) for m in self.kv_models}
         return out
 
 
@@ -252,7 +325,7 @@ class SettingSpec:
 def iter_setting_specs() -> Iterator[SettingSpec]:
     """Every settable key, in declaration order."""
     for section in dataclasses.fields(Settings):
-        if section.name == _CATEGORIES:
+        if section.name in _TABLE_SECTIONS:
             continue
         section_cls = typing.get_type_hints(Settings)[section.name]
         hints = typing.get_type_hints(section_cls)
@@ -383,7 +456,7 @@ def _from_toml(
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for section, table in doc.items():
-        if section == _CATEGORIES:
+        if section in _TABLE_SECTIONS:
             continue
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: {section}: expected a [{section}] table")
@@ -416,6 +489,33 @@ def _categories_from_toml(doc: Mapping[str, Any], source: str) -> CategoryTable:
         return CategoryTable().with_overrides(overrides)
     except ValueError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _kv_models_from_toml(doc: Mapping[str, Any], source: str) -> tuple[ModelSpec, ...]:
+    """``[kv_models."<id>"]`` tables add models to the built-in ones or replace them."""
+    tables = doc.get(_KV_MODELS, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f'{source}: kv_models: expected [kv_models."<id>"] tables')
+    hints = typing.get_type_hints(ModelSpec)
+    models = {m.name: m for m in DEFAULT_KV_MODELS}
+    for name, table in tables.items():
+        where = f"{_KV_MODELS}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: expected a [{where}] table")
+        values: dict[str, Any] = {}
+        for key, raw in table.items():
+            if key == "name" or key not in hints:
+                raise ConfigError(f"{source}: unknown key '{where}.{key}'")
+            spec = SettingSpec(where, key, hints[key], None, "", None, None)
+            values[key] = _convert(spec, raw, source, typed=True)
+        missing = [k for k in ("layers", "kv_heads", "head_dim") if k not in values]
+        if missing:
+            raise ConfigError(f"{source}: {where}: missing {', '.join(missing)}")
+        try:
+            models[name] = ModelSpec(name, **values)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return tuple(models.values())
 
 
 def _from_env(environ: Mapping[str, str], specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
@@ -459,12 +559,14 @@ def load_settings(
     specs = _specs_by_name()
     merged: dict[str, Any] = {}
     categories = CategoryTable()
+    kv_models = DEFAULT_KV_MODELS
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
     if path is not None:
         doc = _read_toml(Path(path))
         source = f"config file {path}"
         merged.update(_from_toml(doc, source, specs))
         categories = _categories_from_toml(doc, source)
+        kv_models = _kv_models_from_toml(doc, source)
     merged.update(_from_env(env, specs))
     merged.update(_from_overrides(overrides or {}, specs))
 
@@ -473,7 +575,11 @@ def load_settings(
         section, key = name.split(".", 1)
         sections.setdefault(section, {})[key] = value
     hints = typing.get_type_hints(Settings)
-    settings = Settings(**{s: hints[s](**kv) for s, kv in sections.items()}, categories=categories)
+    settings = Settings(
+        **{s: hints[s](**kv) for s, kv in sections.items()},
+        categories=categories,
+        kv_models=kv_models,
+    )
     _check_cross_field(settings)
     return settings
 

@@ -22,9 +22,19 @@ from semcached.service.appkeys import LISTEN_URLS, READINESS, SHUTDOWN
 from semcached.service.config import Settings
 from semcached.service.logs import AccessLogger, access_logger
 
-__all__ = ["run", "serve"]
+__all__ = ["handler_options", "run", "serve"]
 
 log = logging.getLogger(__name__)
+
+
+def handler_options(settings: Settings) -> dict[str, int]:
+    """Options of aiohttp's request handler that follow from the settings."""
+    return {
+        # A KV put carries its metadata (per-token scores) in one header.
+        "max_field_size": max(8190, settings.kv.max_meta_bytes),
+        # KV blobs are megabytes: read the socket in large pieces.
+        "read_bufsize": 1 << 20,
+    }
 
 
 async def serve(settings: Settings, app: web.Application | None = None) -> int:
@@ -38,6 +48,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> int:
         access_log_class=AccessLogger,
         access_log=access_logger() if server.access_log else None,
         shutdown_timeout=server.shutdown_timeout_s,
+        **handler_options(settings),
     )
     await runner.setup()
     shutdown = app[SHUTDOWN]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semcached.service.routes import admin, health, meta, semantic
+from semcached.service.routes import admin, health, kv, meta, semantic
 from semcached.service.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
@@ -12,4 +12,5 @@ DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     meta.group,
     admin.group,
     semantic.group,
+    kv.group,
 )

@@ -314,7 +314,11 @@ def variant_stats(draw: st.DrawFn) -> VariantStats:
 @settings(max_examples=200, deadline=None)
 @given(
     keys=st.lists(st.sampled_from(KEYS), min_size=1, max_size=8),
-    table=st.dictionaries(st.sampled_from(KEYS), st.lists(variant_stats(), max_size=4)),
+    # A chunk's variants have distinct keys (the store is keyed by them).
+    table=st.dictionaries(
+        st.sampled_from(KEYS),
+        st.lists(variant_stats(), max_size=4, unique_by=lambda s: s.variant),
+    ),
     alpha=st.floats(0.0, 4.0),
 )
 def test_plans_are_consistent(

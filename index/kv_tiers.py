@@ -1,0 +1,265 @@
+"""Storage tiers of the chunk KV cache: a byte budget, a placement, a way to read, a handle.
+
+The disk tier (LMDB) is the system of record: every acknowledged put is written
+through to it, so it bounds what the cache holds. The host tier keeps the hot
+subset in a shared-memory arena, from which a same-host client reads without a
+copy. A GPU tier (device memory, CUDA IPC handles) is meant to sit above the host
+tier through the same :class:`KvTier` interface.
+
+Tiers know variants by the engine's integer ids and keep their own eviction policy
+(:class:`~semcached.cachepolicy.eviction.EvictionPolicy`): a tier over budget asks
+its policy for victims and the engine demotes (host: drop, the bytes stay on disk)
+or evicts (disk: gone). None of these classes lock: the engine calls them under its
+own lock and copies bytes outside it (see :meth:`HostTier.reserve`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from semcached.cachepolicy.eviction import EvictionPolicy
+from semcached.index.shm_arena import ShmArena
+
+__all__ = ["DiskTier", "HostTier", "KvTier", "ShmHandle", "TierStats"]
+
+
+@dataclass(slots=True)
+class TierStats:
+    """Counters of one tier (monotone, except ``bytes`` and ``entries``)."""
+
+    bytes: int = 0
+    entries: int = 0
+    hits: int = 0
+    misses: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    evictions: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ShmHandle:
+    """Where a blob lies in shared memory: a client maps ``segment`` read-only and
+    reads ``length`` bytes at ``offset``."""
+
+    segment: str
+    offset: int
+    length: int
+
+
+def _set_cost(policy: EvictionPolicy, vid: int, saved_tokens: float) -> None:
+    """Feed a cost-aware policy (eviction by reuse value) the prefill a variant saves."""
+    set_cost = getattr(policy, "set_cost", None)
+    if set_cost is not None:
+        set_cost(vid, saved_tokens)
+
+
+class KvTier(Protocol):
+    """What every tier offers the engine."""
+
+    name: str
+    budget_bytes: int
+    stats: TierStats
+
+    def holds(self, vid: int) -> bool:
+        """Whether the variant's bytes are readable from this tier now."""
+
+    def remove(self, vid: int) -> None:
+        """Drop the variant from this tier (demotion, eviction, delete); no-op if absent."""
+
+
+class DiskTier:
+    """Budget and eviction order of the LMDB store (the bytes live in
+    :class:`~semcached.index.kv_disk.KvDiskStore`; reading them is the store's job)."""
+
+    name = "disk"
+
+    def __init__(self, budget_bytes: int, policy: EvictionPolicy) -> None:
+        self.budget_bytes = budget_bytes
+        self.stats = TierStats()
+        self._policy = policy
+        self._sizes: dict[int, int] = {}
+        self.pending: set[int] = set()  # admitted puts whose commit has not returned
+
+    def holds(self, vid: int) -> bool:
+        return vid in self._sizes
+
+    def admit(self, vid: int, nbytes: int, *, pending: bool = False) -> None:
+        """Count a variant (``pending``: a put not yet committed; see :meth:`settle`)."""
+        if pending:
+            self.pending.add(vid)
+        self._sizes[vid] = nbytes
+        self._policy.admit(vid, nbytes)
+        self.stats.bytes += nbytes
+        self.stats.entries += 1
+
+    def touch(self, vid: int) -> None:
+        self._policy.record_access(vid)
+
+    def set_cost(self, vid: int, saved_tokens: float) -> None:
+        if vid in self._sizes:
+            _set_cost(self._policy, vid, saved_tokens)
+
+    def settle(self, vid: int) -> None:
+        """The put of ``vid`` committed: it may be evicted like any other from now on."""
+        self.pending.discard(vid)
+
+    def remove(self, vid: int) -> None:
+        self.pending.discard(vid)
+        nbytes = self._sizes.pop(vid, None)
+        if nbytes is not None:
+            self._policy.forget(vid)
+            self.stats.bytes -= nbytes
+            self.stats.entries -= 1
+
+    def make_room(self) -> list[int]:
+        """Evict until the tier is within its budget; the victims in policy order.
+
+        They are removed from the tier; the caller deletes their bytes. A put admits its
+        variant first and then makes room, so the policy never names the newcomer while
+        it tracks anything else (the protocol of
+        :class:`~semcached.cachepolicy.eviction.EvictionPolicy`).
+        """
+        chosen: list[int] = []
+        while self.stats.bytes > self.budget_bytes and len(self._sizes) > 1:
+            vid = self._policy.choose_victim()
+            if vid is None or vid in self.pending:
+                # A put still being written cannot go yet: the tier stays over budget
+                # until that put settles and makes room again.
+                break
+            self.remove(vid)
+            self.stats.evictions += 1
+            chosen.append(vid)
+        return chosen
+
+
+@dataclass(slots=True)
+class _Extent:
+    offset: int
+    length: int
+    pins: int = 0
+    live: bool = False  # published: readable and handed out; False while being filled
+
+
+class HostTier:
+    """Hot blobs in a shared-memory arena; its budget is the arena's capacity.
+
+    A blob is *reserved* (an extent allocated, invisible), filled by the engine
+    outside its lock, then *published*. Handles pin their extent: a pinned extent
+    that is demoted or deleted stays allocated (a *zombie*, invisible to new readers)
+    until its last pin goes, so a client reading it never sees other bytes.
+    """
+
+    name = "host"
+
+    def __init__(self, arena: ShmArena, policy: EvictionPolicy) -> None:
+        self.arena = arena
+        self.budget_bytes = arena.capacity
+        self.stats = TierStats()
+        self._policy = policy
+        self._extents: dict[int, _Extent] = {}
+        self._zombies: dict[int, list[_Extent]] = {}
+
+    def holds(self, vid: int) -> bool:
+        extent = self._extents.get(vid)
+        return extent is not None and extent.live
+
+    def reserve(self, vid: int, nbytes: int) -> tuple[memoryview, list[int]] | None:
+        """Allocate an invisible extent for ``vid``, demoting victims to make room.
+
+        Returns the writable view and the demoted ids, or None when the blob cannot fit
+        (bigger than the arena, or every candidate victim is pinned). O(victims · log n).
+        """
+        if vid in self._extents or nbytes > self.budget_bytes or nbytes == 0:
+            return None
+        demoted: list[int] = []
+        while (offset := self.arena.allocate(nbytes)) is None:
+            victim = self._policy.choose_victim()
+            if victim is None:
+                return None
+            self.remove(victim)
+            self.stats.demotions += 1
+            demoted.append(victim)
+        self._extents[vid] = _Extent(offset, nbytes)
+        return self.arena.view(offset, nbytes), demoted
+
+    def publish(self, vid: int, saved_tokens: float) -> None:
+        extent = self._extents[vid]
+        extent.live = True
+        self._policy.admit(vid, extent.length)
+        _set_cost(self._policy, vid, saved_tokens)
+        self.stats.bytes += extent.length
+        self.stats.entries += 1
+
+    def touch(self, vid: int) -> None:
+        self._policy.record_access(vid)
+
+    def set_cost(self, vid: int, saved_tokens: float) -> None:
+        if self.holds(vid):
+            _set_cost(self._policy, vid, saved_tokens)
+
+    def read(self, vid: int) -> memoryview:
+        """The published blob (valid while pinned or until the next removal)."""
+        extent = self._extents[vid]
+        return self.arena.view(extent.offset, extent.length)
+
+    def handle(self, vid: int) -> ShmHandle:
+        extent = self._extents[vid]
+        return ShmHandle(self.arena.name, extent.offset, extent.length)
+
+    def pin(self, vid: int) -> ShmHandle:
+        extent = self._extents[vid]
+        extent.pins += 1
+        return ShmHandle(self.arena.name, extent.offset, extent.length)
+
+    def unpin(self, vid: int, offset: int) -> None:
+        """Drop one pin of the extent at ``offset`` (the live one or a zombie)."""
+        extent = self._extents.get(vid)
+        if extent is not None and extent.offset == offset:
+            extent.pins -= 1
+            return
+        zombies = self._zombies.get(vid, [])
+        for zombie in zombies:
+            if zombie.offset == offset:
+                zombie.pins -= 1
+                if zombie.pins == 0:
+                    zombies.remove(zombie)
+                    self.arena.free(zombie.offset)
+                break
+        if not zombies:
+            self._zombies.pop(vid, None)
+
+    def remove(self, vid: int) -> None:
+        """Drop ``vid`` from the tier (demotion, eviction or delete); no-op if absent."""
+        extent = self._extents.pop(vid, None)
+        if extent is None:
+            return
+        if extent.live:
+            self._policy.forget(vid)
+            self.stats.bytes -= extent.length
+            self.stats.entries -= 1
+        if extent.pins:
+            self._zombies.setdefault(vid, []).append(extent)
+        else:
+            self.arena.free(extent.offset)
+
+    def _check(self, live: set[int]) -> None:
+        """Invariants, given the engine's live variant ids."""
+        published = {vid: e for vid, e in self._extents.items() if e.live}
+        assert set(published) <= live
+        assert self.stats.entries == len(published) == len(self._policy)
+        assert self.stats.bytes == sum(e.length for e in published.values())
+        for zombies in self._zombies.values():
+            assert zombies
+            assert all(z.pins > 0 for z in zombies)
+        assert all(e.pins >= 0 for e in self._extents.values())
+        self.arena._check()
+
+    @property
+    def zombie_bytes(self) -> int:
+        return sum(z.length for zs in self._zombies.values() for z in zs)
+
+    def close(self) -> None:
+        self._extents.clear()
+        self._zombies.clear()
+        self.arena.close()
