@@ -26,7 +26,7 @@ from semcached.clients.commands import (
 )
 from semcached.clients.retry import RetryPolicy
 from semcached.clients.shm import ShmUnavailableError
-from semcached.errors import SemcachedConnectionError, SemcachedTimeoutError
+from semcached.errors import BadRequestError, SemcachedConnectionError, SemcachedTimeoutError
 
 __all__ = ["AsyncSemcachedClient"]
 
@@ -227,16 +227,35 @@ class AsyncSemcachedClient:
         inter: Sequence[float] | NDArray[Any] | None = None,
         intra: float | None = None,
         token_scores: Sequence[float] | NDArray[Any] | None = None,
+        transfer: kv.Transfer = "auto",
     ) -> kv.ChunkMeta:
         """Store one variant of a chunk's KV (layout ``[layers, 2, kv_heads, tokens,
-        head_dim]``) with its Cache-Craft statistics; returns once durable."""
-        return await self.execute(
-            kv.put_chunk(
-                key, data, model=model, dtype=dtype, shape=shape, prefix=prefix,
+        head_dim]``) with its Cache-Craft statistics; returns once durable.
+
+        On the daemon's host (``transfer`` ``auto`` or ``shm``) the bytes are staged in
+        a shared-memory file the daemon reads, instead of crossing a socket.
+        """
+        blob = kv.as_bytes(data)
+
+        def command(staged: str | None = None) -> Request[kv.ChunkMeta]:
+            return kv.put_chunk(
+                key, blob, model=model, dtype=dtype, shape=shape, prefix=prefix,
                 prefix_tokens=prefix_tokens, rope_base=rope_base, rope=rope, inter=inter,
-                intra=intra, token_scores=token_scores,
-            )
-        )  # fmt: skip
+                intra=intra, token_scores=token_scores, staged=staged,
+            )  # fmt: skip
+
+        if self._shm.wanted_put(transfer):
+            try:
+                with self._shm.staged(blob) as name:
+                    return await self.execute(command(name))
+            except BadRequestError as exc:
+                if transfer == "shm" or not self._shm.put_failed(exc):
+                    raise
+            except OSError:
+                if transfer == "shm":
+                    raise
+                self._shm.same_host = False  # no usable shm directory here
+        return await self.execute(command())
 
     async def get_chunk(
         self,

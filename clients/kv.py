@@ -9,8 +9,11 @@ header. Keys are 16 bytes (see :mod:`semcached.index.chunk_keys`, which computes
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -21,9 +24,12 @@ from numpy.typing import NDArray
 
 from semcached.clients.commands import Reply, Request
 from semcached.clients.shm import ShmMapper
+from semcached.errors import ApiError
 
 __all__ = [
     "META_HEADER",
+    "SOURCE_HEADER",
+    "STAGED_PREFIX",
     "ChunkMeta",
     "FetchInfo",
     "KvChunk",
@@ -34,6 +40,7 @@ __all__ = [
     "ShmRef",
     "TierStats",
     "Transfer",
+    "as_bytes",
     "delete_chunk",
     "get_chunk",
     "kv_stats",
@@ -44,6 +51,8 @@ __all__ = [
 ]
 
 META_HEADER = "X-Semcached-KV-Meta"
+SOURCE_HEADER = "X-Semcached-KV-Source"
+STAGED_PREFIX = "semcached-put-"
 Transfer = Literal["auto", "shm", "http"]
 """How a client reads blobs: ``shm`` (zero-copy, same host only), ``http``, or ``auto``
 (shared memory when the daemon's segments are on this host, else HTTP)."""
@@ -199,6 +208,13 @@ class TierStats:
     evictions: int
 
 
+def as_bytes(data: bytes | bytearray | memoryview | NDArray[Any]) -> bytes | bytearray | memoryview:
+    """A blob as a flat byte buffer, without a copy for contiguous arrays."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).data.cast("B")
+    return data
+
+
 def _hex(key: bytes | str) -> str:
     return key.hex() if isinstance(key, bytes) else key
 
@@ -241,15 +257,16 @@ def put_chunk(
     inter: Sequence[float] | NDArray[Any] | None = None,
     intra: float | None = None,
     token_scores: Sequence[float] | NDArray[Any] | None = None,
+    staged: str | None = None,
 ) -> Request[ChunkMeta]:
     """``PUT /v1/kv/chunks/{key}``: store one variant; returns once it is durable.
 
     ``data`` is the tensor in the layout ``[layers, 2, kv_heads, tokens, head_dim]``
-    (a C-contiguous numpy array or its bytes). Safe to retry: a repeat stores the same
-    variant again.
+    (a C-contiguous numpy array or its bytes). With ``staged`` (the name of a file in
+    the daemon's shm directory holding those bytes, see :meth:`ShmPath.staged`) no body
+    is sent. Safe to retry: a repeat stores the same variant again.
     """
-    if isinstance(data, np.ndarray):
-        data = np.ascontiguousarray(data).data.cast("B")
+    data = as_bytes(data)
     meta: dict[str, Any] = {
         "model": model,
         "dtype": dtype,
@@ -268,16 +285,19 @@ def put_chunk(
         stats["token_scores"] = _floats(token_scores)
     if stats:
         meta["stats"] = stats
+    headers = {META_HEADER: orjson.dumps(meta).decode(),
+               "Content-Type": "application/octet-stream"}  # fmt: skip
+    if staged is not None:
+        headers[SOURCE_HEADER] = f"shm:{staged}"
     return Request(
         "PUT",
         f"/v1/kv/chunks/{_hex(key)}",
         lambda r: ChunkMeta.from_json(r.json()),
         idempotent=True,
-        data=data,
-        headers={META_HEADER: orjson.dumps(meta).decode(),
-                 "Content-Type": "application/octet-stream"},
+        data=b"" if staged is not None else data,
+        headers=headers,
         ok_status=frozenset({200, 201}),
-    )  # fmt: skip
+    )
 
 
 def _blob(reply: Reply) -> KvChunk:
@@ -417,6 +437,39 @@ class ShmPath:
         if transfer == "shm":
             return True
         return self.enabled and self.same_host is not False
+
+    def wanted_put(self, transfer: Transfer) -> bool:
+        return transfer == "shm" or (
+            transfer == "auto" and self.enabled and self.same_host is not False
+        )
+
+    @contextlib.contextmanager
+    def staged(self, data: bytes | bytearray | memoryview) -> Iterator[str]:
+        """Write ``data`` to a fresh file in the shm directory for the daemon to read;
+        the file's name inside, removed on leaving. One copy, into page cache."""
+        name = f"{STAGED_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        path = self.mapper.directory / name
+        view = memoryview(data).cast("B")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            os.close(fd)
+            fd = -1
+            yield name
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def put_failed(self, error: ApiError) -> bool:
+        """Whether a staged put failed because the daemon cannot see this host's shm
+        (then the caller sends the body instead, and later puts do so at once)."""
+        if error.code in ("shm_source_unavailable", "bad_source"):
+            self.same_host = False
+            return True
+        return False
 
     def view(self, meta: ChunkMeta, ref: ShmRef, lease: LeaseInfo | None) -> KvChunk | None:
         """The blob as a zero-copy view, or None when the segment is not on this host."""

@@ -3,6 +3,7 @@ and acknowledged puts surviving kill -9."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from semcached.clients import AsyncSemcachedClient, SemcachedClient
+from semcached.clients.kv import ShmPath
 from semcached.errors import SemcachedError
 from semcached.index.chunk_keys import chunk_key
 from tests.daemon import DaemonProcess
@@ -95,13 +97,37 @@ def test_sync_client_round_trips_zero_copy_and_over_http(
         assert client.delete_chunk(key(1)) == 0
 
 
+def test_puts_on_the_same_host_are_staged_in_shared_memory(
+    kv_daemon: DaemonProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    staged: list[str] = []
+    original = ShmPath.staged
+
+    @contextlib.contextmanager
+    def spy(self: ShmPath, data: bytes) -> Iterator[str]:
+        with original(self, data) as name:
+            staged.append(name)
+            yield name
+
+    monkeypatch.setattr(ShmPath, "staged", spy)
+    with SemcachedClient(kv_daemon.wait_listening(), shm_dir=tmp_path) as client:
+        put(client, 1)
+        assert len(staged) == 1
+        assert not (tmp_path / staged[0]).exists()  # removed once the daemon has it
+        np.testing.assert_array_equal(client.get_chunk(key(1), transfer="http").array(), tensor(1))
+        client.put_chunk(key(2), tensor(2), model=TINY.name, dtype="float32", shape=SHAPE,
+                         transfer="http")  # fmt: skip
+        assert len(staged) == 1
+
+
 def test_a_client_on_another_host_falls_back_to_http(
     kv_daemon: DaemonProcess, tmp_path: Path
 ) -> None:
     elsewhere = tmp_path / "not-the-daemons-shm"
     elsewhere.mkdir()
     with SemcachedClient(kv_daemon.wait_listening(), shm_dir=elsewhere) as client:
-        put(client, 1)
+        put(client, 1)  # staged where the daemon cannot see it: sent as a body instead
+        assert client._shm.same_host is False
         chunk = client.get_chunk(key(1))
         assert not chunk.zero_copy
         np.testing.assert_array_equal(chunk.array(), tensor(1))

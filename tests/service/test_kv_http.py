@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,48 @@ async def test_disabled_kv_answers_404(aiohttp_client: Any, tmp_path: Path) -> N
     response = await client.get("/v1/kv/stats")
     assert response.status == 404
     assert await error_code(response) == "kv_disabled"
+
+
+async def test_a_put_staged_in_shared_memory_is_read_from_there(
+    client: Client, tmp_path: Path
+) -> None:
+    key = key_of(3)
+    _, blob = variant(key, tokens=16, seed=4)
+    (tmp_path / "semcached-put-test").write_bytes(blob)
+    source = {"X-Semcached-KV-Source": "shm:semcached-put-test"}
+    response = await client.put(
+        f"/v1/kv/chunks/{key.hex()}", data=b"", headers={META: header_for(16), **source}
+    )
+    assert response.status == 201
+    assert await (await client.get(f"/v1/kv/chunks/{key.hex()}")).read() == blob
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "code"),
+    [
+        ("semcached-put-missing", None, "shm_source_unavailable"),
+        ("other-name", "file", "bad_source"),
+        ("semcached-put-../escape", None, "bad_source"),
+        ("semcached-put-short", "short", "length_mismatch"),
+        ("semcached-put-fifo", "fifo", "length_mismatch"),
+    ],
+)
+async def test_bad_staged_puts_are_4xx(
+    client: Client, tmp_path: Path, name: str, make: str | None, code: str
+) -> None:
+    key = key_of(3)
+    _, blob = variant(key, tokens=16)
+    path = tmp_path / name
+    if make == "file":
+        path.write_bytes(blob)
+    elif make == "short":
+        path.write_bytes(blob[:-1])
+    elif make == "fifo":
+        os.mkfifo(path)
+    response = await client.put(
+        f"/v1/kv/chunks/{key.hex()}",
+        data=b"",
+        headers={META: header_for(16), "X-Semcached-KV-Source": f"shm:{name}"},
+    )
+    assert response.status == 400
+    assert await error_code(response) == code

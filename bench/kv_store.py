@@ -1,0 +1,288 @@
+"""Chunk KV store throughput: HTTP and shared memory beside memcpy, and plan latency.
+
+    python bench/kv_store.py            # 1, 4 and 16 MiB blobs
+    python bench/kv_store.py --quick    # a smoke run (fewer blobs and repeats)
+
+Starts ``semcached serve`` on a fresh data directory (a model shaped so that a token
+is 32 KiB of float16 KV) and measures, for each blob size, side by side in one run:
+
+- **memcpy**: ``np.copyto`` of a blob-sized array into another (the baseline);
+- **HTTP PUT**: ``put_chunk(transfer="http")`` of distinct blobs with the sync client:
+  the body upload, the daemon's durable LMDB commit (fsync) and its copy into the host
+  tier;
+- **shm PUT**: ``put_chunk(transfer="shm")``: the client stages the bytes in a file in
+  /dev/shm and the daemon reads them from there (no socket); the same commit;
+- **HTTP GET**: ``get_chunk(transfer="http")``: the daemon copies the blob out of the
+  host tier and sends it; the client reads the whole body;
+- **shm fetch**: the data path of the shared-memory read: with a handle in hand (as a
+  plan gives it) and the segment mapped, ``np.copyto`` of every byte out of the
+  read-only mapping into the caller's buffer (what an engine does to load the KV);
+- **shm GET**: per blob, ``get_chunk(transfer="shm")`` (a request for a lease and a
+  handle), the copy out, and the lease release (a second request);
+- **shm via plan**: one ``plan`` for 8 chunks with ``shm`` (one request, one lease for
+  all), the copy of each hit, one release: the per-prompt path.
+
+MB/s is 10^6 bytes per second of blob data, from the median time per blob over
+``--repeats`` rounds. Then the plan latency for a 10-chunk prompt whose chunks have 5
+stored variants each (small blobs of the same model shape): the client-observed round
+trip (sync client), the daemon's handler time (its request latency histogram), and
+``ChunkCache.plan`` in-process on an engine holding the same variants. Goals: shm fetch
+≥ 0.5x memcpy; HTTP GET ≥ 1 GB/s at 16 MiB; plan ≤ 1 ms for 10 chunks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR))
+
+from _semantic_common import Server, histogram, histogram_quantile, running  # noqa: E402
+
+from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
+from semcached.clients import SemcachedClient  # noqa: E402
+from semcached.index.chunk_keys import chunk_key, variant_key  # noqa: E402
+from semcached.index.kv_disk import KvDiskStore  # noqa: E402
+from semcached.index.kv_meta import ModelSpec, VariantMeta  # noqa: E402
+from semcached.index.lmdb_env import LmdbEnvironment  # noqa: E402
+from semcached.service.chunks import ChunkCache  # noqa: E402
+
+MODEL = ModelSpec("bench-kv", layers=16, kv_heads=8, head_dim=64, alpha=1.0, tokenizer="bench")
+DTYPE = "float16"
+TOKEN_BYTES = MODEL.layers * 2 * MODEL.kv_heads * MODEL.head_dim * 2  # 32 KiB
+MiB = 1 << 20
+PLAN_METRIC = "semcached_http_request_duration_seconds"
+
+
+def shape(tokens: int) -> tuple[int, ...]:
+    return (MODEL.layers, 2, MODEL.kv_heads, tokens, MODEL.head_dim)
+
+
+def key(size: int, i: int) -> bytes:
+    return chunk_key(MODEL.name, MODEL.tokenizer, DTYPE, [size, i])
+
+
+def write_config(path: Path) -> Path:
+    path.write_text(
+        "[kv]\nhost_bytes = 1073741824\ndisk_bytes = 4294967296\n"
+        f'[kv_models."{MODEL.name}"]\nlayers = {MODEL.layers}\nkv_heads = {MODEL.kv_heads}\n'
+        f'head_dim = {MODEL.head_dim}\ntokenizer = "{MODEL.tokenizer}"\n'
+    )
+    return path
+
+
+def median_time(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+def throughput(
+    client: SemcachedClient, size_mib: int, blobs: int, repeats: int
+) -> dict[str, float]:
+    tokens = size_mib * MiB // TOKEN_BYTES
+    nbytes = tokens * TOKEN_BYTES
+    rng = np.random.default_rng(size_mib)
+    data = [rng.integers(0, 2**16, size=nbytes // 2, dtype=np.uint16) for _ in range(blobs)]
+    keys = [key(size_mib, i) for i in range(blobs)]
+    out: dict[str, float] = {}
+
+    dst = np.empty(nbytes // 2, dtype=np.uint16)
+    out["memcpy"] = mbps(nbytes, median_time(lambda: np.copyto(dst, data[0]), repeats * blobs))
+
+    for name, transfer in (("http_put", "http"), ("shm_put", "shm")):
+        put_times = []
+        for i in range(blobs):
+            start = time.perf_counter()
+            client.put_chunk(
+                keys[i], data[i], model=MODEL.name, dtype=DTYPE, shape=shape(tokens),
+                transfer=transfer,
+            )  # fmt: skip
+            put_times.append(time.perf_counter() - start)
+        out[name] = mbps(nbytes, statistics.median(put_times))
+
+    def http_get(i: int) -> None:
+        chunk = client.get_chunk(keys[i], transfer="http")
+        assert len(chunk.data) == nbytes
+
+    def shm_get(i: int) -> None:
+        chunk = client.get_chunk(keys[i], transfer="shm")
+        np.copyto(dst, np.frombuffer(chunk.data, dtype=np.uint16))
+        assert chunk.lease is not None
+        client.release_lease(chunk.lease.id)
+
+    for name, fn in (("http_get", http_get), ("shm_get", shm_get)):
+        fn(0)  # warm: connection, mapping
+        times = [median_time(lambda i=i, fn=fn: fn(i), repeats) for i in range(blobs)]
+        out[name] = mbps(nbytes, statistics.median(times))
+
+    # The data path alone: the handle is in hand (a plan gave it), the segment mapped.
+    held = [client.get_chunk(k, transfer="shm") for k in keys]
+    times = [
+        median_time(lambda c=c: np.copyto(dst, np.frombuffer(c.data, dtype=np.uint16)), repeats)
+        for c in held
+    ]
+    out["shm_fetch"] = mbps(nbytes, statistics.median(times))
+    for c in held:
+        assert c.lease is not None
+        client.release_lease(c.lease.id)
+    del held
+
+    per_plan = min(8, blobs)
+
+    def via_plan() -> None:
+        plan = client.plan(MODEL.name, keys[:per_plan], transfer="shm")
+        for planned in plan.chunks:
+            chunk = client.fetch(planned, plan.lease)
+            np.copyto(dst, np.frombuffer(chunk.data, dtype=np.uint16))
+        assert plan.lease is not None
+        client.release_lease(plan.lease.id)
+
+    via_plan()
+    out["shm_plan"] = mbps(nbytes * per_plan, median_time(via_plan, repeats))
+    for i in range(blobs):
+        client.delete_chunk(keys[i])
+    return out
+
+
+def plan_inputs(chunks: int, variants: int, tokens: int) -> list[tuple[VariantMeta, bytes]]:
+    """``chunks`` chunks, each stored after ``variants`` different prefixes of the others."""
+    rng = np.random.default_rng(7)
+    keys = [key(0, 1000 + i) for i in range(chunks)]
+    out = []
+    for c, chunk in enumerate(keys):
+        others = [k for k in keys if k != chunk]
+        for v in range(variants):
+            prefix = tuple(others[j] for j in rng.permutation(len(others))[: 1 + v])
+            meta = VariantMeta(
+                chunk=chunk, variant=variant_key(prefix), model=MODEL.name, dtype=DTYPE,
+                shape=shape(tokens), prefix=prefix, prefix_tokens=tuple(tokens for _ in prefix),
+                rope_base=c * tokens, rope={"theta": 10000.0},
+                inter=rng.random(len(prefix)).astype(np.float32), intra=float(tokens),
+                token_scores=rng.random(tokens).astype(np.float32), created_at=float(v),
+            )  # fmt: skip
+            out.append((meta, bytes(meta.nbytes)))
+    return out
+
+
+def plan_latency(
+    client: SemcachedClient, server: Server, workdir: Path, repeats: int, tokens: int = 64
+) -> tuple[list[float], tuple[float, float], list[float], dict[str, object]]:
+    items = plan_inputs(chunks=10, variants=5, tokens=tokens)
+    for meta, blob in items:
+        client.put_chunk(
+            meta.chunk, blob, model=MODEL.name, dtype=DTYPE, shape=meta.shape,
+            prefix=meta.prefix, prefix_tokens=meta.prefix_tokens, rope_base=meta.rope_base,
+            inter=meta.inter, intra=meta.intra, token_scores=meta.token_scores,
+        )  # fmt: skip
+    prompt = list(dict.fromkeys(meta.chunk for meta, _ in items))[::-1]  # a new order
+    example = client.plan(MODEL.name, prompt, start=12, transfer="http").raw
+    before = server.get("/metrics").decode()
+    http = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        client.plan(MODEL.name, prompt, start=12, transfer="http")
+        http.append(time.perf_counter() - start)
+    after = server.get("/metrics").decode()
+    labels = {"route": "/v1/kv/plan", "method": "POST"}
+    h0, h1 = histogram(before, PLAN_METRIC, **labels), histogram(after, PLAN_METRIC, **labels)
+    handler = (histogram_quantile(0.5, h0, h1), histogram_quantile(0.99, h0, h1))
+
+    env = LmdbEnvironment(
+        workdir / "plan-lmdb", initial_map_bytes=64 * MiB, max_map_bytes=MiB << 12
+    )
+    engine = ChunkCache(
+        store=KvDiskStore(env), models={MODEL.name: MODEL}, disk_budget_bytes=1 << 32,
+        host=None, eviction=LruPolicy, max_blob_bytes=1 << 30,
+    )  # fmt: skip
+    engine.open()
+    for meta, blob in items:
+        engine.put(meta, blob)
+    inproc = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.plan(MODEL.name, prompt, start=12)
+        inproc.append(time.perf_counter() - start)
+    engine.close()
+    env.close()
+    return http, handler, inproc, example
+
+
+def quantile(values: list[float], q: float) -> float:
+    return float(np.quantile(np.array(values), q))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="MiB")
+    parser.add_argument("--blobs", type=int, default=8, help="distinct blobs per size")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--plan-repeats", type=int, default=300)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--example", type=Path, help="write the example plan JSON here")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.blobs, args.repeats, args.plan_repeats = [1, 4], 3, 2, 30
+
+    with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
+        workdir = Path(tmp)
+        config = write_config(workdir / "semcached.toml")
+        server = Server.semcached(
+            workdir / "data", config,
+            {"embedding.backend": "none", "server.access_log": False},
+        )  # fmt: skip
+        with running(server):
+            server.wait_ready()
+            assert server.url is not None
+            with SemcachedClient(server.url, timeout_s=120.0) as client:
+                rows = {size: throughput(client, size, args.blobs, args.repeats)
+                        for size in args.sizes}  # fmt: skip
+                http, handler, inproc, example = plan_latency(
+                    client, server, workdir, args.plan_repeats
+                )
+
+    columns = ("memcpy", "http_put", "shm_put", "http_get", "shm_fetch", "shm_get", "shm_plan")
+    print("\nKV blob throughput (MB/s; ratio to memcpy in brackets), median per blob")
+    print(f"{'blob':>8} " + " ".join(f"{c:>18}" for c in columns))
+    for size, row in rows.items():
+        cells = [f"{row['memcpy']:>18,.0f}"]
+        cells += [f"{row[c]:>9,.0f} ({row[c] / row['memcpy']:.2f}x)" for c in columns[1:]]
+        print(f"{size:>5} MiB " + " ".join(f"{c:>18}" for c in cells))
+    print("\nPlan, 10 chunks x 5 stored variants each (ms)")
+    print(f"{'path':>22} {'p50':>8} {'p90':>8} {'p99':>8}")
+    for name, values in (("client round trip", http), ("ChunkCache.plan", inproc)):
+        p = [quantile(values, q) * 1e3 for q in (0.5, 0.9, 0.99)]
+        print(f"{name:>22} {p[0]:>8.3f} {p[1]:>8.3f} {p[2]:>8.3f}")
+    print(f"{'daemon handler':>22} {handler[0] * 1e3:>8.3f} {'':>8} {handler[1] * 1e3:>8.3f}"
+          "   (from its latency histogram: bucket-interpolated)")  # fmt: skip
+    goals = []
+    largest = max(rows)
+    goals.append(("shm fetch >= 0.5x memcpy (all sizes)",
+                  all(r["shm_fetch"] >= 0.5 * r["memcpy"] for r in rows.values())))  # fmt: skip
+    goals.append((f"HTTP GET >= 1 GB/s at {largest} MiB", rows[largest]["http_get"] >= 1000))
+    goals.append(("plan <= 1 ms (daemon handler p50)", handler[0] <= 1e-3))
+    print("\nGoals: " + "; ".join(f"{g}: {'met' if ok else 'missed'}" for g, ok in goals))
+    if args.example is not None:
+        import orjson
+
+        args.example.write_bytes(orjson.dumps(example, option=orjson.OPT_INDENT_2))
+        print(f"example plan written to {args.example}")
+
+
+if __name__ == "__main__":
+    main()
