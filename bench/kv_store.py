@@ -7,6 +7,8 @@ Starts ``semcached serve`` on a fresh data directory (a model shaped so that a t
 is 32 KiB of float16 KV) and measures, for each blob size, side by side in one run:
 
 - **memcpy**: ``np.copyto`` of a blob-sized array into another (the baseline);
+- **LMDB put**: the durable write alone, in-process (``KvDiskStore.write`` of one
+  blob and its metadata: one transaction, one fsync), what every put pays;
 - **HTTP PUT**: ``put_chunk(transfer="http")`` of distinct blobs with the sync client:
   the body upload, the daemon's durable LMDB commit (fsync) and its copy into the host
   tier;
@@ -50,7 +52,7 @@ from _semantic_common import Server, histogram, histogram_quantile, running  # n
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
 from semcached.clients import SemcachedClient  # noqa: E402
 from semcached.index.chunk_keys import chunk_key, variant_key  # noqa: E402
-from semcached.index.kv_disk import KvDiskStore  # noqa: E402
+from semcached.index.kv_disk import BlobWrite, KvDiskStore  # noqa: E402
 from semcached.index.kv_meta import ModelSpec, VariantMeta  # noqa: E402
 from semcached.index.lmdb_env import LmdbEnvironment  # noqa: E402
 from semcached.service.chunks import ChunkCache  # noqa: E402
@@ -93,7 +95,7 @@ def mbps(nbytes: int, seconds: float) -> float:
 
 
 def throughput(
-    client: SemcachedClient, size_mib: int, blobs: int, repeats: int
+    client: SemcachedClient, workdir: Path, size_mib: int, blobs: int, repeats: int
 ) -> dict[str, float]:
     tokens = size_mib * MiB // TOKEN_BYTES
     nbytes = tokens * TOKEN_BYTES
@@ -104,6 +106,24 @@ def throughput(
 
     dst = np.empty(nbytes // 2, dtype=np.uint16)
     out["memcpy"] = mbps(nbytes, median_time(lambda: np.copyto(dst, data[0]), repeats * blobs))
+
+    # The durable write alone, in-process: what a put costs before any transport.
+    env = LmdbEnvironment(workdir / f"lmdb-{size_mib}", initial_map_bytes=64 * MiB,
+                          max_map_bytes=blobs * nbytes * 2 + 64 * MiB)  # fmt: skip
+    store = KvDiskStore(env)
+    lmdb_times = []
+    for i in range(blobs):
+        meta = VariantMeta(
+            chunk=keys[i], variant=variant_key(()), model=MODEL.name, dtype=DTYPE,
+            shape=shape(tokens), prefix=(), prefix_tokens=(), rope_base=0, rope={},
+            inter=np.zeros(0, np.float32), intra=0.0,
+            token_scores=np.zeros(tokens, np.float32), created_at=0.0,
+        )  # fmt: skip
+        start = time.perf_counter()
+        store.write([BlobWrite(meta.key, meta, data[i].data.cast("B"))])
+        lmdb_times.append(time.perf_counter() - start)
+    env.close()
+    out["lmdb_put"] = mbps(nbytes, statistics.median(lmdb_times))
 
     for name, transfer in (("http_put", "http"), ("shm_put", "shm")):
         put_times = []
@@ -191,7 +211,10 @@ def plan_latency(
             inter=meta.inter, intra=meta.intra, token_scores=meta.token_scores,
         )  # fmt: skip
     prompt = list(dict.fromkeys(meta.chunk for meta, _ in items))[::-1]  # a new order
-    example = client.plan(MODEL.name, prompt, start=12, transfer="http").raw
+    shown = client.plan(MODEL.name, prompt, start=12)  # with shm handles on this host
+    example = dict(shown.raw)
+    if shown.lease is not None:
+        client.release_lease(shown.lease.id)
     before = server.get("/metrics").decode()
     http = []
     for _ in range(repeats):
@@ -250,13 +273,14 @@ def main() -> None:
             server.wait_ready()
             assert server.url is not None
             with SemcachedClient(server.url, timeout_s=120.0) as client:
-                rows = {size: throughput(client, size, args.blobs, args.repeats)
+                rows = {size: throughput(client, workdir, size, args.blobs, args.repeats)
                         for size in args.sizes}  # fmt: skip
                 http, handler, inproc, example = plan_latency(
                     client, server, workdir, args.plan_repeats
                 )
 
-    columns = ("memcpy", "http_put", "shm_put", "http_get", "shm_fetch", "shm_get", "shm_plan")
+    columns = ("memcpy", "lmdb_put", "http_put", "shm_put", "http_get", "shm_fetch", "shm_get",
+               "shm_plan")  # fmt: skip
     print("\nKV blob throughput (MB/s; ratio to memcpy in brackets), median per blob")
     print(f"{'blob':>8} " + " ".join(f"{c:>18}" for c in columns))
     for size, row in rows.items():

@@ -15,9 +15,9 @@ transactions, so an eviction and the put that caused it commit together.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import cast
+from typing import TypeVar, cast
 
 import lmdb
 
@@ -28,6 +28,8 @@ from semcached.index.lmdb_env import LmdbEnvironment
 __all__ = ["BlobWrite", "KvDiskStore"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _BLOBS = b"kv.blobs"
 _META = b"kv.meta"
@@ -81,22 +83,15 @@ class KvDiskStore:
 
         return self.env.read(read)
 
-    def read_into(self, key: bytes, dest: memoryview) -> bool:
-        """Copy the blob under ``key`` straight into ``dest`` (one copy, from LMDB's map).
+    def read_with(self, key: bytes, use: Callable[[memoryview], T]) -> T | None:
+        """``use(blob)`` with the blob under ``key`` as a view into LMDB's map (no copy;
+        valid only during the call), or None when the key is absent."""
 
-        False when the key is absent; ValueError when the sizes differ.
-        """
-
-        def copy(txn: lmdb.Transaction) -> bool:
+        def read(txn: lmdb.Transaction) -> T | None:
             value = txn.get(key, db=self._blobs)
-            if value is None:
-                return False
-            if len(value) != len(dest):
-                raise ValueError(f"blob has {len(value)} bytes, destination {len(dest)}")
-            dest[:] = value
-            return True
+            return None if value is None else use(cast(memoryview, value))
 
-        return self.env.read(copy, buffers=True)
+        return self.env.read(read, buffers=True)
 
     def scan(self) -> Iterator[VariantMeta]:
         """Every stored variant's metadata, in key order; corrupt records are logged and

@@ -164,11 +164,12 @@ class HostTier:
         extent = self._extents.get(vid)
         return extent is not None and extent.live
 
-    def reserve(self, vid: int, nbytes: int) -> tuple[memoryview, list[int]] | None:
+    def reserve(self, vid: int, nbytes: int) -> list[int] | None:
         """Allocate an invisible extent for ``vid``, demoting victims to make room.
 
-        Returns the writable view and the demoted ids, or None when the blob cannot fit
-        (bigger than the arena, or every candidate victim is pinned). O(victims · log n).
+        Returns the demoted ids, or None when the blob cannot fit (bigger than the
+        arena, or every candidate victim is pinned). Fill it with :meth:`write`, then
+        :meth:`publish` it. O(victims · log n).
         """
         if vid in self._extents or nbytes > self.budget_bytes or nbytes == 0:
             return None
@@ -181,7 +182,11 @@ class HostTier:
             self.stats.demotions += 1
             demoted.append(victim)
         self._extents[vid] = _Extent(offset, nbytes)
-        return self.arena.view(offset, nbytes), demoted
+        return demoted
+
+    def write(self, vid: int, data: bytes | bytearray | memoryview) -> None:
+        """Fill a reserved extent (safe outside the engine's lock: nobody else sees it)."""
+        self.arena.write(self._extents[vid].offset, data)
 
     def publish(self, vid: int, saved_tokens: float) -> None:
         extent = self._extents[vid]

@@ -237,6 +237,24 @@ class ShmArena:
             raise ValueError(f"{nbytes} bytes do not fit the {size}-byte extent at {offset}")
         return memoryview(mapped)[offset : offset + nbytes]
 
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Copy ``data`` to the start of the extent at ``offset`` with ``pwrite``.
+
+        Faster than a copy through :meth:`view` into fresh pages: the kernel fills the
+        page cache directly, where a copy through the map first takes a page fault per
+        page. KeyError / ValueError as for :meth:`view`. O(len(data)).
+        """
+        self._require_open()
+        size = self._allocated.get(offset)
+        if size is None:
+            raise KeyError(f"no allocated extent at offset {offset}")
+        source = memoryview(data).cast("B")
+        if len(source) > size:
+            raise ValueError(f"{len(source)} bytes do not fit the {size}-byte extent at {offset}")
+        written = 0
+        while written < len(source):
+            written += os.pwrite(self._fd, source[written:], offset + written)
+
     def _require_open(self) -> mmap.mmap:
         if self._map is None:
             raise ArenaError(f"shared-memory arena {self.name} is closed")

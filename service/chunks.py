@@ -23,8 +23,12 @@ import logging
 import secrets
 import threading
 import time
+import weakref
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from semcached.cachepolicy.eviction import EvictionPolicy
 from semcached.cachepolicy.reuse import (
@@ -58,7 +62,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_PIN_ATTEMPTS = 3
 _FILL_WAIT_S = 1.0  # how long a reader waits at most for another's promotion, per round
 
 
@@ -168,6 +171,7 @@ class ChunkCache:
         self._by_chunk: dict[bytes, dict[bytes, _Variant]] = {}  # chunk -> variant key -> ...
         self._in_flight: set[bytes] = set()  # keys being put
         self._filling: dict[int, threading.Event] = {}  # variants being copied to host
+        self._unpins: deque[tuple[int, int]] = deque()  # pins of views no longer referenced
         self._leases: dict[str, Lease] = {}
         self._lease_deadlines: list[tuple[float, str]] = []  # heap
         self.opened = False
@@ -304,10 +308,15 @@ class ChunkCache:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def get(self, chunk: bytes, variant: bytes | None = None) -> tuple[VariantMeta, bytes]:
-        """A copy of one variant's bytes (the newest variant when none is named).
+    def get(
+        self, chunk: bytes, variant: bytes | None = None, *, copy: bool = True
+    ) -> tuple[VariantMeta, bytes | memoryview]:
+        """One variant's bytes (the newest variant when none is named).
 
         Reads the host tier, else the disk (and promotes). NotFoundError when absent.
+        With ``copy=False`` a host-tier hit comes back as a read-only view of the arena
+        that pins its extent until the last reference to the view is gone (for a reply
+        body: the server drops it once the bytes are written), so no copy is made.
         """
         with self._lock:
             v = self._find(chunk, variant)
@@ -315,6 +324,8 @@ class ChunkCache:
             pin = self._pin_host(v)
         host = self.host
         if pin is not None and host is not None:
+            if not copy:
+                return v.meta, self._pinned_view(host, v.vid, pin.offset)
             try:
                 return v.meta, bytes(host.read(v.vid))
             finally:
@@ -325,6 +336,21 @@ class ChunkCache:
             raise NotFoundError("not_found", "the chunk variant was evicted")
         self._place_in_host(v, data, promotion=True)
         return v.meta, data
+
+    def _pinned_view(self, host: HostTier, vid: int, offset: int) -> memoryview:
+        # A numpy array owns the view so that a finaliser can see the last reference go
+        # (memoryviews take no weak references); every memoryview of it keeps it alive.
+        owner = np.frombuffer(host.read(vid), dtype=np.uint8)
+        # The finaliser may run on any thread, even one holding the lock: it only queues.
+        weakref.finalize(owner, self._unpins.append, (vid, offset))
+        return owner.data.toreadonly()
+
+    def _drain_unpins(self) -> None:
+        """Drop the pins of views whose last reference went (lock held)."""
+        while self._unpins:
+            vid, offset = self._unpins.popleft()
+            if self.host is not None:
+                self.host.unpin(vid, offset)
 
     def metadata(self, chunk: bytes, variant: bytes | None = None) -> VariantMeta:
         """One variant's metadata (the newest when none is named); not an access."""
@@ -341,18 +367,18 @@ class ChunkCache:
         with self._lock:
             v = self._find(chunk, variant)
             self._count_access(v)
-        for _ in range(_PIN_ATTEMPTS):  # another put may demote it before it is pinned
-            if self._ensure_host(v) is None:
-                break
+        with self._lock:
+            lease = self._new_lease(ttl)
+        handle = self._ensure_host(v, lease)
+        if handle is None:
+            self.release(lease.id)
             with self._lock:
                 if self._by_id.get(v.vid) is not v:
                     raise NotFoundError("not_found", "the chunk variant was evicted")
-                if self.host.holds(v.vid):
-                    lease = self._new_lease(ttl)
-                    return LeasedBlob(v.meta, self._pin_into(lease, v), lease)
-        raise ServiceUnavailableError(
-            "host_tier_full", "no room in the host tier for this blob right now"
-        )
+            raise ServiceUnavailableError(
+                "host_tier_full", "no room in the host tier for this blob right now"
+            )
+        return LeasedBlob(v.meta, handle, lease)
 
     def release(self, lease_id: str) -> bool:
         """End a lease early; False if it had ended already."""
@@ -364,8 +390,10 @@ class ChunkCache:
             return True
 
     def sweep(self) -> int:
-        """End the leases whose time is up; the number ended."""
+        """End the leases whose time is up (and release the pins of reply views that
+        are gone); the number of leases ended."""
         with self._lock:
+            self._drain_unpins()
             return self._expire_leases()
 
     # -- planning --------------------------------------------------------------------------
@@ -416,21 +444,13 @@ class ChunkCache:
                     self.disk.stats.misses += 1
                     if self.host is not None:
                         self.host.stats.misses += 1
+            lease = self._new_lease(ttl) if shm else None
         handles: dict[int, ShmHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
             tiers[v.vid] = "host" if self.host is not None and self.host.holds(v.vid) else "disk"
-            if shm:
-                handles[v.vid] = self._ensure_host(v)
-        lease: Lease | None = None
-        if shm:
-            with self._lock:
-                lease = self._new_lease(ttl)
-                for vid, handle in handles.items():
-                    if handle is not None and self.host is not None and self.host.holds(vid):
-                        handles[vid] = self._pin_into(lease, self._by_id[vid])
-                    else:
-                        handles[vid] = None
+            if lease is not None:
+                handles[v.vid] = self._ensure_host(v, lease)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
@@ -610,64 +630,71 @@ class ChunkCache:
         with self._lock:
             if v.vid in self._filling:
                 return False
-            reserved = self._reserve_host(v)
-            if reserved is None:
+            if not self._reserve_host(v):
                 return False
             done = self._filling[v.vid] = threading.Event()
         try:
-            reserved[:] = data
+            self.host.write(v.vid, data)
             return self._publish_host(v, promotion)
         finally:
             with self._lock:
                 del self._filling[v.vid]
             done.set()
 
-    def _ensure_host(self, v: _Variant) -> ShmHandle | None:
-        """The variant in the host tier, copied from disk if needed; None if it cannot be.
-
-        Two readers promoting one variant at once: the second waits for the first's copy.
+    def _ensure_host(self, v: _Variant, lease: Lease) -> ShmHandle | None:
+        """The variant in the host tier (copied from disk if needed) and pinned under
+        ``lease`` in the same step, so no put can demote it in between; None if it
+        cannot be placed. Two readers promoting one variant at once: the second waits
+        for the first's copy.
         """
         host = self.host
         assert host is not None
         while True:
             with self._lock:
                 if host.holds(v.vid):
-                    return host.handle(v.vid)
+                    return self._pin_into(lease, v)
+                if self._by_id.get(v.vid) is not v:
+                    return None
                 pending = self._filling.get(v.vid)
                 if pending is None:
-                    reserved = self._reserve_host(v)
-                    if reserved is None:
+                    if not self._reserve_host(v):
                         return None
                     done = self._filling[v.vid] = threading.Event()
                     break
             pending.wait(_FILL_WAIT_S)
         try:
-            if not self.store.read_into(v.meta.key, reserved):
-                with self._lock:
-                    host.remove(v.vid)
-                return None
-            if not self._publish_host(v, promotion=True):
-                return None
+            nbytes = v.meta.nbytes
+
+            def copy(blob: memoryview) -> bool:
+                if len(blob) != nbytes:  # cannot happen short of a corrupt store
+                    raise ValueError(f"stored blob has {len(blob)} bytes, expected {nbytes}")
+                host.write(v.vid, blob)
+                return True
+
+            copied = self.store.read_with(v.meta.key, copy)
             with self._lock:
-                return host.handle(v.vid) if host.holds(v.vid) else None
+                if not copied or self._by_id.get(v.vid) is not v:
+                    host.remove(v.vid)
+                    return None
+                host.publish(v.vid, v.saved_tokens)
+                host.stats.promotions += 1
+                return self._pin_into(lease, v)
         finally:
             with self._lock:
                 del self._filling[v.vid]
             done.set()
 
-    def _reserve_host(self, v: _Variant) -> memoryview | None:
+    def _reserve_host(self, v: _Variant) -> bool:
+        """An invisible host extent for ``v`` (demoting others); False if none (lock held)."""
         assert self.host is not None
+        self._drain_unpins()
         if self._by_id.get(v.vid) is not v:
-            return None  # deleted or evicted meanwhile
+            return False  # deleted or evicted meanwhile
         try:
-            reserved = self.host.reserve(v.vid, v.meta.nbytes)
+            return self.host.reserve(v.vid, v.meta.nbytes) is not None
         except Exception:
             log.exception("could not place a chunk in the host tier")
-            return None
-        if reserved is None:
-            return None
-        view, _demoted = reserved
-        return view
+            return False
 
     def _publish_host(self, v: _Variant, promotion: bool) -> bool:
         assert self.host is not None

@@ -559,7 +559,8 @@ async def get_chunk(request: web.Request) -> web.Response:
         )
     if transfer != "http":
         raise BadRequestError("bad_transfer", "transfer is http or shm", field="transfer")
-    meta, data = await run_blocking(request.app, engine.get, chunk, variant)
+    # Without a copy from the host tier: the view pins the blob until it is sent.
+    meta, data = await run_blocking(request.app, lambda: engine.get(chunk, variant, copy=False))
     return web.Response(
         body=data,
         content_type="application/octet-stream",

@@ -73,17 +73,13 @@ def test_store_writes_blob_and_meta_together_and_deletes_them(env: LmdbEnvironme
     blob_a, blob_b = b"a" * a.nbytes, b"b" * b.nbytes
     store.write([BlobWrite(a.key, a, blob_a), BlobWrite(b.key, b, blob_b)])
     assert store.read_blob(a.key) == blob_a
-    target = bytearray(b.nbytes)
-    assert store.read_into(b.key, memoryview(target))
-    assert bytes(target) == blob_b
-    with pytest.raises(ValueError, match="bytes"):
-        store.read_into(b.key, memoryview(bytearray(3)))
+    assert store.read_with(b.key, bytes) == blob_b
     assert sorted(m.key for m in store.scan()) == sorted([a.key, b.key])
     # An eviction and a put in one transaction.
     c = make_meta(seed=3)
     store.write([BlobWrite(a.key), BlobWrite(c.key, c, b"c" * c.nbytes)])
     assert store.read_blob(a.key) is None
-    assert not store.read_into(a.key, memoryview(bytearray(a.nbytes)))
+    assert store.read_with(a.key, bytes) is None
     assert sorted(m.key for m in store.scan()) == sorted([b.key, c.key])
     assert store.orphan_blobs() == []
 

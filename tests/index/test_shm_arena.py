@@ -437,3 +437,16 @@ def test_segment_life_cycle_across_processes(tmp_path: Path) -> None:
     assert (tmp_path / name).exists()
     assert ShmArena.remove_stale(tmp_path, "life") == [name]
     assert not any(tmp_path.iterdir())
+
+
+def test_write_fills_an_extent_as_a_copy_through_the_view_would(tmp_path: Path) -> None:
+    with ShmArena(4 * PAGE_SIZE, directory=tmp_path) as arena:
+        offset = arena.allocate(PAGE_SIZE + 10)
+        assert offset is not None
+        data = bytes(range(256)) * 20
+        arena.write(offset, data)
+        assert bytes(arena.view(offset, len(data))) == data
+        with pytest.raises(ValueError, match="do not fit"):
+            arena.write(offset, bytes(2 * PAGE_SIZE + 1))
+        with pytest.raises(KeyError):
+            arena.write(offset + PAGE_SIZE, b"x")

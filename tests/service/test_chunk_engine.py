@@ -338,3 +338,26 @@ def test_threads_putting_reading_and_deleting_keep_the_invariants(engines: Engin
     assert errors == []
     engine._check()
     assert {m.key for m in engine.store.scan()} == set(engine._by_key)
+
+
+def test_a_view_without_copy_pins_its_blob_until_it_is_dropped(engines: Engines) -> None:
+    engine = engines.open(host_bytes=2 * PAGE)
+    meta, blob = variant(key_of(1))
+    engine.put(meta, blob)
+    _, view = engine.get(meta.chunk, copy=False)
+    assert isinstance(view, memoryview)
+    assert view.readonly
+    engine.delete(meta.chunk)
+    engine.put(*variant(key_of(2), seed=2))  # cannot reuse the pinned extent
+    engine._check()
+    assert bytes(view) == blob
+    arena = engine.host.arena  # type: ignore[union-attr]
+    assert arena.used_bytes == 2 * PAGE
+    part = view[:8]  # a slice keeps the pin too
+    del view
+    engine.sweep()
+    assert arena.used_bytes == 2 * PAGE
+    del part
+    engine.sweep()
+    engine._check()
+    assert arena.used_bytes == PAGE
