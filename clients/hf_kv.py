@@ -23,7 +23,6 @@ Batch size is 1 throughout: a RAG prompt is one sequence.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import warnings
 from collections.abc import Iterator, Sequence
@@ -131,16 +130,18 @@ def decoder(model: Any) -> Decoder:
     )
 
 
-@functools.cache
-def _cache_arg(model_type: type) -> str:
-    params = inspect.signature(inspect.unwrap(model_type.forward)).parameters
-    return "cache" if "cache" in params else "past_key_values"
+_CACHE_ARG: dict[type, str] = {}
 
 
 def cache_kwargs(model: Any, cache: DynamicCache) -> dict[str, Any]:
     """The keyword that passes ``cache`` to ``model(...)``: ``cache=`` where the model's
     ``forward`` takes it (no deprecation warning), else ``past_key_values=``."""
-    return {_cache_arg(type(model)): cache}
+    model_type: type = type(model)
+    name = _CACHE_ARG.get(model_type)
+    if name is None:
+        params = inspect.signature(inspect.unwrap(model.forward)).parameters
+        name = _CACHE_ARG[model_type] = "cache" if "cache" in params else "past_key_values"
+    return {name: cache}
 
 
 # --- layout ------------------------------------------------------------------------
@@ -258,6 +259,7 @@ class RopeShifter:
     def __init__(self, model: Any) -> None:
         self._rotary = decoder(model).rotary
         rope_type = str(getattr(self._rotary, "rope_type", "default"))
+        self.rope_type = rope_type
         if rope_type not in SHIFTABLE_ROPE_TYPES:
             raise UnsupportedModelError(
                 f"RoPE type {rope_type!r} cannot be shifted exactly "
@@ -268,6 +270,13 @@ class RopeShifter:
         head_dim = decoder(model).head_dim
         if 2 * int(self._rotary.inv_freq.numel()) != head_dim:
             raise UnsupportedModelError("partial rotary embeddings are not handled")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The RoPE parameters as stored with a chunk (``rope`` metadata): a reader can
+        tell whether cached keys were rotated the way its model rotates."""
+        rope = dict(getattr(getattr(self._rotary, "config", None), "rope_parameters", None) or {})
+        return {"type": self.rope_type, **{k: v for k, v in rope.items() if k != "rope_type"}}
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's float32 cos/sin ``[T, head_dim]`` at ``positions`` ``[T]``."""

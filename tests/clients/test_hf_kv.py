@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from semcached.clients import SemcachedClient, hf_rag  # noqa: E402
 from semcached.clients.hf_forward import empty_cache, recompute, recompute_logits  # noqa: E402
 from semcached.clients.hf_kv import (  # noqa: E402
     RopeShifter,
@@ -26,6 +27,8 @@ from semcached.clients.hf_kv import (  # noqa: E402
     prompt_chunks_kv,
     to_blob,
 )
+from semcached.clients.hf_rag import HfRagCache  # noqa: E402
+from tests.daemon import DaemonProcess  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -267,3 +270,112 @@ def test_partial_forward_refuses_bad_positions(model: transformers.LlamaForCausa
         recompute(model, cache, ids(22, 2), [3, 8])
     with pytest.raises(ValueError, match="token ids"):
         recompute(model, cache, ids(22, 3), [3, 4])
+
+
+# --- end to end through a daemon ------------------------------------------------------
+
+ALPHAS = {"tiny-llama-exact": 100.0, "tiny-llama-half": 1.0, "tiny-llama-naive": 0.0}
+
+
+@pytest.fixture(scope="module")
+def rag_daemon(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("rag")
+    models = "".join(
+        f'[kv_models."{name}"]\nlayers = {LAYERS}\nkv_heads = {KV_HEADS}\n'
+        f'head_dim = {HEAD_DIM}\nalpha = {alpha}\ntokenizer = "tiny-tok"\n'
+        for name, alpha in ALPHAS.items()
+    )
+    config = root / "semcached.toml"
+    config.write_text(
+        f'[kv]\nshm_dir = "{root}"\nhost_bytes = 4194304\ndisk_bytes = 33554432\n{models}'
+    )
+    daemon = DaemonProcess(root / "data", ["--config", str(config)])
+    daemon.wait_ready()
+    yield daemon.wait_listening(), root
+    daemon.terminate()
+
+
+@pytest.fixture
+def client(rag_daemon):  # type: ignore[no-untyped-def]
+    url, shm_dir = rag_daemon
+    with SemcachedClient(url, shm_dir=shm_dir) as c:
+        yield c
+
+
+def full_logits(model: transformers.LlamaForCausalLM, *parts: torch.Tensor) -> torch.Tensor:
+    return prefill(model, torch.cat(parts))[0]
+
+
+def test_first_prompt_stores_its_chunks_and_a_repeat_reuses_them_exactly(
+    model: transformers.LlamaForCausalLM, client: SemcachedClient
+) -> None:
+    rag = HfRagCache(client, model, model_id="tiny-llama-exact", tokenizer_id="tiny-tok")
+    system, a, b, q = ids(30, 6), ids(31, 20), ids(32, 24), ids(33, 5)
+    want = full_logits(model, system, a, b, q)[:, -5:]
+    first = rag.prefill(system, [a, b], q)
+    assert first.stored == (0, 1)
+    assert first.reused == ()
+    # The same sums in other matmul shapes: equal up to float rounding, not bit for bit.
+    assert float((first.logits - want).abs().max()) < 1e-5
+    meta = client.get_chunk(rag.key(b), transfer="http").meta
+    assert meta.prefix == (rag.key(a).hex(),)
+    assert meta.rope_base == 26
+    assert meta.prefix_tokens == (20,)
+
+    fetched = []
+    original = client.fetch
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        chunk = original(*args, **kwargs)
+        fetched.append(chunk.zero_copy)
+        return chunk
+
+    client.fetch = spy  # type: ignore[method-assign]
+    again = rag.prefill(system, [a, b], q)
+    assert again.stored == ()
+    assert again.reused == (0, 1)
+    assert again.recomputed == ()  # exact prefixes: nothing to fix
+    assert fetched == [True, True]  # same host: shared-memory views
+    assert float((again.logits - want).abs().max()) < 1e-5
+    assert again.cache.get_seq_length() == 6 + 20 + 24 + 5
+    # Greedy decoding on the reused cache follows the model's own greedy decoding.
+    expected = []
+    cache = transformers.DynamicCache(config=model.config)
+    logits = prefill(model, torch.cat([system, a, b, q]), cache)[0]
+    for _ in range(6):
+        expected.append(int(logits[0, -1].argmax()))
+        logits = prefill(model, torch.tensor(expected[-1:]), cache)[0]
+    assert rag.generate(system, [a, b], q, max_new_tokens=6) == expected
+
+
+def test_reordered_chunks_recompute_what_the_plan_says(
+    model: transformers.LlamaForCausalLM, client: SemcachedClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system, a, b, q = ids(40, 5), ids(41, 16), ids(42, 20), ids(43, 4)
+    want = full_logits(model, system, b, a, q)[:, -4:]
+    results = {}
+    for name in ALPHAS:
+        rag = HfRagCache(client, model, model_id=name, tokenizer_id="tiny-tok")
+        rag.prefill(system, [a, b], q)  # stores a after [], b after [a]
+        calls: list[list[int]] = []
+        real = hf_rag.recompute
+
+        def spy(*args, calls=calls, real=real):  # type: ignore[no-untyped-def]
+            calls.append(list(args[3]))  # (model, cache, token_ids, positions)
+            return real(*args)
+
+        monkeypatch.setattr(hf_rag, "recompute", spy)
+        result = rag.prefill(system, [b, a], q)  # both hit, neither after its old prefix
+        monkeypatch.undo()
+        assert result.reused == (0, 1)
+        planned = [5 + r for r in result.plan.chunks[0].recompute]
+        planned += [25 + r for r in result.plan.chunks[1].recompute]
+        assert list(result.recomputed) == planned
+        assert calls == ([planned] if planned else [])
+        results[name] = (len(planned), float((result.logits - want).abs().max()))
+
+    assert results["tiny-llama-exact"][0] == 36  # alpha large: every chunk token
+    assert results["tiny-llama-exact"][1] < 1e-3
+    assert results["tiny-llama-naive"][0] == 0  # alpha 0: plain shifted reuse
+    assert results["tiny-llama-naive"][1] > 1e-3  # and it shows
+    assert 0 < results["tiny-llama-half"][0] < 36
