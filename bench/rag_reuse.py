@@ -1,7 +1,7 @@
 """RAG chunk KV reuse on a real model: quality vs recompute for prefix caching, naive
 chunk reuse, first-k, Cache-Craft's planned recompute and a random control.
 
-    python bench/rag_reuse.py                 # the full run (opt-in: about half an hour)
+    python bench/rag_reuse.py                 # the full run (opt-in: about 40 minutes)
     python bench/rag_reuse.py --quick         # the short run (a few minutes)
     python bench/rag_reuse.py --quick --csv   # one line per mode, for scripts
 
@@ -112,8 +112,8 @@ class Config:
     warm_share: float = 0.2
 
 
-QUICK = Config(chunks=40, prompts=14, alphas=(0.25, 0.5), continuation=16, seed=0)
-FULL = Config(chunks=50, prompts=60, alphas=(0.1, 0.25, 0.5, 1.0), continuation=24, seed=0)
+QUICK = Config(chunks=40, prompts=12, alphas=(0.25, 0.5), continuation=16, seed=0)
+FULL = Config(chunks=50, prompts=60, alphas=(0.25, 0.5, 1.0), continuation=24, seed=0)
 
 
 @dataclass(slots=True)
@@ -256,13 +256,19 @@ class Bench:
                              **cache_kwargs(self.model, cache))  # fmt: skip
         return out.logits[0], cache
 
-    def greedy(self, last: torch.Tensor, cache: DynamicCache, n: int) -> list[int]:
+    def greedy(
+        self, last: torch.Tensor, cache: DynamicCache, n: int, follow: Sequence[int] = ()
+    ) -> list[int]:
+        """At most ``n`` greedy tokens (stopping after end-of-turn); with ``follow`` (the
+        reference continuation) it stops at the first token that differs from it."""
         out: list[int] = []
         logits = last
         while len(out) < n:
             token = int(logits.argmax())
             out.append(token)
             if token == self.eos or len(out) == n:
+                break
+            if follow and (len(out) > len(follow) or follow[len(out) - 1] != token):
                 break
             logits = self._prefill(torch.tensor([token]), cache)[0][-1]
         return out
@@ -337,7 +343,8 @@ class Bench:
         log_p = torch.log_softmax(ref.logits[-1].double(), -1)
         log_q = torch.log_softmax(logits[-1].double(), -1)
         kl = float((log_p.exp() * (log_p - log_q)).sum())
-        continuation = self.greedy(logits[-1], cache, self.config.continuation)
+        n = self.config.continuation
+        continuation = self.greedy(logits[-1], cache, n, follow=ref.continuation)
         bounds = self.bounds(p)
         return Row(
             full_s=ref.cpu_s, top1=top1, kl_last=max(kl, 0.0),
@@ -525,27 +532,33 @@ def plot(results: dict[str, ModeResult], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (ax, kl_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     naive, full = results["naive reuse"], results["full prefill"]
     styles = {"first-k": "s-", "cachecraft": "o-", "random": "^--", "first-k matched": "v:"}
+    names = {"first-k matched": "first-k at Cache-Craft's count", "cachecraft": "Cache-Craft"}
     for family, style in styles.items():
-        modes = sorted((r for r in results.values() if r.family == family),
-                       key=lambda r: r.recompute_fraction)  # fmt: skip
+        modes = sorted(
+            (r for r in results.values() if r.family == family), key=lambda r: r.recompute_fraction
+        )
         if not modes:
             continue
         xs = [0.0] + [r.recompute_fraction for r in modes]
-        ys = [naive.top1] + [r.top1 for r in modes]
-        label = {"first-k matched": "first-k at Cache-Craft's count", "cachecraft": "Cache-Craft"}
-        ax.plot(xs, ys, style, label=label.get(family, family))
-    ax.plot([0.0], [naive.top1], "kx", markersize=9, label="naive reuse")
-    ax.plot([1.0], [full.top1], "k*", markersize=11, label="full prefill")
+        label = names.get(family, family)
+        ax.plot(xs, [naive.top1] + [r.top1 for r in modes], style, label=label)
+        kl_ax.plot(xs, [naive.kl_last] + [r.kl_last for r in modes], style, label=label)
     pre = results["prefix caching"]
-    ax.plot([pre.recompute_fraction], [pre.top1], "D", color="grey", label="prefix caching")
-    ax.set_xlabel("recompute fraction (cached chunk tokens through the model)")
-    ax.set_ylabel("top-1 agreement with full prefill (question)")
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
+    for axis, value in ((ax, lambda r: r.top1), (kl_ax, lambda r: r.kl_last)):
+        axis.plot([0.0], [value(naive)], "kx", markersize=9, label="naive reuse")
+        axis.plot([pre.recompute_fraction], [value(pre)], "D", color="grey",
+                  label="prefix caching")  # fmt: skip
+        axis.set_xlabel("recompute fraction (cached chunk tokens through the model)")
+        axis.grid(alpha=0.3)
+    ax.plot([1.0], [full.top1], "k*", markersize=11, label="full prefill")
+    ax.set_ylabel("top-1 agreement with full prefill (question, mean)")
+    kl_ax.set_ylabel("KL(full || mode) at the last position (median)")
+    kl_ax.set_yscale("symlog", linthresh=1e-4)
     ax.legend(fontsize=8, loc="lower right")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
