@@ -208,10 +208,6 @@ class HostTier:
         extent = self._extents[vid]
         return self.arena.view(extent.offset, extent.length)
 
-    def handle(self, vid: int) -> ShmHandle:
-        extent = self._extents[vid]
-        return ShmHandle(self.arena.name, extent.offset, extent.length)
-
     def pin(self, vid: int) -> ShmHandle:
         extent = self._extents[vid]
         extent.pins += 1
@@ -259,10 +255,6 @@ class HostTier:
             assert all(z.pins > 0 for z in zombies)
         assert all(e.pins >= 0 for e in self._extents.values())
         self.arena._check()
-
-    @property
-    def zombie_bytes(self) -> int:
-        return sum(z.length for zs in self._zombies.values() for z in zs)
 
     def close(self) -> None:
         self._extents.clear()
