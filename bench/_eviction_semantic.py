@@ -17,7 +17,7 @@ import orjson
 from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
-from semcached.service.semantic import Insert, Lookup
+from semcached.service.semantic.engine import Insert, Lookup
 
 __all__ = ["DEFAULT_PAIRS", "semantic_trace"]
 

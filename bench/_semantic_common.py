@@ -65,9 +65,9 @@ from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.snapshot import read_snapshot
 from semcached.index.vector_index import VectorIndex
 from semcached.service.config import EmbeddingSettings
-from semcached.service.embedding import create_embedder
-from semcached.service.semantic import SemanticCache
-from semcached.service.semantic_snapshots import SnapshotDirectory
+from semcached.service.semantic.embedding.base import create_embedder
+from semcached.service.semantic.engine import SemanticCache
+from semcached.service.semantic.snapshots import SnapshotDirectory
 
 DIM = 384
 NAMESPACE = "bench"
@@ -215,7 +215,7 @@ async def embed_texts(texts: Sequence[str]) -> Matrix:
     from concurrent.futures import ThreadPoolExecutor
 
     from semcached.service.config import EmbeddingSettings
-    from semcached.service.embedding import create_embedder
+    from semcached.service.semantic.embedding.base import create_embedder
 
     with ThreadPoolExecutor(2) as executor:
         embedder = create_embedder(EmbeddingSettings(backend="minilm"), executor)

@@ -62,7 +62,6 @@ from _eviction_traces import (
 
 from semcached.cachepolicy.belady import belady_sized, belady_unit
 from semcached.cachepolicy.bits import OracleBits
-from semcached.cachepolicy.eviction import EvictionPolicy
 from semcached.cachepolicy.features import FeatureTracker
 from semcached.cachepolicy.labels import discard_labels, phase_labels
 from semcached.cachepolicy.lru import LruPolicy
@@ -70,6 +69,7 @@ from semcached.cachepolicy.onebit import DiscardFollower, MarkAndPredict
 from semcached.cachepolicy.predictor import LearnedBits
 from semcached.cachepolicy.replay import replay
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
+from semcached.index.eviction import EvictionPolicy
 
 SIZES = (0.01, 0.05, 0.10, 0.20)
 REQUESTS = 200_000

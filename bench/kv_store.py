@@ -28,7 +28,7 @@ MB/s is 10^6 bytes per second of blob data, from the median time per blob over
 ``--repeats`` rounds. Then the plan latency for a 10-chunk prompt whose chunks have 5
 stored variants each (small blobs of the same model shape): the client-observed round
 trip (sync client), the daemon's handler time (its request latency histogram), and
-``ChunkCache.plan`` in-process on an engine holding the same variants. Goals: shm fetch
+``KvCache.plan`` in-process on an engine holding the same variants. Goals: shm fetch
 ≥ 0.5x memcpy; HTTP GET ≥ 1 GB/s at 16 MiB; plan ≤ 1 ms for 10 chunks.
 """
 
@@ -51,11 +51,11 @@ from _semantic_common import Server, histogram, histogram_quantile, running  # n
 
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
 from semcached.clients import SemcachedClient  # noqa: E402
-from semcached.index.chunk_keys import chunk_key, variant_key  # noqa: E402
 from semcached.index.kv_disk import BlobWrite, KvDiskStore  # noqa: E402
 from semcached.index.kv_meta import ModelSpec, VariantMeta  # noqa: E402
 from semcached.index.lmdb_env import LmdbEnvironment  # noqa: E402
-from semcached.service.chunks import ChunkCache  # noqa: E402
+from semcached.protocol.keys import chunk_key, variant_key  # noqa: E402
+from semcached.service.kv.engine import KvCache  # noqa: E402
 
 MODEL = ModelSpec("bench-kv", layers=16, kv_heads=8, head_dim=64, alpha=1.0, tokenizer="bench")
 DTYPE = "float16"
@@ -229,7 +229,7 @@ def plan_latency(
     env = LmdbEnvironment(
         workdir / "plan-lmdb", initial_map_bytes=64 * MiB, max_map_bytes=MiB << 12
     )
-    engine = ChunkCache(
+    engine = KvCache(
         store=KvDiskStore(env), models={MODEL.name: MODEL}, disk_budget_bytes=1 << 32,
         host=None, eviction=LruPolicy, max_blob_bytes=1 << 30,
     )  # fmt: skip
@@ -289,7 +289,7 @@ def main() -> None:
         print(f"{size:>5} MiB " + " ".join(f"{c:>18}" for c in cells))
     print("\nPlan, 10 chunks x 5 stored variants each (ms)")
     print(f"{'path':>22} {'p50':>8} {'p90':>8} {'p99':>8}")
-    for name, values in (("client round trip", http), ("ChunkCache.plan", inproc)):
+    for name, values in (("client round trip", http), ("KvCache.plan", inproc)):
         p = [quantile(values, q) * 1e3 for q in (0.5, 0.9, 0.99)]
         print(f"{name:>22} {p[0]:>8.3f} {p[1]:>8.3f} {p[2]:>8.3f}")
     print(f"{'daemon handler':>22} {handler[0] * 1e3:>8.3f} {'':>8} {handler[1] * 1e3:>8.3f}"

@@ -91,7 +91,7 @@ from semcached.clients.hf_kv import (  # noqa: E402
 )
 from semcached.clients.hf_models import load_smollm2  # noqa: E402
 from semcached.clients.kv import PlannedChunk  # noqa: E402
-from semcached.index.chunk_keys import chunk_key  # noqa: E402
+from semcached.protocol.keys import chunk_key  # noqa: E402
 
 TOKENIZER_ID = "smollm2"
 DTYPE = "float32"

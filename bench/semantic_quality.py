@@ -30,7 +30,7 @@ import orjson
 from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
-from semcached.service.semantic import Insert, Lookup
+from semcached.service.semantic.engine import Insert, Lookup
 
 DEFAULT_PAIRS = (
     Path(__file__).parents[2] / "shared" / "data" / "gptcache-benchmark" / "mock_data.json"

@@ -19,7 +19,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from semcached.cachepolicy.features import AccessFeatures
+from semcached.index.eviction import AccessFeatures
 
 __all__ = ["BitPredictor", "Observation", "OracleBits"]
 

@@ -13,13 +13,13 @@ so rows do not depend on the request rate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+
+from semcached.index.eviction import AccessFeatures
 
 __all__ = [
     "EDC_HALF_LIVES",
     "FEATURE_NAMES",
     "GAPS",
-    "AccessFeatures",
     "FeatureTracker",
 ]
 
@@ -39,20 +39,6 @@ FEATURE_NAMES: tuple[str, ...] = (
 )
 _NAN = math.nan
 _DECAY = tuple(math.log(2.0) / h for h in EDC_HALF_LIVES)
-
-
-@dataclass(frozen=True, slots=True)
-class AccessFeatures:
-    """What the cache knows about one access besides the key; all optional.
-
-    ``now`` and ``expires_at`` are seconds on the cache's clock, ``similarity`` is the
-    cosine similarity of the lookup that hit, ``category`` a small integer code.
-    """
-
-    now: float | None = None
-    expires_at: float | None = None
-    similarity: float | None = None
-    category: int | None = None
 
 
 class _ItemHistory:

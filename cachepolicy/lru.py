@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from semcached.cachepolicy.features import AccessFeatures
 from semcached.ext.bskiplist import BSkipList
+from semcached.index.eviction import AccessFeatures, EvictionPolicy
 
 __all__ = ["LruPolicy"]
 
 
-class LruPolicy:
+class LruPolicy(EvictionPolicy):
     """Least recently used: evict the item whose last admission or hit is oldest.
 
     The recency order lives in the B-skiplist, keyed by a logical clock that ticks on

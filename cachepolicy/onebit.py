@@ -18,7 +18,7 @@ from a :class:`~semcached.cachepolicy.bits.BitPredictor`.
   unmarked item, unmark everything (a new phase); evict a random unmarked item whose
   bit says "not requested next phase", else a random unmarked item.
 
-All three follow the :class:`~semcached.cachepolicy.eviction.EvictionPolicy`
+All three follow the :class:`~semcached.index.eviction.EvictionPolicy`
 protocol. Predictions are batched: an access stores its observation, and the bits
 still unknown are predicted together when a victim is chosen.
 """
@@ -29,14 +29,14 @@ import random
 from typing import Literal
 
 from semcached.cachepolicy.bits import BitPredictor, Observation
-from semcached.cachepolicy.features import AccessFeatures
 from semcached.cachepolicy.randset import RandomSet
 from semcached.ext.bskiplist import BSkipList
+from semcached.index.eviction import AccessFeatures, EvictionPolicy
 
 __all__ = ["DiscardFollower", "MarkAndPredict"]
 
 
-class DiscardFollower:
+class DiscardFollower(EvictionPolicy):
     """Follow discard bits, LRU among them, LRU when none; optionally guarded.
 
     ``admit``, ``record_access`` and ``forget`` are O(log n) (B-skiplist updates);
@@ -226,7 +226,7 @@ class DiscardFollower:
         self._old_unvisited._check()
 
 
-class MarkAndPredict:
+class MarkAndPredict(EvictionPolicy):
     """Randomized marking with phase bits. O(1) per access (expected);
     ``choose_victim`` is O(1) plus one batched prediction, and a phase change is
     O(n) once per phase of at least n faults."""

@@ -6,12 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
-from semcached.cachepolicy.eviction import EvictionPolicy
 from semcached.cachepolicy.lru import LruPolicy
 from semcached.cachepolicy.onebit import DiscardFollower
 from semcached.cachepolicy.predictor import LearnedBits
 from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
+from semcached.index.eviction import EvictionPolicy
 
 __all__ = ["EVICTION_POLICIES", "EvictionName", "eviction_factory"]
 

@@ -37,8 +37,9 @@ import numpy as np
 import numpy.typing as npt
 
 from semcached.cachepolicy.bits import Observation
-from semcached.cachepolicy.features import FEATURE_NAMES, GAPS, AccessFeatures, FeatureTracker
+from semcached.cachepolicy.features import FEATURE_NAMES, GAPS, FeatureTracker
 from semcached.cachepolicy.labels import discard_labels, phase_labels
+from semcached.index.eviction import AccessFeatures
 
 if TYPE_CHECKING:
     import lightgbm as lgb

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from semcached.cachepolicy.eviction import EvictionPolicy
+from semcached.index.eviction import EvictionPolicy
 
 __all__ = ["replay"]
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import math
 
-from semcached.cachepolicy.features import AccessFeatures
+from semcached.index.eviction import AccessFeatures, EvictionPolicy
 
 __all__ = ["ReuseValuePolicy"]
 
@@ -45,7 +45,7 @@ def _check_cost(cost: float) -> float:
     return cost
 
 
-class ReuseValuePolicy:
+class ReuseValuePolicy(EvictionPolicy):
     """GDSF: evict the item of least L + freq·cost/size, L = the last evicted priority.
 
     Priorities live in a binary heap of ``(priority, stamp, key)`` entries with lazy

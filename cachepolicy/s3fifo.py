@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from semcached.cachepolicy.features import AccessFeatures
+from semcached.index.eviction import AccessFeatures, EvictionPolicy
 
 __all__ = ["S3FifoPolicy"]
 
 
-class S3FifoPolicy:
+class S3FifoPolicy(EvictionPolicy):
     """S3-FIFO. ``admit``, ``record_access`` and ``forget`` are O(1);
     ``choose_victim`` is O(1) amortised (each promotion or second chance it performs
     was paid for by an earlier admission or hit).

@@ -3,7 +3,7 @@ Cache-Craft statistics for Llama-family causal LMs with rotary position embeddin
 
 The daemon stores a chunk's KV as one blob ``[layers, 2, kv_heads, tokens, head_dim]``
 (keys after RoPE at the positions they were computed at; see
-:mod:`semcached.index.chunk_keys`). A transformers model keeps its KV in a
+:mod:`semcached.protocol.keys`). A transformers model keeps its KV in a
 ``DynamicCache`` whose ``layers[i].keys`` / ``.values`` are ``[batch, kv_heads, T,
 head_dim]``. This module converts between the two (:func:`cache_slice`,
 :func:`to_blob`, :func:`from_blob`, :func:`assemble_cache`), moves cached keys to new

@@ -3,7 +3,7 @@
 Like :mod:`semcached.clients.commands`, each function returns a
 :class:`~semcached.clients.commands.Request` and does no I/O. Blobs travel as the raw
 body of a request or reply; metadata travels as JSON in the ``X-Semcached-KV-Meta``
-header. Keys are 16 bytes (see :mod:`semcached.index.chunk_keys`, which computes them).
+header. Keys are 16 bytes (see :mod:`semcached.protocol.keys`, which computes them).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A *variant* is one chunk's KV as computed after one prefix. Its blob holds the
 tensor in the canonical layout ``[layers, 2, kv_heads, tokens, head_dim]`` (see
-:data:`~semcached.index.chunk_keys.LAYOUT_VERSION`); :class:`VariantMeta` holds
+:data:`~semcached.protocol.keys.LAYOUT_VERSION`); :class:`VariantMeta` holds
 everything else: shape and dtype, the RoPE base position and parameters, the
 prefix it was computed after, and the Cache-Craft statistics the reuse planner
 needs (per prefix chunk inter-attention, intra-attention, per-token scores).
@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from semcached.index.chunk_keys import KEY_BYTES
+from semcached.protocol.keys import KEY_BYTES
 
 __all__ = [
     "DTYPE_BYTES",

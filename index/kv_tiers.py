@@ -7,7 +7,7 @@ copy. A GPU tier (device memory, CUDA IPC handles) is meant to sit above the hos
 tier through the same :class:`KvTier` interface.
 
 Tiers know variants by the engine's integer ids and keep their own eviction policy
-(:class:`~semcached.cachepolicy.eviction.EvictionPolicy`): a tier over budget asks
+(:class:`~semcached.index.eviction.EvictionPolicy`): a tier over budget asks
 its policy for victims and the engine demotes (host: drop, the bytes stay on disk)
 or evicts (disk: gone). None of these classes lock: the engine calls them under its
 own lock and copies bytes outside it (see :meth:`HostTier.reserve`).
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from semcached.cachepolicy.eviction import EvictionPolicy
+from semcached.index.eviction import EvictionPolicy
 from semcached.index.shm_arena import ShmArena
 
 __all__ = ["DiskTier", "HostTier", "KvTier", "ShmHandle", "TierStats"]
@@ -45,13 +45,6 @@ class ShmHandle:
     segment: str
     offset: int
     length: int
-
-
-def _set_cost(policy: EvictionPolicy, vid: int, saved_tokens: float) -> None:
-    """Feed a cost-aware policy (eviction by reuse value) the prefill a variant saves."""
-    set_cost = getattr(policy, "set_cost", None)
-    if set_cost is not None:
-        set_cost(vid, saved_tokens)
 
 
 class KvTier(Protocol):
@@ -98,7 +91,7 @@ class DiskTier:
 
     def set_cost(self, vid: int, saved_tokens: float) -> None:
         if vid in self._sizes:
-            _set_cost(self._policy, vid, saved_tokens)
+            self._policy.set_cost(vid, saved_tokens)
 
     def settle(self, vid: int) -> None:
         """The put of ``vid`` committed: it may be evicted like any other from now on."""
@@ -118,7 +111,7 @@ class DiskTier:
         They are removed from the tier; the caller deletes their bytes. A put admits its
         variant first and then makes room, so the policy never names the newcomer while
         it tracks anything else (the protocol of
-        :class:`~semcached.cachepolicy.eviction.EvictionPolicy`).
+        :class:`~semcached.index.eviction.EvictionPolicy`).
         """
         chosen: list[int] = []
         while self.stats.bytes > self.budget_bytes and len(self._sizes) > 1:
@@ -192,7 +185,7 @@ class HostTier:
         extent = self._extents[vid]
         extent.live = True
         self._policy.admit(vid, extent.length)
-        _set_cost(self._policy, vid, saved_tokens)
+        self._policy.set_cost(vid, saved_tokens)
         self.stats.bytes += extent.length
         self.stats.entries += 1
 
@@ -201,7 +194,7 @@ class HostTier:
 
     def set_cost(self, vid: int, saved_tokens: float) -> None:
         if self.holds(vid):
-            _set_cost(self._policy, vid, saved_tokens)
+            self._policy.set_cost(vid, saved_tokens)
 
     def read(self, vid: int) -> memoryview:
         """The published blob (valid while pinned or until the next removal)."""

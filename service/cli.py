@@ -117,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write("\n")
         return 0
 
+    from semcached.service.http.server import run
     from semcached.service.logs import configure_logging
-    from semcached.service.server import run
 
     configure_logging(settings.log)
     try:

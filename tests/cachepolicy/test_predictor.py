@@ -14,13 +14,13 @@ from semcached.cachepolicy.features import (
     EDC_HALF_LIVES,
     FEATURE_NAMES,
     GAPS,
-    AccessFeatures,
     FeatureTracker,
 )
 from semcached.cachepolicy.lru import LruPolicy
 from semcached.cachepolicy.onebit import DiscardFollower
 from semcached.cachepolicy.predictor import LearnedBits, LogisticModel, fit_model
 from semcached.cachepolicy.replay import replay
+from semcached.index.eviction import AccessFeatures
 
 
 def test_feature_rows() -> None:

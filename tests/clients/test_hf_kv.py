@@ -13,7 +13,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from semcached.clients import SemcachedClient, hf_rag  # noqa: E402
+from semcached.clients import SemcachedClient, hf_adapter  # noqa: E402
+from semcached.clients.hf_adapter import HfKvAdapter  # noqa: E402
 from semcached.clients.hf_forward import empty_cache, recompute, recompute_logits  # noqa: E402
 from semcached.clients.hf_kv import (  # noqa: E402
     RopeShifter,
@@ -27,7 +28,6 @@ from semcached.clients.hf_kv import (  # noqa: E402
     prompt_chunks_kv,
     to_blob,
 )
-from semcached.clients.hf_rag import HfRagCache  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
 
 torch.set_num_threads(1)
@@ -309,7 +309,7 @@ def full_logits(model: transformers.LlamaForCausalLM, *parts: torch.Tensor) -> t
 def test_first_prompt_stores_its_chunks_and_a_repeat_reuses_them_exactly(
     model: transformers.LlamaForCausalLM, client: SemcachedClient
 ) -> None:
-    rag = HfRagCache(client, model, model_id="tiny-llama-exact", tokenizer_id="tiny-tok")
+    rag = HfKvAdapter(client, model, model_id="tiny-llama-exact", tokenizer_id="tiny-tok")
     system, a, b, q = ids(30, 6), ids(31, 20), ids(32, 24), ids(33, 5)
     want = full_logits(model, system, a, b, q)[:, -5:]
     first = rag.prefill(system, [a, b], q)
@@ -355,16 +355,16 @@ def test_reordered_chunks_recompute_what_the_plan_says(
     want = full_logits(model, system, b, a, q)[:, -4:]
     results = {}
     for name in ALPHAS:
-        rag = HfRagCache(client, model, model_id=name, tokenizer_id="tiny-tok")
+        rag = HfKvAdapter(client, model, model_id=name, tokenizer_id="tiny-tok")
         rag.prefill(system, [a, b], q)  # stores a after [], b after [a]
         calls: list[list[int]] = []
-        real = hf_rag.recompute
+        real = hf_adapter.recompute
 
         def spy(*args, calls=calls, real=real):  # type: ignore[no-untyped-def]
             calls.append(list(args[3]))  # (model, cache, token_ids, positions)
             return real(*args)
 
-        monkeypatch.setattr(hf_rag, "recompute", spy)
+        monkeypatch.setattr(hf_adapter, "recompute", spy)
         result = rag.prefill(system, [b, a], q)  # both hit, neither after its old prefix
         monkeypatch.undo()
         assert result.reused == (0, 1)

@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from semcached.clients import SemcachedClient  # noqa: E402
+from semcached.clients.hf_adapter import HfKvAdapter  # noqa: E402
 from semcached.clients.hf_kv import (  # noqa: E402
     assemble_cache,
     cache_kwargs,
@@ -28,7 +29,6 @@ from semcached.clients.hf_kv import (  # noqa: E402
     to_blob,
 )
 from semcached.clients.hf_models import ModelUnavailableError, load_smollm2  # noqa: E402
-from semcached.clients.hf_rag import HfRagCache  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
@@ -122,7 +122,7 @@ def test_quality_rises_with_the_planned_recompute_and_never_falls_below_naive_re
     results: dict[str, tuple[int, float, float]] = {}
     with SemcachedClient(url, shm_dir=shm_dir) as client:
         for name in ALPHAS:
-            rag = HfRagCache(client, model, model_id=name, tokenizer_id="smollm2")
+            rag = HfKvAdapter(client, model, model_id=name, tokenizer_id="smollm2")
             rag.prefill(system, [docs[i] for i in stored_order], question)
             got = rag.prefill(system, prompt, question)
             assert got.reused == (0, 1, 2)

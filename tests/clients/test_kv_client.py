@@ -15,9 +15,9 @@ import pytest
 from semcached.clients import AsyncSemcachedClient, SemcachedClient
 from semcached.clients.kv import ShmPath
 from semcached.errors import SemcachedError
-from semcached.index.chunk_keys import chunk_key
+from semcached.protocol.keys import chunk_key
 from tests.daemon import DaemonProcess
-from tests.service.kv_kit import TINY
+from tests.service.kv.kit import TINY
 
 SHAPE = (TINY.layers, 2, TINY.kv_heads, 16, TINY.head_dim)
 

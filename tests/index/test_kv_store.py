@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from semcached.index.chunk_keys import chunk_key, variant_key
 from semcached.index.kv_disk import BlobWrite, KvDiskStore
 from semcached.index.kv_meta import VariantMeta, decode_meta, encode_meta
 from semcached.index.lmdb_env import LmdbEnvironment
+from semcached.protocol.keys import chunk_key, variant_key
 
 
 def make_meta(tokens: int = 4, prefix_len: int = 2, seed: int = 0) -> VariantMeta:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.service.engine_kit import Clock
+from tests.service.semantic.kit import Clock
 
 
 @pytest.fixture

@@ -1,0 +1,204 @@
+"""A RAG prefill that reuses chunk KV through the daemon: store what is missing, plan,
+fetch, shift, assemble, recompute what the planner names, then run the question.
+
+This ties :mod:`semcached.clients.hf_kv` (layout, RoPE, statistics) and
+:mod:`semcached.clients.hf_forward` (the partial forward) to a
+:class:`~semcached.clients.SemcachedClient`. A prompt is given as parts: system prompt,
+retrieved chunks in prompt order (token ids), question.
+
+Missing chunks are computed as Cache-Craft stores them: after the prefix they are
+served with in this prompt. One model pass over system + chunks up to the last miss
+yields every missing chunk's KV and statistics at once, and that pass is the exact
+prefill of that span, so it is used as is; only the hits after the last miss are
+reused (fetched, RoPE-shifted, recomputed where planned). The system prompt is not a
+chunk: when every chunk hits it is computed fresh (it is short and shared by all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from semcached.clients.hf_forward import recompute
+from semcached.clients.hf_kv import (
+    KV_DTYPES,
+    ChunkKv,
+    RopeShifter,
+    assemble_cache,
+    cache_kwargs,
+    cache_slice,
+    from_blob,
+    prompt_chunks_kv,
+)
+from semcached.clients.kv import KvPlan
+from semcached.clients.sync import SemcachedClient
+from semcached.protocol.keys import chunk_key
+
+__all__ = ["HfKvAdapter", "RagPrefill"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RagPrefill:
+    """What one prefill did. ``logits`` ``[1, question_tokens, vocab]``; ``cache``
+    covers the whole prompt (system, chunks, question), ready for decoding;
+    ``stored`` the indices of the chunks computed and stored; ``reused`` those taken
+    from the daemon; ``recomputed`` the absolute positions recomputed."""
+
+    logits: torch.Tensor
+    cache: DynamicCache
+    plan: KvPlan
+    stored: tuple[int, ...]
+    reused: tuple[int, ...]
+    recomputed: tuple[int, ...]
+    prompt_tokens: int
+
+
+def _ids(tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(tokens, dtype=torch.long).view(-1)
+
+
+class HfKvAdapter:
+    """Prefill and greedy generation for one transformers model with chunk KV reuse.
+
+    ``model_id`` and ``tokenizer_id`` name the KV in the daemon (they go into every
+    chunk key, so they must be what the daemon's ``[kv_models]`` declares and must
+    change whenever the weights or the tokenizer do); ``dtype`` is the stored blob
+    dtype (float32 reproduces the model's own KV bit for bit; float16/bfloat16 halve
+    the bytes at a small quality cost).
+    """
+
+    def __init__(
+        self,
+        client: SemcachedClient,
+        model: Any,
+        *,
+        model_id: str,
+        tokenizer_id: str,
+        dtype: str = "float32",
+        lease_s: float | None = None,
+    ) -> None:
+        if dtype not in KV_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}")
+        self.client = client
+        self.model = model
+        self.model_id = model_id
+        self.tokenizer_id = tokenizer_id
+        self.dtype = dtype
+        self.lease_s = lease_s
+        self.shifter = RopeShifter(model)
+        self._model_dtype: torch.dtype = next(model.parameters()).dtype
+
+    def key(self, chunk: Sequence[int] | torch.Tensor) -> bytes:
+        """The chunk key of ``chunk``'s token ids under this model, tokenizer and dtype."""
+        return chunk_key(self.model_id, self.tokenizer_id, self.dtype, _ids(chunk).numpy())
+
+    def _forward(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        kwargs = cache_kwargs(self.model, cache)
+        out = self.model(input_ids=ids.view(1, -1), use_cache=True, **kwargs)
+        logits: torch.Tensor = out.logits
+        return logits
+
+    @torch.no_grad()
+    def prefill(
+        self,
+        system_ids: Sequence[int] | torch.Tensor,
+        chunks: Sequence[Sequence[int] | torch.Tensor],
+        question_ids: Sequence[int] | torch.Tensor,
+    ) -> RagPrefill:
+        """Prefill system + chunks + question, reusing stored chunk KV per the plan."""
+        system, pieces, question = _ids(system_ids), [_ids(c) for c in chunks], _ids(question_ids)
+        if not pieces or any(p.numel() == 0 for p in pieces):
+            raise ValueError("need at least one chunk, and no empty chunk")
+        if question.numel() == 0:
+            raise ValueError("the question is empty")
+        keys = [self.key(p) for p in pieces]
+        lengths = [int(p.numel()) for p in pieces]
+        bounds = [int(system.numel())]
+        for n in lengths:
+            bounds.append(bounds[-1] + n)
+        plan = self.client.plan(
+            self.model_id, keys, chunk_tokens=lengths, start=bounds[0], lease_s=self.lease_s
+        )
+        misses = [i for i, c in enumerate(plan.chunks) if not c.hit]
+        last_miss = misses[-1] if misses else -1
+        stored: list[int] = []
+        parts: list[torch.Tensor] = []
+        reused: list[int] = []
+        recomputed: list[int] = []
+        try:
+            if last_miss >= 0:
+                computed, exact = prompt_chunks_kv(self.model, system, pieces[: last_miss + 1])
+                for i in misses:
+                    self._store(keys[i], keys[:i], computed[i])
+                    stored.append(i)
+                parts.append(cache_slice(exact))
+            elif system.numel():
+                parts.append(cache_slice(self._prefill_only(system)))
+            for i in range(last_miss + 1, len(pieces)):
+                planned = plan.chunks[i]
+                if planned.position is not None and planned.position != bounds[i]:
+                    raise ValueError(f"plan puts chunk {i} at {planned.position}, not {bounds[i]}")
+                blob = self.client.fetch(planned, plan.lease)
+                kv = from_blob(blob.array(), blob.meta.dtype)
+                base = int(planned.rope_base or 0)
+                parts.append(self.shifter.shift_kv(kv, base, bounds[i]))
+                reused.append(i)
+                recomputed.extend(bounds[i] + int(r) for r in planned.recompute)
+            cache = assemble_cache(parts, self.model.config, self._model_dtype)  # copies
+        finally:
+            if plan.lease is not None:
+                self.client.release_lease(plan.lease.id)
+        if recomputed:
+            prompt = torch.cat([system, *pieces])
+            recompute(self.model, cache, prompt[recomputed], recomputed)
+        logits = self._forward(question, cache)
+        return RagPrefill(
+            logits=logits,
+            cache=cache,
+            plan=plan,
+            stored=tuple(stored),
+            reused=tuple(reused),
+            recomputed=tuple(recomputed),
+            prompt_tokens=bounds[-1] + int(question.numel()),
+        )
+
+    def _prefill_only(self, ids: torch.Tensor) -> DynamicCache:
+        cache = DynamicCache(config=self.model.config)
+        self.model(
+            input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=1,
+            **cache_kwargs(self.model, cache),
+        )  # fmt: skip
+        return cache
+
+    def _store(self, key: bytes, prefix: Sequence[bytes], chunk: ChunkKv) -> None:
+        blob = chunk.blob(self.dtype)
+        self.client.put_chunk(
+            key, blob, model=self.model_id, dtype=self.dtype, shape=blob.shape,
+            prefix=prefix, rope=self.shifter.params, **chunk.put_kwargs(),
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self,
+        system_ids: Sequence[int] | torch.Tensor,
+        chunks: Sequence[Sequence[int] | torch.Tensor],
+        question_ids: Sequence[int] | torch.Tensor,
+        max_new_tokens: int,
+        eos_token_id: int | None = None,
+    ) -> list[int]:
+        """Greedy continuation of the prompt (at most ``max_new_tokens``, stopping after
+        ``eos_token_id``), decoding on the prefilled cache one token at a time."""
+        result = self.prefill(system_ids, chunks, question_ids)
+        out: list[int] = []
+        logits = result.logits
+        while len(out) < max_new_tokens:
+            token = int(logits[0, -1].argmax())
+            out.append(token)
+            if token == eos_token_id or len(out) == max_new_tokens:
+                break
+            logits = self._forward(torch.tensor([token]), result.cache)
+        return out

@@ -1,0 +1,37 @@
+"""Header names, header values and content types that the daemon and its clients share."""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CACHE_STATUS_HEADER",
+    "CACHE_STATUS_HIT",
+    "CACHE_STATUS_MISS",
+    "JSON",
+    "KV_META_HEADER",
+    "KV_SOURCE_HEADER",
+    "KV_STAGED_PREFIX",
+    "OCTET_STREAM",
+    "SIMILARITY_HEADER",
+]
+
+JSON: Final = "application/json"
+OCTET_STREAM: Final = "application/octet-stream"
+
+CACHE_STATUS_HEADER: Final = "X-Cache-Status"
+"""On every semantic lookup answer: ``HIT`` or ``MISS`` (the gateway convention)."""
+CACHE_STATUS_HIT: Final = "HIT"
+CACHE_STATUS_MISS: Final = "MISS"
+SIMILARITY_HEADER: Final = "X-Semcached-Similarity"
+"""The best candidate's cosine similarity, six decimals, when there was one."""
+
+KV_META_HEADER: Final = "X-Semcached-KV-Meta"
+"""A chunk put's metadata (JSON of :class:`~semcached.protocol.kv.ChunkPutMeta`), and a
+chunk read's (JSON of :class:`~semcached.protocol.kv.ChunkMeta`). A header, not a
+multipart part, so that the body is the blob as it is."""
+KV_SOURCE_HEADER: Final = "X-Semcached-KV-Source"
+"""``shm:<name>``: the put's bytes are staged in the file ``<name>`` of the daemon's
+shared-memory directory instead of the body (same host only)."""
+KV_STAGED_PREFIX: Final = "semcached-put-"
+"""The only file names a staged put may name (never the daemon's own arena)."""

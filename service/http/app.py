@@ -1,0 +1,100 @@
+"""The application factory: core state, middlewares, components, route groups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from semcached.index.datadir import DataDirectory
+from semcached.service.config import Settings
+from semcached.service.http.appkeys import (
+    COMPONENTS,
+    DATA_DIR,
+    EXECUTOR,
+    LISTEN_URLS,
+    METRICS,
+    OPENAPI,
+    READINESS,
+    SETTINGS,
+    SHUTDOWN,
+)
+from semcached.service.http.middleware import auth_middleware, error_middleware, metrics_middleware
+from semcached.service.http.openapi import build_openapi
+from semcached.service.http.routes import DEFAULT_GROUPS
+from semcached.service.http.routing import RouteGroup
+from semcached.service.lifecycle import Components, FunctionComponent, Readiness, ShutdownRequest
+from semcached.service.metrics import Metrics
+
+__all__ = ["create_app", "run_blocking"]
+
+T = TypeVar("T")
+
+
+async def run_blocking(app: web.Application, fn: Callable[..., T], *args: object) -> T:
+    """Run ``fn(*args)`` on the daemon's worker threads, off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], fn, *args)
+
+
+def create_app(
+    settings: Settings, *, groups: Sequence[RouteGroup] = DEFAULT_GROUPS
+) -> web.Application:
+    """Build the daemon's application; nothing is opened until it starts."""
+    metrics = Metrics()
+    middlewares: list[Middleware] = [metrics_middleware(metrics.http), error_middleware]
+    if settings.server.auth_token:
+        middlewares.append(auth_middleware(settings.server.auth_token))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
+
+    readiness = Readiness()
+    shutdown = ShutdownRequest()
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[READINESS] = readiness
+    app[SHUTDOWN] = shutdown
+    app[LISTEN_URLS] = []
+    app[COMPONENTS] = Components(readiness, shutdown)
+    app[EXECUTOR] = ThreadPoolExecutor(
+        max_workers=settings.server.worker_threads, thread_name_prefix="semcached-worker"
+    )
+    metrics.ready.set_function(lambda: 1.0 if readiness.is_ready else 0.0)
+
+    _add_data_dir(app, settings)
+    for group in groups:
+        group.install(app)
+    app[OPENAPI] = build_openapi(groups, bearer_auth=bool(settings.server.auth_token))
+
+    app.on_startup.append(_start_components)
+    app.on_cleanup.append(_close_components)
+    return app
+
+
+def _add_data_dir(app: web.Application, settings: Settings) -> None:
+    storage = settings.storage
+    data_dir = DataDirectory(
+        storage.data_dir,
+        initial_map_bytes=storage.lmdb_initial_map_bytes,
+        max_map_bytes=storage.lmdb_max_map_bytes,
+    )
+    app[DATA_DIR] = data_dir
+
+    async def open_data_dir() -> None:
+        await run_blocking(app, data_dir.open)
+
+    async def close_data_dir() -> None:
+        await run_blocking(app, data_dir.close)
+
+    app[COMPONENTS].add(FunctionComponent("data directory", open_data_dir, close_data_dir))
+
+
+async def _start_components(app: web.Application) -> None:
+    app[COMPONENTS].start_opening()
+
+
+async def _close_components(app: web.Application) -> None:
+    await app[COMPONENTS].close_all()
+    app[EXECUTOR].shutdown(wait=True)

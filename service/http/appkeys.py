@@ -1,0 +1,45 @@
+"""Typed keys for the state an application shares between the core and route groups."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from semcached.index.datadir import DataDirectory
+from semcached.service.config import Settings
+from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
+from semcached.service.metrics import Metrics
+
+__all__ = [
+    "COMPONENTS",
+    "DATA_DIR",
+    "EXECUTOR",
+    "KV",
+    "LISTEN_URLS",
+    "METRICS",
+    "OPENAPI",
+    "READINESS",
+    "SEMANTIC",
+    "SETTINGS",
+    "SHUTDOWN",
+]
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", Metrics)
+READINESS = web.AppKey("readiness", Readiness)
+SHUTDOWN = web.AppKey("shutdown", ShutdownRequest)
+COMPONENTS = web.AppKey("components", Components)
+EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
+DATA_DIR = web.AppKey("data_dir", DataDirectory)
+if TYPE_CHECKING:
+    from semcached.service.kv.engine import KvCache
+    from semcached.service.semantic.engine import SemanticCache
+# The semantic cache engine, once open (a Slot: 503 before).
+SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
+# The chunk KV cache engine, once open (a Slot: 503 before).
+KV: web.AppKey[Slot[KvCache]] = web.AppKey("kv")
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+# Filled in by the server once it listens: the base URL of each listening socket.
+LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

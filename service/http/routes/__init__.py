@@ -1,0 +1,16 @@
+"""The daemon's route groups, one module each; :data:`DEFAULT_GROUPS` is what serves."""
+
+from __future__ import annotations
+
+from semcached.service.http.routes import admin, health, kv, meta, semantic
+from semcached.service.http.routing import RouteGroup
+
+__all__ = ["DEFAULT_GROUPS"]
+
+DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
+    health.group,
+    meta.group,
+    admin.group,
+    semantic.group,
+    kv.group,
+)

@@ -1,0 +1,50 @@
+"""Probes for orchestrators: liveness and readiness."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from semcached.service.http.appkeys import READINESS
+from semcached.service.http.jsonio import json_response
+from semcached.service.http.routing import RouteGroup, json_content
+
+__all__ = ["group"]
+
+group = RouteGroup("health", "Liveness and readiness probes (never require a token).")
+
+_READINESS = group.schema(
+    "Readiness",
+    {
+        "type": "object",
+        "required": ["status"],
+        "properties": {
+            "status": {"enum": ["starting", "ready", "failed", "shutting_down"]},
+            "waiting_for": {"type": "array", "items": {"type": "string"}},
+            "failed": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    },
+)
+
+
+@group.route(
+    "GET",
+    "/livez",
+    summary="The process is alive and its event loop answers.",
+    responses={200: json_content({"type": "object"}, "Alive.")},
+)
+async def livez(request: web.Request) -> web.Response:
+    return json_response({"status": "alive"})
+
+
+@group.route(
+    "GET",
+    "/readyz",
+    summary="Every store is open and every index loaded, and shutdown has not begun.",
+    responses={
+        200: json_content(_READINESS, "Ready to serve."),
+        503: json_content(_READINESS, "Starting, failed, or shutting down."),
+    },
+)
+async def readyz(request: web.Request) -> web.Response:
+    readiness = request.app[READINESS]
+    return json_response(readiness.report(), status=200 if readiness.is_ready else 503)

@@ -1,0 +1,168 @@
+"""Wiring the chunk KV cache into the daemon: its LMDB, its arena, lease sweeps, metrics.
+
+The ``kv`` route group's set-up registers one component behind the core's data
+directory. It opens the KV cache's own LMDB environment at ``<data_dir>/kv-lmdb``
+(its map capped apart from the semantic store's), removes shared-memory segments
+left by a daemon that was killed, creates a fresh arena for the host tier (so the
+host tier is cold after a restart and can never serve stale bytes), and loads the
+metadata of every stored variant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import zlib
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from semcached.cachepolicy.policies import eviction_factory
+from semcached.index.kv_disk import KvDiskStore
+from semcached.index.kv_tiers import HostTier
+from semcached.index.lmdb_env import LmdbEnvironment
+from semcached.index.shm_arena import ShmArena
+from semcached.service.config import KvSettings
+from semcached.service.http.appkeys import COMPONENTS, DATA_DIR, EXECUTOR, KV, METRICS, SETTINGS
+from semcached.service.kv.engine import KvCache
+from semcached.service.lifecycle import FunctionComponent, Slot
+
+__all__ = ["KvCollector", "install_kv_cache", "kv_map_cap"]
+
+log = logging.getLogger(__name__)
+
+_SWEEP_INTERVAL_S = 1.0
+_MiB = 1 << 20
+
+
+def kv_map_cap(kv: KvSettings) -> int:
+    """The KV LMDB map cap: as configured, or the budget plus room for LMDB's own pages."""
+    return kv.disk_max_map_bytes or kv.disk_bytes + kv.disk_bytes // 4 + 64 * _MiB
+
+
+def install_kv_cache(app: web.Application) -> None:
+    """The ``kv`` group's set-up hook."""
+    settings = app[SETTINGS]
+    kv = settings.kv
+    slot: Slot[KvCache] = Slot("chunk KV cache")
+    app[KV] = slot
+    if not kv.enabled:
+        return
+    sweeper: asyncio.Task[None] | None = None
+
+    def open_blocking() -> KvCache:
+        data_dir = app[DATA_DIR].path
+        env = LmdbEnvironment(
+            data_dir / "kv-lmdb",
+            initial_map_bytes=min(64 * _MiB, kv_map_cap(kv)),
+            max_map_bytes=kv_map_cap(kv),
+        )
+        host = None
+        if kv.host_bytes:
+            # One prefix per data directory: the segments a killed daemon of this
+            # directory left behind are ours to remove (we hold the directory's lock).
+            prefix = f"semcached-{zlib.crc32(str(data_dir.resolve()).encode()):08x}"
+            for name in ShmArena.remove_stale(kv.shm_dir, prefix):
+                log.info("removed shared-memory segment %s left by a stopped daemon", name)
+            new_policy = eviction_factory(kv.eviction)
+            host = HostTier(
+                ShmArena(kv.host_bytes, directory=kv.shm_dir, prefix=prefix), new_policy()
+            )
+        engine = KvCache(
+            store=KvDiskStore(env),
+            models={m.name: m for m in settings.kv_models},
+            disk_budget_bytes=kv.disk_bytes,
+            host=host,
+            eviction=eviction_factory(kv.eviction),
+            max_blob_bytes=kv.max_blob_bytes,
+            lease_timeout_s=kv.lease_timeout_s,
+            max_lease_s=kv.max_lease_s,
+            max_leases=kv.max_leases,
+        )
+        try:
+            count = engine.open()
+        except BaseException:
+            engine.close()
+            env.close()
+            raise
+        log.info("chunk KV cache open: %d variants on disk", count)
+        return engine
+
+    async def open_engine() -> None:
+        nonlocal sweeper
+        loop = asyncio.get_running_loop()
+        engine = await loop.run_in_executor(app[EXECUTOR], open_blocking)
+        slot.set(engine)
+        sweeper = asyncio.create_task(_sweep_leases(engine), name="kv lease sweeper")
+
+    async def close_engine() -> None:
+        if sweeper is not None:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+        engine = slot.get()
+        slot.set(None)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(app[EXECUTOR], _close, engine)
+
+    app[COMPONENTS].add(FunctionComponent("chunk KV cache", open_engine, close_engine))
+    app[METRICS].registry.register(KvCollector(slot))
+
+
+def _close(engine: KvCache) -> None:
+    engine.close()
+    engine.store.env.close()
+
+
+async def _sweep_leases(engine: KvCache) -> None:
+    """End timed-out leases even when no request comes to do it."""
+    while True:
+        await asyncio.sleep(_SWEEP_INTERVAL_S)
+        engine.sweep()
+
+
+class KvCollector(Collector):
+    """Exports the engine's tier counters at scrape time."""
+
+    def __init__(self, slot: Slot[KvCache]) -> None:
+        self._slot = slot
+
+    def collect(self) -> Iterator[Metric]:
+        if not self._slot.is_set:
+            return
+        engine = self._slot.get()
+        tiers = engine.stats()
+        size = GaugeMetricFamily("semcached_kv_bytes", "KV bytes held, by tier.", labels=["tier"])
+        entries = GaugeMetricFamily(
+            "semcached_kv_entries", "Chunk variants held, by tier.", labels=["tier"]
+        )
+        budget = GaugeMetricFamily(
+            "semcached_kv_budget_bytes", "Byte budget of each tier.", labels=["tier"]
+        )
+        counters = {
+            name: CounterMetricFamily(f"semcached_kv_{name}", help_text, labels=["tier"])
+            for name, help_text in (
+                ("hits", "Reads that found the variant in this tier."),
+                ("misses", "Reads that did not find the variant in this tier."),
+                ("promotions", "Variants copied up into this tier on a hit."),
+                ("demotions", "Variants moved out of this tier under pressure."),
+                ("evictions", "Variants removed from the cache by this tier's policy."),
+            )
+        }
+        budgets = {"disk": engine.disk.budget_bytes}
+        if engine.host is not None:
+            budgets["host"] = engine.host.budget_bytes
+        for tier, s in tiers.items():
+            size.add_metric([tier], s.bytes)
+            entries.add_metric([tier], s.entries)
+            budget.add_metric([tier], budgets[tier])
+            for name, family in counters.items():
+                family.add_metric([tier], getattr(s, name))
+        leases = GaugeMetricFamily(
+            "semcached_kv_leases", "Shared-memory leases live (each pins blobs)."
+        )
+        leases.add_metric([], engine.live_leases)
+        yield from (size, entries, budget, *counters.values(), leases)

@@ -1,0 +1,221 @@
+"""Wiring the semantic cache into the daemon: components, shared state, metrics.
+
+At set-up the ``semantic`` route group registers two components behind the core's
+data directory: the embedding model (slow to load) and the engine (loads its
+indexes from ``<data_dir>/snapshots`` and reconciles them with LMDB). Handlers
+reach the engine through a :class:`Slot`, which answers 503 until the engine is open.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from semcached.index.docstore import DocumentStore
+from semcached.index.hnsw import HnswlibIndex
+from semcached.index.vector_index import VectorIndex
+from semcached.service.http.appkeys import (
+    COMPONENTS,
+    DATA_DIR,
+    EXECUTOR,
+    METRICS,
+    SEMANTIC,
+    SETTINGS,
+)
+from semcached.service.lifecycle import FunctionComponent, Slot
+from semcached.service.semantic.embedding.base import EmbeddingStats, create_embedder
+from semcached.service.semantic.engine import SemanticCache
+from semcached.service.semantic.snapshots import SnapshotDirectory
+
+__all__ = ["SemanticCollector", "install_semantic_cache"]
+
+
+def install_semantic_cache(app: web.Application) -> None:
+    """The ``semantic`` group's set-up hook."""
+    settings = app[SETTINGS]
+    slot: Slot[SemanticCache] = Slot("semantic cache")
+    app[SEMANTIC] = slot
+    embedding_stats = EmbeddingStats()
+    embedder = create_embedder(settings.embedding, app[EXECUTOR], stats=embedding_stats)
+    index_settings = settings.index
+
+    def new_index(dim: int) -> VectorIndex:
+        return HnswlibIndex(
+            dim,
+            m=index_settings.hnsw_m,
+            ef_construction=index_settings.hnsw_ef_construction,
+            ef_search=index_settings.hnsw_ef_search,
+            # Adds (a rebuild at start, insert_many) use every core; searches run
+            # on one thread each and the search pool runs several at once.
+            num_threads=max(1, os.cpu_count() or 1),
+        )
+
+    def load_index(path: Path, dim: int) -> VectorIndex:
+        return HnswlibIndex.load(path, dim=dim, ef_search=index_settings.hnsw_ef_search)
+
+    # Searches get threads of their own, so that a slow LMDB commit or model call in
+    # the shared pool never queues a lookup behind it.
+    search_threads = max(1, os.cpu_count() or 1)
+    searches = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="semcached-search")
+
+    async def open_engine() -> None:
+        engine = SemanticCache(
+            store=DocumentStore(app[DATA_DIR].env),
+            index_factory=new_index,
+            embedder=embedder,
+            categories=settings.categories,
+            dim=embedder.dim,
+            executor=app[EXECUTOR],
+            search_executor=searches,
+            search_batches_in_flight=search_threads,
+            candidates=settings.semantic.candidates,
+            sweep_interval_s=settings.semantic.sweep_interval_s,
+            snapshots=SnapshotDirectory(app[DATA_DIR].path / "snapshots", load_index),
+            snapshot_interval_s=index_settings.snapshot_interval_s,
+        )
+        await engine.open()
+        # The restored bookkeeping lives as long as the daemon: move it out of the
+        # cyclic collector's reach, so full collections do not walk a million entries
+        # (a pause on the request path) to find nothing.
+        gc.freeze()
+        slot.set(engine)
+
+    async def close_engine() -> None:
+        engine = slot.get()
+        slot.set(None)
+        await engine.close()
+        searches.shutdown(wait=True)
+
+    components = app[COMPONENTS]
+    components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
+    components.add(FunctionComponent("semantic cache", open_engine, close_engine))
+    app[METRICS].registry.register(SemanticCollector(slot, embedding_stats))
+
+
+class SemanticCollector(Collector):
+    """Exports the engine's own counters at scrape time (no second bookkeeping)."""
+
+    def __init__(self, slot: Slot[SemanticCache], embedding: EmbeddingStats) -> None:
+        self._slot = slot
+        self._embedding = embedding
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._embedding_metrics()
+        if not self._slot.is_set:
+            return
+        stats = self._slot.get().stats()
+        lookups = CounterMetricFamily(
+            "semcached_semantic_lookups",
+            "Semantic cache lookups by category and result.",
+            labels=["category", "result"],
+        )
+        entries = GaugeMetricFamily(
+            "semcached_semantic_entries", "Entries cached, by category.", labels=["category"]
+        )
+        size = GaugeMetricFamily(
+            "semcached_semantic_bytes",
+            "Bytes counted against the category's quota.",
+            labels=["category"],
+        )
+        removals = CounterMetricFamily(
+            "semcached_semantic_removals",
+            "Entries removed by the cache itself, by category and reason.",
+            labels=["category", "reason"],
+        )
+        inserts = CounterMetricFamily(
+            "semcached_semantic_inserts", "Entries inserted, by category.", labels=["category"]
+        )
+        for name, s in stats.items():
+            lookups.add_metric([name, "hit"], s.hits)
+            lookups.add_metric([name, "miss"], s.misses)
+            entries.add_metric([name], s.entries)
+            size.add_metric([name], s.bytes)
+            removals.add_metric([name, "evicted"], s.evictions)
+            removals.add_metric([name, "expired"], s.expirations)
+            inserts.add_metric([name], s.inserts)
+        yield from (lookups, entries, size, removals, inserts)
+        searches = self._slot.get().search_stats()
+        calls = CounterMetricFamily(
+            "semcached_semantic_index_searches",
+            "Index search calls; concurrent lookups of one index share one call.",
+        )
+        calls.add_metric([], searches.batches)
+        queries = CounterMetricFamily(
+            "semcached_semantic_index_queries", "Query vectors sent to index search calls."
+        )
+        queries.add_metric([], searches.queries)
+        yield from (calls, queries)
+        yield from self._restart_metrics(self._slot.get())
+
+    @staticmethod
+    def _restart_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        s = engine.snapshot_stats()
+        snapshots = CounterMetricFamily(
+            "semcached_semantic_snapshots",
+            "Index snapshots written to disk, by outcome (one per index saved).",
+            labels=["outcome"],
+        )
+        snapshots.add_metric(["ok"], s.written)
+        snapshots.add_metric(["error"], s.failed)
+        seconds = CounterMetricFamily(
+            "semcached_semantic_snapshot_seconds", "Time spent writing index snapshots."
+        )
+        seconds.add_metric([], s.seconds)
+        last = GaugeMetricFamily(
+            "semcached_semantic_last_snapshot_timestamp_seconds",
+            "Unix time of the last complete snapshot round (0: none since start).",
+        )
+        last.add_metric([], s.last_success_at)
+        yield from (snapshots, seconds, last)
+        report = engine.last_open
+        if report is None:
+            return
+        open_seconds = GaugeMetricFamily(
+            "semcached_semantic_open_seconds",
+            "How long the last start took to restore the indexes and bookkeeping.",
+        )
+        open_seconds.add_metric([], report.seconds)
+        open_entries = GaugeMetricFamily(
+            "semcached_semantic_open_entries",
+            "Entries restored at the last start, by where their vectors came from.",
+            labels=["source"],
+        )
+        open_entries.add_metric(["snapshot"], report.entries_from_snapshot)
+        open_entries.add_metric(["lmdb"], report.entries_added)
+        open_indexes = GaugeMetricFamily(
+            "semcached_semantic_open_indexes",
+            "Indexes at the last start, by whether a snapshot was loaded or they were rebuilt.",
+            labels=["outcome"],
+        )
+        open_indexes.add_metric(["loaded"], report.indexes_loaded)
+        open_indexes.add_metric(["rebuilt"], report.indexes_rebuilt)
+        yield from (open_seconds, open_entries, open_indexes)
+
+    def _embedding_metrics(self) -> Iterator[Metric]:
+        e = self._embedding
+        texts = CounterMetricFamily(
+            "semcached_embedding_texts",
+            "Texts asked to be embedded, by whether the embedding cache had them.",
+            labels=["cache"],
+        )
+        texts.add_metric(["hit"], e.cache_hits)
+        texts.add_metric(["miss"], e.texts - e.cache_hits)
+        calls = CounterMetricFamily(
+            "semcached_embedding_model_calls",
+            "Calls to the embedding model (one per micro-batch), by outcome.",
+            labels=["outcome"],
+        )
+        calls.add_metric(["ok"], e.model_calls - e.model_errors)
+        calls.add_metric(["error"], e.model_errors)
+        seconds = CounterMetricFamily(
+            "semcached_embedding_model_seconds", "Time spent in embedding model calls."
+        )
+        seconds.add_metric([], e.model_seconds)
+        yield from (texts, calls, seconds)

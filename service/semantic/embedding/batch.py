@@ -1,0 +1,230 @@
+"""Micro-batching of concurrent embedding calls into shared backend calls.
+
+A model embeds a batch of 32 texts several times faster per text than 32 single
+calls, and an embedding service answers one request of 32 about as fast as one of 1.
+Requests arrive one text at a time from many HTTP handlers, so :class:`MicroBatcher`
+holds each text for at most ``max_wait_s`` to let others join it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from semcached.service.semantic.embedding.base import (
+    BatchFn,
+    EmbeddingError,
+    EmbeddingUnavailableError,
+    Matrix,
+)
+
+__all__ = ["MicroBatcher"]
+
+log = logging.getLogger(__name__)
+
+
+class _Request:
+    """One caller's texts, its rows as they arrive and the future it waits on."""
+
+    __slots__ = ("future", "out", "remaining", "texts")
+
+    def __init__(self, texts: list[str], future: asyncio.Future[dict[int, Matrix]]) -> None:
+        self.texts = texts
+        self.future = future
+        self.out: dict[int, Matrix] = {}  # slice start -> its rows
+        self.remaining = 0
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+@dataclass(slots=True)
+class _Slice:
+    """Up to ``max_batch`` consecutive texts of one request; batches hold whole slices."""
+
+    request: _Request
+    start: int
+    stop: int
+    enqueued: float
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+class MicroBatcher:
+    """Merges concurrent :meth:`submit` calls into batches for one ``batch_fn``.
+
+    A batch leaves when it holds ``max_batch`` texts, or ``max_wait_s`` after its oldest
+    text arrived, whichever is first; at most ``max_concurrency`` batches run at once
+    (while they do, new texts queue up and leave together). Each caller gets its own
+    rows in order; an exception from ``batch_fn`` reaches every caller of that batch; a
+    cancelled caller's texts are dropped if not yet sent, its rows discarded if they
+    were. At most ``max_queued`` texts wait; beyond that :meth:`submit` fails fast (503).
+    """
+
+    def __init__(
+        self,
+        batch_fn: BatchFn,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        max_concurrency: int = 1,
+        max_queued: int | None = None,
+    ) -> None:
+        if max_batch < 1 or max_concurrency < 1 or max_wait_s < 0:
+            raise ValueError("max_batch and max_concurrency must be >= 1, max_wait_s >= 0")
+        self._batch_fn = batch_fn
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queued = max_queued if max_queued is not None else max(1024, 64 * max_batch)
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._queue: deque[_Slice] = deque()
+        self._queued_texts = 0
+        self._wakeup = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for a batch (a cancelled caller's count until pruned)."""
+        return self._queued_texts
+
+    async def submit(self, texts: Sequence[str]) -> Matrix:
+        """Rows for ``texts`` in order, computed in batches shared with other callers."""
+        if self._closed:
+            raise EmbeddingUnavailableError("the embedder is closed")
+        if not texts:
+            raise ValueError("submit() needs at least one text")
+        if self._queued_texts + len(texts) > self.max_queued:
+            raise EmbeddingUnavailableError(
+                f"embedding queue is full ({self._queued_texts} texts waiting); retry later",
+                code="embedding_overloaded",
+            )
+        loop = asyncio.get_running_loop()
+        request = _Request(list(texts), loop.create_future())
+        now = loop.time()
+        for start in range(0, len(texts), self.max_batch):
+            stop = min(start + self.max_batch, len(texts))
+            self._queue.append(_Slice(request, start, stop, now))
+            request.remaining += 1
+        self._queued_texts += len(texts)
+        self._wakeup.set()
+        if self._worker is None:
+            self._worker = loop.create_task(self._work(), name="semcached-embed-batcher")
+        # Cancelling this await cancels the future; the worker then skips our slices.
+        parts = await request.future
+        if len(parts) == 1:
+            return parts[0]
+        return np.concatenate([parts[start] for start in sorted(parts)])
+
+    async def _work(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._collect()
+            except asyncio.CancelledError:
+                self._slots.release()
+                raise
+            except Exception:  # a bug here must not leave callers waiting forever
+                self._slots.release()
+                log.exception("embedding batcher failed; failing the queued texts")
+                self._fail_queued(EmbeddingError("internal error in the embedding batcher"))
+                self._worker = None  # the next submit starts a new one
+                return
+            task = asyncio.create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
+
+    def _prune(self) -> None:
+        """Drop queued slices whose caller has gone (cancelled)."""
+        if any(s.request.future.done() for s in self._queue):
+            self._queue = deque(s for s in self._queue if not s.request.future.done())
+            self._queued_texts = sum(s.size for s in self._queue)
+
+    async def _collect(self) -> list[_Slice]:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._prune()
+            if self._queue:
+                break
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        # The wait counts from the oldest text's arrival, so texts that queued while
+        # the backend was busy leave at once.
+        deadline = self._queue[0].enqueued + self.max_wait_s
+        while self._queued_texts < self.max_batch:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+            self._prune()
+        batch: list[_Slice] = []
+        size = 0
+        while self._queue and size + self._queue[0].size <= self.max_batch:
+            piece = self._queue.popleft()
+            self._queued_texts -= piece.size
+            if not piece.request.future.done():
+                batch.append(piece)
+                size += piece.size
+        return batch
+
+    async def _run(self, batch: list[_Slice]) -> None:
+        try:
+            texts = [t for s in batch for t in s.request.texts[s.start : s.stop]]
+            if not texts:
+                return
+            try:
+                rows = await self._batch_fn(texts)
+                if len(rows) != len(texts):
+                    raise EmbeddingError(f"{len(rows)} rows came back for {len(texts)} texts")
+            except Exception as exc:
+                for s in batch:
+                    s.request.fail(exc)
+                return
+            except BaseException:
+                for s in batch:
+                    s.request.fail(EmbeddingUnavailableError("embedding was interrupted"))
+                raise
+            offset = 0
+            for s in batch:
+                request = s.request
+                part = rows[offset : offset + s.size]
+                offset += s.size
+                if request.future.done():
+                    continue  # cancelled, or failed in another batch: drop its rows
+                request.out[s.start] = part
+                request.remaining -= 1
+                if request.remaining == 0:
+                    request.future.set_result(request.out)
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        """Refuse new texts, fail the queued ones (503), let running batches finish."""
+        self._closed = True
+        if self._worker is not None:
+            self._worker.cancel()
+            await asyncio.gather(self._worker, return_exceptions=True)
+        self._fail_queued(
+            EmbeddingUnavailableError("the embedder closed before this text was embedded")
+        )
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _fail_queued(self, exc: BaseException) -> None:
+        while self._queue:
+            self._queue.popleft().request.fail(exc)
+        self._queued_texts = 0

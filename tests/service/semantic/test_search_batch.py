@@ -1,0 +1,158 @@
+"""SearchBatcher: concurrent searches of one index share index calls, answers stay exact."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from numpy.typing import ArrayLike
+
+from semcached.index.exact import ExactIndex
+from semcached.index.vector_index import SearchResult
+from semcached.service.semantic.search_batch import SearchBatcher
+
+DIM = 16
+
+
+class GatedIndex(ExactIndex):
+    """The exact index, recording each search call's row count; ``gate`` holds calls."""
+
+    def __init__(self) -> None:
+        super().__init__(DIM)
+        self.gate = threading.Event()
+        self.gate.set()
+        self.calls: list[int] = []
+        self.fail = False
+
+    def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
+        self.gate.wait(10)
+        rows = np.asarray(queries)
+        self.calls.append(rows.shape[0])
+        if self.fail:
+            raise RuntimeError("index broke")
+        return super().search(rows, k)
+
+
+def filled(n: int = 200, seed: int = 0) -> tuple[GatedIndex, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    index = GatedIndex()
+    index.add(np.arange(1, n + 1), vectors)
+    return index, vectors
+
+
+async def test_a_lone_query_leaves_at_once_and_matches_a_direct_search(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor)
+    ids, sims = await batcher.search(index, vectors[3], 5)
+    want_ids, want_sims = index.search(vectors[3][None, :], 5)[0]
+    assert ids.tolist() == want_ids.tolist()
+    assert ids[0] == 4
+    np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
+    assert index.calls[0] == 1
+    assert not batcher._lanes  # no state is kept for an idle index
+
+
+async def test_queries_arriving_during_a_search_share_the_next_call(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor, max_batch=8)
+    index.gate.clear()
+    first = asyncio.ensure_future(batcher.search(index, vectors[0], 3))
+    await asyncio.sleep(0.01)  # the first call is now blocked in the index
+    rest = [
+        asyncio.ensure_future(batcher.search(index, vectors[i], 1 + i % 4)) for i in range(1, 20)
+    ]
+    await asyncio.sleep(0.01)
+    index.gate.set()
+    results = await asyncio.gather(first, *rest)
+    assert index.calls == [1, 8, 8, 3]  # one alone, then the backlog in max_batch slices
+    for i, (ids, sims) in enumerate(results):
+        k = 3 if i == 0 else 1 + i % 4
+        want_ids, want_sims = index.search(vectors[i][None, :], k)[0]
+        assert ids.tolist() == want_ids.tolist()  # each caller gets its own k
+        np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
+    assert batcher.stats.batches == 4
+    assert batcher.stats.queries == 20
+    assert not batcher._lanes
+
+
+async def test_up_to_max_in_flight_batches_of_one_index_run_at_once(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor, max_in_flight=2)
+    index.gate.clear()
+    first = asyncio.ensure_future(batcher.search(index, vectors[0], 1))
+    second = asyncio.ensure_future(batcher.search(index, vectors[1], 1))
+    await asyncio.sleep(0.01)  # both are in the index now, on the two workers
+    rest = [asyncio.ensure_future(batcher.search(index, vectors[i], 1)) for i in range(2, 7)]
+    await asyncio.sleep(0.01)
+    assert batcher.stats.batches == 2  # the others wait for a free slot
+    index.gate.set()
+    results = await asyncio.gather(first, second, *rest)
+    assert [ids.tolist() for ids, _ in results] == [[i + 1] for i in range(7)]
+    assert sorted(index.calls) == [1, 1, 5]  # the backlog left as one batch
+    assert not batcher._lanes
+
+
+async def test_an_index_error_reaches_every_caller_of_the_batch(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor)
+    index.fail = True
+    outcomes = await asyncio.gather(
+        *(batcher.search(index, vectors[i], 2) for i in range(5)), return_exceptions=True
+    )
+    assert all(isinstance(o, RuntimeError) and "index broke" in str(o) for o in outcomes)
+    index.fail = False
+    ids, _ = await batcher.search(index, vectors[7], 1)  # the lane recovers
+    assert ids.tolist() == [8]
+
+
+async def test_a_cancelled_query_is_dropped_before_it_leaves(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = filled()
+    batcher = SearchBatcher(executor)
+    index.gate.clear()
+    running = asyncio.ensure_future(batcher.search(index, vectors[0], 1))
+    await asyncio.sleep(0.01)
+    doomed = asyncio.ensure_future(batcher.search(index, vectors[1], 1))
+    kept = asyncio.ensure_future(batcher.search(index, vectors[2], 1))
+    await asyncio.sleep(0)
+    doomed.cancel()
+    index.gate.set()
+    (ids0, _), (ids2, _) = await asyncio.gather(running, kept)
+    assert (ids0.tolist(), ids2.tolist()) == ([1], [3])
+    assert index.calls == [1, 1]  # the cancelled query never reached the index
+
+
+async def test_separate_indexes_search_in_parallel(executor: ThreadPoolExecutor) -> None:
+    blocked, _ = filled(seed=1)
+    free, vectors = filled(seed=2)
+    batcher = SearchBatcher(executor)
+    blocked.gate.clear()
+    stuck = asyncio.ensure_future(batcher.search(blocked, vectors[0], 1))
+    await asyncio.sleep(0.01)
+    ids, _ = await asyncio.wait_for(batcher.search(free, vectors[5], 1), 5)
+    assert ids.tolist() == [6]
+    blocked.gate.set()
+    await stuck
+
+
+async def test_a_shut_down_executor_fails_the_query() -> None:
+    index, vectors = filled()
+    pool = ThreadPoolExecutor(1)
+    pool.shutdown()
+    batcher = SearchBatcher(pool)
+    with pytest.raises(RuntimeError):
+        await batcher.search(index, vectors[0], 1)
+    assert not batcher._lanes
