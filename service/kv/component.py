@@ -25,6 +25,7 @@ from semcached.index.kv_disk import KvDiskStore
 from semcached.index.kv_tiers import HostTier
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shm_arena import ShmArena
+from semcached.service.blocking import run_blocking
 from semcached.service.config import KvSettings
 from semcached.service.http.appkeys import COMPONENTS, DATA_DIR, EXECUTOR, KV, METRICS, SETTINGS
 from semcached.service.kv.engine import KvCache
@@ -93,8 +94,7 @@ def install_kv_cache(app: web.Application) -> None:
 
     async def open_engine() -> None:
         nonlocal sweeper
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(app[EXECUTOR], open_blocking)
+        engine = await run_blocking(app[EXECUTOR], open_blocking)
         slot.set(engine)
         sweeper = asyncio.create_task(_sweep_leases(engine), name="kv lease sweeper")
 
@@ -105,8 +105,7 @@ def install_kv_cache(app: web.Application) -> None:
                 await sweeper
         engine = slot.get()
         slot.set(None)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(app[EXECUTOR], _close, engine)
+        await run_blocking(app[EXECUTOR], _close, engine)
 
     app[COMPONENTS].add(FunctionComponent("chunk KV cache", open_engine, close_engine))
     app[METRICS].registry.register(KvCollector(slot))

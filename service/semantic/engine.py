@@ -1,5 +1,10 @@
 """The semantic response cache engine, usable in-process without HTTP.
 
+(About 480 lines, over the house's 400: what is left here is the request paths and
+their background upkeep, which share one set of loop-owned state; the bookkeeping is
+in :mod:`~semcached.service.semantic.entries`, vectors in
+:mod:`~semcached.service.semantic.vectors`, restore and snapshots in their modules.)
+
 A lookup tries the exact tier first (a hash of the normalised prompt within the
 namespace and partition), then embeds the prompt if no vector came with it and
 searches the HNSW index of its (namespace, category); candidates from another
@@ -12,40 +17,48 @@ derived from LMDB. The indexes are snapshotted in the background and at close
 (:mod:`semcached.service.semantic.snapshots`) and at start loaded from their
 snapshots and reconciled with LMDB (:mod:`semcached.service.semantic.restore`).
 
-Threading: every method runs on the event loop, which alone mutates the in-memory
-structures; index searches and inserts, embedding and LMDB writes run on the
-executor (they release the GIL).
+Threading (the contract of :mod:`semcached.service.blocking`): the engine is
+loop-only. Every public method is a coroutine or a plain method to call on the event
+loop, which alone mutates the in-memory structures (:class:`EntryTable`); index
+searches and inserts, embedding and LMDB writes go to the executor through
+``run_blocking`` (they release the GIL). ``get``, ``stats``, ``search_stats``,
+``snapshot_stats`` and ``len`` are plain loop-only methods that never block.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import gc
-import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
-from typing import Literal, NamedTuple, TypeVar
 
 import numpy as np
-from numpy.typing import NDArray
 
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
-from semcached.cachepolicy.policies import eviction_factory
 from semcached.errors import BadRequestError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.eviction import EvictionPolicy
-from semcached.index.expiry import ExpiryIndex
 from semcached.index.vector_index import VectorIndex
+from semcached.protocol.codes import ErrorCode
+from semcached.service.blocking import run_blocking
 from semcached.service.semantic.embedding.base import Embedder
-from semcached.service.semantic.restore import EntryGroup, OpenReport, restore
+from semcached.service.semantic.entries import EntryTable
+from semcached.service.semantic.restore import OpenReport, restore
 from semcached.service.semantic.search_batch import SearchBatcher, SearchStats
 from semcached.service.semantic.snapshots import SnapshotDirectory, SnapshotStats, SnapshotTracker
+from semcached.service.semantic.types import (
+    CategoryStats,
+    Insert,
+    InsertResult,
+    Lookup,
+    LookupResult,
+    Vector,
+)
+from semcached.service.semantic.vectors import VectorSource
 
 __all__ = [
     "CategoryStats",
@@ -60,93 +73,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-Vector = NDArray[np.float32]
 IndexFactory = Callable[[int], VectorIndex]  # dim -> a new empty index
-Strategy = Literal["exact", "semantic"]
-
-
-@dataclass(frozen=True, slots=True)
-class Lookup:
-    """Has a prompt meaning the same thing been answered in this namespace and partition?"""
-
-    namespace: str
-    text: str | None = None
-    vector: Vector | None = None
-    category: str | None = None
-    partition: str = ""
-    threshold: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class LookupResult:
-    hit: bool
-    category: str
-    similarity: float | None = None  # the best candidate's, also on a miss
-    entry_id: int | None = None
-    age_s: float | None = None
-    strategy: Strategy | None = None
-    document: Document | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Insert:
-    """A prompt and its response to cache."""
-
-    namespace: str
-    prompt: str
-    response: bytes
-    response_format: Literal["json", "bytes"] = "json"
-    category: str | None = None
-    partition: str = ""
-    model: str = ""
-    vector: Vector | None = None
-    ttl_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class InsertResult:
-    entry_id: int
-    category: str
-    expires_at: float
-
-
-@dataclass(slots=True)
-class CategoryStats:
-    """Counters of one category since start, and its current size."""
-
-    entries: int = 0
-    bytes: int = 0
-    hits: int = 0
-    misses: int = 0
-    inserts: int = 0
-    evictions: int = 0
-    expirations: int = 0
-
-
-class _Entry(NamedTuple):
-    """What the engine keeps in memory per entry to filter and account without LMDB.
-
-    A named tuple, so that a restart can build a million of them in C
-    (``tuple.__new__`` over ``zip``) instead of one Python ``__init__`` call each.
-    """
-
-    namespace: str
-    category: str
-    partition: str
-    created_at: float
-    expires_at: float
-    size: int
-
-
-_new_entry = functools.partial(tuple.__new__, _Entry)  # _Entry from a 6-tuple, in C
-
-
-@dataclass
-class _CategoryState:
-    policy: CategoryPolicy
-    eviction: EvictionPolicy
-    stats: CategoryStats = field(default_factory=CategoryStats)
 
 
 class SemanticCache:
@@ -179,14 +106,13 @@ class SemanticCache:
         ``search_batches_in_flight`` batches of one index searching at once."""
         self._store = store
         self._index_factory = index_factory
-        self._embedder = embedder
+        self._vectors = VectorSource(embedder, dim)
         self._categories = categories
         self.dim = dim
         self._executor = executor
         self._searches = SearchBatcher(
             search_executor or executor, max_in_flight=search_batches_in_flight
         )
-        self._eviction_factory = eviction_factory
         self._clock = clock
         self._candidates = candidates
         self._sweep_interval_s = sweep_interval_s
@@ -194,10 +120,8 @@ class SemanticCache:
         self._hit_flush_interval_s = hit_flush_interval_s
 
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
-        self._entries: dict[int, _Entry] = {}
-        self._expiry = ExpiryIndex()
-        self._state = {p.name: _CategoryState(p, self._new_eviction(p)) for p in categories}
-        self._pending_hits: dict[int, tuple[int, float]] = {}
+        self._table = EntryTable(categories, eviction_factory)
+        self._entries = self._table.entries  # the same dict: lookups read it directly
         self._next_id = 1
         self._maintenance: asyncio.Task[None] | None = None
         self._snapshots = SnapshotTracker(snapshots, executor)
@@ -205,12 +129,6 @@ class SemanticCache:
         self._snapshotter: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._expired_at_open: list[int] = []
-        # Restored entries whose expiry the expiry index does not know yet (see open()).
-        # Restored entries that the expiry index and the eviction policies do not know
-        # yet (see _restore_group), ascending, and how far _fill_backlog has got.
-        self._backlog_parts: list[NDArray[np.uint64]] = []
-        self._backlog: list[int] = []
-        self._backlog_done = 0
         self._backlog_filler: asyncio.Task[None] | None = None
         self.last_open: OpenReport | None = None
 
@@ -230,7 +148,7 @@ class SemanticCache:
                 index_factory=self._index_factory,
                 dim=self.dim,
                 now=self._clock(),
-                account=self._restore_group,
+                account=self._table.restore_group,
                 executor=self._executor,
             )
         finally:
@@ -255,9 +173,7 @@ class SemanticCache:
             report.expired,
         )
         self._stopping.clear()
-        parts, self._backlog_parts = self._backlog_parts, []
-        self._backlog = np.sort(np.concatenate(parts)).tolist() if parts else []
-        self._backlog_done = 0
+        self._table.seal_restore()
         self._backlog_filler = asyncio.create_task(self._fill_backlog(), name="semantic-backlog")
         self._maintenance = asyncio.create_task(self._maintain(), name="semantic-maintenance")
         if self._snapshots.directory is not None and self._snapshot_interval_s > 0:
@@ -298,18 +214,20 @@ class SemanticCache:
 
     async def lookup(self, request: Lookup) -> LookupResult:
         policy = self._categories.resolve(request.category)
-        state = self._state[policy.name]
+        counters = self._table.counters(policy.name)
         if request.text is None and request.vector is None:
-            raise BadRequestError("missing_field", "give text, vector or both", field="text")
+            raise BadRequestError(
+                ErrorCode.MISSING_FIELD, "give text, vector or both", field="text"
+            )
         now = self._clock()
 
         if request.text is not None:
             exact = self._exact(request, now)
             if exact is not None:
-                self._state[exact.category].stats.hits += 1
+                self._table.counters(exact.category).hits += 1
                 return exact
 
-        vector = await self._query_vector(request.text, request.vector)
+        vector = await self._vectors.for_query(request.text, request.vector)
         index = self._indexes.get((request.namespace, policy.name))
         best: tuple[int, float] | None = None
         if index is not None and len(index):
@@ -317,8 +235,8 @@ class SemanticCache:
         if best is not None and policy.is_hit(best[1], request.threshold):
             document = self._store.get(best[0])
             if document is not None:
-                state.stats.hits += 1
-                self._record_hit(best[0], policy.name, now)
+                counters.hits += 1
+                self._table.record_hit(best[0], policy.name, now)
                 return LookupResult(
                     hit=True,
                     category=policy.name,
@@ -328,7 +246,7 @@ class SemanticCache:
                     strategy="semantic",
                     document=document,
                 )
-        state.stats.misses += 1
+        counters.misses += 1
         return LookupResult(
             hit=False, category=policy.name, similarity=None if best is None else best[1]
         )
@@ -350,7 +268,7 @@ class SemanticCache:
         document = self._store.get(entry_id)
         if document is None:
             return None
-        self._record_hit(entry_id, entry.category, now)
+        self._table.record_hit(entry_id, entry.category, now)
         return LookupResult(
             hit=True,
             category=entry.category,
@@ -392,10 +310,14 @@ class SemanticCache:
         policies = [self._categories.resolve(r.category) for r in requests]
         for r in requests:
             if not r.prompt:
-                raise BadRequestError("invalid_field", "prompt must not be empty", field="prompt")
+                raise BadRequestError(
+                    ErrorCode.INVALID_FIELD, "prompt must not be empty", field="prompt"
+                )
             if r.ttl_s is not None and not (math.isfinite(r.ttl_s) and r.ttl_s > 0):
-                raise BadRequestError("invalid_field", "ttl_s must be positive", field="ttl_s")
-        vectors = await self._vectors_for(requests)
+                raise BadRequestError(
+                    ErrorCode.INVALID_FIELD, "ttl_s must be positive", field="ttl_s"
+                )
+        vectors = await self._vectors.for_inserts(requests)
         now = self._clock()
         items: list[tuple[Document, Vector]] = []
         for request, policy, vector in zip(requests, policies, vectors, strict=True):
@@ -425,10 +347,8 @@ class SemanticCache:
             )
             is not None
         ]
-        await self._run(self._store.put_many, items)  # durable from here on
+        await run_blocking(self._executor, self._store.put_many, items)  # durable from here on
         await self._add_to_memory(items)
-        for doc, _ in items:
-            self._state[doc.category].stats.inserts += 1
         # The same prompt inserted again replaces the older entry.
         stale = [i for i in replaced if i in self._entries]
         if stale:
@@ -436,39 +356,6 @@ class SemanticCache:
         for category in {doc.category for doc, _ in items}:
             await self._enforce_quota(category)
         return [InsertResult(d.entry_id, d.category, d.expires_at) for d, _ in items]
-
-    async def _vectors_for(self, requests: Sequence[Insert]) -> list[Vector]:
-        given = [self._check_vector(r.vector) if r.vector is not None else None for r in requests]
-        missing = [i for i, v in enumerate(given) if v is None]
-        if missing:
-            embedded = await self._embedder.embed([requests[i].prompt for i in missing])
-            for row, i in enumerate(missing):
-                given[i] = embedded[row]
-        return [v for v in given if v is not None]
-
-    async def _query_vector(self, text: str | None, vector: Vector | None) -> Vector:
-        if vector is not None:
-            return self._check_vector(vector)
-        assert text is not None
-        if not text.strip():
-            raise BadRequestError("invalid_field", "text must not be empty", field="text")
-        rows = await self._embedder.embed([text])
-        return np.asarray(rows[0], dtype=np.float32)
-
-    def _check_vector(self, vector: Vector) -> Vector:
-        v = np.asarray(vector, dtype=np.float32)
-        if v.shape != (self.dim,):
-            raise BadRequestError(
-                "invalid_vector",
-                f"vector must have {self.dim} dimensions, got shape {v.shape}",
-                field="vector",
-            )
-        if not np.isfinite(v).all():
-            raise BadRequestError("invalid_vector", "vector contains NaN or Inf", field="vector")
-        norm = float(np.linalg.norm(v))
-        if norm == 0.0:
-            raise BadRequestError("invalid_vector", "vector must not be all zeros", field="vector")
-        return v / norm
 
     async def _add_to_memory(self, items: Sequence[tuple[Document, Vector]]) -> None:
         """Index and account entries already committed to LMDB."""
@@ -481,11 +368,11 @@ class SemanticCache:
                 index = self._indexes[key] = self._index_factory(self.dim)
             ids = np.fromiter((d.entry_id for d, _ in group), dtype=np.uint64, count=len(group))
             try:
-                await self._run(index.add, ids, np.stack([v for _, v in group]))
+                await run_blocking(self._executor, index.add, ids, np.stack([v for _, v in group]))
             finally:
                 self._snapshots.changed(key)
         for doc, _ in items:
-            self._account(
+            self._table.add(
                 EntryMeta(
                     doc.entry_id,
                     doc.namespace,
@@ -497,133 +384,34 @@ class SemanticCache:
                 )
             )
 
-    def _restore_group(self, group: EntryGroup) -> None:
-        """Account the live entries of one group found in LMDB at open. O(entries).
-
-        Only the entry table and the quota counts are filled here. The expiry index
-        (~8 us per add) and the eviction policy (a B-skiplist insert) are fed later by
-        :meth:`_fill_backlog`, oldest entry first, between requests: lookups check
-        expiry on the entry itself, and a policy that has seen only the oldest
-        entries still names the right victims.
-        """
-        state = self._state_of(group.category)
-        rows = group.records
-        ids: list[int] = rows["id"].tolist()
-        fields = zip(
-            itertools.repeat(group.namespace),
-            itertools.repeat(group.category),
-            itertools.repeat(group.partition),
-            rows["created_at"].tolist(),
-            rows["expires_at"].tolist(),
-            rows["size"].tolist(),
-        )
-        self._entries.update(zip(ids, map(_new_entry, fields), strict=True))
-        state.stats.entries += len(ids)
-        state.stats.bytes += int(rows["size"].sum())
-        self._backlog_parts.append(rows["id"])
-
     async def _fill_backlog(self, chunk: int = 1024) -> None:
         """Feed the restored entries to the expiry index and their eviction policies,
         ``chunk`` per loop turn, oldest first."""
-        while self._backlog_done < len(self._backlog):
-            self._fill_backlog_now(chunk)
+        while self._table.backlog:
+            self._table.fill_backlog(chunk)
             await asyncio.sleep(0)
-
-    def _fill_backlog_now(self, limit: int | None = None) -> None:
-        """Feed up to ``limit`` (default: all) backlog entries now."""
-        start = self._backlog_done
-        stop = len(self._backlog) if limit is None else min(len(self._backlog), start + limit)
-        for entry_id in self._backlog[start:stop]:
-            entry = self._entries.get(entry_id)
-            if entry is not None:  # not removed since open
-                self._expiry.add(entry_id, entry.expires_at)
-                self._state[entry.category].eviction.admit(entry_id, entry.size)
-        self._backlog_done = stop
-        if stop == len(self._backlog):
-            self._backlog, self._backlog_done = [], 0
-
-    def _state_of(self, category: str) -> _CategoryState:
-        state = self._state.get(category)
-        if state is None:
-            # A category removed from the configuration since the entry was written:
-            # keep serving it under the default policy rather than dropping data.
-            default = self._categories.resolve(None)
-            state = self._state[category] = _CategoryState(default, self._new_eviction(default))
-        return state
-
-    def _account(self, meta: EntryMeta) -> None:
-        """Track an entry in every in-memory structure but its index. O(log n)."""
-        state = self._state_of(meta.category)
-        size = meta.size_bytes
-        self._entries[meta.entry_id] = _Entry(
-            meta.namespace, meta.category, meta.partition, meta.created_at, meta.expires_at, size
-        )
-        if self._backlog:  # restored entries are still being fed: join the queue (ids grow)
-            self._backlog.append(meta.entry_id)
-        else:
-            self._expiry.add(meta.entry_id, meta.expires_at)
-            state.eviction.admit(meta.entry_id, size)
-        state.stats.entries += 1
-        state.stats.bytes += size
-
-    def _new_eviction(self, policy: CategoryPolicy) -> EvictionPolicy:
-        """The eviction policy the category configures (``eviction = ...``), unless the
-        engine was given a factory for all categories."""
-        if self._eviction_factory is not None:
-            return self._eviction_factory()
-        return eviction_factory(policy.eviction)()
 
     # -- removal -----------------------------------------------------------------------
 
     async def _enforce_quota(self, category: str) -> None:
-        state = self._state[category]
-        victims: list[int] = []
-        entries, nbytes = state.stats.entries, state.stats.bytes
-        while state.policy.over_quota(entries, nbytes):
-            victim = state.eviction.choose_victim()
-            if victim is None:
-                if not self._backlog:
-                    break
-                self._fill_backlog_now()  # restored entries the policy has not seen yet
-                continue
-            state.eviction.forget(victim)
-            entry = self._entries.get(victim)
-            if entry is not None:
-                victims.append(victim)
-                entries -= 1
-                nbytes -= entry.size
+        victims = self._table.victims(category)
         if victims:
             await self._remove(victims, reason="evicted")
 
     async def _remove(self, entry_ids: Sequence[int], *, reason: str) -> int:
         """Remove entries from LMDB, then from every in-memory structure."""
-        await self._run(self._store.delete_many, list(entry_ids))
-        removed = 0
-        by_index: dict[tuple[str, str], list[int]] = {}
-        for entry_id in entry_ids:
-            entry = self._entries.pop(entry_id, None)
-            if entry is None:
-                continue
-            removed += 1
-            self._expiry.discard(entry_id)
-            self._pending_hits.pop(entry_id, None)
-            state = self._state[entry.category]
-            state.eviction.forget(entry_id)
-            state.stats.entries -= 1
-            state.stats.bytes -= entry.size
-            if reason == "evicted":
-                state.stats.evictions += 1
-            elif reason == "expired":
-                state.stats.expirations += 1
-            by_index.setdefault((entry.namespace, entry.category), []).append(entry_id)
+        await run_blocking(self._executor, self._store.delete_many, list(entry_ids))
+        by_index = self._table.remove(entry_ids, reason)
         for key, ids in by_index.items():
             index = self._indexes.get(key)
             if index is not None:
                 try:
-                    await self._run(index.remove, np.asarray(ids, dtype=np.uint64))
+                    await run_blocking(
+                        self._executor, index.remove, np.asarray(ids, dtype=np.uint64)
+                    )
                 finally:
                     self._snapshots.changed(key)
-        return removed
+        return sum(map(len, by_index.values()))
 
     async def delete(self, entry_id: int) -> bool:
         """Remove one entry; False when there was none."""
@@ -662,8 +450,7 @@ class SemanticCache:
         """
         if self._expired_at_open:
             await self._delete_expired_at_open()
-        self._fill_backlog_now()  # the expiry index must know every entry first
-        due = self._expiry.pop_expired(self._clock(), self._sweep_batch)
+        due = self._table.expired(self._clock(), self._sweep_batch)
         return await self._remove(due, reason="expired") if due else 0
 
     async def _delete_expired_at_open(self) -> None:
@@ -671,19 +458,12 @@ class SemanticCache:
         while self._expired_at_open:
             batch = self._expired_at_open[: self._sweep_batch]
             del self._expired_at_open[: len(batch)]  # before the await: sweeps may overlap
-            await self._run(self._store.delete_many, batch)
-
-    def _record_hit(self, entry_id: int, category: str, now: float) -> None:
-        count, _ = self._pending_hits.get(entry_id, (0, 0.0))
-        self._pending_hits[entry_id] = (count + 1, now)
-        self._state[category].eviction.record_access(entry_id)
+            await run_blocking(self._executor, self._store.delete_many, batch)
 
     async def _flush_hits(self) -> None:
-        if not self._pending_hits:
-            return
-        updates = [(i, c, t) for i, (c, t) in self._pending_hits.items()]
-        self._pending_hits = {}
-        await self._run(self._store.update_hits, updates)
+        updates = self._table.take_hits()
+        if updates:
+            await run_blocking(self._executor, self._store.update_hits, updates)
 
     async def _maintain(self) -> None:
         last_flush = time.monotonic()
@@ -702,7 +482,7 @@ class SemanticCache:
     # -- introspection -----------------------------------------------------------------
 
     def stats(self) -> dict[str, CategoryStats]:
-        return {name: state.stats for name, state in self._state.items()}
+        return self._table.stats()
 
     def search_stats(self) -> SearchStats:
         """Index search calls made and queries sent (their ratio: the mean batch)."""
@@ -714,6 +494,3 @@ class SemanticCache:
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)

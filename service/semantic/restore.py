@@ -22,7 +22,6 @@ index add); the per-entry Python work is the engine's own bookkeeping.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +35,7 @@ from numpy.typing import NDArray
 from semcached.index.docstore import DocumentStore
 from semcached.index.snapshot import SnapshotError
 from semcached.index.vector_index import VectorIndex
+from semcached.service.blocking import run_blocking
 from semcached.service.semantic.snapshots import IndexKey, SnapshotTracker
 
 __all__ = [
@@ -194,7 +194,7 @@ class _Restore:
         self.rebuilt = self.added = self.removed = self.from_snapshot = 0
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await run_blocking(self.executor, fn, *args)
 
     async def load_snapshots(self) -> None:
         self.next_id = await self.run(self.store.max_id) + 1

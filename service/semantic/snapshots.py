@@ -52,6 +52,7 @@ import xxhash
 
 from semcached.index.snapshot import SnapshotError, read_snapshot, write_snapshot
 from semcached.index.vector_index import VectorIndex
+from semcached.service.blocking import run_blocking
 
 __all__ = [
     "PAUSE_BETWEEN_INDEXES_S",
@@ -215,7 +216,6 @@ class SnapshotTracker:
         if self.directory is None:
             return 0
         directory = self.directory
-        loop = asyncio.get_running_loop()
         async with self._round:
             dirty = [k for k in self.dirty if k in indexes]
             if not dirty and not self._catalog_stale:
@@ -228,7 +228,7 @@ class SnapshotTracker:
                 version = self._version[key]  # mutations completing after this re-dirty it
                 t0 = time.perf_counter()
                 try:
-                    await loop.run_in_executor(self._executor, directory.save, key, indexes[key])
+                    await run_blocking(self._executor, directory.save, key, indexes[key])
                 except Exception:
                     self.stats.failed += 1
                     log.exception("semantic cache: snapshot of index %s/%s failed", *key)
@@ -243,9 +243,7 @@ class SnapshotTracker:
                 # After the saves: every id they hold was allocated below next_id().
                 listed = [k for k in self._saved if k in indexes]
                 try:
-                    await loop.run_in_executor(
-                        self._executor, directory.write_catalog, listed, next_id()
-                    )
+                    await run_blocking(self._executor, directory.write_catalog, listed, next_id())
                 except Exception:
                     # Index snapshots keep their names, so the old catalog still lists
                     # the ones it had; new indexes stay unlisted until the next round.

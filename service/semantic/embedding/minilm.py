@@ -7,7 +7,6 @@ are imported by name inside functions and used through :class:`_SentenceEncoder`
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib
 import logging
@@ -19,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from semcached.errors import ConfigError
+from semcached.service.blocking import run_blocking
 from semcached.service.semantic.embedding.base import (
     INSTALL_HINT,
     EmbeddingUnavailableError,
@@ -114,8 +114,7 @@ class MiniLMBackend:
         self._model: _SentenceEncoder | None = None
 
     async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._model = await loop.run_in_executor(self._executor, self._load)
+        self._model = await run_blocking(self._executor, self._load)
 
     def _load(self) -> _SentenceEncoder:
         path = self._model_path or minilm_model_path()
@@ -172,8 +171,7 @@ class MiniLMBackend:
         model = self._model
         if model is None:
             raise EmbeddingUnavailableError("the MiniLM model is not loaded")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._encode_with, model, texts)
+        return await run_blocking(self._executor, self._encode_with, model, texts)
 
     async def close(self) -> None:
         self._model = None

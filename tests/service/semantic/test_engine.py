@@ -205,14 +205,14 @@ async def test_restored_entries_are_evicted_oldest_first_even_while_being_fed(
     # Hold the background feeder back: the policy has seen none of the restored entries.
     assert second._backlog_filler is not None
     second._backlog_filler.cancel()
-    assert second._backlog
+    assert second._table.backlog
     new = [await second.insert(insert(f"n{i}", unit(200 + i), category="small")) for i in range(3)]
     assert len(second) == 50
     gone = [o.entry_id for o in old if second.get(o.entry_id) is None]
     assert gone == [o.entry_id for o in old[:3]]  # the oldest restored entries went
     assert all(second.get(n.entry_id) is not None for n in new)
     await second.sweep_expired()  # drains the backlog
-    assert not second._backlog
+    assert not second._table.backlog
     await second.close()
 
 

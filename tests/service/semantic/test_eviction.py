@@ -32,12 +32,12 @@ async def test_category_eviction_setting_picks_the_policy(
     table = CategoryTable().with_overrides({"small": {"max_entries": 4, "eviction": name}})
     engine = make_engine(env, executor, clock, table)
     await engine.open()
-    assert isinstance(engine._state["small"].eviction, kind)
-    assert isinstance(engine._state["default"].eviction, S3FifoPolicy)  # the default
+    assert isinstance(engine._table.eviction_of("small"), kind)
+    assert isinstance(engine._table.eviction_of("default"), S3FifoPolicy)  # the default
     for i in range(12):
         await engine.insert(insert(f"q{i}", unit(100 + i), category="small"))
         await engine.lookup(Lookup("t1", vector=unit(100 + i // 2), category="small"))
     stats = engine.stats()["small"]
     assert (stats.entries, stats.evictions) == (4, 8)
-    assert len(engine._state["small"].eviction) == 4
+    assert len(engine._table.eviction_of("small")) == 4
     await engine.close()

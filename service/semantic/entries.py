@@ -1,0 +1,238 @@
+"""What the semantic cache keeps in memory per entry and per category.
+
+:class:`EntryTable` holds, for every live entry, the few fields a lookup filters on and
+the quota counts (no document: those stay in LMDB), the expiry order, each category's
+eviction policy and counters, and the hit counts waiting to be written back. It does
+no I/O: the engine commits to LMDB first and then tells the table.
+
+Loop-only: the engine's event loop is the only thread that touches it.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
+from semcached.cachepolicy.policies import eviction_factory
+from semcached.index.docstore import EntryMeta
+from semcached.index.eviction import EvictionPolicy
+from semcached.index.expiry import ExpiryIndex
+from semcached.service.semantic.restore import EntryGroup
+from semcached.service.semantic.types import CategoryStats
+
+__all__ = ["Entry", "EntryTable"]
+
+IndexKey = tuple[str, str]  # (namespace, category)
+
+
+class Entry(NamedTuple):
+    """What the engine keeps in memory per entry to filter and account without LMDB.
+
+    A named tuple, so that a restart can build a million of them in C
+    (``tuple.__new__`` over ``zip``) instead of one Python ``__init__`` call each.
+    """
+
+    namespace: str
+    category: str
+    partition: str
+    created_at: float
+    expires_at: float
+    size: int
+
+
+_new_entry = functools.partial(tuple.__new__, Entry)  # Entry from a 6-tuple, in C
+
+
+@dataclass
+class _CategoryState:
+    policy: CategoryPolicy
+    eviction: EvictionPolicy
+    stats: CategoryStats = field(default_factory=CategoryStats)
+
+
+class EntryTable:
+    """Entries, expiry order, eviction order and counters; see the module docstring."""
+
+    def __init__(
+        self,
+        categories: CategoryTable,
+        eviction: Callable[[], EvictionPolicy] | None = None,
+    ) -> None:
+        """``eviction``: one policy factory for every category (default: the policy
+        each category configures)."""
+        self._categories = categories
+        self._eviction = eviction
+        self.entries: dict[int, Entry] = {}
+        self._expiry = ExpiryIndex()
+        self._state = {p.name: _CategoryState(p, self._new_eviction(p)) for p in categories}
+        self._pending_hits: dict[int, tuple[int, float]] = {}
+        # Restored entries that the expiry index and the eviction policies do not know
+        # yet (see restore_group), ascending, and how far fill_backlog has got.
+        self._backlog_parts: list[NDArray[np.uint64]] = []
+        self._backlog: list[int] = []
+        self._backlog_done = 0
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def stats(self) -> dict[str, CategoryStats]:
+        return {name: state.stats for name, state in self._state.items()}
+
+    def eviction_of(self, category: str) -> EvictionPolicy:
+        """The eviction policy of a category (for tests and introspection)."""
+        return self._state[category].eviction
+
+    def counters(self, category: str) -> CategoryStats:
+        """The live counters of a configured category (the engine counts hits and misses)."""
+        return self._state[category].stats
+
+    # -- restore -------------------------------------------------------------------------
+
+    def restore_group(self, group: EntryGroup) -> None:
+        """Account the live entries of one group found in LMDB at open. O(entries).
+
+        Only the entry table and the quota counts are filled here. The expiry index
+        (~8 us per add) and the eviction policy (a B-skiplist insert) are fed later by
+        :meth:`fill_backlog`, oldest entry first, between requests: lookups check
+        expiry on the entry itself, and a policy that has seen only the oldest
+        entries still names the right victims.
+        """
+        state = self._state_of(group.category)
+        rows = group.records
+        ids: list[int] = rows["id"].tolist()
+        fields = zip(
+            itertools.repeat(group.namespace),
+            itertools.repeat(group.category),
+            itertools.repeat(group.partition),
+            rows["created_at"].tolist(),
+            rows["expires_at"].tolist(),
+            rows["size"].tolist(),
+        )
+        self.entries.update(zip(ids, map(_new_entry, fields), strict=True))
+        state.stats.entries += len(ids)
+        state.stats.bytes += int(rows["size"].sum())
+        self._backlog_parts.append(rows["id"])
+
+    def seal_restore(self) -> None:
+        """The restore is complete: queue its entries for :meth:`fill_backlog`, oldest first."""
+        parts, self._backlog_parts = self._backlog_parts, []
+        self._backlog = np.sort(np.concatenate(parts)).tolist() if parts else []
+        self._backlog_done = 0
+
+    @property
+    def backlog(self) -> int:
+        """Restored entries not yet fed to the expiry index and the eviction policies."""
+        return len(self._backlog) - self._backlog_done
+
+    def fill_backlog(self, limit: int | None = None) -> None:
+        """Feed up to ``limit`` (default: all) backlog entries now. O(limit log n)."""
+        start = self._backlog_done
+        stop = len(self._backlog) if limit is None else min(len(self._backlog), start + limit)
+        for entry_id in self._backlog[start:stop]:
+            entry = self.entries.get(entry_id)
+            if entry is not None:  # not removed since open
+                self._expiry.add(entry_id, entry.expires_at)
+                self._state[entry.category].eviction.admit(entry_id, entry.size)
+        self._backlog_done = stop
+        if stop == len(self._backlog):
+            self._backlog, self._backlog_done = [], 0
+
+    # -- changes -------------------------------------------------------------------------
+
+    def add(self, meta: EntryMeta) -> None:
+        """Track a committed entry in every in-memory structure but its index. O(log n)."""
+        state = self._state_of(meta.category)
+        size = meta.size_bytes
+        self.entries[meta.entry_id] = Entry(
+            meta.namespace, meta.category, meta.partition, meta.created_at, meta.expires_at, size
+        )
+        if self._backlog:  # restored entries are still being fed: join the queue (ids grow)
+            self._backlog.append(meta.entry_id)
+        else:
+            self._expiry.add(meta.entry_id, meta.expires_at)
+            state.eviction.admit(meta.entry_id, size)
+        state.stats.entries += 1
+        state.stats.bytes += size
+        state.stats.inserts += 1
+
+    def victims(self, category: str) -> list[int]:
+        """The entries to evict, in the category policy's order, until it is within quota.
+
+        The policy forgets them at once; the caller removes them (:meth:`remove`).
+        """
+        state = self._state[category]
+        victims: list[int] = []
+        entries, nbytes = state.stats.entries, state.stats.bytes
+        while state.policy.over_quota(entries, nbytes):
+            victim = state.eviction.choose_victim()
+            if victim is None:
+                if not self._backlog:
+                    break
+                self.fill_backlog()  # restored entries the policy has not seen yet
+                continue
+            state.eviction.forget(victim)
+            entry = self.entries.get(victim)
+            if entry is not None:
+                victims.append(victim)
+                entries -= 1
+                nbytes -= entry.size
+        return victims
+
+    def remove(self, entry_ids: Sequence[int], reason: str) -> dict[IndexKey, list[int]]:
+        """Forget entries already deleted from LMDB; returns the removed ids by index."""
+        by_index: dict[IndexKey, list[int]] = {}
+        for entry_id in entry_ids:
+            entry = self.entries.pop(entry_id, None)
+            if entry is None:
+                continue
+            self._expiry.discard(entry_id)
+            self._pending_hits.pop(entry_id, None)
+            state = self._state[entry.category]
+            state.eviction.forget(entry_id)
+            state.stats.entries -= 1
+            state.stats.bytes -= entry.size
+            if reason == "evicted":
+                state.stats.evictions += 1
+            elif reason == "expired":
+                state.stats.expirations += 1
+            by_index.setdefault((entry.namespace, entry.category), []).append(entry_id)
+        return by_index
+
+    def expired(self, now: float, limit: int) -> list[int]:
+        """Up to ``limit`` entries due at ``now``, taken out of the expiry order."""
+        self.fill_backlog()  # the expiry index must know every entry first
+        return self._expiry.pop_expired(now, limit)
+
+    def record_hit(self, entry_id: int, category: str, now: float) -> None:
+        count, _ = self._pending_hits.get(entry_id, (0, 0.0))
+        self._pending_hits[entry_id] = (count + 1, now)
+        self._state[category].eviction.record_access(entry_id)
+
+    def take_hits(self) -> list[tuple[int, int, float]]:
+        """(entry id, hits, last hit time) counted since the last call, to write back."""
+        updates = [(i, c, t) for i, (c, t) in self._pending_hits.items()]
+        self._pending_hits = {}
+        return updates
+
+    # -- categories ----------------------------------------------------------------------
+
+    def _state_of(self, category: str) -> _CategoryState:
+        state = self._state.get(category)
+        if state is None:
+            # A category removed from the configuration since the entry was written:
+            # keep serving it under the default policy rather than dropping data.
+            default = self._categories.resolve(None)
+            state = self._state[category] = _CategoryState(default, self._new_eviction(default))
+        return state
+
+    def _new_eviction(self, policy: CategoryPolicy) -> EvictionPolicy:
+        if self._eviction is not None:
+            return self._eviction()
+        return eviction_factory(policy.eviction)()

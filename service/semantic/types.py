@@ -1,0 +1,82 @@
+"""The semantic cache engine's requests, answers and counters (plain data, no logic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from semcached.index.docstore import Document
+
+__all__ = [
+    "CategoryStats",
+    "Insert",
+    "InsertResult",
+    "Lookup",
+    "LookupResult",
+    "Strategy",
+    "Vector",
+]
+
+Vector = NDArray[np.float32]
+Strategy = Literal["exact", "semantic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Lookup:
+    """Has a prompt meaning the same thing been answered in this namespace and partition?"""
+
+    namespace: str
+    text: str | None = None
+    vector: Vector | None = None
+    category: str | None = None
+    partition: str = ""
+    threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    hit: bool
+    category: str
+    similarity: float | None = None  # the best candidate's, also on a miss
+    entry_id: int | None = None
+    age_s: float | None = None
+    strategy: Strategy | None = None
+    document: Document | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    """A prompt and its response to cache."""
+
+    namespace: str
+    prompt: str
+    response: bytes
+    response_format: Literal["json", "bytes"] = "json"
+    category: str | None = None
+    partition: str = ""
+    model: str = ""
+    vector: Vector | None = None
+    ttl_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    entry_id: int
+    category: str
+    expires_at: float
+
+
+@dataclass(slots=True)
+class CategoryStats:
+    """Counters of one category since start, and its current size."""
+
+    entries: int = 0
+    bytes: int = 0
+    hits: int = 0
+    misses: int = 0
+    inserts: int = 0
+    evictions: int = 0
+    expirations: int = 0
