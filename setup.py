@@ -1,7 +1,9 @@
 """Build the Cython extensions in ext/.
 
-Every ``ext/<name>.pyx`` becomes ``semcached.ext.<name>``; per-module options
-(language, extra sources) are ``# distutils:`` comments at the top of the .pyx.
+Every ``ext/<name>.pyx`` becomes ``semcached.ext.<name>``, so only the product's modules
+live there (the bench's baselines are compiled by bench/_build.py, outside the wheel).
+Per-module options (language, extra sources) are ``# distutils:`` comments at the top
+of the .pyx.
 A declared extension that fails to compile fails the whole build: there is no
 silent pure-Python fallback for a module that was meant to be compiled.
 
@@ -21,6 +23,13 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 ROOT = Path(__file__).parent
+# bench/_build.py compiles the bench's baseline with the same directives and flags.
+COMPILER_DIRECTIVES = {
+    "boundscheck": False,
+    "wraparound": False,
+    "cdivision": True,
+    "embedsignature": True,
+}
 
 
 def _compile_args() -> list[str]:
@@ -50,11 +59,6 @@ setup(
     ext_modules=cythonize(
         _extensions(),
         language_level=3,
-        compiler_directives={
-            "boundscheck": False,
-            "wraparound": False,
-            "cdivision": True,
-            "embedsignature": True,
-        },
+        compiler_directives=COMPILER_DIRECTIVES,
     ),
 )

