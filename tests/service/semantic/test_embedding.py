@@ -24,20 +24,22 @@ from numpy.typing import NDArray
 
 from semcached.errors import BadRequestError, ConfigError
 from semcached.service.config import EmbeddingSettings
+from semcached.service.semantic.embedding import create_embedder
 from semcached.service.semantic.embedding.base import (
-    BatchingEmbedder,
-    DisabledEmbedder,
     Embedder,
-    EmbeddingCache,
     EmbeddingDisabledError,
     EmbeddingError,
-    EmbeddingStats,
     EmbeddingUnavailableError,
-    create_embedder,
     embedding_cache_key,
     normalize_rows,
 )
 from semcached.service.semantic.embedding.batch import MicroBatcher
+from semcached.service.semantic.embedding.disabled import DisabledEmbedder
+from semcached.service.semantic.embedding.embedder import (
+    BatchingEmbedder,
+    EmbeddingCache,
+    EmbeddingStats,
+)
 from semcached.service.semantic.embedding.http import (
     HttpEmbeddingBackend,
     embeddings_url,

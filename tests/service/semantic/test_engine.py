@@ -13,7 +13,8 @@ from semcached.cachepolicy.categories import CategoryTable, UnknownCategoryError
 from semcached.errors import BadRequestError
 from semcached.index.docstore import DocumentStore
 from semcached.index.lmdb_env import LmdbEnvironment
-from semcached.service.semantic.embedding.base import DisabledEmbedder, EmbeddingDisabledError
+from semcached.service.semantic.embedding.base import EmbeddingDisabledError
+from semcached.service.semantic.embedding.disabled import DisabledEmbedder
 from semcached.service.semantic.engine import Insert, Lookup, SemanticCache
 from tests.service.semantic.kit import DIM, Clock, new_index, unit
 

@@ -22,7 +22,7 @@ from semcached.index.hnsw import HnswlibIndex
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.vector_index import VectorIndex
 from semcached.service.semantic import restore as semantic_restore
-from semcached.service.semantic.embedding.base import DisabledEmbedder
+from semcached.service.semantic.embedding.disabled import DisabledEmbedder
 from semcached.service.semantic.engine import Insert, Lookup, SemanticCache
 from semcached.service.semantic.snapshots import SnapshotDirectory
 from tests.daemon import DaemonProcess
