@@ -3,7 +3,8 @@ Zipf popularity, replayed through the real in-process SemanticCache (MiniLM
 embedding, HNSW, the category threshold). A hit yields the id of the entry that
 answered, a miss inserts the prompt and yields the new entry's id; the sequence of
 ids is the trace an eviction policy of that category would see. Built once and
-cached as a file (needs the ``embed`` extra the first time).
+cached as a file (needs the ``embed`` extra the first time). The queries are GPTCache's
+pairs, vendored in bench/data/gptcache/ (MIT).
 """
 
 from __future__ import annotations
@@ -14,20 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+from _datasets import GPTCACHE_PAIRS
 from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
 from semcached.service.semantic.engine import Insert, Lookup
 
-__all__ = ["DEFAULT_PAIRS", "semantic_trace"]
-
-DEFAULT_PAIRS = (
-    Path(__file__).resolve().parents[2]
-    / "shared"
-    / "data"
-    / "gptcache-benchmark"
-    / "mock_data.json"
-)
+__all__ = ["semantic_trace"]
 
 
 async def _replay(texts: list[str], order: list[int], workdir: Path) -> list[int]:
@@ -48,7 +42,7 @@ async def _replay(texts: list[str], order: list[int], workdir: Path) -> list[int
 
 
 def semantic_trace(
-    cache_file: Path, *, requests: int, alpha: float, seed: int, pairs: Path = DEFAULT_PAIRS
+    cache_file: Path, *, requests: int, alpha: float, seed: int, pairs: Path = GPTCACHE_PAIRS
 ) -> list[int]:
     """The trace (entry ids), from ``cache_file`` if it was built with the same
     parameters, else built now and written there."""

@@ -7,13 +7,16 @@ hit, no answer a miss. This script does the same through semcached's engine
 in-process (exact tier, MiniLM embedding, HNSW search, threshold policy) and prints
 its rows beside GPTCache's published ones.
 
-    python bench/semantic_quality.py                     # ../shared data, default sweep
+    python bench/semantic_quality.py                     # GPTCache's pairs, default sweep
     python bench/semantic_quality.py --pairs pairs.json  # any pairs file of either format
     python bench/semantic_quality.py --csv               # threshold,right,wrong,miss,false_hit_rate
 
 Pairs files: a JSON array of ``{"origin", "similar"}`` (positives only) or of
 ``{"text_a", "text_b", "label"}`` (label 1 = same meaning; then the false-hit rate on
-the negatives is reported too). Needs the ``embed`` extra.
+the negatives is reported too). The default is GPTCache's file, vendored with its MIT
+license in bench/data/gptcache/; other data sets (e.g. the STS Benchmark, which may not
+be redistributed) are passed with ``--pairs`` (bench/data/README.md). Needs the
+``embed`` extra.
 """
 
 from __future__ import annotations
@@ -27,14 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from _datasets import GPTCACHE_PAIRS, require
 from _semantic_common import minilm_engine
 
 from semcached.cachepolicy.categories import CategoryTable
 from semcached.service.semantic.engine import Insert, Lookup
 
-DEFAULT_PAIRS = (
-    Path(__file__).parents[2] / "shared" / "data" / "gptcache-benchmark" / "mock_data.json"
-)
 # GPTCache examples/README.md: SQLite + FAISS + ONNX (paraphrase-albert), SearchDistance.
 GPTCACHE_ROWS = {0.95: (425, 25, 549), 0.90: (804, 77, 118), 0.80: (904, 92, 3)}
 SWEEP = (0.95, 0.92, 0.90, 0.88, 0.86, 0.85, 0.84, 0.82, 0.80, 0.75, 0.70)
@@ -61,7 +62,8 @@ class Score:
 
 
 def load_pairs(path: Path) -> list[Pair]:
-    rows = orjson.loads(path.read_bytes())
+    where = "Pass a pairs file with --pairs; bench/data/README.md says where to get data sets."
+    rows = orjson.loads(require(path, "a JSON array of pairs", where).read_bytes())
     if not isinstance(rows, list) or not rows:
         raise SystemExit(f"{path}: expected a non-empty JSON array")
     if "origin" in rows[0]:
@@ -72,24 +74,35 @@ def load_pairs(path: Path) -> list[Pair]:
 async def score(pairs: list[Pair], thresholds: list[float], workdir: Path) -> dict[float, Score]:
     # One category whose bounds let the sweep go anywhere; quotas far above the data.
     table = CategoryTable().with_overrides(
-        {"bench": {"threshold": 0.9, "min_threshold": -1.0, "max_threshold": 1.0,
-                   "max_entries": 10**7, "max_bytes": 1 << 40}}
-    )  # fmt: skip
+        {
+            "bench": {
+                "threshold": 0.9,
+                "min_threshold": -1.0,
+                "max_threshold": 1.0,
+                "max_entries": 10**7,
+                "max_bytes": 1 << 40,
+            }
+        }
+    )
     scores: dict[float, Score] = {}
     lookup_s = 0.0
     async with minilm_engine(workdir, table, threads=4) as engine:
         started = time.perf_counter()
         await engine.insert_many(
-            [Insert("bench", p.stored, orjson.dumps(i), category="bench")
-             for i, p in enumerate(pairs)]
-        )  # fmt: skip
+            [
+                Insert("bench", p.stored, orjson.dumps(i), category="bench")
+                for i, p in enumerate(pairs)
+            ]
+        )
         insert_s = time.perf_counter() - started
         for threshold in thresholds:
             started = time.perf_counter()
             results = await engine.lookup_many(
-                [Lookup("bench", text=p.asked, category="bench", threshold=threshold)
-                 for p in pairs]
-            )  # fmt: skip
+                [
+                    Lookup("bench", text=p.asked, category="bench", threshold=threshold)
+                    for p in pairs
+                ]
+            )
             lookup_s += time.perf_counter() - started
             s = scores[threshold] = Score()
             for i, (pair, result) in enumerate(zip(pairs, results, strict=True)):
@@ -134,7 +147,12 @@ def print_table(scores: dict[float, Score], pairs: list[Pair]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS, help="pairs JSON file")
+    parser.add_argument(
+        "--pairs",
+        type=Path,
+        default=GPTCACHE_PAIRS,
+        help="pairs JSON file (default: GPTCache's, vendored in bench/data/gptcache/)",
+    )
     parser.add_argument(
         "--thresholds", type=float, nargs="+", default=list(SWEEP), help="thresholds to score"
     )

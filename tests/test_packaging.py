@@ -1,12 +1,15 @@
-"""The wheel holds one package, `semcached`, with its compiled extensions."""
+"""The wheel holds the product only: the `semcached` package, its subpackages and its compiled
+extensions; nothing from bench/ or tests/."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +28,11 @@ def build_wheel(source: Path, out: Path) -> subprocess.CompletedProcess[str]:
 
 
 def copy_tree(dest: Path, *, keep_extensions: bool) -> Path:
+    """The working tree as a clone has it (bench/ and tests/ included, so that the test
+    sees them left out by the build), without build outputs."""
+
     def ignore(directory: str, names: list[str]) -> set[str]:
-        skipped = {".venv", "build", ".git", "tests", "bench", "semcached-data"}
+        skipped = {".venv", "build", "dist", ".git", "out", "semcached-data", "__pycache__"}
         skipped |= {n for n in names if n.endswith((".so", ".c", ".cpp", ".html"))}
         skipped |= {n for n in names if n.endswith(".egg-info") or n.startswith(".")}
         if not keep_extensions and Path(directory).name == "ext":
@@ -37,26 +43,84 @@ def copy_tree(dest: Path, *, keep_extensions: bool) -> Path:
     return dest
 
 
-def test_wheel_contains_only_the_semcached_package(tmp_path: Path) -> None:
+# The product, named here so that a package or a compiled module added to the wheel
+# (or lost from it) is a decision this test is edited for.
+PACKAGES = {
+    "semcached",
+    "semcached.protocol",
+    "semcached.service",
+    "semcached.service.http",
+    "semcached.service.http.routes",
+    "semcached.service.semantic",
+    "semcached.service.semantic.embedding",
+    "semcached.service.kv",
+    "semcached.index",
+    "semcached.cachepolicy",
+    "semcached.ext",
+    "semcached.clients",
+}
+COMPILED = {"semcached.ext.bskiplist"}
+# Benchmark loaders and baselines that once lived in the product folders.
+BENCH_ONLY = {"hf_models", "_smollm2", "classic_skiplist", "_classic_skiplist"}
+
+
+def setuptools_config() -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return config["tool"]["setuptools"]
+
+
+def package_dirs() -> dict[str, Path]:
+    """The source folder of each top-level package (pyproject's package-dir)."""
+    return {name: ROOT / folder for name, folder in setuptools_config()["package-dir"].items()}
+
+
+def expected_files() -> set[str]:
+    """What the product folders hold that the wheel must carry: every module, the type
+    stubs and Cython declarations of ext/ (.pyi, .pxd, the .pxi the MANIFEST carries),
+    and py.typed; the compiled modules apart."""
+    expected = set()
+    for package, folder in package_dirs().items():
+        prefix = package.replace(".", "/")
+        for path in folder.rglob("*"):
+            if "__pycache__" in path.parts or not path.is_file():
+                continue
+            if path.suffix in {".py", ".pyi", ".pxd", ".pxi"} or path.name == "py.typed":
+                expected.add(f"{prefix}/{path.relative_to(folder).as_posix()}")
+    return expected
+
+
+def wheel_module(name: str) -> str:
+    """``semcached/ext/bskiplist.cpython-311-x86_64-linux-gnu.so`` ->
+    ``semcached.ext.bskiplist``."""
+    return name.split(".", 1)[0].replace("/", ".")
+
+
+def test_wheel_contains_the_product_and_nothing_else(tmp_path: Path) -> None:
     source = copy_tree(tmp_path / "src", keep_extensions=True)
     result = build_wheel(source, tmp_path / "dist")
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel,) = (tmp_path / "dist").glob("semcached-*.whl")
-    names = zipfile.ZipFile(wheel).namelist()
-    top_level = {name.split("/", 1)[0] for name in names}
-    assert {t for t in top_level if not t.endswith(".dist-info")} == {"semcached"}
-    for sub in ("service", "index", "cachepolicy", "ext", "clients"):
-        assert f"semcached/{sub}/__init__.py" in names
+    archive = zipfile.ZipFile(wheel)
+    names = {n for n in archive.namelist() if ".dist-info/" not in n}
+    assert {n.split("/", 1)[0] for n in names} == {"semcached"}
+
+    packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
+    assert packages == PACKAGES
+    assert set(setuptools_config()["packages"]) == PACKAGES
+
+    compiled = {n for n in names if n.endswith((".so", ".pyd"))}
+    assert {wheel_module(n) for n in compiled} == COMPILED
+    # Exactly the product's sources, nothing from bench/ or tests/, no Cython/C sources.
+    assert names - compiled == expected_files()
     assert "semcached/py.typed" in names
-    # Every Cython module in ext/ is compiled into the wheel; no sources ship.
-    for pyx in (ROOT / "ext").glob("*.pyx"):
-        assert any(n.startswith(f"semcached/ext/{pyx.stem}.") and n.endswith(".so") for n in names)
-    assert not any(n.endswith((".pyx", ".c")) for n in names)
-    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert (
-        "semcached = semcached.service.cli:main"
-        in zipfile.ZipFile(wheel).read(entry_points).decode()
-    )
+    modules = {wheel_module(n).rsplit(".", 1)[-1] for n in names}
+    assert not modules & BENCH_ONLY
+    assert not any(n.endswith((".pyx", ".c", ".cpp")) for n in names)
+    bench_sources = {p.read_bytes() for p in (ROOT / "bench").rglob("*.py")}
+    assert not [n for n in names if n.endswith(".py") and archive.read(n) in bench_sources]
+
+    entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
+    assert "semcached = semcached.service.cli:main" in archive.read(entry_points).decode()
 
 
 def test_an_extension_that_does_not_compile_fails_the_build(tmp_path: Path) -> None:
