@@ -1,8 +1,18 @@
 """The RAG chunk KV cache engine: variants of chunk KV, tiers, leases and reuse plans.
 
+(About 500 lines, over the house's 400: one lock guards the three variant indexes and
+both tiers, and every public method is a short critical section over them; splitting
+the class would spread that lock's invariant over modules. Results and records are in
+:mod:`~semcached.service.kv.types`, leases in :mod:`~semcached.service.kv.leases`,
+host-tier copies and pins in :mod:`~semcached.service.kv.placement`.)
+
 A plain object usable in-process (benchmarks, a co-located inference engine); the
-HTTP layer only parses, validates and calls it. All methods block (LMDB commits,
-copies of megabytes) and are meant to run on worker threads; they are thread-safe.
+HTTP layer only decodes, calls it and encodes.
+
+Threading (the contract of :mod:`semcached.service.blocking`): every public method
+is thread-safe and may block (LMDB commits, copies of megabytes), so the daemon calls
+them on its worker threads through ``run_blocking``; ``now``, ``stats``,
+``live_leases`` and ``variants`` never block and may be called on the event loop.
 
 Write path (:meth:`KvCache.put`): validate against the model's shape → make room
 on disk (evictions by the disk tier's policy) → one durable LMDB transaction with
@@ -17,21 +27,13 @@ handles pinned by a :class:`Lease` until it is released or times out.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
-import secrets
 import threading
 import time
-import weakref
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-
-import numpy as np
 
 from semcached.cachepolicy.reuse import (
-    ChunkDecision,
     VariantStats,
     context_impact,
     fix_overhead,
@@ -49,7 +51,11 @@ from semcached.index.kv_disk import BlobWrite, KvDiskStore
 from semcached.index.kv_meta import ModelSpec, VariantMeta, expected_shape
 from semcached.index.kv_tiers import DiskTier, HostTier, ShmHandle, TierStats
 from semcached.index.lmdb_env import StoreFullError
+from semcached.protocol.codes import ErrorCode
 from semcached.protocol.keys import variant_key
+from semcached.service.kv.leases import LeaseTable
+from semcached.service.kv.placement import HostPlacement
+from semcached.service.kv.types import ChunkPlan, Lease, LeasedBlob, Plan, PutResult, Variant
 
 __all__ = [
     "ChunkPlan",
@@ -63,71 +69,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _FILL_WAIT_S = 1.0  # how long a reader waits at most for another's promotion, per round
-
-
-@dataclass(slots=True)
-class _Variant:
-    vid: int
-    meta: VariantMeta
-    stats: VariantStats
-    saved_tokens: float = 0.0  # prefill it spares per reuse, as last planned
-
-
-@dataclass(frozen=True, slots=True)
-class PutResult:
-    created: bool  # False: an earlier copy of the same variant was replaced
-    variant: bytes
-    nbytes: int
-    tiers: tuple[str, ...]  # where the bytes are now
-    evicted: int  # variants evicted from disk to make room
-
-
-@dataclass(slots=True)
-class Lease:
-    """Pins shared-memory extents until released or until ``deadline`` (monotonic)."""
-
-    id: str
-    deadline: float
-    expires_at: float  # the same moment as wall-clock time, for clients
-    ttl_s: float
-    pins: list[tuple[int, int]] = field(default_factory=list)  # (variant id, offset)
-
-
-@dataclass(frozen=True, slots=True)
-class LeasedBlob:
-    meta: VariantMeta
-    handle: ShmHandle
-    lease: Lease
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkPlan:
-    """The plan for one chunk of a prompt (see :class:`ChunkDecision` for the metrics)."""
-
-    decision: ChunkDecision
-    tokens: int | None  # the chunk's length: the caller's, else the stored variant's
-    position: int | None  # where the chunk starts in the new prompt (None after an
-    # unknown-length miss)
-    meta: VariantMeta | None
-    tier: str | None  # where the bytes were found: "host" or "disk"
-    handle: ShmHandle | None  # set when shared memory was asked for and granted
-
-    @property
-    def rope_shift(self) -> int | None:
-        if self.meta is None or self.position is None:
-            return None
-        return self.position - self.meta.rope_base
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    model: str
-    chunks: list[ChunkPlan]
-    lease: Lease | None
-
-    @property
-    def recompute_tokens(self) -> int:
-        return sum(len(c.decision.recompute) for c in self.chunks)
 
 
 class KvCache:
@@ -159,21 +100,26 @@ class KvCache:
         self.disk = DiskTier(disk_budget_bytes, eviction())
         self.host = host
         self.max_blob_bytes = max_blob_bytes
-        self.lease_timeout_s = lease_timeout_s
-        self.max_lease_s = max_lease_s
-        self.max_leases = max_leases
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._by_key: dict[bytes, _Variant] = {}  # chunk + variant key -> variant
-        self._by_id: dict[int, _Variant] = {}
-        self._by_chunk: dict[bytes, dict[bytes, _Variant]] = {}  # chunk -> variant key -> ...
+        self._by_key: dict[bytes, Variant] = {}  # chunk + variant key -> variant
+        self._by_id: dict[int, Variant] = {}
+        self._by_chunk: dict[bytes, dict[bytes, Variant]] = {}  # chunk -> variant key -> ...
         self._in_flight: set[bytes] = set()  # keys being put
-        self._filling: dict[int, threading.Event] = {}  # variants being copied to host
-        self._unpins: deque[tuple[int, int]] = deque()  # pins of views no longer referenced
-        self._leases: dict[str, Lease] = {}
-        self._lease_deadlines: list[tuple[float, str]] = []  # heap
+        self._placement = (
+            None
+            if host is None
+            else HostPlacement(host, store, self._lock, lambda v: self._by_id.get(v.vid) is v)
+        )
+        self._leases = LeaseTable(
+            timeout_s=lease_timeout_s,
+            max_lease_s=max_lease_s,
+            max_leases=max_leases,
+            clock=clock,
+            monotonic=monotonic,
+        )
         self.opened = False
 
     def now(self) -> float:
@@ -206,7 +152,6 @@ class KvCache:
         with self._lock:
             touched = [v.meta for v in self._by_id.values() if v.meta.hits]
             self._leases.clear()
-            self._lease_deadlines.clear()
         try:
             self.store.save_access(touched)
         except Exception:
@@ -228,7 +173,7 @@ class KvCache:
         key = meta.key
         with self._lock:
             if key in self._in_flight:
-                raise ConflictError("put_in_progress", "this chunk variant is being stored")
+                raise ConflictError(ErrorCode.PUT_IN_PROGRESS, "this chunk variant is being stored")
             self._in_flight.add(key)
             old = self._by_key.get(key)
             if old is not None:  # replaced: stop serving the old bytes now
@@ -239,7 +184,7 @@ class KvCache:
             self.disk.admit(vid, meta.nbytes, pending=True)
             victims = [self._forget(victim) for victim in self.disk.make_room()]
         committed = False
-        late: list[_Variant] = []
+        late: list[Variant] = []
         try:
             changes = [BlobWrite(v.meta.key) for v in victims]
             changes.append(BlobWrite(key, meta, blob))
@@ -247,7 +192,7 @@ class KvCache:
                 self.store.write(changes)
             except StoreFullError:
                 raise ServiceUnavailableError(
-                    "store_full", "the KV disk store reached its map size cap; retry later"
+                    ErrorCode.STORE_FULL, "the KV disk store reached its map size cap; retry later"
                 ) from None
             committed = True
         finally:
@@ -264,34 +209,39 @@ class KvCache:
             self.store.write([BlobWrite(v.meta.key) for v in late])
             victims.extend(late)
         tiers = ["disk"]
-        if self._place_in_host(variant, blob):
+        if self._place(variant, blob):
             tiers.insert(0, "host")
         return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), len(victims))
 
     def _check_put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> None:
         model = self.models.get(meta.model)
         if model is None:
-            raise BadRequestError("unknown_model", f"unknown model {meta.model!r}", field="model")
+            raise BadRequestError(
+                ErrorCode.UNKNOWN_MODEL, f"unknown model {meta.model!r}", field="model"
+            )
         want = expected_shape(model, meta.tokens)
         if tuple(meta.shape) != want:
             raise BadRequestError(
-                "bad_shape",
+                ErrorCode.BAD_SHAPE,
                 f"model {model.name!r} stores KV as [layers, 2, kv_heads, tokens, head_dim] = "
                 f"{list(want)}, got {list(meta.shape)}",
                 field="shape",
             )
         if meta.variant != variant_key(meta.prefix):
             raise BadRequestError(
-                "bad_variant", "the variant key is not the hash of the prefix", field="variant"
+                ErrorCode.BAD_VARIANT,
+                "the variant key is not the hash of the prefix",
+                field="variant",
             )
         limit = min(self.max_blob_bytes, self.disk.budget_bytes)
         if meta.nbytes > limit:
             raise PayloadTooLargeError(
-                "blob_too_large", f"a blob of {meta.nbytes} bytes exceeds the limit of {limit}"
+                ErrorCode.BLOB_TOO_LARGE,
+                f"a blob of {meta.nbytes} bytes exceeds the limit of {limit}",
             )
         if len(blob) != meta.nbytes:
             raise BadRequestError(
-                "length_mismatch",
+                ErrorCode.LENGTH_MISMATCH,
                 f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes, "
                 f"the body has {len(blob)}",
             )
@@ -321,11 +271,11 @@ class KvCache:
         with self._lock:
             v = self._find(chunk, variant)
             self._count_access(v)
-            pin = self._pin_host(v)
+            pin = None if self._placement is None else self._placement.pin(v)
         host = self.host
-        if pin is not None and host is not None:
+        if pin is not None and host is not None and self._placement is not None:
             if not copy:
-                return v.meta, self._pinned_view(host, v.vid, pin.offset)
+                return v.meta, self._placement.pinned_view(v.vid, pin.offset)
             try:
                 return v.meta, bytes(host.read(v.vid))
             finally:
@@ -333,24 +283,9 @@ class KvCache:
                     host.unpin(v.vid, pin.offset)
         data = self.store.read_blob(v.meta.key)
         if data is None:  # evicted between the lookup and the read
-            raise NotFoundError("not_found", "the chunk variant was evicted")
-        self._place_in_host(v, data, promotion=True)
+            raise NotFoundError(ErrorCode.NOT_FOUND, "the chunk variant was evicted")
+        self._place(v, data, promotion=True)
         return v.meta, data
-
-    def _pinned_view(self, host: HostTier, vid: int, offset: int) -> memoryview:
-        # A numpy array owns the view so that a finaliser can see the last reference go
-        # (memoryviews take no weak references); every memoryview of it keeps it alive.
-        owner = np.frombuffer(host.read(vid), dtype=np.uint8)
-        # The finaliser may run on any thread, even one holding the lock: it only queues.
-        weakref.finalize(owner, self._unpins.append, (vid, offset))
-        return owner.data.toreadonly()
-
-    def _drain_unpins(self) -> None:
-        """Drop the pins of views whose last reference went (lock held)."""
-        while self._unpins:
-            vid, offset = self._unpins.popleft()
-            if self.host is not None:
-                self.host.unpin(vid, offset)
 
     def metadata(self, chunk: bytes, variant: bytes | None = None) -> VariantMeta:
         """One variant's metadata (the newest when none is named); not an access."""
@@ -362,39 +297,37 @@ class KvCache:
     ) -> LeasedBlob:
         """Pin one variant in shared memory (promoting it) and hand out its handle."""
         if self.host is None:
-            raise BadRequestError("shm_disabled", "the shared-memory path is disabled")
-        ttl = self._lease_ttl(ttl_s)
+            raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
+        ttl = self._leases.ttl(ttl_s)
         with self._lock:
             v = self._find(chunk, variant)
             self._count_access(v)
         with self._lock:
-            lease = self._new_lease(ttl)
-        handle = self._ensure_host(v, lease)
+            lease = self._leases.new(ttl, self.host)
+        assert self._placement is not None
+        handle = self._placement.ensure(v, lease)
         if handle is None:
             self.release(lease.id)
             with self._lock:
                 if self._by_id.get(v.vid) is not v:
-                    raise NotFoundError("not_found", "the chunk variant was evicted")
+                    raise NotFoundError(ErrorCode.NOT_FOUND, "the chunk variant was evicted")
             raise ServiceUnavailableError(
-                "host_tier_full", "no room in the host tier for this blob right now"
+                ErrorCode.HOST_TIER_FULL, "no room in the host tier for this blob right now"
             )
         return LeasedBlob(v.meta, handle, lease)
 
     def release(self, lease_id: str) -> bool:
         """End a lease early; False if it had ended already."""
         with self._lock:
-            lease = self._leases.pop(lease_id, None)
-            if lease is None:
-                return False
-            self._unpin_lease(lease)
-            return True
+            return self._leases.release(lease_id, self.host)
 
     def sweep(self) -> int:
         """End the leases whose time is up (and release the pins of reply views that
         are gone); the number of leases ended."""
         with self._lock:
-            self._drain_unpins()
-            return self._expire_leases()
+            if self._placement is not None:
+                self._placement.drain_unpins()
+            return self._leases.expire(self.host)
 
     # -- planning --------------------------------------------------------------------------
 
@@ -417,14 +350,18 @@ class KvCache:
         """
         spec = self.models.get(model)
         if spec is None:
-            raise BadRequestError("unknown_model", f"unknown model {model!r}", field="model")
+            raise BadRequestError(
+                ErrorCode.UNKNOWN_MODEL, f"unknown model {model!r}", field="model"
+            )
         if chunk_tokens is not None and len(chunk_tokens) != len(keys):
-            raise BadRequestError("bad_chunk_tokens", "chunk_tokens must give one length per chunk")
+            raise BadRequestError(
+                ErrorCode.BAD_CHUNK_TOKENS, "chunk_tokens must give one length per chunk"
+            )
         if shm and self.host is None:
-            raise BadRequestError("shm_disabled", "the shared-memory path is disabled")
-        ttl = self._lease_ttl(lease_ttl_s) if shm else 0.0
+            raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
+        ttl = self._leases.ttl(lease_ttl_s) if shm else 0.0
         with self._lock:
-            chosen: dict[bytes, _Variant] = {}
+            chosen: dict[bytes, Variant] = {}
 
             def variants_of(chunk: bytes) -> list[VariantStats]:
                 found = self._by_chunk.get(chunk)
@@ -444,13 +381,13 @@ class KvCache:
                     self.disk.stats.misses += 1
                     if self.host is not None:
                         self.host.stats.misses += 1
-            lease = self._new_lease(ttl) if shm else None
+            lease = self._leases.new(ttl, self.host) if shm else None
         handles: dict[int, ShmHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
             tiers[v.vid] = "host" if self.host is not None and self.host.holds(v.vid) else "disk"
-            if lease is not None:
-                handles[v.vid] = self._ensure_host(v, lease)
+            if lease is not None and self._placement is not None:
+                handles[v.vid] = self._placement.ensure(v, lease)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
@@ -486,6 +423,10 @@ class KvCache:
         return len(self._leases)
 
     @property
+    def max_leases(self) -> int:
+        return self._leases.max_leases
+
+    @property
     def variants(self) -> int:
         return len(self._by_key)
 
@@ -511,11 +452,17 @@ class KvCache:
             if self.host is not None:
                 self.host._check(set(self._by_id))
 
+    def _place(
+        self, v: Variant, data: bytes | bytearray | memoryview, *, promotion: bool = False
+    ) -> bool:
+        """Copy into the host tier, best effort (takes the lock itself)."""
+        return self._placement is not None and self._placement.place(v, data, promotion=promotion)
+
     # -- internals (lock held unless said otherwise) ----------------------------------------
 
-    def _add(self, meta: VariantMeta, vid: int) -> _Variant:
+    def _add(self, meta: VariantMeta, vid: int) -> Variant:
         """Make a variant visible; the disk tier has admitted ``vid`` already."""
-        v = _Variant(vid, meta, _planner_stats(meta))
+        v = Variant(vid, meta, _planner_stats(meta))
         self._by_key[meta.key] = v
         self._by_id[v.vid] = v
         self._by_chunk.setdefault(meta.chunk, {})[meta.variant] = v
@@ -524,7 +471,7 @@ class KvCache:
             self._value(v, fix_overhead(model.alpha, context_impact(v.stats), 0.0))
         return v
 
-    def _forget(self, vid: int) -> _Variant:
+    def _forget(self, vid: int) -> Variant:
         """Remove a variant from memory and every tier (its disk bytes are the caller's)."""
         v = self._by_id.pop(vid)
         del self._by_key[v.meta.key]
@@ -537,23 +484,23 @@ class KvCache:
             self.host.remove(vid)
         return v
 
-    def _find(self, chunk: bytes, variant: bytes | None) -> _Variant:
+    def _find(self, chunk: bytes, variant: bytes | None) -> Variant:
         variants = self._variants_of(chunk, variant)
         if not variants:
             if self.host is not None:
                 self.host.stats.misses += 1
             self.disk.stats.misses += 1
-            raise NotFoundError("not_found", "no such chunk variant")
+            raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
         return max(variants, key=lambda v: v.meta.created_at)
 
-    def _variants_of(self, chunk: bytes, variant: bytes | None) -> list[_Variant]:
+    def _variants_of(self, chunk: bytes, variant: bytes | None) -> list[Variant]:
         found = self._by_chunk.get(chunk, {})
         if variant is None:
             return list(found.values())
         v = found.get(variant)
         return [] if v is None else [v]
 
-    def _count_access(self, v: _Variant) -> None:
+    def _count_access(self, v: Variant) -> None:
         v.meta.hits += 1
         v.meta.last_access = self._clock()
         self.disk.touch(v.vid)
@@ -565,147 +512,12 @@ class KvCache:
                 self.host.stats.misses += 1
             self.disk.stats.hits += 1
 
-    def _value(self, v: _Variant, cfo: float) -> None:
+    def _value(self, v: Variant, cfo: float) -> None:
         """Tell cost-aware policies how many tokens of prefill this variant saves."""
         v.saved_tokens = v.meta.tokens * (1.0 - cfo)
         self.disk.set_cost(v.vid, v.saved_tokens)
         if self.host is not None:
             self.host.set_cost(v.vid, v.saved_tokens)
-
-    def _pin_host(self, v: _Variant) -> ShmHandle | None:
-        if self.host is None or not self.host.holds(v.vid):
-            return None
-        return self.host.pin(v.vid)
-
-    def _pin_into(self, lease: Lease, v: _Variant) -> ShmHandle:
-        assert self.host is not None
-        handle = self.host.pin(v.vid)
-        lease.pins.append((v.vid, handle.offset))
-        return handle
-
-    def _unpin_lease(self, lease: Lease) -> None:
-        assert self.host is not None
-        for vid, offset in lease.pins:
-            self.host.unpin(vid, offset)
-
-    def _lease_ttl(self, ttl_s: float | None) -> float:
-        ttl = self.lease_timeout_s if ttl_s is None else ttl_s
-        if not (0 < ttl <= self.max_lease_s):
-            raise BadRequestError(
-                "bad_lease", f"a lease lasts more than 0 and at most {self.max_lease_s:g} s"
-            )
-        return ttl
-
-    def _new_lease(self, ttl: float) -> Lease:
-        self._expire_leases()
-        if len(self._leases) >= self.max_leases:
-            raise ServiceUnavailableError(
-                "too_many_leases", f"{self.max_leases} leases are live; release some and retry"
-            )
-        lease = Lease(secrets.token_hex(8), self._monotonic() + ttl, self._clock() + ttl, ttl)
-        self._leases[lease.id] = lease
-        heapq.heappush(self._lease_deadlines, (lease.deadline, lease.id))
-        return lease
-
-    def _expire_leases(self) -> int:
-        now = self._monotonic()
-        ended = 0
-        while self._lease_deadlines and self._lease_deadlines[0][0] <= now:
-            _, lease_id = heapq.heappop(self._lease_deadlines)
-            lease = self._leases.pop(lease_id, None)
-            if lease is not None:
-                self._unpin_lease(lease)
-                ended += 1
-        return ended
-
-    # -- host placement (takes the lock itself; copies outside it) -------------------------
-
-    def _place_in_host(
-        self, v: _Variant, data: bytes | bytearray | memoryview, *, promotion: bool = False
-    ) -> bool:
-        """Copy ``data`` into the host tier (best effort: False when it does not fit or
-        someone else is copying it in)."""
-        if self.host is None:
-            return False
-        with self._lock:
-            if v.vid in self._filling:
-                return False
-            if not self._reserve_host(v):
-                return False
-            done = self._filling[v.vid] = threading.Event()
-        try:
-            self.host.write(v.vid, data)
-            return self._publish_host(v, promotion)
-        finally:
-            with self._lock:
-                del self._filling[v.vid]
-            done.set()
-
-    def _ensure_host(self, v: _Variant, lease: Lease) -> ShmHandle | None:
-        """The variant in the host tier (copied from disk if needed) and pinned under
-        ``lease`` in the same step, so no put can demote it in between; None if it
-        cannot be placed. Two readers promoting one variant at once: the second waits
-        for the first's copy.
-        """
-        host = self.host
-        assert host is not None
-        while True:
-            with self._lock:
-                if host.holds(v.vid):
-                    return self._pin_into(lease, v)
-                if self._by_id.get(v.vid) is not v:
-                    return None
-                pending = self._filling.get(v.vid)
-                if pending is None:
-                    if not self._reserve_host(v):
-                        return None
-                    done = self._filling[v.vid] = threading.Event()
-                    break
-            pending.wait(_FILL_WAIT_S)
-        try:
-            nbytes = v.meta.nbytes
-
-            def copy(blob: memoryview) -> bool:
-                if len(blob) != nbytes:  # cannot happen short of a corrupt store
-                    raise ValueError(f"stored blob has {len(blob)} bytes, expected {nbytes}")
-                host.write(v.vid, blob)
-                return True
-
-            copied = self.store.read_with(v.meta.key, copy)
-            with self._lock:
-                if not copied or self._by_id.get(v.vid) is not v:
-                    host.remove(v.vid)
-                    return None
-                host.publish(v.vid, v.saved_tokens)
-                host.stats.promotions += 1
-                return self._pin_into(lease, v)
-        finally:
-            with self._lock:
-                del self._filling[v.vid]
-            done.set()
-
-    def _reserve_host(self, v: _Variant) -> bool:
-        """An invisible host extent for ``v`` (demoting others); False if none (lock held)."""
-        assert self.host is not None
-        self._drain_unpins()
-        if self._by_id.get(v.vid) is not v:
-            return False  # deleted or evicted meanwhile
-        try:
-            return self.host.reserve(v.vid, v.meta.nbytes) is not None
-        except Exception:
-            log.exception("could not place a chunk in the host tier")
-            return False
-
-    def _publish_host(self, v: _Variant, promotion: bool) -> bool:
-        assert self.host is not None
-        with self._lock:
-            if self._by_id.get(v.vid) is not v:
-                self.host.remove(v.vid)
-                return False
-            self.host.publish(v.vid, v.saved_tokens)
-            if promotion:
-                self.host.stats.promotions += 1
-            return True
 
 
 def _planner_stats(meta: VariantMeta) -> VariantStats:

@@ -1,0 +1,78 @@
+"""The chunk KV cache engine's results, leases and per-variant record (plain data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from semcached.cachepolicy.reuse import ChunkDecision, VariantStats
+from semcached.index.kv_meta import VariantMeta
+from semcached.index.kv_tiers import ShmHandle
+
+__all__ = ["ChunkPlan", "Lease", "LeasedBlob", "Plan", "PutResult", "Variant"]
+
+
+@dataclass(slots=True)
+class Variant:
+    """One stored variant as the engine tracks it (``vid``: its id in the tiers)."""
+
+    vid: int
+    meta: VariantMeta
+    stats: VariantStats
+    saved_tokens: float = 0.0  # prefill it spares per reuse, as last planned
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    created: bool  # False: an earlier copy of the same variant was replaced
+    variant: bytes
+    nbytes: int
+    tiers: tuple[str, ...]  # where the bytes are now
+    evicted: int  # variants evicted from disk to make room
+
+
+@dataclass(slots=True)
+class Lease:
+    """Pins shared-memory extents until released or until ``deadline`` (monotonic)."""
+
+    id: str
+    deadline: float
+    expires_at: float  # the same moment as wall-clock time, for clients
+    ttl_s: float
+    pins: list[tuple[int, int]] = field(default_factory=list)  # (variant id, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class LeasedBlob:
+    meta: VariantMeta
+    handle: ShmHandle
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkPlan:
+    """The plan for one chunk of a prompt (see :class:`ChunkDecision` for the metrics)."""
+
+    decision: ChunkDecision
+    tokens: int | None  # the chunk's length: the caller's, else the stored variant's
+    position: int | None  # where the chunk starts in the new prompt (None after an
+    # unknown-length miss)
+    meta: VariantMeta | None
+    tier: str | None  # where the bytes were found: "host" or "disk"
+    handle: ShmHandle | None  # set when shared memory was asked for and granted
+
+    @property
+    def rope_shift(self) -> int | None:
+        if self.meta is None or self.position is None:
+            return None
+        return self.position - self.meta.rope_base
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    model: str
+    chunks: list[ChunkPlan]
+    lease: Lease | None
+
+    @property
+    def recompute_tokens(self) -> int:
+        return sum(len(c.decision.recompute) for c in self.chunks)
