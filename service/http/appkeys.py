@@ -9,6 +9,7 @@ from aiohttp import web
 
 from semcached.index.datadir import DataDirectory
 from semcached.service.config import Settings
+from semcached.service.context import DaemonContext
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
 
@@ -24,6 +25,7 @@ __all__ = [
     "SEMANTIC",
     "SETTINGS",
     "SHUTDOWN",
+    "daemon_context",
 ]
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -43,3 +45,14 @@ KV: web.AppKey[Slot[KvCache]] = web.AppKey("kv")
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")
+
+
+def daemon_context(app: web.Application) -> DaemonContext:
+    """The pieces of ``app``'s state that a feature's ``install_*`` function takes."""
+    return DaemonContext(
+        settings=app[SETTINGS],
+        data_dir=app[DATA_DIR],
+        executor=app[EXECUTOR],
+        components=app[COMPONENTS],
+        registry=app[METRICS].registry,
+    )

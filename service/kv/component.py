@@ -1,7 +1,8 @@
 """Wiring the chunk KV cache into the daemon: its LMDB, its arena, lease sweeps, metrics.
 
-The ``kv`` route group's set-up registers one component behind the core's data
-directory. It opens the KV cache's own LMDB environment at ``<data_dir>/kv-lmdb``
+:func:`install_kv_cache` (called by the ``kv`` route group with the daemon's
+:class:`~semcached.service.context.DaemonContext`) registers one component behind the
+core's data directory. It opens the KV cache's own LMDB environment at ``<data_dir>/kv-lmdb``
 (its map capped apart from the semantic store's), removes shared-memory segments
 left by a daemon that was killed, creates a fresh arena for the host tier (so the
 host tier is cold after a restart and can never serve stale bytes), and loads the
@@ -16,7 +17,6 @@ import logging
 import zlib
 from collections.abc import Iterator
 
-from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -27,7 +27,7 @@ from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shm_arena import ShmArena
 from semcached.service.blocking import run_blocking
 from semcached.service.config import KvSettings
-from semcached.service.http.appkeys import COMPONENTS, DATA_DIR, EXECUTOR, KV, METRICS, SETTINGS
+from semcached.service.context import DaemonContext
 from semcached.service.kv.engine import KvCache
 from semcached.service.lifecycle import FunctionComponent, Slot
 
@@ -44,18 +44,17 @@ def kv_map_cap(kv: KvSettings) -> int:
     return kv.disk_max_map_bytes or kv.disk_bytes + kv.disk_bytes // 4 + 64 * _MiB
 
 
-def install_kv_cache(app: web.Application) -> None:
-    """The ``kv`` group's set-up hook."""
-    settings = app[SETTINGS]
+def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
+    """Register the engine as a component (unless ``kv.enabled`` is off); its slot."""
+    settings = daemon.settings
     kv = settings.kv
     slot: Slot[KvCache] = Slot("chunk KV cache")
-    app[KV] = slot
     if not kv.enabled:
-        return
+        return slot
     sweeper: asyncio.Task[None] | None = None
 
     def open_blocking() -> KvCache:
-        data_dir = app[DATA_DIR].path
+        data_dir = daemon.data_dir.path
         env = LmdbEnvironment(
             data_dir / "kv-lmdb",
             initial_map_bytes=min(64 * _MiB, kv_map_cap(kv)),
@@ -94,7 +93,7 @@ def install_kv_cache(app: web.Application) -> None:
 
     async def open_engine() -> None:
         nonlocal sweeper
-        engine = await run_blocking(app[EXECUTOR], open_blocking)
+        engine = await run_blocking(daemon.executor, open_blocking)
         slot.set(engine)
         sweeper = asyncio.create_task(_sweep_leases(engine), name="kv lease sweeper")
 
@@ -105,10 +104,11 @@ def install_kv_cache(app: web.Application) -> None:
                 await sweeper
         engine = slot.get()
         slot.set(None)
-        await run_blocking(app[EXECUTOR], _close, engine)
+        await run_blocking(daemon.executor, _close, engine)
 
-    app[COMPONENTS].add(FunctionComponent("chunk KV cache", open_engine, close_engine))
-    app[METRICS].registry.register(KvCollector(slot))
+    daemon.components.add(FunctionComponent("chunk KV cache", open_engine, close_engine))
+    daemon.registry.register(KvCollector(slot))
+    return slot
 
 
 def _close(engine: KvCache) -> None:

@@ -1,9 +1,11 @@
 """Wiring the semantic cache into the daemon: components, shared state, metrics.
 
-At set-up the ``semantic`` route group registers two components behind the core's
-data directory: the embedding model (slow to load) and the engine (loads its
-indexes from ``<data_dir>/snapshots`` and reconciles them with LMDB). Handlers
-reach the engine through a :class:`Slot`, which answers 503 until the engine is open.
+At set-up (:func:`install_semantic_cache`, called by the ``semantic`` route group with
+the daemon's :class:`~semcached.service.context.DaemonContext`) two components are
+registered behind the core's data directory: the embedding model (slow to load) and
+the engine (loads its indexes from ``<data_dir>/snapshots`` and reconciles them with
+LMDB). Handlers reach the engine through a :class:`Slot`, which answers 503 until the
+engine is open.
 """
 
 from __future__ import annotations
@@ -14,21 +16,13 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from aiohttp import web
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from semcached.index.docstore import DocumentStore
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.vector_index import VectorIndex
-from semcached.service.http.appkeys import (
-    COMPONENTS,
-    DATA_DIR,
-    EXECUTOR,
-    METRICS,
-    SEMANTIC,
-    SETTINGS,
-)
+from semcached.service.context import DaemonContext
 from semcached.service.lifecycle import FunctionComponent, Slot
 from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
@@ -37,13 +31,12 @@ from semcached.service.semantic.snapshots import SnapshotDirectory
 __all__ = ["SemanticCollector", "install_semantic_cache"]
 
 
-def install_semantic_cache(app: web.Application) -> None:
-    """The ``semantic`` group's set-up hook."""
-    settings = app[SETTINGS]
+def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
+    """Register the embedder and the engine as components; the slot the engine opens in."""
+    settings = daemon.settings
     slot: Slot[SemanticCache] = Slot("semantic cache")
-    app[SEMANTIC] = slot
     embedding_stats = EmbeddingStats()
-    embedder = create_embedder(settings.embedding, app[EXECUTOR], stats=embedding_stats)
+    embedder = create_embedder(settings.embedding, daemon.executor, stats=embedding_stats)
     index_settings = settings.index
 
     def new_index(dim: int) -> VectorIndex:
@@ -67,17 +60,17 @@ def install_semantic_cache(app: web.Application) -> None:
 
     async def open_engine() -> None:
         engine = SemanticCache(
-            store=DocumentStore(app[DATA_DIR].env),
+            store=DocumentStore(daemon.data_dir.env),
             index_factory=new_index,
             embedder=embedder,
             categories=settings.categories,
             dim=embedder.dim,
-            executor=app[EXECUTOR],
+            executor=daemon.executor,
             search_executor=searches,
             search_batches_in_flight=search_threads,
             candidates=settings.semantic.candidates,
             sweep_interval_s=settings.semantic.sweep_interval_s,
-            snapshots=SnapshotDirectory(app[DATA_DIR].path / "snapshots", load_index),
+            snapshots=SnapshotDirectory(daemon.data_dir.path / "snapshots", load_index),
             snapshot_interval_s=index_settings.snapshot_interval_s,
         )
         await engine.open()
@@ -93,10 +86,10 @@ def install_semantic_cache(app: web.Application) -> None:
         await engine.close()
         searches.shutdown(wait=True)
 
-    components = app[COMPONENTS]
-    components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
-    components.add(FunctionComponent("semantic cache", open_engine, close_engine))
-    app[METRICS].registry.register(SemanticCollector(slot, embedding_stats))
+    daemon.components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
+    daemon.components.add(FunctionComponent("semantic cache", open_engine, close_engine))
+    daemon.registry.register(SemanticCollector(slot, embedding_stats))
+    return slot
 
 
 class SemanticCollector(Collector):
