@@ -30,26 +30,27 @@ Policies (``--policies``, comma-separated; default all but ``markpredict-learned
 
 The table shows miss ratios and, for our policies, the share of the LRU -> Belady gap
 closed, ``(LRU - x) / (LRU - Belady)``; then the issue's goals, met or not; then the
-cost of a learned prediction per access.
+cost of a learned prediction per access. The traces are built in bench/_eviction_traces.py
+(the semantic one in bench/_eviction_semantic.py), the tables, goals and plot written by
+bench/_eviction_report.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import math
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _eviction_report import Run, check_goals, plot, print_tables
 from _eviction_traces import (
     LIBCACHESIM_POLICIES,
     Trace,
@@ -76,24 +77,12 @@ REQUESTS = 200_000
 OBJECTS = 10_000
 SEED = 7
 OURS = (
-    "lru-ours", "s3fifo-ours", "onebit", "onebit-noguard", "onebit-logistic",
-    "oracle", "oracle-guard", "flip10", "flip10-guard", "flip30", "flip30-guard",
-    "markpredict", "markpredict-learned", "marking",
-)  # fmt: skip
+    *("lru-ours", "s3fifo-ours", "onebit", "onebit-noguard", "onebit-logistic"),
+    *("oracle", "oracle-guard", "flip10", "flip10-guard", "flip30", "flip30-guard"),
+    *("markpredict", "markpredict-learned", "marking"),
+)
 ALL_POLICIES = (*LIBCACHESIM_POLICIES, *OURS)
 DEFAULT_POLICIES = tuple(p for p in ALL_POLICIES if p != "markpredict-learned")
-GOAL_TRACES = ("zipf-0.8", "zipf-1", "zipf-1.2", "shifting-1")
-GOAL_SIZES = (0.05, 0.10)
-
-
-@dataclass(frozen=True)
-class Run:
-    trace: str
-    policy: str
-    fraction: float
-    capacity: int
-    miss_ratio: float
-    seconds: float
 
 
 BUILTIN_TRACES = ("zipf-0.8", "zipf-1", "zipf-1.2", "shifting-1", "scan-1", "semantic")
@@ -175,7 +164,7 @@ def run_trace(trace: Trace, fractions: list[float], policies: list[str]) -> list
             ratios = libcachesim_miss_ratios(trace, capacities.values(), lcs_names, Path(tmp))
             per_run = (time.perf_counter() - started) / max(len(ratios), 1)
         for f, cap in capacities.items():
-            runs.extend(Run(trace.name, p, f, cap, ratios[p, cap], per_run) for p in lcs_names)
+            runs.extend(Run(trace.name, p, f, cap, ratios[p, cap], per_run, n) for p in lcs_names)
         if "belady" in lcs_names:  # our exact Belady must agree with libCacheSim's
             for f, cap in capacities.items():
                 if trace.sizes is None:
@@ -194,110 +183,11 @@ def run_trace(trace: Trace, fractions: list[float], policies: list[str]) -> list
             started = time.perf_counter()
             misses = replay(policy, trace.keys, cap, trace.sizes)
             seconds = time.perf_counter() - started
-            runs.append(Run(trace.name, name, f, cap, misses / n, seconds))
+            runs.append(Run(trace.name, name, f, cap, misses / n, seconds, n))
             print(
                 f"# {trace.name} {name} {f:g}: {misses / n:.4f} ({seconds:.1f} s)", file=sys.stderr
             )
     return runs
-
-
-def gap_closed(runs: list[Run], trace: str, policy: str, fraction: float) -> float | None:
-    by = {
-        (r.policy, r.fraction): r.miss_ratio
-        for r in runs
-        if r.trace == trace and not math.isnan(r.miss_ratio)
-    }
-    lru, opt, x = (
-        by.get(("lru", fraction)),
-        by.get(("belady", fraction)),
-        by.get((policy, fraction)),
-    )
-    if lru is None or opt is None or x is None or lru - opt <= 1e-12:
-        return None
-    return (lru - x) / (lru - opt)
-
-
-def print_tables(runs: list[Run], fractions: list[float], policies: list[str]) -> None:
-    for trace in dict.fromkeys(r.trace for r in runs):
-        by = {(r.policy, r.fraction): r for r in runs if r.trace == trace}
-        caps = {r.fraction: r.capacity for r in runs if r.trace == trace}
-        print(f"\n### {trace}: miss ratio (share of the LRU -> Belady gap closed)\n")
-        head = " | ".join(f"{f:g} ({caps[f]})" for f in fractions)
-        print(f"| policy | {head} | µs/access |")
-        print("|---|" + "---|" * len(fractions) + "---|")
-        for p in policies:
-            cells = []
-            for f in fractions:
-                r = by.get((p, f))
-                if r is None:
-                    cells.append("")
-                    continue
-                if math.isnan(r.miss_ratio):
-                    cells.append("n/a")
-                    continue
-                g = gap_closed(runs, trace, p, f) if p not in ("lru", "belady") else None
-                cells.append(f"{r.miss_ratio:.4f}" + (f" ({g:+.0%})" if g is not None else ""))
-            n_runs = [by[p, f] for f in fractions if (p, f) in by]
-            cost = ""
-            if n_runs and p not in LIBCACHESIM_POLICIES:
-                cost = f"{_us_per_access(n_runs):.1f}"
-            print(f"| {p} | " + " | ".join(cells) + f" | {cost} |")
-
-
-_TRACE_LEN: dict[str, int] = {}
-
-
-def _us_per_access(runs: list[Run]) -> float:
-    total = sum(r.seconds for r in runs)
-    return 1e6 * total / (len(runs) * _TRACE_LEN[runs[0].trace])
-
-
-def check_goals(runs: list[Run]) -> None:
-    """The issue's goals, each met or not, with the numbers."""
-    by = {
-        (r.trace, r.policy, r.fraction): r.miss_ratio for r in runs if not math.isnan(r.miss_ratio)
-    }
-    traces = list(dict.fromkeys(r.trace for r in runs))
-    fractions = sorted({r.fraction for r in runs})
-    print("\n### Goals\n")
-
-    def verdict(ok: bool) -> str:
-        return "met" if ok else "MISSED"
-
-    lines: list[str] = []
-    goal_cells = [
-        (t, f) for t in GOAL_TRACES for f in GOAL_SIZES if (t, "onebit", f) in by and t in traces
-    ]
-    if goal_cells:
-        gaps = [(t, f, gap_closed(runs, t, "onebit", f)) for t, f in goal_cells]
-        ok = all(g is not None and g >= 0.40 for _, _, g in gaps)
-        detail = ", ".join(f"{t}@{f:g}: {g:.0%}" for t, f, g in gaps if g is not None)
-        lines.append(f"- onebit closes >= 40 % of the LRU->Belady gap: {verdict(ok)} ({detail})")
-        beats = [
-            (t, f, by[t, "onebit", f], by[t, "s3fifo", f])
-            for t, f in goal_cells
-            if (t, "s3fifo", f) in by
-        ]
-        ok = all(a < b for _, _, a, b in beats)
-        detail = ", ".join(f"{t}@{f:g}: {a:.4f} vs {b:.4f}" for t, f, a, b in beats)
-        lines.append(f"- onebit beats S3-FIFO there: {verdict(ok)} ({detail})")
-    for policy, limit, what in (
-        ("onebit", 0.02, "onebit is never worse than LRU by more than 2 % (relative)"),
-        ("flip30-guard", 0.10, "with 30 % flipped bits (+ guard) within 10 % of LRU"),
-        ("flip30", 0.10, "  (the same without the guard, for comparison)"),
-    ):
-        worst = [
-            (by[t, policy, f] / by[t, "lru", f] - 1, t, f)
-            for t in traces
-            for f in fractions
-            if (t, policy, f) in by and (t, "lru", f) in by
-        ]
-        if worst:
-            rel, t, f = max(worst)
-            lines.append(
-                f"- {what}: {verdict(rel <= limit)} (worst {rel:+.1%} vs LRU, {t} at {f:g})"
-            )
-    print("\n".join(lines) if lines else "(no goal applies to the policies run)")
 
 
 def prediction_cost(trace: Trace, fraction: float) -> None:
@@ -337,38 +227,6 @@ def prediction_cost(trace: Trace, fraction: float) -> None:
         print(f"- one model call, batch of {batch}: {us:.1f} µs per row")
 
 
-def plot(runs: list[Run], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    traces = list(dict.fromkeys(r.trace for r in runs))
-    cols = min(3, len(traces))
-    rows = (len(traces) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 4 * rows), squeeze=False)
-    shown = ("lru", "arc", "s3fifo", "sieve", "belady", "onebit", "onebit-noguard", "oracle",
-             "flip30-guard", "markpredict")  # fmt: skip
-    for ax, trace in zip(axes.flat, traces, strict=False):
-        for policy in dict.fromkeys(r.policy for r in runs):
-            if policy not in shown:
-                continue
-            pts = sorted((r.fraction, r.miss_ratio) for r in runs
-                         if r.trace == trace and r.policy == policy)  # fmt: skip
-            style = "--" if policy in LIBCACHESIM_POLICIES else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=policy)
-        ax.set_title(trace)
-        ax.set_xscale("log")
-        ax.set_xlabel("cache size (fraction of working set)")
-        ax.set_ylabel("miss ratio")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(traces) :]:
-        ax.set_visible(False)
-    axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--trace", type=Path, help="CSV trace: object_id[,size] per line")
@@ -397,12 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     traces = [read_trace(args.trace)] if args.trace else builtin_traces(names)
     runs: list[Run] = []
     for trace in traces:
-        _TRACE_LEN[trace.name] = len(trace.keys)
         trace_runs = run_trace(trace, fractions, policies)
         runs.extend(trace_runs)
         if args.csv:
-            print(f"# trace {trace.name}: {len(trace.keys)} requests, working set "
-                  f"{trace.working_set()}")  # fmt: skip
+            print(
+                f"# trace {trace.name}: {len(trace.keys)} requests, working set "
+                f"{trace.working_set()}"
+            )
             for r in trace_runs:
                 print(f"{r.policy},{r.fraction:g},{r.miss_ratio:.6f}")
             sys.stdout.flush()
