@@ -5,6 +5,12 @@ chunk reuse, first-k, Cache-Craft's planned recompute and a random control.
     python bench/rag_reuse.py --quick         # the short run (a few minutes)
     python bench/rag_reuse.py --quick --csv   # one line per mode, for scripts
 
+Why one file of about 570 lines: most of it is the ``Bench`` class, whose storing and
+modes share one state (the model, the client, the chunks stored, the prefix store, the
+system part's KV); split, that state would be passed between modules. What has a role
+of its own lives beside it: the workload in bench/_rag_workload.py, the results, table,
+goals and plot in bench/_rag_report.py, the model loader in bench/_smollm2.py.
+
 Model: SmolLM2-135M-Instruct (float32, one torch thread; loaded by bench/_smollm2.py).
 Workload (bench/_rag_workload.py): chunks of 128-256 tokens cut from stdlib docstrings;
 each prompt is a fixed system part, 3-5 chunks drawn Zipf(1) in random order and a
@@ -55,12 +61,11 @@ import argparse
 import math
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +78,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import torch  # noqa: E402
 import xxhash  # noqa: E402
+from _rag_report import ModeResult, Row, goals, plot, print_table  # noqa: E402
 from _rag_workload import Prompt, Workload, build_workload, describe  # noqa: E402
 from _semantic_common import Server, running  # noqa: E402
 from _smollm2 import load_smollm2  # noqa: E402
@@ -114,81 +120,6 @@ class Config:
 
 QUICK = Config(chunks=40, prompts=12, alphas=(0.25, 0.5), continuation=16, seed=0)
 FULL = Config(chunks=50, prompts=60, alphas=(0.25, 0.5, 1.0), continuation=24, seed=0)
-
-
-@dataclass(slots=True)
-class Row:
-    """One mode on one prompt."""
-
-    fetch_s: float
-    compute_s: float
-    full_s: float
-    recomputed: int  # cached-chunk tokens through the model
-    cached: int  # tokens of chunks the store held
-    through: int  # all tokens through the model (chunks, system part, question)
-    chunk_through: int  # chunk tokens through the model (misses included)
-    chunk_tokens: int
-    prompt_tokens: int
-    top1: float
-    kl_last: float
-    exact: bool
-
-    @property
-    def ttft_ratio(self) -> float:
-        return (self.fetch_s + self.compute_s) / self.full_s
-
-
-@dataclass(slots=True)
-class ModeResult:
-    name: str
-    family: str
-    rows: list[Row] = field(default_factory=list)
-
-    def mean(self, values: Sequence[float]) -> float:
-        finite = [v for v in values if math.isfinite(v)]
-        return float(np.mean(finite)) if finite else math.nan
-
-    @property
-    def recompute_fraction(self) -> float:
-        return self.mean([r.recomputed / r.cached if r.cached else math.nan for r in self.rows])
-
-    @property
-    def chunk_fraction(self) -> float:
-        return self.mean([r.chunk_through / r.chunk_tokens for r in self.rows])
-
-    @property
-    def prompt_fraction(self) -> float:
-        return self.mean([r.through / r.prompt_tokens for r in self.rows])
-
-    @property
-    def top1(self) -> float:
-        return self.mean([r.top1 for r in self.rows])
-
-    @property
-    def kl_last(self) -> float:
-        return statistics.median(r.kl_last for r in self.rows)
-
-    @property
-    def exact(self) -> float:
-        return self.mean([float(r.exact) for r in self.rows])
-
-    @property
-    def fetch_ms(self) -> float:
-        return statistics.median(r.fetch_s for r in self.rows) * 1e3
-
-    @property
-    def compute_s(self) -> float:
-        return statistics.median(r.compute_s for r in self.rows)
-
-    @property
-    def ttft_ratio(self) -> float:
-        return statistics.median(r.ttft_ratio for r in self.rows)
-
-    @property
-    def ttft_ratio_all_stored(self) -> float:
-        """The median TTFT ratio over the prompts whose chunks were all stored."""
-        rows = [r.ttft_ratio for r in self.rows if r.cached == r.chunk_tokens]
-        return statistics.median(rows) if rows else math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +187,12 @@ class Bench:
         self, ids: torch.Tensor, cache: DynamicCache, keep: int = 1
     ) -> tuple[torch.Tensor, DynamicCache]:
         with torch.no_grad():
-            out = self.model(input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=keep,
-                             **cache_kwargs(self.model, cache))  # fmt: skip
+            out = self.model(
+                input_ids=ids.view(1, -1),
+                use_cache=True,
+                logits_to_keep=keep,
+                **cache_kwargs(self.model, cache),
+            )
         return out.logits[0], cache
 
     def greedy(
@@ -337,8 +272,9 @@ class Bench:
         start = time.process_time()
         logits, _ = self._prefill(ids, cache, keep=question.numel())
         cpu = time.process_time() - start
-        return Reference(logits, self.greedy(logits[-1], cache, self.config.continuation),
-                         cpu, cache)  # fmt: skip
+        return Reference(
+            logits, self.greedy(logits[-1], cache, self.config.continuation), cpu, cache
+        )
 
     def score(
         self, ref: Reference, p: Prompt, logits: torch.Tensor, cache: DynamicCache, **counts: Any
@@ -351,10 +287,14 @@ class Bench:
         continuation = self.greedy(logits[-1], cache, n, follow=ref.continuation)
         bounds = self.bounds(p)
         return Row(
-            full_s=ref.cpu_s, top1=top1, kl_last=max(kl, 0.0),
-            exact=continuation == ref.continuation, chunk_tokens=bounds[-1] - bounds[0],
-            prompt_tokens=bounds[-1] + len(p.question_ids), **counts,
-        )  # fmt: skip
+            full_s=ref.cpu_s,
+            top1=top1,
+            kl_last=max(kl, 0.0),
+            exact=continuation == ref.continuation,
+            chunk_tokens=bounds[-1] - bounds[0],
+            prompt_tokens=bounds[-1] + len(p.question_ids),
+            **counts,
+        )
 
     def cached_tokens(self, p: Prompt) -> int:
         return sum(len(self.wl.chunks[c].ids) for c in p.chunks if c in self.stored)
@@ -377,10 +317,17 @@ class Bench:
         compute = time.process_time() - cpu
         recomputed = sum(len(self.wl.chunks[c].ids) for c in p.chunks[level:] if c in self.stored)
         return self.score(
-            ref, p, logits, cache, fetch_s=fetch, compute_s=compute, recomputed=recomputed,
-            cached=self.cached_tokens(p), through=rest.numel(),
+            ref,
+            p,
+            logits,
+            cache,
+            fetch_s=fetch,
+            compute_s=compute,
+            recomputed=recomputed,
+            cached=self.cached_tokens(p),
+            through=rest.numel(),
             chunk_through=bounds[-1] - bounds[level],
-        )  # fmt: skip
+        )
 
     def reuse(
         self, p: Prompt, ref: Reference, model_id: str, select: Selector
@@ -392,8 +339,12 @@ class Bench:
         lengths = [bounds[i + 1] - bounds[i] for i in range(len(p.chunks))]
         layers, two, heads, dim = self._kv_shape
         start = time.perf_counter()
-        plan = self.client.plan(model_id, [self.key(model_id, c) for c in p.chunks],
-                                chunk_tokens=lengths, start=bounds[0])  # fmt: skip
+        plan = self.client.plan(
+            model_id,
+            [self.key(model_id, c) for c in p.chunks],
+            chunk_tokens=lengths,
+            start=bounds[0],
+        )
         parts = [self.system_kv]
         try:
             for i, planned in enumerate(plan.chunks):
@@ -433,10 +384,17 @@ class Bench:
         compute = time.process_time() - cpu
         misses = len(positions) - recomputed
         row = self.score(
-            ref, p, logits, cache, fetch_s=fetch, compute_s=compute, recomputed=recomputed,
-            cached=self.cached_tokens(p), through=len(positions) + question.numel(),
+            ref,
+            p,
+            logits,
+            cache,
+            fetch_s=fetch,
+            compute_s=compute,
+            recomputed=recomputed,
+            cached=self.cached_tokens(p),
+            through=len(positions) + question.numel(),
             chunk_through=len(positions),
-        )  # fmt: skip
+        )
         assert misses == row.chunk_tokens - row.cached
         return row, selected
 
@@ -470,12 +428,24 @@ def run_prompt(bench: Bench, p: Prompt, index: int, results: dict[str, ModeResul
 
     ref = bench.full(p)
     bounds = bench.bounds(p)
-    add("full prefill", "full", Row(
-        fetch_s=0.0, compute_s=ref.cpu_s, full_s=ref.cpu_s, recomputed=bench.cached_tokens(p),
-        cached=bench.cached_tokens(p), through=bounds[-1] + len(p.question_ids),
-        chunk_through=bounds[-1] - bounds[0], chunk_tokens=bounds[-1] - bounds[0],
-        prompt_tokens=bounds[-1] + len(p.question_ids), top1=1.0, kl_last=0.0, exact=True,
-    ))  # fmt: skip
+    add(
+        "full prefill",
+        "full",
+        Row(
+            fetch_s=0.0,
+            compute_s=ref.cpu_s,
+            full_s=ref.cpu_s,
+            recomputed=bench.cached_tokens(p),
+            cached=bench.cached_tokens(p),
+            through=bounds[-1] + len(p.question_ids),
+            chunk_through=bounds[-1] - bounds[0],
+            chunk_tokens=bounds[-1] - bounds[0],
+            prompt_tokens=bounds[-1] + len(p.question_ids),
+            top1=1.0,
+            kl_last=0.0,
+            exact=True,
+        ),
+    )
     add("prefix caching", "prefix", bench.prefix(p, ref))
     add("naive reuse", "naive", bench.reuse(p, ref, NAIVE_ID, first_k(0.0))[0])
     for f in (0.10, 0.25, 0.50):
@@ -488,89 +458,6 @@ def run_prompt(bench: Bench, p: Prompt, index: int, results: dict[str, ModeResul
             other, _ = bench.reuse(p, ref, NAIVE_ID, matched(picked, how, rng))
             add(f"{'random' if how == 'random' else 'first-k'} a={alpha:g}", family, other)
     return ref.cache
-
-
-def print_table(results: dict[str, ModeResult], stream: Any = sys.stdout) -> None:
-    head = (
-        f"{'mode':<18} {'recomp':>7} {'chunk':>6} {'prompt':>6} {'top1':>6} {'KL last':>8} "
-        f"{'exact':>6} {'fetch ms':>9} {'compute s':>9} {'TTFT/full':>9}"
-    )
-    print(head, file=stream)
-    print("-" * len(head), file=stream)
-    for r in results.values():
-        print(
-            f"{r.name:<18} {r.recompute_fraction:>7.3f} {r.chunk_fraction:>6.3f} "
-            f"{r.prompt_fraction:>6.3f} {r.top1:>6.3f} {r.kl_last:>8.4f} {r.exact:>6.2f} "
-            f"{r.fetch_ms:>9.1f} {r.compute_s:>9.3f} {r.ttft_ratio:>9.3f}",
-            file=stream,
-        )
-
-
-def goals(results: dict[str, ModeResult]) -> list[str]:
-    lines = []
-    craft = [r for r in results.values() if r.family == "cachecraft"]
-    ok = [r for r in craft if r.top1 >= 0.97 and r.recompute_fraction <= 0.30
-          and r.ttft_ratio <= 0.4]  # fmt: skip
-    lines.append(
-        "Cache-Craft >= 0.97 top-1 with <= 30 % of cached chunk tokens recomputed and TTFT "
-        f"<= 0.4x full: {'met by ' + ', '.join(r.name for r in ok) if ok else 'missed'}"
-    )
-    for r in craft:
-        stored = r.ttft_ratio_all_stored
-        on_stored = "no prompt had" if math.isnan(stored) else f"{stored:.3f}x on the prompts with"
-        lines.append(
-            f"{r.name}: top-1 {r.top1:.3f}, recompute {r.recompute_fraction:.3f}, TTFT "
-            f"{r.ttft_ratio:.3f}x full ({on_stored} all chunks stored)"
-        )
-    for r in craft:
-        alpha = r.name.split("=")[1]
-        rnd, fk = results[f"random a={alpha}"], results[f"first-k a={alpha}"]
-        lines.append(
-            f"{r.name} (recompute {r.recompute_fraction:.3f}): top-1 {r.top1:.3f} vs first-k "
-            f"{fk.top1:.3f} ({'beats' if r.top1 > fk.top1 else 'does not beat'}), random "
-            f"{rnd.top1:.3f} ({'beats' if r.top1 > rnd.top1 else 'does not beat'}); KL "
-            f"{r.kl_last:.4f} vs {fk.kl_last:.4f} / {rnd.kl_last:.4f}"
-        )
-    return lines
-
-
-def plot(results: dict[str, ModeResult], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, kl_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    naive, full = results["naive reuse"], results["full prefill"]
-    styles = {"first-k": "s-", "cachecraft": "o-", "random": "^--", "first-k matched": "v:"}
-    names = {"first-k matched": "first-k at Cache-Craft's count", "cachecraft": "Cache-Craft"}
-    for family, style in styles.items():
-        modes = sorted(
-            (r for r in results.values() if r.family == family), key=lambda r: r.recompute_fraction
-        )
-        if not modes:
-            continue
-        xs = [0.0] + [r.recompute_fraction for r in modes]
-        label = names.get(family, family)
-        ax.plot(xs, [naive.top1] + [r.top1 for r in modes], style, label=label)
-        kl_ax.plot(xs, [naive.kl_last] + [r.kl_last for r in modes], style, label=label)
-    pre = results["prefix caching"]
-    for axis, value in ((ax, lambda r: r.top1), (kl_ax, lambda r: r.kl_last)):
-        axis.plot([0.0], [value(naive)], "kx", markersize=9, label="naive reuse")
-        axis.plot([pre.recompute_fraction], [value(pre)], "D", color="grey",
-                  label="prefix caching")  # fmt: skip
-        axis.set_xlabel("recompute fraction (cached chunk tokens through the model)")
-        axis.grid(alpha=0.3)
-    ax.plot([1.0], [full.top1], "k*", markersize=11, label="full prefill")
-    ax.set_ylabel("top-1 agreement with full prefill (question, mean)")
-    kl_ax.set_ylabel("KL(full || mode) at the last position (median)")
-    kl_ax.set_yscale("symlog", linthresh=1e-4)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def measure(
@@ -618,27 +505,33 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the short run (CI)")
-    parser.add_argument("--csv", action="store_true",
-                        help="print mode,recompute_fraction,top1_agreement,kl_last,"
-                             "ttft_ratio_vs_full per mode instead of the table")  # fmt: skip
+    parser.add_argument(
+        "--csv",
+        action="store_true",
+        help="print mode,recompute_fraction,top1_agreement,kl_last,"
+        "ttft_ratio_vs_full per mode instead of the table",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNG goes")
     parser.add_argument("--prompts", type=int, help="override the number of prompts")
     parser.add_argument("--alphas", type=float, nargs="+", help="override the alphas")
     args = parser.parse_args()
     config = QUICK if args.quick else FULL
     if args.prompts:
-        config = Config(config.chunks, args.prompts, config.alphas, config.continuation,
-                        config.seed)  # fmt: skip
+        config = Config(
+            config.chunks, args.prompts, config.alphas, config.continuation, config.seed
+        )
     if args.alphas:
-        config = Config(config.chunks, config.prompts, tuple(args.alphas), config.continuation,
-                        config.seed)  # fmt: skip
+        config = Config(
+            config.chunks, config.prompts, tuple(args.alphas), config.continuation, config.seed
+        )
     log = sys.stderr if args.csv else sys.stdout
 
     torch.set_num_threads(1)
     started = time.perf_counter()
     model, tokenizer = load_smollm2()
-    workload = build_workload(tokenizer, chunks=config.chunks, prompts=config.prompts,
-                              seed=config.seed)  # fmt: skip
+    workload = build_workload(
+        tokenizer, chunks=config.chunks, prompts=config.prompts, seed=config.seed
+    )
     warm = max(1, round(config.warm_share * config.prompts))
     print(describe(workload), file=log)
     print(
@@ -649,18 +542,24 @@ def main() -> None:
 
     results, hits, misses, moved, unscored = measure(model, workload, config, warm, log)
     elapsed = time.perf_counter() - started
-    title = (f"SmolLM2-135M, {config.prompts - warm} prompts, chunk hit rate "
-             f"{hits / (hits + misses):.2f}")  # fmt: skip
+    title = (
+        f"SmolLM2-135M, {config.prompts - warm} prompts, chunk hit rate "
+        f"{hits / (hits + misses):.2f}"
+    )
     png = args.out / ("rag_reuse_quick.png" if args.quick else "rag_reuse.png")
     plot(results, png, title)
     if args.csv:
         print("mode,recompute_fraction,top1_agreement,kl_last,ttft_ratio_vs_full")
         for r in results.values():
-            print(f"{r.name},{r.recompute_fraction:.4f},{r.top1:.4f},{r.kl_last:.5f},"
-                  f"{r.ttft_ratio:.4f}")  # fmt: skip
-    print(f"\nRAG chunk reuse, {title}; full prefill median {results['full prefill'].compute_s:.2f}"
-          " s CPU. recomp/chunk/prompt, top1, exact: means; KL, times, TTFT/full: medians",
-          file=log)  # fmt: skip
+            print(
+                f"{r.name},{r.recompute_fraction:.4f},{r.top1:.4f},{r.kl_last:.5f},"
+                f"{r.ttft_ratio:.4f}"
+            )
+    print(
+        f"\nRAG chunk reuse, {title}; full prefill median {results['full prefill'].compute_s:.2f}"
+        " s CPU. recomp/chunk/prompt, top1, exact: means; KL, times, TTFT/full: medians",
+        file=log,
+    )
     print_table(results, log)
     print(
         f"\nOf {moved} reused chunks served after another prefix, {unscored} were stored "
@@ -669,8 +568,11 @@ def main() -> None:
         file=log,
     )
     print("\nGoals:\n  " + "\n  ".join(goals(results)), file=log)
-    print(f"plot: {png}; {elapsed:.0f} s in all; load average "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}", file=log)  # fmt: skip
+    print(
+        f"plot: {png}; {elapsed:.0f} s in all; load average "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}",
+        file=log,
+    )
 
 
 if __name__ == "__main__":
