@@ -47,7 +47,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _semantic_common import Server, histogram, histogram_quantile, running  # noqa: E402
+from _server import Server, histogram, histogram_quantile, running  # noqa: E402
 
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
 from semcached.clients import SemcachedClient  # noqa: E402

@@ -80,7 +80,7 @@ import torch  # noqa: E402
 import xxhash  # noqa: E402
 from _rag_report import ModeResult, Row, goals, plot, print_table  # noqa: E402
 from _rag_workload import Prompt, Workload, build_workload, describe  # noqa: E402
-from _semantic_common import Server, running  # noqa: E402
+from _server import Server, running  # noqa: E402
 from _smollm2 import load_smollm2  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 

@@ -4,6 +4,13 @@
     python bench/semantic_http.py --quick              # a smoke run at 5k entries
     python bench/semantic_http.py --sizes 10000 100000 --concurrency 1 16 --duration-s 10
 
+Why one file of about 740 lines: it is one run's script, in sections (load generation,
+recall, one size, output, command line) that all read one ``Options`` and fill one
+``Report``; the parts other benches share live beside it: the synthetic data in
+bench/_synthetic.py, data directories and snapshots in bench/_semantic_common.py, the
+child servers and /metrics parsing in bench/_server.py, the baseline server in
+bench/_bare_server.py and the aiohttp load generator in bench/_loadgen.py.
+
 For each size the script writes a data directory in-process with the engine's own
 DocumentStore (``put_many`` in large batches) and the engine's HNSW index of it as the
 directory's snapshot (bench/_semantic_common.py: ``write_index_snapshot``), starts
@@ -81,24 +88,23 @@ import numpy as np
 import orjson
 from _semantic_common import (
     CATEGORY,
+    NAMESPACE,
+    cache_key,
+    populate,
+    snapshot_hnsw_file,
+    write_config,
+    write_index_snapshot,
+)
+from _server import Server, histogram, histogram_quantile, running
+from _synthetic import (
     DIM,
     MAX_TEXT_COMBOS,
-    NAMESPACE,
     Matrix,
     Mixture,
-    Server,
-    cache_key,
     embed_texts,
-    histogram,
-    histogram_quantile,
-    populate,
-    running,
-    snapshot_hnsw_file,
     synthetic_vectors,
     text_prompts,
     vector_queries,
-    write_config,
-    write_index_snapshot,
 )
 from numpy.typing import NDArray
 
@@ -182,18 +188,43 @@ def generate_load(
         script = work / "lookup.lua"
         script.write_text(WRK_SCRIPT)
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout",
-             "10s", "-s", str(script), url + ROUTE, "--", str(bodies)],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                "10s",
+                "-s",
+                str(script),
+                url + ROUTE,
+                "--",
+                str(bodies),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         line = next(x for x in out.splitlines() if x.startswith("RESULT"))
         requests, duration_us, p50, p99, status, sock = (float(x) for x in line.split()[1:])
         return requests / (duration_us / 1e6), p50 / 1e3, p99 / 1e3, int(status + sock)
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("_loadgen.py")), url + ROUTE, str(bodies),
-         "--concurrency", str(concurrency), "--duration-s", str(seconds), "--warmup-s", "0"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_loadgen.py")),
+            url + ROUTE,
+            str(bodies),
+            "--concurrency",
+            str(concurrency),
+            "--duration-s",
+            str(seconds),
+            "--warmup-s",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     r = orjson.loads(out.splitlines()[-1])
     return r["requests"] / r["seconds"], r["p50_us"] / 1e3, r["p99_us"] / 1e3, int(r["errors"])
 
@@ -385,18 +416,28 @@ def load_rows(
 
 
 def run_mode(
-    size: int, mode: str, data: tuple[Path, Path, Path], bodies: list[bytes], *,
-    exact: tuple[Matrix, NDArray[np.int64]], opts: Options, report: Report,
-) -> None:  # fmt: skip
+    size: int,
+    mode: str,
+    data: tuple[Path, Path, Path],
+    bodies: list[bytes],
+    *,
+    exact: tuple[Matrix, NDArray[np.int64]],
+    opts: Options,
+    report: Report,
+) -> None:
     data_dir, config, index_file = data
     text = mode == "text-in"
     body_file = write_bodies(opts.work / f"{mode}.jsonl", bodies)
     semcached = Server.semcached(data_dir, config, daemon_settings(opts, text=text))
     with running(semcached):
         bare = Server.bare(
-            index_file, ef=opts.ef_search, k=opts.candidates, threshold=opts.threshold,
+            index_file,
+            dim=DIM,
+            ef=opts.ef_search,
+            k=opts.candidates,
+            threshold=opts.threshold,
             minilm=text,
-        )  # fmt: skip
+        )
         with running(bare):
             with ThreadPoolExecutor(2) as pool:  # both start at once; time each on its own
                 ready, bare_ready = pool.map(Server.wait_ready, (semcached, bare))
@@ -448,8 +489,14 @@ def prepare_size(
 def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: Report) -> None:
     t = len(texts.stored)
     if opts.cache is not None:
-        key = cache_key(size, texts=t, seed=opts.seed, centroids=opts.centroids, m=opts.m,
-                        efc=opts.ef_construction)  # fmt: skip
+        key = cache_key(
+            size,
+            texts=t,
+            seed=opts.seed,
+            centroids=opts.centroids,
+            m=opts.m,
+            efc=opts.ef_construction,
+        )
         work = opts.cache / key
     else:
         work = opts.work / f"n{size}"
@@ -476,8 +523,9 @@ def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: R
             run_mode(size, "text-in", data, tbodies, exact=exact_t, opts=opts, report=report)
         elif len(texts.asked):
             report.notes.append(f"{size}: text-in skipped (not in --text-sizes)")
-        report.notes.append(f"{size}: vector queries: {copies} noisy copies, "
-                            f"{len(queries) - copies} fresh")  # fmt: skip
+        report.notes.append(
+            f"{size}: vector queries: {copies} noisy copies, {len(queries) - copies} fresh"
+        )
     finally:
         if opts.cache is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -491,31 +539,44 @@ def _ms(x: float) -> str:
 
 
 def print_report(report: Report, opts: Options) -> None:
-    print("\n| entries | input | conc. | server | req/s | p50 ms | p99 ms | server p50 ms "
-          "| server p99 ms | req/s vs bare |")  # fmt: skip
+    print(
+        "\n| entries | input | conc. | server | req/s | p50 ms | p99 ms | server p50 ms "
+        "| server p99 ms | req/s vs bare |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     bare = {(r.size, r.mode, r.concurrency): r.load.rps for r in report.rows if r.server == "bare"}
     for r in report.rows:
         ratio = r.load.rps / bare[(r.size, r.mode, r.concurrency)]
         errors = f" ({r.load.errors} errors)" if r.load.errors else ""
-        print(f"| {r.size} | {r.mode} | {r.concurrency} | {r.server} | {r.load.rps:.0f}{errors} "
-              f"| {_ms(r.load.p50_ms)} | {_ms(r.load.p99_ms)} | {_ms(r.load.server_p50_ms)} "
-              f"| {_ms(r.load.server_p99_ms)} | {ratio:.2f} |")  # fmt: skip
+        print(
+            f"| {r.size} | {r.mode} | {r.concurrency} | {r.server} | {r.load.rps:.0f}{errors} "
+            f"| {_ms(r.load.p50_ms)} | {_ms(r.load.p99_ms)} | {_ms(r.load.server_p50_ms)} "
+            f"| {_ms(r.load.server_p99_ms)} | {ratio:.2f} |"
+        )
     low = min(opts.concurrency)
-    print(f"\n| entries | input | hnswlib alone p50 / mean µs | server mean µs at conc. {low}: "
-          "semcached / bare | overhead vs hnswlib: semcached / bare |")  # fmt: skip
+    print(
+        f"\n| entries | input | hnswlib alone p50 / mean µs | server mean µs at conc. {low}: "
+        "semcached / bare | overhead vs hnswlib: semcached / bare |"
+    )
     print("|---|---|---|---|---|")
-    means = {(r.size, r.mode, r.server): r.load.server_mean_ms * 1e3
-             for r in report.rows if r.concurrency == low}  # fmt: skip
+    means = {
+        (r.size, r.mode, r.server): r.load.server_mean_ms * 1e3
+        for r in report.rows
+        if r.concurrency == low
+    }
     for size, mode, times in report.overhead:
         if (size, mode, "bare") not in means:
             continue
         mean = float(times.mean())
         ours, theirs = means[(size, mode, "semcached")], means[(size, mode, "bare")]
-        print(f"| {size} | {mode} | {np.median(times):.0f} / {mean:.0f} | {ours:.0f} / "
-              f"{theirs:.0f} | {ours / mean:.1f}x / {theirs / mean:.1f}x |")  # fmt: skip
-    print(f"\n| entries | input | queries | brute-force hits (>= {opts.threshold}) "
-          "| recall semcached | recall bare |")  # fmt: skip
+        print(
+            f"| {size} | {mode} | {np.median(times):.0f} / {mean:.0f} | {ours:.0f} / "
+            f"{theirs:.0f} | {ours / mean:.1f}x / {theirs / mean:.1f}x |"
+        )
+    print(
+        f"\n| entries | input | queries | brute-force hits (>= {opts.threshold}) "
+        "| recall semcached | recall bare |"
+    )
     print("|---|---|---|---|---|---|")
     for size, mode, n, hits, ours, theirs in report.recall:
         print(f"| {size} | {mode} | {n} | {hits} | {ours:.4f} | {theirs:.4f} |")
@@ -536,18 +597,24 @@ def print_goals(report: Report) -> None:
         if r.server == "semcached" and r.concurrency == top:
             ratio = r.load.rps / bare[(r.size, r.concurrency)]
             verdict = "met" if ratio >= 0.8 else "missed"
-            print(f"- throughput >= 0.8x bare, vector-in, {r.size} entries, concurrency "
-                  f"{top}: {ratio:.2f}x, {verdict}")  # fmt: skip
+            print(
+                f"- throughput >= 0.8x bare, vector-in, {r.size} entries, concurrency "
+                f"{top}: {ratio:.2f}x, {verdict}"
+            )
     for size, mode, _, _, ours, theirs in report.recall:
-        print(f"- recall >= 0.99, {mode}, {size} entries: {ours:.4f} (bare: {theirs:.4f}), "
-              f"{'met' if ours >= 0.99 else 'missed'}")  # fmt: skip
+        print(
+            f"- recall >= 0.99, {mode}, {size} entries: {ours:.4f} (bare: {theirs:.4f}), "
+            f"{'met' if ours >= 0.99 else 'missed'}"
+        )
     largest = max(r.size for r in vector)
     for r in vector:
         if r.server == "semcached" and r.size == largest:
             p99 = r.load.server_p99_ms
-            print(f"- server-side p99 <= 2 ms at {largest} entries, concurrency "
-                  f"{r.concurrency}: {_ms(p99)} ms (from /metrics buckets), "
-                  f"{'met' if p99 <= 2 else 'missed'}")  # fmt: skip
+            print(
+                f"- server-side p99 <= 2 ms at {largest} entries, concurrency "
+                f"{r.concurrency}: {_ms(p99)} ms (from /metrics buckets), "
+                f"{'met' if p99 <= 2 else 'missed'}"
+            )
 
 
 # -- main ----------------------------------------------------------------------------------------
@@ -598,14 +665,27 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
     if a.text_entries < a.text_queries // 2:
         a.text_queries = 0  # too few stored prompts to paraphrase
     opts = Options(
-        sizes=a.sizes, text_sizes=text_sizes if a.text_queries else [],
-        concurrency=a.concurrency, duration_s=a.duration_s, rounds=a.rounds, queries=a.queries,
-        text_queries=a.text_queries, text_entries=a.text_entries if a.text_queries else 0,
-        centroids=a.centroids, threshold=a.threshold, m=a.m,
-        ef_construction=a.ef_construction, ef_search=a.ef_search, candidates=a.candidates,
-        vector_format=a.vector_format, access_log=a.access_log, client=_client(a.client),
-        seed=a.seed, work=Path(), cache=a.cache,
-    )  # fmt: skip
+        sizes=a.sizes,
+        text_sizes=text_sizes if a.text_queries else [],
+        concurrency=a.concurrency,
+        duration_s=a.duration_s,
+        rounds=a.rounds,
+        queries=a.queries,
+        text_queries=a.text_queries,
+        text_entries=a.text_entries if a.text_queries else 0,
+        centroids=a.centroids,
+        threshold=a.threshold,
+        m=a.m,
+        ef_construction=a.ef_construction,
+        ef_search=a.ef_search,
+        candidates=a.candidates,
+        vector_format=a.vector_format,
+        access_log=a.access_log,
+        client=_client(a.client),
+        seed=a.seed,
+        work=Path(),
+        cache=a.cache,
+    )
     return opts, a.workdir
 
 

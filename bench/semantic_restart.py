@@ -53,17 +53,14 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 from _semantic_common import (
-    DIM,
-    Mixture,
-    Server,
     cache_key,
     populate,
-    running,
     snapshot_hnsw_file,
-    synthetic_vectors,
     write_config,
     write_index_snapshot,
 )
+from _server import Server, running
+from _synthetic import DIM, Mixture, synthetic_vectors
 
 from semcached.service.config import IndexSettings
 
@@ -127,7 +124,7 @@ def bare_times(index_file: Path, args: argparse.Namespace) -> tuple[float, float
         index.load_index(str(index_file))
         loads.append(time.perf_counter() - started)
         del index
-    bare = Server.bare(index_file, ef=64, k=8, threshold=0.9, minilm=False)
+    bare = Server.bare(index_file, dim=DIM, ef=64, k=8, threshold=0.9, minilm=False)
     with running(bare):
         ready = bare.wait_ready(timeout=args.timeout_s)
     return min(loads), ready
@@ -136,9 +133,12 @@ def bare_times(index_file: Path, args: argparse.Namespace) -> tuple[float, float
 def build_bare_index(vectors: np.memmap, path: Path, args: argparse.Namespace) -> None:
     index = hnswlib.Index(space="cosine", dim=DIM)
     index.init_index(
-        max_elements=len(vectors), M=args.m, ef_construction=args.ef_construction,
-        random_seed=100, allow_replace_deleted=True,
-    )  # fmt: skip
+        max_elements=len(vectors),
+        M=args.m,
+        ef_construction=args.ef_construction,
+        random_seed=100,
+        allow_replace_deleted=True,
+    )
     for lo in range(0, len(vectors), 65_536):
         block = np.asarray(vectors[lo : lo + 65_536])
         index.add_items(block, np.arange(lo + 1, lo + 1 + len(block)), num_threads=2)
@@ -150,8 +150,9 @@ def cached_data(size: int, args: argparse.Namespace) -> Path | None:
     size and these index parameters, if there is one."""
     if args.cache is None or size <= args.rebuild_max:
         return None
-    key = cache_key(size, texts=0, seed=args.seed, centroids=args.centroids, m=args.m,
-                    efc=args.ef_construction)  # fmt: skip
+    key = cache_key(
+        size, texts=0, seed=args.seed, centroids=args.centroids, m=args.m, efc=args.ef_construction
+    )
     pattern = key.replace("-texts0-", "-texts*-")
     for folder in sorted(args.cache.glob(pattern)):
         if (folder / "READY").exists():
@@ -192,9 +193,14 @@ def run_size(size: int, work: Path, config: Path, args: argparse.Namespace) -> R
 
 
 def measure_starts(
-    size: int, data: Path, config: Path, args: argparse.Namespace, *,
-    bare: tuple[float, float], rebuild: bool,
-) -> Result:  # fmt: skip
+    size: int,
+    data: Path,
+    config: Path,
+    args: argparse.Namespace,
+    *,
+    bare: tuple[float, float],
+    rebuild: bool,
+) -> Result:
     """The daemon's start, shutdown and (from its snapshot) second start on ``data``;
     ``bare``: (load_index seconds, bare server start seconds) of the same index."""
     load_s, bare_s = bare
@@ -210,15 +216,25 @@ def measure_starts(
         server, second = start(data, config, args)
         server.stop(signal.SIGTERM, timeout=args.timeout_s)
     return Result(
-        size, load_s, bare_s, first, rebuild, shutdown_s, exit_code, snapshot_bytes, second,
-    )  # fmt: skip
+        size,
+        load_s,
+        bare_s,
+        first,
+        rebuild,
+        shutdown_s,
+        exit_code,
+        snapshot_bytes,
+        second,
+    )
 
 
 def print_table(results: list[Result], empty: Start | None) -> None:
-    print("\n| entries | bare load_index s | bare server start s | semcached rebuild start s "
-          "| shutdown s | snapshot MB | semcached start from snapshot s "
-          "| fastest start / load_index (goal <= 2x) "
-          "| fastest start / bare server start |")  # fmt: skip
+    print(
+        "\n| entries | bare load_index s | bare server start s | semcached rebuild start s "
+        "| shutdown s | snapshot MB | semcached start from snapshot s "
+        "| fastest start / load_index (goal <= 2x) "
+        "| fastest start / bare server start |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         snap = "none" if r.snapshot_bytes is None else f"{r.snapshot_bytes / 1e6:.0f}"
@@ -227,15 +243,21 @@ def print_table(results: list[Result], empty: Start | None) -> None:
             starts = starts[1:] or starts
         fastest = min(starts)
         rebuild = f"{r.first.ready_s:.2f}" if r.rebuilt else "skipped (> --rebuild-max)"
-        from_snapshot = ", ".join(
-            f"{x.ready_s:.2f}" for x in (r.first, r.second)
-            if x is not None and not (r.rebuilt and x is r.first)
-        ) or "not run (no snapshot)"  # fmt: skip
+        from_snapshot = (
+            ", ".join(
+                f"{x.ready_s:.2f}"
+                for x in (r.first, r.second)
+                if x is not None and not (r.rebuilt and x is r.first)
+            )
+            or "not run (no snapshot)"
+        )
         ratio = fastest / r.load_index_s
-        print(f"| {r.size} | {r.load_index_s:.2f} | {r.bare_server_s:.2f} "
-              f"| {rebuild} | {r.shutdown_s:.2f} | {snap} | {from_snapshot} "
-              f"| {ratio:.1f}x, {'met' if ratio <= 2 else 'missed'} "
-              f"| {fastest / r.bare_server_s:.1f}x |")  # fmt: skip
+        print(
+            f"| {r.size} | {r.load_index_s:.2f} | {r.bare_server_s:.2f} "
+            f"| {rebuild} | {r.shutdown_s:.2f} | {snap} | {from_snapshot} "
+            f"| {ratio:.1f}x, {'met' if ratio <= 2 else 'missed'} "
+            f"| {fastest / r.bare_server_s:.1f}x |"
+        )
     print("\nEngine log lines:")
     if empty is not None:
         print(f"- empty data directory: ready in {empty.ready_s:.2f} s; {empty.engine_line}")
@@ -295,8 +317,10 @@ def scratch(workdir: Path | None) -> Iterator[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children on the way out
-    print(f"# restart to ready: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
-          f"M={args.m} ef_construction={args.ef_construction}, dim {DIM}")  # fmt: skip
+    print(
+        f"# restart to ready: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
+        f"M={args.m} ef_construction={args.ef_construction}, dim {DIM}"
+    )
     results: list[Result] = []
     empty: Start | None = None
     with scratch(args.workdir) as work:
