@@ -125,23 +125,38 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
 # all-MiniLM-L6-v2-like sentence embeddings; bench/semantic_quality.py measures them.
 DEFAULT_CATEGORIES: tuple[CategoryPolicy, ...] = (
     # Anything not classified: the paraphrase threshold measured on GPTCache's pairs.
-    CategoryPolicy(DEFAULT_CATEGORY, threshold=0.85, ttl_s=1 * _DAY,
-                   max_entries=200_000, max_bytes=512 * _MiB),
+    CategoryPolicy(
+        DEFAULT_CATEGORY, threshold=0.85, ttl_s=1 * _DAY, max_entries=200_000, max_bytes=512 * _MiB
+    ),
     # Dense: near neighbours are often different programs ("sort ascending" vs
     # "descending"), so demand near-identity; patterns stay valid for months.
-    CategoryPolicy("code", threshold=0.93, ttl_s=30 * _DAY,
-                   max_entries=200_000, max_bytes=512 * _MiB, min_threshold=0.85),
+    CategoryPolicy(
+        "code",
+        threshold=0.93,
+        ttl_s=30 * _DAY,
+        max_entries=200_000,
+        max_bytes=512 * _MiB,
+        min_threshold=0.85,
+    ),
     # Sparse and rarely repeated: paraphrases sit further apart; context ages fast.
-    CategoryPolicy("conversation", threshold=0.80, ttl_s=6 * _HOUR,
-                   max_entries=100_000, max_bytes=256 * _MiB),
+    CategoryPolicy(
+        "conversation", threshold=0.80, ttl_s=6 * _HOUR, max_entries=100_000, max_bytes=256 * _MiB
+    ),
     # Factual Q&A repeats in a power law and stays true for weeks.
-    CategoryPolicy("factual", threshold=0.87, ttl_s=7 * _DAY,
-                   max_entries=200_000, max_bytes=512 * _MiB),
+    CategoryPolicy(
+        "factual", threshold=0.87, ttl_s=7 * _DAY, max_entries=200_000, max_bytes=512 * _MiB
+    ),
     # Prices, scores, weather: stale in minutes; a near miss is a wrong number.
-    CategoryPolicy("volatile", threshold=0.95, ttl_s=5 * _MINUTE,
-                   max_entries=20_000, max_bytes=64 * _MiB, min_threshold=0.9,
-                   max_ttl_s=1 * _HOUR),
-)  # fmt: skip
+    CategoryPolicy(
+        "volatile",
+        threshold=0.95,
+        ttl_s=5 * _MINUTE,
+        max_entries=20_000,
+        max_bytes=64 * _MiB,
+        min_threshold=0.9,
+        max_ttl_s=1 * _HOUR,
+    ),
+)
 
 
 @dataclass(frozen=True)

@@ -335,17 +335,17 @@ def plan_chunks(
         if exact is not None:
             decisions.append(
                 ChunkDecision(
-                    i,
-                    key,
-                    True,
-                    exact.variant,
-                    True,
-                    1.0,
-                    0.0,
-                    1.0,
-                    exact._cci,
-                    0.0,
-                    _EMPTY_POSITIONS,
+                    index=i,
+                    key=key,
+                    hit=True,
+                    variant=exact.variant,
+                    exact_prefix=True,
+                    beta=1.0,
+                    gamma=0.0,
+                    beta_prime=1.0,
+                    cci=exact._cci,
+                    cfo=0.0,
+                    recompute=_EMPTY_POSITIONS,
                 )
             )
             continue
@@ -358,8 +358,17 @@ def plan_chunks(
             recompute.flags.writeable = False
         decisions.append(
             ChunkDecision(
-                i, key, True, best.variant, False, best_beta, best_gamma, best_bp, best._cci,
-                best_cfo, recompute,
+                index=i,
+                key=key,
+                hit=True,
+                variant=best.variant,
+                exact_prefix=False,
+                beta=best_beta,
+                gamma=best_gamma,
+                beta_prime=best_bp,
+                cci=best._cci,
+                cfo=best_cfo,
+                recompute=recompute,
             )
-        )  # fmt: skip
+        )
     return decisions

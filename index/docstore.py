@@ -69,9 +69,8 @@ _MAX_SHORT = 0xFFFF
 _MAX_ID = (1 << 64) - 1
 
 META_DTYPE = np.dtype(
-    [("id", "<u8"), ("created_at", "<f8"), ("expires_at", "<f8"), ("size", "<u8"),
-     ("group", "<u8")]
-)  # fmt: skip
+    [("id", "<u8"), ("created_at", "<f8"), ("expires_at", "<f8"), ("size", "<u8"), ("group", "<u8")]
+)
 """One ``sem.meta`` record, as :meth:`DocumentStore.scan_columns` returns them."""
 _META = struct.Struct("<QddQQ")
 _GROUP_LENGTHS = struct.Struct("<HHH")
@@ -253,10 +252,10 @@ def _meta_of(entry_id: int, doc: bytes) -> tuple[bytes, bytes, bytes]:
     header = _HEADER.unpack_from(doc)
     o = _HEADER.size
     n_ns, n_cat, n_part = header[7:10]
-    gkey, gvalue = _group(
-        doc[o : o + n_ns], doc[o + n_ns : o + n_ns + n_cat],
-        doc[o + n_ns + n_cat : o + n_ns + n_cat + n_part],
-    )  # fmt: skip
+    namespace = doc[o : o + n_ns]
+    category = doc[o + n_ns : o + n_ns + n_cat]
+    partition = doc[o + n_ns + n_cat : o + n_ns + n_cat + n_part]
+    gkey, gvalue = _group(namespace, category, partition)
     size = len(doc) + 4 * header[2] + ENTRY_OVERHEAD_BYTES  # = Document.size_bytes
     record = _META.pack(entry_id, header[3], header[4], size, int.from_bytes(gkey, "little"))
     return record, gkey, gvalue
