@@ -1,5 +1,9 @@
 """A concurrent B-skiplist: an ordered map from uint64 keys to uint64 values.
 
+(About 1250 lines, over the house's 400: one Cython extension type with its node
+layout, latching protocol and iterators, which share C-level declarations that
+cannot cross a module boundary without a .pxd and an indirection per call.)
+
 After Luo, Hao, Wheatman, Pandey and Xu, "Bridging Cache-Friendliness and
 Concurrency: A Locality-Optimized In-Memory B-Skiplist" (ICPP'25).
 

@@ -1,5 +1,8 @@
 """The semantic cache's durable document store on LMDB.
 
+(About 600 lines, over the house's 400: the record formats and the transactions
+that keep the four LMDB databases consistent must be read together.)
+
 Three named databases in one :class:`LmdbEnvironment`:
 
 - ``sem.docs``: entry id (8 bytes, big-endian, so key order is id order) -> document;

@@ -1,5 +1,9 @@
 """The daemon's settings: one typed tree, loaded from four sources.
 
+(About 600 lines, over the house's 400: the settings schema, with every key's help
+text that `semcached config --reference` and the README table are generated from,
+and the three sources' readers that check values against it, are one piece.)
+
 Precedence, highest first: command-line flags, ``SEMCACHED_*`` environment
 variables, a TOML file (``--config`` or ``SEMCACHED_CONFIG``), the defaults below.
 
