@@ -29,7 +29,7 @@ from semcached.errors import ApiError, BadRequestError, NotFoundError, PayloadTo
 from semcached.index.kv_meta import VariantMeta
 from semcached.index.kv_tiers import ShmHandle
 from semcached.protocol.keys import KeyFormatError, parse_key, variant_key
-from semcached.service.http.appkeys import EXECUTOR, KV, SETTINGS
+from semcached.service.http.appkeys import EXECUTOR, KV, SETTINGS, daemon_context
 from semcached.service.http.jsonio import json_response, read_json_object
 from semcached.service.http.routing import RouteGroup, json_content
 from semcached.service.http.validation import optional_float, reject_unknown, require_str
@@ -39,7 +39,12 @@ from semcached.service.kv.engine import ChunkPlan, KvCache, Lease, Plan, PutResu
 __all__ = ["META_HEADER", "PUT_SEGMENT_PREFIX", "SOURCE_HEADER", "group"]
 
 group = RouteGroup("kv", "The RAG chunk KV cache: variants, tiers, leases and reuse plans.")
-group.on_setup(install_kv_cache)
+
+
+@group.on_setup
+def _install_engine(app: web.Application) -> None:
+    app[KV] = install_kv_cache(daemon_context(app))
+
 
 META_HEADER = "X-Semcached-KV-Meta"
 SOURCE_HEADER = "X-Semcached-KV-Source"

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from semcached.errors import BadRequestError, NotFoundError
 from semcached.index.docstore import Document
-from semcached.service.http.appkeys import SEMANTIC, SETTINGS
+from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.jsonio import json_response, read_json_object
 from semcached.service.http.routing import RouteGroup, json_content
 from semcached.service.http.validation import (
@@ -32,7 +32,12 @@ from semcached.service.semantic.engine import Insert, Lookup, LookupResult
 __all__ = ["group"]
 
 group = RouteGroup("semantic", "The semantic response cache.")
-group.on_setup(install_semantic_cache)
+
+
+@group.on_setup
+def _install_engine(app: web.Application) -> None:
+    app[SEMANTIC] = install_semantic_cache(daemon_context(app))
+
 
 _MAX_PROMPT_CHARS = 1 << 20
 _MAX_TTL_S = 10 * 365 * 86400.0
