@@ -64,22 +64,22 @@ COMPILED = {"semcached.ext.bskiplist"}
 BENCH_ONLY = {"hf_models", "_smollm2", "classic_skiplist", "_classic_skiplist"}
 
 
-def setuptools_config() -> dict[str, Any]:
-    config: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+def setuptools_config(root: Path) -> dict[str, Any]:
+    config: dict[str, Any] = tomllib.loads((root / "pyproject.toml").read_text())
     return config["tool"]["setuptools"]
 
 
-def package_dirs() -> dict[str, Path]:
+def package_dirs(root: Path) -> dict[str, Path]:
     """The source folder of each top-level package (pyproject's package-dir)."""
-    return {name: ROOT / folder for name, folder in setuptools_config()["package-dir"].items()}
+    return {name: root / folder for name, folder in setuptools_config(root)["package-dir"].items()}
 
 
-def expected_files() -> set[str]:
+def expected_files(root: Path) -> set[str]:
     """What the product folders hold that the wheel must carry: every module, the type
     stubs and Cython declarations of ext/ (.pyi, .pxd, the .pxi the MANIFEST carries),
     and py.typed; the compiled modules apart."""
     expected = set()
-    for package, folder in package_dirs().items():
+    for package, folder in package_dirs(root).items():
         prefix = package.replace(".", "/")
         for path in folder.rglob("*"):
             if "__pycache__" in path.parts or not path.is_file():
@@ -106,17 +106,18 @@ def test_wheel_contains_the_product_and_nothing_else(tmp_path: Path) -> None:
 
     packages = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     assert packages == PACKAGES
-    assert set(setuptools_config()["packages"]) == PACKAGES
+    assert set(setuptools_config(source)["packages"]) == PACKAGES
 
     compiled = {n for n in names if n.endswith((".so", ".pyd"))}
     assert {wheel_module(n) for n in compiled} == COMPILED
     # Exactly the product's sources, nothing from bench/ or tests/, no Cython/C sources.
-    assert names - compiled == expected_files()
+    assert names - compiled == expected_files(source)  # the tree the wheel was built from
     assert "semcached/py.typed" in names
     modules = {wheel_module(n).rsplit(".", 1)[-1] for n in names}
     assert not modules & BENCH_ONLY
     assert not any(n.endswith((".pyx", ".c", ".cpp")) for n in names)
-    bench_sources = {p.read_bytes() for p in (ROOT / "bench").rglob("*.py")}
+    bench_sources = {p.read_bytes() for p in (source / "bench").rglob("*.py")}
+    assert bench_sources  # bench/ was in the tree the wheel was built from, and left out
     assert not [n for n in names if n.endswith(".py") and archive.read(n) in bench_sources]
 
     entry_points = next(n for n in archive.namelist() if n.endswith("entry_points.txt"))
