@@ -1,9 +1,13 @@
-"""The chunk KV cache's metadata as it travels: what a put declares, what a read reports.
+"""The chunk KV cache's bodies as they travel: metadata, replies, plans (msgspec structs).
 
-Both are msgspec structs: the daemon decodes and validates the put header with
-:class:`ChunkPutMeta` (the constraints below are also what the OpenAPI document
-shows), and a client builds one to store a chunk instead of passing a dozen keyword
-arguments. Keys travel as 32 lower-case hex digits (:func:`semcached.protocol.keys.key_hex`).
+The daemon decodes and validates the put header with :class:`ChunkPutMeta` and a
+plan request with :class:`KvPlanRequest` (unknown fields are rejected), and
+generates its OpenAPI document from these structs, so the constraints below are at
+once what is enforced and what is documented; a client builds one to store a chunk
+instead of passing a dozen keyword arguments, and reads the replies with the others.
+See :mod:`semcached.protocol.semantic` for why msgspec.
+
+Keys travel as 32 lower-case hex digits (:func:`semcached.protocol.keys.key_hex`).
 Float arrays (the Cache-Craft statistics) travel as a JSON list of numbers or as
 base64 of little-endian float32 (:func:`pack_floats`), which is 4 bytes a value
 instead of about 20 and decodes without parsing.
@@ -28,16 +32,48 @@ __all__ = [
     "ChunkMeta",
     "ChunkPutMeta",
     "Floats",
+    "HexKey",
+    "KvDeleted",
     "KvDtype",
+    "KvFetch",
+    "KvLease",
+    "KvLeasedChunk",
+    "KvModel",
+    "KvModels",
+    "KvPlan",
+    "KvPlanChunk",
+    "KvPlanRequest",
+    "KvPutResult",
+    "KvShmHandle",
+    "KvStats",
+    "KvTierStats",
+    "LeaseSeconds",
+    "ModelName",
+    "Transfer",
     "pack_floats",
     "unpack_floats",
 ]
 
 KvDtype = Literal["float16", "bfloat16", "float32"]
 KV_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
+Transfer = Literal["http", "shm"]
+MAX_LEASE_S = 1e9
 
 HexKey = Annotated[str, msgspec.Meta(pattern=KEY_PATTERN, description="32 lower-case hex digits.")]
 Dim = Annotated[int, msgspec.Meta(ge=1)]
+ModelName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=256,
+        pattern=r"\S",
+        description="A model the daemon knows (kv_models; GET /v1/kv/models).",
+    ),
+]
+LeaseSeconds = Annotated[
+    float,
+    msgspec.Meta(ge=1e-3, le=MAX_LEASE_S, description="Lease time; within kv.max_lease_s."),
+]
 Floats = Annotated[
     list[float] | str,
     msgspec.Meta(description="A list of numbers, or base64 of little-endian float32."),
@@ -55,7 +91,8 @@ class CacheCraftStats(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
         Floats | None, msgspec.Meta(description="Per prefix chunk: summed attention to it.")
     ] = None
     intra: Annotated[
-        float, msgspec.Meta(description="Summed causal attention among the chunk's tokens.")
+        float,
+        msgspec.Meta(ge=0.0, description="Summed causal attention among the chunk's tokens."),
     ] = 0.0
     token_scores: Annotated[
         Floats | None, msgspec.Meta(description="Per token: its inter-attention to the prefix.")
@@ -65,9 +102,7 @@ class CacheCraftStats(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
 class ChunkPutMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """What a put declares about its blob (JSON in the ``X-Semcached-KV-Meta`` header)."""
 
-    model: Annotated[
-        str, msgspec.Meta(min_length=1, max_length=256, description="A model the daemon knows.")
-    ]
+    model: ModelName
     dtype: KvDtype
     shape: Shape
     prefix: Annotated[
@@ -80,7 +115,9 @@ class ChunkPutMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tru
     prefix_tokens: Annotated[
         list[Dim] | None, msgspec.Meta(description="Tokens of each prefix chunk.")
     ] = None
-    rope_base: Annotated[int, msgspec.Meta(description="Position of the chunk's first token.")] = 0
+    rope_base: Annotated[
+        int, msgspec.Meta(ge=0, description="Position of the chunk's first token.")
+    ] = 0
     rope: Annotated[dict[str, Any], msgspec.Meta(description="RoPE parameters.")] = {}
     stats: CacheCraftStats | None = None
 
@@ -102,6 +139,128 @@ class ChunkMeta(msgspec.Struct, frozen=True):
     created_at: float
     hits: int
     last_access: float
+
+
+class KvPutResult(ChunkMeta, frozen=True):
+    """The stored variant's metadata, where its bytes are now and what made room."""
+
+    tiers: Annotated[tuple[str, ...], msgspec.Meta(description="E.g. [host, disk].")]
+    evicted: Annotated[int, msgspec.Meta(description="Variants evicted to make room.")]
+
+
+class KvShmHandle(msgspec.Struct, frozen=True):
+    """Where a blob lies in shared memory: map ``segment`` read-only, read ``length``
+    bytes at ``offset``."""
+
+    segment: Annotated[str, msgspec.Meta(description="A file in the daemon's kv.shm_dir.")]
+    offset: int
+    length: int
+
+
+class KvLease(msgspec.Struct, frozen=True):
+    """Pins handed-out shared memory until released (DELETE /v1/kv/leases/{id}) or expired."""
+
+    id: str
+    expires_at: Annotated[float, msgspec.Meta(description="Unix time.")]
+    ttl_s: float
+
+
+class KvLeasedChunk(ChunkMeta, frozen=True):
+    """A read with transfer=shm: the metadata and a pinned shared-memory handle."""
+
+    shm: KvShmHandle
+    lease: KvLease
+
+
+class KvPlanRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A prompt's chunks, in order (at most kv.max_plan_chunks)."""
+
+    model: ModelName
+    chunks: Annotated[list[HexKey], msgspec.Meta(description="Chunk keys in prompt order.")]
+    chunk_tokens: Annotated[
+        list[Dim] | None,
+        msgspec.Meta(description="Each chunk's length; places the chunks after a miss."),
+    ] = None
+    start: Annotated[
+        int, msgspec.Meta(ge=0, description="Position of the first chunk (system prompt).")
+    ] = 0
+    shm: Annotated[bool, msgspec.Meta(description="Hand out pinned shared-memory handles.")] = False
+    lease_s: LeaseSeconds | None = None
+
+
+class KvFetch(msgspec.Struct):
+    """How to fetch a hit's bytes."""
+
+    tier: Annotated[str, msgspec.Meta(description="Where they were found: host or disk.")]
+    http: Annotated[str, msgspec.Meta(description="The GET URL of the variant.")]
+    nbytes: int
+    dtype: str
+    shape: tuple[int, ...]
+    shm: KvShmHandle | None
+
+
+class KvPlanChunk(msgspec.Struct):
+    """One chunk of the plan: the chosen variant, its Cache-Craft metrics, what to recompute."""
+
+    key: HexKey
+    hit: bool
+    variant: str | None
+    exact_prefix: bool
+    tokens: int | None
+    position: Annotated[int | None, msgspec.Meta(description="Where it starts in the prompt.")]
+    rope_base: int | None
+    rope_shift: int | None
+    beta: float
+    gamma: float
+    beta_prime: float
+    cci: float
+    cfo: float
+    recompute: Annotated[
+        list[int], msgspec.Meta(description="Token positions within the chunk, ascending.")
+    ]
+    fetch: KvFetch | None
+
+
+class KvPlan(msgspec.Struct):
+    model: str
+    hits: int
+    misses: int
+    recompute_tokens: int
+    lease: KvLease | None
+    chunks: list[KvPlanChunk]
+
+
+class KvTierStats(msgspec.Struct):
+    bytes: int
+    entries: int
+    budget_bytes: int
+    hits: int
+    misses: int
+    promotions: int
+    demotions: int
+    evictions: int
+
+
+class KvStats(msgspec.Struct):
+    tiers: Annotated[dict[str, KvTierStats], msgspec.Meta(description="By tier: host, disk.")]
+    variants: int
+    leases: Annotated[int, msgspec.Meta(description="Live leases.")]
+
+
+class KvModel(msgspec.Struct):
+    layers: int
+    kv_heads: int
+    head_dim: int
+    alpha: float
+    tokenizer: str
+
+
+class KvModels(msgspec.Struct):
+    models: dict[str, KvModel]
+
+
+class KvDeleted(msgspec.Struct):
+    deleted: Annotated[int, msgspec.Meta(description="Variants removed.")]
 
 
 def pack_floats(values: Sequence[float] | NDArray[Any]) -> str:

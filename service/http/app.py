@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from semcached.index.datadir import DataDirectory
+from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import (
     COMPONENTS,
@@ -30,14 +29,7 @@ from semcached.service.http.routing import RouteGroup
 from semcached.service.lifecycle import Components, FunctionComponent, Readiness, ShutdownRequest
 from semcached.service.metrics import Metrics
 
-__all__ = ["create_app", "run_blocking"]
-
-T = TypeVar("T")
-
-
-async def run_blocking(app: web.Application, fn: Callable[..., T], *args: object) -> T:
-    """Run ``fn(*args)`` on the daemon's worker threads, off the event loop."""
-    return await asyncio.get_running_loop().run_in_executor(app[EXECUTOR], fn, *args)
+__all__ = ["create_app"]
 
 
 def create_app(
@@ -66,7 +58,9 @@ def create_app(
     _add_data_dir(app, settings)
     for group in groups:
         group.install(app)
-    app[OPENAPI] = build_openapi(groups, bearer_auth=bool(settings.server.auth_token))
+    app[OPENAPI] = build_openapi(
+        groups, bearer_auth=bool(settings.server.auth_token), settings=settings
+    )
 
     app.on_startup.append(_start_components)
     app.on_cleanup.append(_close_components)
@@ -83,10 +77,10 @@ def _add_data_dir(app: web.Application, settings: Settings) -> None:
     app[DATA_DIR] = data_dir
 
     async def open_data_dir() -> None:
-        await run_blocking(app, data_dir.open)
+        await run_blocking(app[EXECUTOR], data_dir.open)
 
     async def close_data_dir() -> None:
-        await run_blocking(app, data_dir.close)
+        await run_blocking(app[EXECUTOR], data_dir.close)
 
     app[COMPONENTS].add(FunctionComponent("data directory", open_data_dir, close_data_dir))
 

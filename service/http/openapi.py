@@ -1,14 +1,26 @@
-"""The OpenAPI 3.1 document of the daemon, assembled from the installed route groups."""
+"""The OpenAPI 3.1 document of the daemon, assembled from the installed route groups.
+
+Route declarations name types (msgspec structs, annotated aliases) where schemas go;
+:func:`build_openapi` turns them all into JSON Schema in one
+``msgspec.json.schema_components`` call, so each struct becomes one component under
+``#/components/schemas/{name}`` with its constraints (patterns, lengths, ranges,
+enums), and a query struct's fields become the operation's query parameters.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+import msgspec
+
 from semcached._version import __version__
+from semcached.service.config import Settings
 from semcached.service.http.routing import ERROR_SCHEMA_REF, RouteGroup, json_content
 
 __all__ = ["ERROR_SCHEMA", "build_openapi"]
+
+REF_TEMPLATE = "#/components/schemas/{name}"
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -31,13 +43,62 @@ _ERROR_RESPONSES = {
     "5XX": json_content({"$ref": ERROR_SCHEMA_REF}, "The daemon failed."),
 }
 
+_JSON_LEAVES = (str, int, float, bool, type(None))
 
-def build_openapi(groups: Iterable[RouteGroup], *, bearer_auth: bool) -> dict[str, Any]:
+
+def _collect(node: Any, found: list[Any]) -> None:
+    """Every type in ``node`` (a spec with types where schemas go), in order."""
+    if isinstance(node, dict):
+        for value in node.values():
+            _collect(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _collect(value, found)
+    elif not isinstance(node, _JSON_LEAVES) and not any(node is t for t in found):
+        found.append(node)
+
+
+def _resolve(node: Any, types: list[Any], schemas: tuple[dict[str, Any], ...]) -> Any:
+    if isinstance(node, dict):
+        return {key: _resolve(value, types, schemas) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_resolve(value, types, schemas) for value in node]
+    if isinstance(node, _JSON_LEAVES):
+        return node
+    return schemas[next(i for i, t in enumerate(types) if t is node)]
+
+
+def query_parameters(struct: type) -> list[dict[str, Any]]:
+    """One ``in: query`` parameter per field of ``struct``."""
+    _, components = msgspec.json.schema_components([struct], ref_template=REF_TEMPLATE)
+    schema = components[struct.__name__]
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, field_schema in schema["properties"].items():
+        prop = dict(field_schema)
+        options = [o for o in prop.pop("anyOf", ()) if o != {"type": "null"}]
+        if options:  # a query string has no null: document the value's own schema
+            prop.pop("default", None)
+            prop = {**prop, **options[0]} if len(options) == 1 else {**prop, "anyOf": options}
+        param: dict[str, Any] = {"name": name, "in": "query", "required": name in required}
+        if "description" in prop:
+            param["description"] = prop.pop("description")
+        param["schema"] = prop
+        parameters.append(param)
+    return parameters
+
+
+def build_openapi(
+    groups: Iterable[RouteGroup], *, bearer_auth: bool, settings: Settings | None = None
+) -> dict[str, Any]:
     """One document describing every operation of ``groups``.
 
     Every operation also documents the shared error responses; with
     ``bearer_auth`` the ``/v1/`` operations (except this document) require a token.
+    With ``settings``, each group's document hooks add the bounds that are settings
+    (batch sizes, the vector dimension) to the generated schemas.
     """
+    groups = list(groups)
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     tags = []
@@ -47,9 +108,19 @@ def build_openapi(groups: Iterable[RouteGroup], *, bearer_auth: bool) -> dict[st
         for op in group.operations:
             spec = dict(op.spec)
             spec["responses"] = {**_ERROR_RESPONSES, **spec["responses"]}
+            if op.query is not None:
+                spec["parameters"] = [*spec.get("parameters", ()), *query_parameters(op.query)]
             if bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json":
                 spec["security"] = [{"bearer": []}]
             paths.setdefault(op.path, {})[op.method.lower()] = spec
+    types: list[Any] = []
+    _collect(paths, types)
+    generated, components = msgspec.json.schema_components(types, ref_template=REF_TEMPLATE)
+    schemas.update(components)
+    if settings is not None:
+        for group in groups:
+            for hook in group.document_hooks:
+                hook(schemas, settings)
     doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
@@ -58,7 +129,7 @@ def build_openapi(groups: Iterable[RouteGroup], *, bearer_auth: bool) -> dict[st
             "description": "Semantic response cache and RAG chunk KV cache for LLM serving.",
         },
         "tags": tags,
-        "paths": paths,
+        "paths": _resolve(paths, types, generated),
         "components": {
             "schemas": schemas,
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

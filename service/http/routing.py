@@ -1,23 +1,33 @@
-"""Route groups: one module per group of routes, each carrying its own OpenAPI text.
+"""Route groups: one module per group of routes, each declaring its operations' types.
 
-A group declares its handlers with the OpenAPI operation beside them, so the
-served document is generated from the same declarations that register the routes
-and cannot drift from them. ``install`` adds the routes to an application and runs
-the group's set-up hooks (components to open, metrics to define).
+A group declares each handler with what it takes and answers: the request body's
+struct (or its :class:`~semcached.service.http.decoding.Decoder`), the query
+string's struct, and a :class:`Reply` per status with the response's struct. The
+served OpenAPI document is generated from these declarations
+(:func:`~semcached.service.http.openapi.build_openapi` turns every struct into a
+component schema), so it cannot drift from the routes or from what is validated.
+``install`` adds the routes to an application and runs the group's set-up hooks
+(components to open, metrics to define); document hooks add the bounds that are
+settings to the generated schemas.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from semcached.protocol.headers import JSON
+from semcached.service.config import Settings
+from semcached.service.http.decoding import Decoder
+
 __all__ = [
     "ERROR_SCHEMA_REF",
     "Handler",
     "Operation",
+    "Reply",
     "RouteGroup",
     "json_content",
     "ref",
@@ -25,6 +35,7 @@ __all__ = [
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SetupHook = Callable[[web.Application], None]
+DocumentHook = Callable[[dict[str, Any], Settings], None]
 
 ERROR_SCHEMA_REF = "#/components/schemas/Error"
 
@@ -34,19 +45,49 @@ def ref(schema_name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{schema_name}"}
 
 
-def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    """An OpenAPI response (or request body) carrying JSON of ``schema``."""
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+def json_content(schema: Any, description: str) -> dict[str, Any]:
+    """An OpenAPI response (or request body) carrying JSON of ``schema``.
+
+    ``schema`` is a JSON Schema, or a type (a struct, an annotated alias) that the
+    document builder turns into one.
+    """
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A documented response: a description and the body's type (None: no body)."""
+
+    description: str
+    body: Any = None
+    content_type: str = JSON
+
+    def spec(self) -> dict[str, Any]:
+        if self.body is None:
+            return {"description": self.description}
+        return {
+            "description": self.description,
+            "content": {self.content_type: {"schema": self.body}},
+        }
 
 
 @dataclass(frozen=True, slots=True)
 class Operation:
-    """One route and its OpenAPI operation object."""
+    """One route and its OpenAPI operation object.
+
+    ``spec`` may hold types where schemas go, and ``query`` the struct whose fields
+    are the query parameters: the document builder resolves both.
+    """
 
     method: str
     path: str
     handler: Handler
     spec: dict[str, Any]
+    query: type | None = None
+
+
+def _type_of(decl: Decoder[Any] | type) -> type:
+    return decl.type if isinstance(decl, Decoder) else decl
 
 
 @dataclass
@@ -57,6 +98,7 @@ class RouteGroup:
     description: str
     operations: list[Operation] = field(default_factory=list)
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    document_hooks: list[DocumentHook] = field(default_factory=list)
     _setup_hooks: list[SetupHook] = field(default_factory=list)
 
     def route(
@@ -65,40 +107,63 @@ class RouteGroup:
         path: str,
         *,
         summary: str,
-        responses: dict[int | str, dict[str, Any]],
+        responses: Mapping[int | str, Reply | dict[str, Any]],
         description: str = "",
+        body: Decoder[Any] | type | None = None,
+        body_description: str = "",
         request_body: dict[str, Any] | None = None,
+        query: Decoder[Any] | type | None = None,
         parameters: list[dict[str, Any]] | None = None,
         operation_id: str | None = None,
     ) -> Callable[[Handler], Handler]:
-        """Decorator registering ``handler`` for ``method path`` with its OpenAPI text."""
+        """Decorator registering ``handler`` for ``method path`` with its OpenAPI text.
+
+        ``body``: the JSON request body's struct (required); ``request_body``: any
+        other body, as an OpenAPI request body object. ``query``: the struct of the
+        query string. ``parameters``: the path's (their schemas may be types).
+        """
+        if body is not None and request_body is not None:
+            raise ValueError("give body or request_body, not both")
 
         def register(handler: Handler) -> Handler:
             spec: dict[str, Any] = {
                 "tags": [self.name],
                 "summary": summary,
                 "operationId": operation_id or handler.__name__,
-                "responses": {str(code): resp for code, resp in responses.items()},
+                "responses": {
+                    str(code): resp.spec() if isinstance(resp, Reply) else resp
+                    for code, resp in responses.items()
+                },
             }
             if description:
                 spec["description"] = description
-            if request_body is not None:
+            if body is not None:
+                content = json_content(_type_of(body), body_description or summary)
+                spec["requestBody"] = {**content, "required": True}
+            elif request_body is not None:
                 spec["requestBody"] = request_body
             if parameters:
                 spec["parameters"] = parameters
-            self.operations.append(Operation(method.upper(), path, handler, spec))
+            query_type = None if query is None else _type_of(query)
+            self.operations.append(Operation(method.upper(), path, handler, spec, query_type))
             return handler
 
         return register
 
     def schema(self, name: str, schema: dict[str, Any]) -> dict[str, str]:
-        """Register a component schema; returns a reference to it."""
+        """Register a hand-written component schema; returns a reference to it."""
         self.schemas[name] = schema
         return ref(name)
 
     def on_setup(self, hook: SetupHook) -> SetupHook:
         """Run ``hook(app)`` when the group is installed (register components, metrics)."""
         self._setup_hooks.append(hook)
+        return hook
+
+    def on_document(self, hook: DocumentHook) -> DocumentHook:
+        """Run ``hook(schemas, settings)`` on the generated component schemas, to add
+        the bounds that are settings (``maxItems`` of a batch) where they apply."""
+        self.document_hooks.append(hook)
         return hook
 
     def install(self, app: web.Application) -> None:

@@ -2,35 +2,34 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+import msgspec
 from aiohttp import web
 
-from semcached.errors import BadRequestError
 from semcached.service.http.appkeys import SETTINGS
-from semcached.service.http.jsonio import json_response, read_json_object
-from semcached.service.http.routing import RouteGroup, json_content
+from semcached.service.http.decoding import Decoder
+from semcached.service.http.jsonio import json_response, struct_response
+from semcached.service.http.routing import Reply, RouteGroup
 from semcached.service.logs import set_level
 
 __all__ = ["group"]
 
 group = RouteGroup("admin", "Operator routes (require the bearer token when one is set).")
 
-_LEVELS = ("debug", "info", "warning", "error")
-_LOG_LEVEL = group.schema(
-    "LogLevel",
-    {
-        "type": "object",
-        "required": ["level"],
-        "additionalProperties": False,
-        "properties": {"level": {"enum": list(_LEVELS)}},
-    },
-)
+
+class LogLevel(msgspec.Struct, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"]
+
+
+LOG_LEVEL = Decoder(LogLevel)
 
 
 @group.route(
     "GET",
     "/v1/admin/config",
     summary="The effective settings, secrets redacted.",
-    responses={200: json_content({"type": "object"}, "Settings by section.")},
+    responses={200: Reply("Settings by section.", {"type": "object"})},
 )
 async def get_config(request: web.Request) -> web.Response:
     return json_response(request.app[SETTINGS].redacted())
@@ -40,20 +39,11 @@ async def get_config(request: web.Request) -> web.Response:
     "PUT",
     "/v1/admin/log-level",
     summary="Change the log level of the running daemon (not persisted).",
-    request_body={**json_content(_LOG_LEVEL, "The new level."), "required": True},
-    responses={200: json_content(_LOG_LEVEL, "The level now in force.")},
+    body=LOG_LEVEL,
+    body_description="The new level.",
+    responses={200: Reply("The level now in force.", LogLevel)},
 )
 async def put_log_level(request: web.Request) -> web.Response:
-    body = await read_json_object(request)
-    unknown = sorted(set(body) - {"level"})
-    if unknown:
-        raise BadRequestError("unknown_field", f"unknown field {unknown[0]!r}", field=unknown[0])
-    level = body.get("level")
-    if level not in _LEVELS:
-        raise BadRequestError(
-            "invalid_field",
-            f"level must be one of {', '.join(_LEVELS)}; got {level!r}",
-            field="level",
-        )
-    set_level(level)
-    return json_response({"level": level})
+    body = await LOG_LEVEL.read(request)
+    set_level(body.level)
+    return struct_response(body)

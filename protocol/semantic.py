@@ -1,0 +1,221 @@
+"""The semantic cache's request and response bodies as they travel (msgspec structs).
+
+The daemon decodes every request body with these structs (unknown fields are
+rejected) and generates its OpenAPI document from them, so the constraints below
+(name patterns, lengths, ranges, enums) are at once what is enforced and what is
+documented. A client builds and reads the same structs.
+
+Why msgspec rather than pydantic v2: a struct decodes straight from JSON bytes and
+validates in the same pass, several times faster than pydantic on the small bodies
+of the lookup path (no model instantiation, no separate JSON parse), and
+``msgspec.json.schema_components`` emits JSON Schema 2020-12 (OpenAPI 3.1's dialect)
+with every ``Meta`` constraint, enum and pattern. It is also one small C extension
+with no dependencies, for the clients too.
+
+Vectors travel as a JSON list of numbers or as base64 of little-endian float32 (4
+bytes a value instead of about 20, and no number parsing). Their dimension is the
+index's (``embedding.dim``, or the embedding model's); the daemon checks it.
+Cached JSON responses are :class:`msgspec.Raw`: the daemon embeds the stored bytes
+in its answer without parsing them again.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+__all__ = [
+    "MAX_PARTITION_CHARS",
+    "MAX_PROMPT_CHARS",
+    "MAX_TTL_S",
+    "NAME_PATTERN",
+    "CategoryStats",
+    "ResponseFormat",
+    "SemanticEntry",
+    "SemanticInsert",
+    "SemanticInsertResult",
+    "SemanticLookup",
+    "SemanticLookupBatch",
+    "SemanticLookupResult",
+    "SemanticLookupResults",
+    "SemanticPurge",
+    "SemanticPurgeResult",
+    "SemanticStats",
+    "Strategy",
+]
+
+NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
+"""Namespaces and categories: printable, short, no separator that could collide in
+composite keys or metric labels."""
+MAX_PROMPT_CHARS = 1 << 20
+MAX_PARTITION_CHARS = 1024
+MAX_TTL_S = 10 * 365 * 86400.0
+
+ResponseFormat = Literal["json", "bytes"]
+Strategy = Literal["exact", "semantic"]
+
+Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
+Namespace = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=NAME_PATTERN, description="Tenant; entries never match across namespaces."
+    ),
+]
+Category = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=NAME_PATTERN, description="Category policy to apply; the default when absent."
+    ),
+]
+Partition = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=MAX_PARTITION_CHARS,
+        description="E.g. model + system-prompt hash + tools; entries never match across.",
+    ),
+]
+# A prompt: not blank (\S: at least one character that is not whitespace).
+Prompt = Annotated[str, msgspec.Meta(pattern=r"\S", max_length=MAX_PROMPT_CHARS)]
+Vector = Annotated[
+    Annotated[list[float], msgspec.Meta(min_length=1)] | Annotated[str, msgspec.Meta(min_length=1)],
+    msgspec.Meta(
+        description="A list of numbers, or base64 of little-endian float32; of the "
+        "index's dimension, finite and not all zeros."
+    ),
+]
+
+
+class SemanticLookup(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Has a prompt meaning the same thing been answered? Give text, vector or both."""
+
+    namespace: Namespace
+    text: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"\S",
+                max_length=MAX_PROMPT_CHARS,
+                description="The prompt (embedded if no vector is given).",
+            ),
+        ]
+        | None
+    ) = None
+    vector: Vector | None = None
+    category: Category | None = None
+    partition: Partition = ""
+    threshold: (
+        Annotated[
+            float,
+            msgspec.Meta(ge=-1.0, le=1.0, description="Clamped to the category's bounds."),
+        ]
+        | None
+    ) = None
+
+
+class SemanticLookupBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Several lookups in one request (at most ``semantic.max_batch``)."""
+
+    lookups: Annotated[list[SemanticLookup], msgspec.Meta(min_length=1)]
+
+
+class SemanticLookupResult(msgspec.Struct, kw_only=True):
+    """Hit or miss; ``response`` and ``response_format`` only with a document."""
+
+    hit: bool
+    similarity: Annotated[
+        float | None, msgspec.Meta(description="The best candidate's, also on a miss.")
+    ] = None
+    entry_id: int | None = None
+    age_s: float | None = None
+    category: str
+    strategy: Strategy | None = None
+    response: Annotated[
+        msgspec.Raw | msgspec.UnsetType,
+        msgspec.Meta(description="The cached response: its JSON, or base64 for bytes."),
+    ] = msgspec.UNSET
+    response_format: ResponseFormat | msgspec.UnsetType = msgspec.UNSET
+
+
+class SemanticLookupResults(msgspec.Struct):
+    results: Annotated[
+        list[SemanticLookupResult], msgspec.Meta(description="One per lookup, in order.")
+    ]
+
+
+class SemanticInsert(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A prompt and its response to cache."""
+
+    namespace: Namespace
+    prompt: Prompt
+    response: Annotated[
+        msgspec.Raw,
+        msgspec.Meta(description="Any JSON value, or base64 when response_format is bytes."),
+    ]
+    response_format: ResponseFormat = "json"
+    category: Category | None = None
+    partition: Partition = ""
+    model: str = ""
+    vector: Vector | None = None
+    ttl_s: (
+        Annotated[
+            float,
+            msgspec.Meta(ge=1e-3, le=MAX_TTL_S, description="Default: the category's TTL."),
+        ]
+        | None
+    ) = None
+
+
+class SemanticInsertResult(msgspec.Struct):
+    entry_id: int
+    category: str
+    expires_at: Annotated[float, msgspec.Meta(description="Unix time.")]
+
+
+class SemanticEntry(msgspec.Struct):
+    """One stored entry."""
+
+    entry_id: int
+    namespace: str
+    category: str
+    partition: str
+    model: str
+    prompt: str
+    response: Annotated[
+        msgspec.Raw, msgspec.Meta(description="The response: its JSON, or base64 for bytes.")
+    ]
+    response_format: ResponseFormat
+    created_at: float
+    expires_at: float
+    hit_count: int
+    last_hit_at: float
+    size_bytes: int
+
+
+class SemanticPurge(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Every entry of a namespace, optionally only one category or partition."""
+
+    namespace: Namespace
+    category: Category | None = None
+    partition: Partition | msgspec.UnsetType = msgspec.UNSET
+
+
+class SemanticPurgeResult(msgspec.Struct):
+    purged: int
+
+
+class CategoryStats(msgspec.Struct):
+    """Counters of one category since start, and its current size."""
+
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    inserts: int
+    evictions: int
+    expirations: int
+
+
+class SemanticStats(msgspec.Struct):
+    entries: int
+    categories: dict[str, CategoryStats]

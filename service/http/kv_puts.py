@@ -1,0 +1,180 @@
+"""What a chunk put brings: its metadata header, and its bytes from the body or a staged file.
+
+The metadata travels as JSON of :class:`~semcached.protocol.kv.ChunkPutMeta` in the
+``X-Semcached-KV-Meta`` header (a header, not a multipart part, so that the body is the
+blob as it is and is read with one copy; its size limit is ``kv.max_meta_bytes``). A
+same-host client may instead stage the bytes in a file of ``kv.shm_dir`` and name it
+in ``X-Semcached-KV-Source``. Both readers answer a 4xx for the caller's mistakes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from numpy.typing import NDArray
+
+from semcached.errors import ApiError, BadRequestError, PayloadTooLargeError
+from semcached.index.kv_meta import VariantMeta
+from semcached.protocol.codes import ErrorCode
+from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, KV_STAGED_PREFIX
+from semcached.protocol.keys import KeyFormatError, parse_key, variant_key
+from semcached.protocol.kv import CacheCraftStats, ChunkPutMeta, unpack_floats
+from semcached.service.http.appkeys import KV, SETTINGS
+from semcached.service.http.decoding import Decoder
+from semcached.service.kv.engine import PutResult
+
+__all__ = ["PUT_META", "parse_put_meta", "put_from_staged_file", "read_blob", "read_staged_file"]
+
+_READ_CHUNK = 1 << 20
+
+PUT_META = Decoder(
+    ChunkPutMeta,
+    what=KV_META_HEADER,
+    invalid=ErrorCode.INVALID_META,
+    codes={
+        "model": ErrorCode.INVALID_FIELD,
+        "shape": ErrorCode.BAD_SHAPE,
+        "shape[]": ErrorCode.BAD_SHAPE,
+        "prefix[]": ErrorCode.BAD_KEY,
+    },
+)
+
+
+def key_or_400(text: str, field: str) -> bytes:
+    """The bytes of a hex key, or ``bad_key`` naming ``field``."""
+    try:
+        return parse_key(text)
+    except KeyFormatError as exc:
+        raise BadRequestError(ErrorCode.BAD_KEY, str(exc), field=field) from None
+
+
+def parse_put_meta(raw: str | None, chunk: bytes, created_at: float) -> VariantMeta:
+    """The metadata header of a put, validated into a :class:`VariantMeta`."""
+    if raw is None:
+        raise BadRequestError(ErrorCode.MISSING_META, f"the {KV_META_HEADER} header is required")
+    put = PUT_META.decode(raw)
+    prefix = tuple(key_or_400(k, "prefix") for k in put.prefix)
+    stats = put.stats or CacheCraftStats()
+    prefix_tokens = put.prefix_tokens
+    if prefix_tokens is None:
+        if prefix:
+            raise _invalid_meta("prefix_tokens", "give one token count per prefix chunk")
+        prefix_tokens = []
+    tokens = put.shape[3]
+    inter = _floats(stats.inter, len(prefix), "stats.inter")
+    scores = _floats(stats.token_scores, tokens, "stats.token_scores")
+    try:
+        return VariantMeta(
+            chunk=chunk,
+            variant=variant_key(prefix),
+            model=put.model,
+            dtype=put.dtype,
+            shape=put.shape,
+            prefix=prefix,
+            prefix_tokens=tuple(prefix_tokens),
+            rope_base=put.rope_base,
+            rope=put.rope,
+            inter=inter,
+            intra=stats.intra,
+            token_scores=scores,
+            created_at=created_at,
+        )
+    except (ValueError, TypeError) as exc:  # inconsistent: lengths, shape[1], values
+        raise BadRequestError(ErrorCode.INVALID_META, str(exc)) from None
+
+
+def _invalid_meta(field: str, message: str) -> BadRequestError:
+    return BadRequestError(ErrorCode.INVALID_META, f"{field}: {message}", field=field)
+
+
+def _floats(value: list[float] | str | None, zeros: int, field: str) -> NDArray[np.float32]:
+    """Statistics as sent, or ``zeros`` zeros when absent (checked against the shape later)."""
+    if value is None:
+        return np.zeros(zeros, dtype=np.float32)
+    try:
+        return unpack_floats(value)
+    except ValueError as exc:
+        raise _invalid_meta(field, str(exc)) from None
+
+
+async def read_blob(request: web.Request, limit: int) -> bytearray:
+    """The body into one buffer of the announced length (one copy), or a 4xx."""
+    length = request.content_length
+    if length is None:
+        raise ApiError(ErrorCode.LENGTH_REQUIRED, "a put needs a Content-Length", status=411)
+    if length > limit:
+        raise PayloadTooLargeError(
+            ErrorCode.BLOB_TOO_LARGE, f"a blob of {length} bytes exceeds the limit of {limit}"
+        )
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < length:
+        chunk = await request.content.read(min(_READ_CHUNK, length - filled))
+        if not chunk:
+            raise BadRequestError(
+                ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
+            )
+        view[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return buffer
+
+
+def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -> PutResult:
+    """A put whose bytes a same-host client staged in a file of ``kv.shm_dir``.
+
+    The daemon reads the file (one copy, no socket) and stores it. Only regular files
+    named ``semcached-put-*`` are read: never the daemon's own arena, never a path
+    outside the directory. It reads rather than maps the file: a client truncating a
+    mapped file would kill the daemon with SIGBUS. Blocks: run it on a worker thread.
+    """
+    settings = app[SETTINGS].kv
+    segment = source.removeprefix("shm:")
+    if (
+        not settings.shm
+        or source == segment
+        or not segment.startswith(KV_STAGED_PREFIX)
+        or "/" in segment
+    ):
+        raise BadRequestError(
+            ErrorCode.BAD_SOURCE,
+            f"{KV_SOURCE_HEADER} must be shm:{KV_STAGED_PREFIX}<name> with kv.shm enabled",
+        )
+    try:
+        blob = read_staged_file(settings.shm_dir / segment, meta.nbytes)
+    except OSError as exc:
+        raise BadRequestError(
+            ErrorCode.SHM_SOURCE_UNAVAILABLE, f"cannot read the staged blob {segment!r}: {exc}"
+        ) from None
+    if blob is None:
+        raise BadRequestError(
+            ErrorCode.LENGTH_MISMATCH,
+            f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes; the staged "
+            "file is not a regular file of that length",
+        )
+    return app[KV].get().put(meta, blob)
+
+
+def read_staged_file(path: Path, nbytes: int) -> bytearray | None:
+    """The bytes of a regular file of exactly ``nbytes`` bytes, or None."""
+    # O_NONBLOCK: a FIFO planted under the name must not hang the worker thread.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != nbytes:
+            return None
+        blob = bytearray(nbytes)
+        view = memoryview(blob)
+        filled = 0
+        while filled < nbytes:
+            n = os.preadv(fd, [view[filled:]], filled)
+            if n == 0:  # truncated meanwhile
+                return None
+            filled += n
+        return blob
+    finally:
+        os.close(fd)
