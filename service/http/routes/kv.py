@@ -17,12 +17,15 @@ from aiohttp import web
 from semcached.errors import BadRequestError, NotFoundError
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.headers import (
+    JSON,
     KV_META_HEADER,
     KV_SOURCE_HEADER,
     KV_STAGED_PREFIX,
     OCTET_STREAM,
 )
 from semcached.protocol.kv import (
+    ChunkMeta,
+    ChunkPutMeta,
     HexKey,
     KvDeleted,
     KvLeasedChunk,
@@ -101,6 +104,26 @@ VARIANT_QUERY = Decoder(VariantQuery, codes=_QUERY_CODES)
 READ_QUERY = Decoder(ReadQuery, codes=_QUERY_CODES)
 PLAN_REQUEST = Decoder(KvPlanRequest, codes={"chunks[]": ErrorCode.BAD_KEY})
 _KEY_PARAM = {"name": "key", "in": "path", "required": True, "schema": HexKey}
+_META_PARAM = {
+    "name": KV_META_HEADER,
+    "in": "header",
+    "required": True,
+    "description": "The put's metadata.",
+    "content": {JSON: {"schema": ChunkPutMeta}},
+}
+_SOURCE_PARAM = {
+    "name": KV_SOURCE_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "The bytes are staged in this file of kv.shm_dir (same host only).",
+    "schema": {"type": "string", "pattern": f"^shm:{KV_STAGED_PREFIX}[^/]+$"},
+}
+_META_REPLY_HEADER = {
+    KV_META_HEADER: {
+        "description": "The variant's metadata.",
+        "content": {JSON: {"schema": ChunkMeta}},
+    }
+}
 
 
 # --- decoding ----------------------------------------------------------------------------
@@ -133,7 +156,7 @@ def _variant(text: str | None) -> bytes | None:
     f"of kv.shm_dir, name it in {KV_SOURCE_HEADER}: shm:<name> and send no body. "
     "Acknowledged (201, or 200 when it replaced the same variant) only once durable; "
     "invisible until then.",
-    parameters=[_KEY_PARAM],
+    parameters=[_KEY_PARAM, _META_PARAM, _SOURCE_PARAM],
     query=VARIANT_QUERY,
     request_body={"required": True, "content": {OCTET_STREAM: {"schema": {"type": "string"}}}},
     responses={
@@ -173,9 +196,10 @@ async def put_chunk(request: web.Request) -> web.Response:
     responses={
         200: {
             "description": "The blob (octet-stream), or the handle (JSON) for transfer=shm.",
+            "headers": _META_REPLY_HEADER,
             "content": {
                 OCTET_STREAM: {"schema": {"type": "string"}},
-                "application/json": {"schema": KvLeasedChunk},
+                JSON: {"schema": KvLeasedChunk},
             },
         }
     },
@@ -206,7 +230,9 @@ async def get_chunk(request: web.Request) -> web.Response:
     summary="Whether a variant is stored, and its metadata",
     parameters=[_KEY_PARAM],
     query=VARIANT_QUERY,
-    responses={200: Reply(f"Stored; metadata (ChunkMeta) in {KV_META_HEADER}.")},
+    responses={
+        200: {"description": "Stored; its metadata in a header.", "headers": _META_REPLY_HEADER}
+    },
 )
 async def head_chunk(request: web.Request) -> web.StreamResponse:
     engine = _engine(request)

@@ -237,3 +237,36 @@ async def test_openapi_is_valid_and_matches_routes(
 def test_route_groups_have_unique_operation_ids() -> None:
     ids = [op.spec["operationId"] for g in DEFAULT_GROUPS for op in g.operations]
     assert len(ids) == len(set(ids))
+
+
+async def test_openapi_shows_the_constraints_of_the_structs(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    doc = await (await client.get("/v1/openapi.json")).json()
+    schemas = doc["components"]["schemas"]
+    lookup = doc["paths"]["/v1/semantic/lookup"]["post"]
+    assert lookup["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SemanticLookup"
+    }
+    assert schemas["SemanticLookup"]["additionalProperties"] is False
+    assert schemas["SemanticLookup"]["properties"]["namespace"]["pattern"]
+    batch = schemas["SemanticLookupBatch"]["properties"]["lookups"]
+    assert (batch["minItems"], batch["maxItems"]) == (1, 256)  # semantic.max_batch
+    vector = schemas["SemanticInsert"]["properties"]["vector"]["anyOf"][0]["anyOf"][0]
+    assert vector["minItems"] == vector["maxItems"] == 384  # embedding.dim (backend none)
+    assert schemas["KvPlanRequest"]["properties"]["chunks"]["maxItems"] == 1024
+    assert schemas["ChunkPutMeta"]["properties"]["dtype"]["enum"]
+    assert schemas["LogLevel"]["properties"]["level"]["enum"] == [
+        "debug",
+        "error",
+        "info",
+        "warning",
+    ]
+    read = doc["paths"]["/v1/kv/chunks/{key}"]["get"]["parameters"]
+    assert [(p["name"], p["in"]) for p in read] == [
+        ("key", "path"),
+        ("variant", "query"),
+        ("transfer", "query"),
+        ("lease_s", "query"),
+    ]
+    assert read[2]["schema"]["enum"] == ["http", "shm"]

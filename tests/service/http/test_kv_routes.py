@@ -171,9 +171,13 @@ async def test_plan_reports_hits_misses_and_recompute_positions(client: Client) 
     unknown = key_of(99)
     response = await client.post(
         "/v1/kv/plan",
-        json={"model": TINY.name, "chunks": [a.hex(), unknown.hex(), c.hex()],
-              "chunk_tokens": [16, 10, 16], "start": 4},
-    )  # fmt: skip
+        json={
+            "model": TINY.name,
+            "chunks": [a.hex(), unknown.hex(), c.hex()],
+            "chunk_tokens": [16, 10, 16],
+            "start": 4,
+        },
+    )
     assert response.status == 200
     plan = await response.json()
     assert (plan["hits"], plan["misses"]) == (2, 1)
@@ -232,10 +236,10 @@ async def test_shm_handles_map_to_the_same_bytes_and_leases_end(
 
     plan = await (
         await client.post(
-            "/v1/kv/plan", json={"model": TINY.name, "chunks": [key.hex()], "shm": True,
-                                 "lease_s": 0.2},
+            "/v1/kv/plan",
+            json={"model": TINY.name, "chunks": [key.hex()], "shm": True, "lease_s": 0.2},
         )
-    ).json()  # fmt: skip
+    ).json()
     shm = plan["chunks"][0]["fetch"]["shm"]
     assert bytes(mapper.view(shm["segment"], shm["offset"], shm["length"])) == blob
     assert plan["lease"]["ttl_s"] == 0.2
@@ -329,3 +333,34 @@ async def test_bad_staged_puts_are_4xx(
     )
     assert response.status == 400
     assert await error_code(response) == code
+
+
+@pytest.mark.parametrize(
+    ("params", "code", "field"),
+    [
+        ({"variant": "zz"}, "bad_key", "variant"),
+        ({"variant": "0" * 31 + "\n"}, "bad_key", "variant"),
+        ({"transfer": "ftp"}, "bad_transfer", "transfer"),
+        ({"transfer": "shm", "lease_s": "soon"}, "invalid_field", "lease_s"),
+        ({"transfer": "shm", "lease_s": "0"}, "invalid_field", "lease_s"),
+    ],
+)
+async def test_bad_read_parameters_are_4xx(
+    client: Client, params: dict[str, str], code: str, field: str
+) -> None:
+    response = await client.get(f"/v1/kv/chunks/{key_of(1).hex()}", params=params)
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert (error["code"], error["field"]) == (code, field)
+
+
+async def test_plan_items_and_limits_name_the_field(client: Client) -> None:
+    for body, code, field in [
+        ({"model": TINY.name, "chunks": ["0" * 32, 5]}, "bad_key", "chunks"),
+        ({"model": TINY.name, "chunks": [], "chunk_tokens": [0]}, "invalid_field", "chunk_tokens"),
+        ({"model": TINY.name, "chunks": [], "shm": "yes"}, "invalid_field", "shm"),
+        ({"chunks": []}, "missing_field", "model"),
+    ]:
+        response = await client.post("/v1/kv/plan", json=body)
+        error = (await response.json())["error"]
+        assert (response.status, error["code"], error["field"]) == (400, code, field)

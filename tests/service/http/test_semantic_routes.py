@@ -58,17 +58,25 @@ async def post(client: Client, path: str, body: Any) -> tuple[int, Any, Any]:
 
 async def test_insert_then_lookup_hit_and_miss(client: Client) -> None:
     status, created, _ = await post(
-        client, "/v1/semantic/entries",
-        {"namespace": "t1", "prompt": "hello", "response": {"text": "hi", "n": [1, 2]},
-         "vector": unit(1), "category": "conversation", "partition": "m1"},
-    )  # fmt: skip
+        client,
+        "/v1/semantic/entries",
+        {
+            "namespace": "t1",
+            "prompt": "hello",
+            "response": {"text": "hi", "n": [1, 2]},
+            "vector": unit(1),
+            "category": "conversation",
+            "partition": "m1",
+        },
+    )
     assert status == 201
     assert created["category"] == "conversation"
 
     status, hit, headers = await post(
-        client, "/v1/semantic/lookup",
+        client,
+        "/v1/semantic/lookup",
         {"namespace": "t1", "vector": unit(1), "category": "conversation", "partition": "m1"},
-    )  # fmt: skip
+    )
     assert status == 200
     assert hit["hit"] is True
     assert hit["entry_id"] == created["entry_id"]
@@ -91,10 +99,16 @@ async def test_base64_vectors_and_bytes_responses(client: Client) -> None:
     encoded = base64.b64encode(vector.tobytes()).decode()
     payload = base64.b64encode(b"\x00\xffraw").decode()
     status, _, _ = await post(
-        client, "/v1/semantic/entries",
-        {"namespace": "t1", "prompt": "p", "response": payload, "response_format": "bytes",
-         "vector": encoded},
-    )  # fmt: skip
+        client,
+        "/v1/semantic/entries",
+        {
+            "namespace": "t1",
+            "prompt": "p",
+            "response": payload,
+            "response_format": "bytes",
+            "vector": encoded,
+        },
+    )
     assert status == 201
     _, hit, _ = await post(client, "/v1/semantic/lookup", {"namespace": "t1", "vector": encoded})
     assert hit["hit"]
@@ -104,9 +118,10 @@ async def test_base64_vectors_and_bytes_responses(client: Client) -> None:
 
 async def test_exact_text_lookup_and_embedding_disabled(client: Client) -> None:
     await post(
-        client, "/v1/semantic/entries",
+        client,
+        "/v1/semantic/entries",
         {"namespace": "t1", "prompt": "What is 2+2?", "response": "4", "vector": unit(4)},
-    )  # fmt: skip
+    )
     _, hit, _ = await post(
         client, "/v1/semantic/lookup", {"namespace": "t1", "text": "What is 2+2?"}
     )
@@ -123,15 +138,21 @@ async def test_batch_entries_purge_and_stats(client: Client) -> None:
     ids = []
     for i in range(3):
         _, created, _ = await post(
-            client, "/v1/semantic/entries",
+            client,
+            "/v1/semantic/entries",
             {"namespace": "t1", "prompt": f"q{i}", "response": i, "vector": unit(10 + i)},
-        )  # fmt: skip
+        )
         ids.append(created["entry_id"])
     status, batch, _ = await post(
-        client, "/v1/semantic/lookup:batch",
-        {"lookups": [{"namespace": "t1", "vector": unit(10)},
-                     {"namespace": "t1", "vector": unit(99)}]},
-    )  # fmt: skip
+        client,
+        "/v1/semantic/lookup:batch",
+        {
+            "lookups": [
+                {"namespace": "t1", "vector": unit(10)},
+                {"namespace": "t1", "vector": unit(99)},
+            ]
+        },
+    )
     assert status == 200
     assert [r["hit"] for r in batch["results"]] == [True, False]
 
@@ -171,8 +192,12 @@ GOOD = {"namespace": "t1", "prompt": "p", "response": "r", "vector": unit(5)}
 BAD_INSERTS: list[tuple[str, Any, int, str | None]] = [
     # (case, body, status, field)
     ("wrong dimension", {**GOOD, "vector": [1.0, 2.0]}, 400, "vector"),
-    ("NaN in base64", {**GOOD, "vector": base64.b64encode(
-        np.full(DIM, np.nan, dtype="<f4").tobytes()).decode()}, 400, "vector"),
+    (
+        "NaN in base64",
+        {**GOOD, "vector": base64.b64encode(np.full(DIM, np.nan, dtype="<f4").tobytes()).decode()},
+        400,
+        "vector",
+    ),
     ("zero vector", {**GOOD, "vector": [0.0] * DIM}, 400, "vector"),
     ("vector of strings", {**GOOD, "vector": ["a"] * DIM}, 400, "vector"),
     ("bad base64", {**GOOD, "vector": "***"}, 400, "vector"),
@@ -189,7 +214,7 @@ BAD_INSERTS: list[tuple[str, Any, int, str | None]] = [
     ("bytes not base64", {**GOOD, "response_format": "bytes", "response": "%%"}, 400, "response"),
     ("unknown field", {**GOOD, "tll_s": 5}, 400, "tll_s"),
     ("partition not a string", {**GOOD, "partition": 3}, 400, "partition"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -209,13 +234,16 @@ BAD_LOOKUPS: list[tuple[str, Any, str | None]] = [
     ("no text or vector", {"namespace": "t1"}, "text"),
     ("empty text", {"namespace": "t1", "text": ""}, "text"),
     ("threshold out of range", {"namespace": "t1", "vector": unit(1), "threshold": 2}, "threshold"),
-    ("threshold a string",
-     {"namespace": "t1", "vector": unit(1), "threshold": "high"}, "threshold"),
+    (
+        "threshold a string",
+        {"namespace": "t1", "vector": unit(1), "threshold": "high"},
+        "threshold",
+    ),
     ("unknown category", {"namespace": "t1", "vector": unit(1), "category": "x"}, "category"),
     ("infinite value", {"namespace": "t1", "vector": [1e39] * DIM}, "vector"),
     ("boolean in vector", {"namespace": "t1", "vector": [True] + [0.5] * (DIM - 1)}, "vector"),
     ("nested vector", {"namespace": "t1", "vector": [[0.5] * DIM]}, "vector"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("case", "body", "field"), BAD_LOOKUPS, ids=[c[0] for c in BAD_LOOKUPS])
@@ -304,3 +332,44 @@ def test_kill_9_during_inserts_keeps_every_acknowledged_entry(tmp_path: Path) ->
             assert client.stats()["default"].entries >= len(acked)
     finally:
         restarted.terminate()
+
+
+async def test_a_batch_item_error_names_the_item_field(client: Client) -> None:
+    for item, code, field in [
+        ({"namespace": "t1", "vector": [True] * DIM}, "invalid_field", "vector"),
+        ({"namespace": "t1", "vector": unit(1), "colour": 1}, "unknown_field", "colour"),
+        ({"vector": unit(1)}, "missing_field", "namespace"),
+        ({"namespace": "t9", "vector": unit(1)}, "unknown_namespace", "namespace"),
+    ]:
+        body = {"lookups": [{"namespace": "t1", "vector": unit(2)}, item]}
+        status, error, _ = await post(client, "/v1/semantic/lookup:batch", body)
+        assert (status, error["error"]["code"], error["error"]["field"]) == (400, code, field)
+
+
+async def test_json_responses_are_stored_compact_and_served_as_sent(client: Client) -> None:
+    data = (
+        b'{"namespace": "t1", "prompt": "p", "vector": %s, "response": {"a": [1, 2.5, "\\u00e9"]}}'
+    )
+    response = await client.post(
+        "/v1/semantic/entries", data=data % str(unit(7)).encode(), headers={"Content-Type": "x"}
+    )
+    assert response.status == 201
+    entry_id = (await response.json())["entry_id"]
+    entry = await client.get(f"/v1/semantic/entries/{entry_id}", params={"namespace": "t1"})
+    raw = await entry.read()
+    assert b'"response":{"a":[1,2.5,"\xc3\xa9"]}' in raw
+    assert (await entry.json())["size_bytes"] > 0
+
+
+async def test_a_response_that_is_not_json_is_invalid_json(client: Client) -> None:
+    body = b'{"namespace": "t1", "prompt": "p", "response": "\xff", "vector": [1.0]}'
+    response = await client.post("/v1/semantic/entries", data=body)
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "invalid_json"
+
+
+async def test_purge_rejects_a_null_partition(client: Client) -> None:
+    status, error, _ = await post(
+        client, "/v1/semantic/purge", {"namespace": "t1", "partition": None}
+    )
+    assert (status, error["error"]["field"]) == (400, "partition")
