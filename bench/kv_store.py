@@ -50,7 +50,7 @@ sys.path.insert(0, str(BENCH_DIR))
 from _server import Server, histogram, histogram_quantile, running  # noqa: E402
 
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
-from semcached.clients import SemcachedClient  # noqa: E402
+from semcached.clients import SemcachedClient, put_meta  # noqa: E402
 from semcached.index.kv_disk import BlobWrite, KvDiskStore  # noqa: E402
 from semcached.index.kv_meta import ModelSpec, VariantMeta  # noqa: E402
 from semcached.index.lmdb_env import LmdbEnvironment  # noqa: E402
@@ -127,12 +127,10 @@ def throughput(
 
     for name, transfer in (("http_put", "http"), ("shm_put", "shm")):
         put_times = []
+        meta = put_meta(MODEL.name, DTYPE, shape(tokens))
         for i in range(blobs):
             start = time.perf_counter()
-            client.put_chunk(
-                keys[i], data[i], model=MODEL.name, dtype=DTYPE, shape=shape(tokens),
-                transfer=transfer,
-            )  # fmt: skip
+            client.put_chunk(keys[i], data[i], meta, transfer=transfer)
             put_times.append(time.perf_counter() - start)
         out[name] = mbps(nbytes, statistics.median(put_times))
 
@@ -205,11 +203,18 @@ def plan_latency(
 ) -> tuple[list[float], tuple[float, float], list[float], dict[str, object]]:
     items = plan_inputs(chunks=10, variants=5, tokens=tokens)
     for meta, blob in items:
-        client.put_chunk(
-            meta.chunk, blob, model=MODEL.name, dtype=DTYPE, shape=meta.shape,
-            prefix=meta.prefix, prefix_tokens=meta.prefix_tokens, rope_base=meta.rope_base,
-            inter=meta.inter, intra=meta.intra, token_scores=meta.token_scores,
-        )  # fmt: skip
+        put = put_meta(
+            MODEL.name,
+            DTYPE,
+            meta.shape,
+            prefix=meta.prefix,
+            prefix_tokens=meta.prefix_tokens,
+            rope_base=meta.rope_base,
+            inter=meta.inter,
+            intra=meta.intra,
+            token_scores=meta.token_scores,
+        )
+        client.put_chunk(meta.chunk, blob, put)
     prompt = list(dict.fromkeys(meta.chunk for meta, _ in items))[::-1]  # a new order
     shown = client.plan(MODEL.name, prompt, start=12)  # with shm handles on this host
     example = dict(shown.raw)

@@ -236,11 +236,8 @@ class Bench:
                 blob = computed[i].blob(DTYPE)
                 for model_id in self.model_ids:
                     prefix = [self.key(model_id, c) for c in p.chunks[:i]]
-                    self.client.put_chunk(
-                        self.key(model_id, p.chunks[i]), blob, model=model_id, dtype=DTYPE,
-                        shape=blob.shape, prefix=prefix, rope=self.shifter.params,
-                        **computed[i].put_kwargs(),
-                    )  # fmt: skip
+                    meta = computed[i].put_meta(model_id, DTYPE, prefix, self.shifter.params)
+                    self.client.put_chunk(self.key(model_id, p.chunks[i]), blob, meta)
                 self.stored.add(p.chunks[i])
             kv = cache_slice(cache)
         elif exact is not None:

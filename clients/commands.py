@@ -1,23 +1,23 @@
-"""The command layer shared by the sync and the async client.
+"""The daemon's health, admin and semantic-cache commands.
 
-A command is a function that returns a :class:`Request`: what to send and how to
-turn the reply into a typed result. It does no I/O; the clients' transports
-execute requests (the redis-py split between commands and connections), so each
-command is written once and both clients stay in step.
+A command is a function that returns a :class:`~semcached.clients.request.Request`:
+what to send and how to turn the reply into a typed result. It does no I/O; the
+clients' transports execute requests (the redis-py split between commands and
+connections). :class:`~semcached.clients.api.ClientApi` makes each command a method
+of both clients, with this signature and docstring, so each command is written once.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
-from semcached.errors import ApiError, api_error_class
+from semcached.clients.request import Reply, Request
 
 __all__ = [
     "CategoryStats",
@@ -26,8 +26,6 @@ __all__ = [
     "LookupQuery",
     "LookupResult",
     "Readiness",
-    "Reply",
-    "Request",
     "VectorLike",
     "delete_entry",
     "get_config",
@@ -38,66 +36,14 @@ __all__ = [
     "lookup_many",
     "metrics",
     "purge",
-    "raise_for_reply",
     "ready",
     "set_log_level",
     "stats",
 ]
 
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """What came back: status, headers (lower-cased names) and the raw body."""
-
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return orjson.loads(self.body)
-
-
-@dataclass(frozen=True, slots=True)
-class Request(Generic[T]):
-    """One HTTP exchange, described without performing it.
-
-    ``idempotent`` requests may be retried after a transport failure or a 502/503/504;
-    others are sent at most once. ``ok_status`` lists the statuses ``parse`` handles;
-    any other status is raised as an :class:`~semcached.errors.ApiError`. The body is
-    ``json`` (serialised) or ``data`` (raw bytes, sent as they are); ``headers`` add to
-    the client's own.
-    """
-
-    method: str
-    path: str
-    parse: Callable[[Reply], T]
-    idempotent: bool
-    json: Any = None
-    params: Mapping[str, str] | None = None
-    ok_status: frozenset[int] = field(default=frozenset({200}))
-    data: bytes | bytearray | memoryview | None = None
-    headers: Mapping[str, str] | None = None
-
-    def body(self) -> bytes | bytearray | memoryview | None:
-        if self.data is not None:
-            return self.data
-        return None if self.json is None else orjson.dumps(self.json)
-
-
-def raise_for_reply(reply: Reply) -> ApiError:
-    """The typed exception for an error reply (the daemon's JSON error, or a stand-in)."""
-    cls = api_error_class(reply.status)
-    try:
-        error = reply.json()["error"]
-        return cls(
-            str(error["code"]), str(error["message"]), status=reply.status, field=error.get("field")
-        )
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        # Not the daemon's error format: a proxy or load balancer in between answered.
-        text = reply.body[:200].decode("utf-8", "replace")
-        return cls("http_error", f"HTTP {reply.status}: {text}", status=reply.status)
+_READY_OK = frozenset({200, 503})
+_CREATED = frozenset({201})
+_GONE_OK = frozenset({204, 404})
 
 
 # --- health ---------------------------------------------------------------------------
@@ -128,39 +74,44 @@ def _parse_readiness(reply: Reply) -> Readiness:
 
 
 def health() -> Request[bool]:
-    """``GET /livez``: True when the daemon process answers."""
+    """True when the daemon process answers ``GET /livez``."""
     return Request("GET", "/livez", _parse_alive, idempotent=True)
 
 
 def ready() -> Request[Readiness]:
-    """``GET /readyz``: whether every store and index is up (503 is an answer, not an error)."""
-    return Request(
-        "GET", "/readyz", _parse_readiness, idempotent=True, ok_status=frozenset({200, 503})
-    )
+    """The daemon's readiness, ``GET /readyz`` (``ready`` is False while it starts or
+    stops: a 503 there is an answer, not an error)."""
+    return Request("GET", "/readyz", _parse_readiness, idempotent=True, ok_status=_READY_OK)
+
+
+def _text(reply: Reply) -> str:
+    return reply.body.decode()
 
 
 def metrics() -> Request[str]:
-    """``GET /metrics``: the Prometheus exposition text."""
-    return Request("GET", "/metrics", lambda r: r.body.decode(), idempotent=True)
+    """The Prometheus exposition text of ``GET /metrics``."""
+    return Request("GET", "/metrics", _text, idempotent=True)
 
 
 # --- admin ----------------------------------------------------------------------------
 
 
+def _config(reply: Reply) -> dict[str, Any]:
+    return dict(reply.json())
+
+
 def get_config() -> Request[dict[str, Any]]:
-    """``GET /v1/admin/config``: the effective settings, secrets redacted."""
-    return Request("GET", "/v1/admin/config", lambda r: dict(r.json()), idempotent=True)
+    """The daemon's effective settings, secrets redacted (``GET /v1/admin/config``)."""
+    return Request("GET", "/v1/admin/config", _config, idempotent=True)
+
+
+def _level(reply: Reply) -> str:
+    return str(reply.json()["level"])
 
 
 def set_log_level(level: str) -> Request[str]:
-    """``PUT /v1/admin/log-level``: change the daemon's log level until restart."""
-    return Request(
-        "PUT",
-        "/v1/admin/log-level",
-        lambda r: str(r.json()["level"]),
-        idempotent=True,
-        json={"level": level},
-    )
+    """Change the daemon's log level until it restarts (``PUT /v1/admin/log-level``)."""
+    return Request("PUT", "/v1/admin/log-level", _level, idempotent=True, json={"level": level})
 
 
 # --- semantic cache ---------------------------------------------------------------------
@@ -262,26 +213,39 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
     )
 
 
-def lookup(query: LookupQuery) -> Request[LookupResult]:
-    """``POST /v1/semantic/lookup``. Safe to retry: a lookup changes nothing but hit counts."""
-    return Request(
-        "POST",
-        "/v1/semantic/lookup",
-        lambda r: _lookup_result(r.json()),
-        idempotent=True,
-        json=query.body(),
-    )
+def _lookup(reply: Reply) -> LookupResult:
+    return _lookup_result(reply.json())
+
+
+def lookup(
+    namespace: str,
+    text: str | None = None,
+    *,
+    vector: VectorLike | None = None,
+    category: str | None = None,
+    partition: str | None = None,
+    threshold: float | None = None,
+) -> Request[LookupResult]:
+    """Find a cached response to a prompt meaning the same thing (text and/or vector),
+    ``POST /v1/semantic/lookup``. Safe to retry: a lookup changes nothing but hit counts."""
+    query = LookupQuery(namespace, text, vector, category, partition, threshold)
+    return Request("POST", "/v1/semantic/lookup", _lookup, idempotent=True, json=query.body())
+
+
+def _lookups(reply: Reply) -> list[LookupResult]:
+    return [_lookup_result(d) for d in reply.json()["results"]]
 
 
 def lookup_many(queries: Sequence[LookupQuery]) -> Request[list[LookupResult]]:
-    """``POST /v1/semantic/lookup:batch``: results in the order of ``queries``."""
-    return Request(
-        "POST",
-        "/v1/semantic/lookup:batch",
-        lambda r: [_lookup_result(d) for d in r.json()["results"]],
-        idempotent=True,
-        json={"lookups": [q.body() for q in queries]},
-    )
+    """Several lookups in one request (``POST /v1/semantic/lookup:batch``); results in
+    the order of ``queries``."""
+    body = {"lookups": [q.body() for q in queries]}
+    return Request("POST", "/v1/semantic/lookup:batch", _lookups, idempotent=True, json=body)
+
+
+def _inserted(reply: Reply) -> InsertResult:
+    doc = reply.json()
+    return InsertResult(int(doc["entry_id"]), str(doc["category"]), float(doc["expires_at"]))
 
 
 def insert(
@@ -295,8 +259,9 @@ def insert(
     vector: VectorLike | None = None,
     ttl_s: float | None = None,
 ) -> Request[InsertResult]:
-    """``POST /v1/semantic/entries``. ``bytes`` responses are stored as opaque bytes,
-    anything else as JSON. Not retried: a repeat would store the entry twice."""
+    """Cache ``response`` for ``prompt`` (``POST /v1/semantic/entries``); returns once
+    durable. ``bytes`` responses are stored as opaque bytes, anything else as JSON.
+    Not retried: a repeat would store the entry twice."""
     body: dict[str, Any] = {"namespace": namespace, "prompt": prompt}
     if isinstance(response, bytes | bytearray | memoryview):
         body["response"] = base64.b64encode(bytes(response)).decode()
@@ -307,71 +272,73 @@ def insert(
     body.update({k: v for k, v in optional.items() if v is not None})
     if vector is not None:
         body["vector"] = _encode_vector(vector)
-
-    def parse(reply: Reply) -> InsertResult:
-        doc = reply.json()
-        return InsertResult(int(doc["entry_id"]), str(doc["category"]), float(doc["expires_at"]))
-
     return Request(
-        "POST", "/v1/semantic/entries", parse, idempotent=False, json=body,
-        ok_status=frozenset({201}),
-    )  # fmt: skip
+        "POST", "/v1/semantic/entries", _inserted, idempotent=False, json=body, ok_status=_CREATED
+    )
+
+
+def _entry(reply: Reply) -> Entry:
+    doc = reply.json()
+    return Entry(
+        entry_id=int(doc["entry_id"]),
+        namespace=doc["namespace"],
+        category=doc["category"],
+        partition=doc["partition"],
+        model=doc["model"],
+        prompt=doc["prompt"],
+        response=_decode_response(doc["response"], doc["response_format"]),
+        created_at=float(doc["created_at"]),
+        expires_at=float(doc["expires_at"]),
+        hit_count=int(doc["hit_count"]),
+        last_hit_at=float(doc["last_hit_at"]),
+        size_bytes=int(doc["size_bytes"]),
+    )
 
 
 def get_entry(entry_id: int, namespace: str) -> Request[Entry]:
-    """``GET /v1/semantic/entries/{id}``; a missing entry raises NotFoundError."""
+    """One entry (``GET /v1/semantic/entries/{id}``); raises NotFoundError if it is
+    absent, expired or in another namespace."""
+    path = f"/v1/semantic/entries/{int(entry_id)}"
+    return Request("GET", path, _entry, idempotent=True, params={"namespace": namespace})
 
-    def parse(reply: Reply) -> Entry:
-        doc = reply.json()
-        return Entry(
-            entry_id=int(doc["entry_id"]),
-            namespace=doc["namespace"],
-            category=doc["category"],
-            partition=doc["partition"],
-            model=doc["model"],
-            prompt=doc["prompt"],
-            response=_decode_response(doc["response"], doc["response_format"]),
-            created_at=float(doc["created_at"]),
-            expires_at=float(doc["expires_at"]),
-            hit_count=int(doc["hit_count"]),
-            last_hit_at=float(doc["last_hit_at"]),
-            size_bytes=int(doc["size_bytes"]),
-        )
 
-    return Request(
-        "GET", f"/v1/semantic/entries/{int(entry_id)}", parse, idempotent=True,
-        params={"namespace": namespace},
-    )  # fmt: skip
+def _removed(reply: Reply) -> bool:
+    return reply.status == 204
 
 
 def delete_entry(entry_id: int, namespace: str) -> Request[bool]:
-    """``DELETE /v1/semantic/entries/{id}``: True if it was removed, False if absent."""
+    """Remove one entry (``DELETE /v1/semantic/entries/{id}``); False if there was none."""
     return Request(
-        "DELETE", f"/v1/semantic/entries/{int(entry_id)}", lambda r: r.status == 204,
-        idempotent=True, params={"namespace": namespace}, ok_status=frozenset({204, 404}),
-    )  # fmt: skip
+        "DELETE",
+        f"/v1/semantic/entries/{int(entry_id)}",
+        _removed,
+        idempotent=True,
+        params={"namespace": namespace},
+        ok_status=_GONE_OK,
+    )
+
+
+def _purged(reply: Reply) -> int:
+    return int(reply.json()["purged"])
 
 
 def purge(
     namespace: str, *, category: str | None = None, partition: str | None = None
 ) -> Request[int]:
-    """``POST /v1/semantic/purge``: how many entries were removed."""
+    """Remove a namespace's entries, optionally one category or partition
+    (``POST /v1/semantic/purge``); how many were removed."""
     body: dict[str, Any] = {"namespace": namespace}
     if category is not None:
         body["category"] = category
     if partition is not None:
         body["partition"] = partition
-    return Request(
-        "POST", "/v1/semantic/purge", lambda r: int(r.json()["purged"]), idempotent=True,
-        json=body,
-    )  # fmt: skip
+    return Request("POST", "/v1/semantic/purge", _purged, idempotent=True, json=body)
+
+
+def _category_stats(reply: Reply) -> dict[str, CategoryStats]:
+    return {n: CategoryStats(**s) for n, s in reply.json()["categories"].items()}
 
 
 def stats() -> Request[dict[str, CategoryStats]]:
-    """``GET /v1/semantic/stats``: counters per category."""
-    return Request(
-        "GET",
-        "/v1/semantic/stats",
-        lambda r: {n: CategoryStats(**s) for n, s in r.json()["categories"].items()},
-        idempotent=True,
-    )
+    """Counters per category (``GET /v1/semantic/stats``)."""
+    return Request("GET", "/v1/semantic/stats", _category_stats, idempotent=True)

@@ -168,18 +168,13 @@ class HfKvAdapter:
 
     def _prefill_only(self, ids: torch.Tensor) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
-        self.model(
-            input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=1,
-            **cache_kwargs(self.model, cache),
-        )  # fmt: skip
+        kwargs = cache_kwargs(self.model, cache)
+        self.model(input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=1, **kwargs)
         return cache
 
     def _store(self, key: bytes, prefix: Sequence[bytes], chunk: ChunkKv) -> None:
-        blob = chunk.blob(self.dtype)
-        self.client.put_chunk(
-            key, blob, model=self.model_id, dtype=self.dtype, shape=blob.shape,
-            prefix=prefix, rope=self.shifter.params, **chunk.put_kwargs(),
-        )  # fmt: skip
+        meta = chunk.put_meta(self.model_id, self.dtype, prefix, self.shifter.params)
+        self.client.put_chunk(key, chunk.blob(self.dtype), meta)
 
     @torch.no_grad()
     def generate(

@@ -101,9 +101,13 @@ def recompute(
         keys.index_copy_(2, pos, k.to(keys.dtype))
         values.index_copy_(2, pos, v.transpose(1, 2).to(values.dtype))
         out = F.scaled_dot_product_attention(
-            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask,
-            scale=float(attn.scaling), enable_gqa=True,
-        )  # fmt: skip
+            q,
+            keys.to(q.dtype),
+            values.to(q.dtype),
+            attn_mask=mask,
+            scale=float(attn.scaling),
+            enable_gqa=True,
+        )
         hidden = residual + attn.o_proj(out.transpose(1, 2).reshape(1, pos.numel(), -1))
         hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
     normed: torch.Tensor = parts.norm(hidden)

@@ -18,6 +18,13 @@ removed in 5.40), else with ``past_key_values=`` (:func:`cache_kwargs` picks). T
 may move in a later release; it was written and tested against 5.24.
 
 Batch size is 1 throughout: a RAG prompt is one sequence.
+
+Why one module of about 470 lines: layout, RoPE shift and statistics are one contract
+(a blob's keys are rotated at the positions its statistics were measured at, and
+:class:`ChunkKv` carries both), and this module is the adapter's one import surface
+(:mod:`~semcached.clients.hf_adapter`, ``bench/rag_reuse.py``, the README). The cut,
+when it grows, is the statistics pass (:class:`ChunkKv`, :func:`prompt_chunks_kv`,
+:func:`chunk_kv`, the last third) into a module of its own.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 from transformers import DynamicCache
+
+from semcached.clients.kv import ChunkPutMeta, put_meta
 
 __all__ = [
     "KV_DTYPES",
@@ -337,16 +346,25 @@ class ChunkKv:
         """The bytes to store, as :func:`to_blob` lays them out."""
         return to_blob(self.kv, dtype)
 
-    def put_kwargs(self) -> dict[str, Any]:
-        """The statistics and positions as ``put_chunk`` keyword arguments (without
-        ``prefix``, the prefix chunks' keys, which only the caller knows)."""
-        return {
-            "rope_base": self.rope_base,
-            "prefix_tokens": list(self.prefix_tokens),
-            "inter": self.inter,
-            "intra": self.intra,
-            "token_scores": self.token_scores,
-        }
+    def put_meta(
+        self, model: str, dtype: str, prefix: Sequence[bytes], rope: Mapping[str, Any]
+    ) -> ChunkPutMeta:
+        """What ``put_chunk`` stores with :meth:`blob` ``(dtype)``: the shape, positions
+        and statistics, with ``prefix`` (the prefix chunks' keys, which only the caller
+        knows), the ``model`` id it is stored under and the ``rope`` parameters
+        (:attr:`RopeShifter.params`)."""
+        return put_meta(
+            model,
+            dtype,
+            self.kv.shape,
+            prefix=prefix,
+            prefix_tokens=self.prefix_tokens,
+            rope_base=self.rope_base,
+            rope=rope,
+            inter=self.inter,
+            intra=self.intra,
+            token_scores=self.token_scores,
+        )
 
 
 @contextlib.contextmanager
@@ -407,8 +425,8 @@ def prompt_chunks_kv(
     try:
         with _eager_attention(model):
             cache = DynamicCache(config=model.config)
-            model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1,
-                  **cache_kwargs(model, cache))  # fmt: skip
+            kwargs = cache_kwargs(model, cache)
+            model(input_ids=ids.to(device), use_cache=True, logits_to_keep=1, **kwargs)
     finally:
         for handle in handles:
             handle.remove()

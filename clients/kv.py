@@ -1,42 +1,44 @@
-"""Chunk KV cache commands for both clients: put, get, lease, plan, delete, stats.
+"""Chunk KV cache commands (put, get, lease, plan, delete, stats) and their result types.
 
 Like :mod:`semcached.clients.commands`, each function returns a
-:class:`~semcached.clients.commands.Request` and does no I/O. Blobs travel as the raw
-body of a request or reply; metadata travels as JSON in the ``X-Semcached-KV-Meta``
-header. Keys are 16 bytes (see :mod:`semcached.protocol.keys`, which computes them).
+:class:`~semcached.clients.request.Request` and does no I/O. Blobs travel as raw
+bodies; metadata as JSON in the ``X-Semcached-KV-Meta`` header, as the structs of
+:mod:`semcached.protocol.kv` (:func:`put_meta` builds a put's from numpy arrays and
+byte keys). The commands that combine requests with the same-host shared-memory path
+are in :mod:`semcached.clients.kv_flows`.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import os
-import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
+import msgspec
 import numpy as np
-import orjson
 from numpy.typing import NDArray
 
-from semcached.clients.commands import Reply, Request
-from semcached.clients.shm import ShmMapper
-from semcached.errors import ApiError
+from semcached.clients.request import Reply, Request
+from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, OCTET_STREAM
+from semcached.protocol.kv import (
+    KV_DTYPES,
+    CacheCraftStats,
+    ChunkMeta,
+    ChunkPutMeta,
+    KvDtype,
+    pack_floats,
+)
 
 __all__ = [
-    "META_HEADER",
-    "SOURCE_HEADER",
-    "STAGED_PREFIX",
+    "Blob",
     "ChunkMeta",
+    "ChunkPutMeta",
     "FetchInfo",
     "KvChunk",
     "KvPlan",
     "LeaseInfo",
     "PlannedChunk",
-    "ShmPath",
     "ShmRef",
     "TierStats",
     "Transfer",
@@ -47,55 +49,22 @@ __all__ = [
     "lease_chunk",
     "plan",
     "put_chunk",
+    "put_meta",
     "release_lease",
 ]
 
-META_HEADER = "X-Semcached-KV-Meta"
-SOURCE_HEADER = "X-Semcached-KV-Source"
-STAGED_PREFIX = "semcached-put-"
 Transfer = Literal["auto", "shm", "http"]
-"""How a client reads blobs: ``shm`` (zero-copy, same host only), ``http``, or ``auto``
+"""How a client moves blobs: ``shm`` (zero-copy, same host only), ``http``, or ``auto``
 (shared memory when the daemon's segments are on this host, else HTTP)."""
+Blob = bytes | bytearray | memoryview | NDArray[Any]
+"""A KV tensor ``[layers, 2, kv_heads, tokens, head_dim]``: a C-contiguous numpy array
+or its bytes."""
 _NUMPY_DTYPES: Mapping[str, str] = {"float16": "<f2", "bfloat16": "<u2", "float32": "<f4"}
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkMeta:
-    """A stored variant's metadata as the daemon reports it."""
-
-    key: str
-    variant: str
-    model: str
-    dtype: str
-    shape: tuple[int, ...]
-    tokens: int
-    nbytes: int
-    prefix: tuple[str, ...]
-    prefix_tokens: tuple[int, ...]
-    rope_base: int
-    rope: Mapping[str, Any]
-    created_at: float
-    hits: int
-    last_access: float
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any]) -> ChunkMeta:
-        return cls(
-            key=str(doc["key"]),
-            variant=str(doc["variant"]),
-            model=str(doc["model"]),
-            dtype=str(doc["dtype"]),
-            shape=tuple(int(n) for n in doc["shape"]),
-            tokens=int(doc["tokens"]),
-            nbytes=int(doc["nbytes"]),
-            prefix=tuple(doc["prefix"]),
-            prefix_tokens=tuple(doc["prefix_tokens"]),
-            rope_base=int(doc["rope_base"]),
-            rope=dict(doc["rope"]),
-            created_at=float(doc["created_at"]),
-            hits=int(doc["hits"]),
-            last_access=float(doc["last_access"]),
-        )
+_PUT_OK = frozenset({200, 201})
+_GONE_OK = frozenset({204, 404})
+_DELETE_OK = frozenset({200, 404})
+_META_DECODER = msgspec.json.Decoder(ChunkMeta)
+_META_HEADER = KV_META_HEADER.lower()  # Reply.headers has lower-cased names
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +151,27 @@ class PlannedChunk:
     recompute: tuple[int, ...]
     fetch: FetchInfo | None
 
+    def meta(self) -> ChunkMeta:
+        """What the plan says about a hit, as :class:`ChunkMeta` (for :class:`KvChunk`)."""
+        if self.fetch is None or self.variant is None:
+            raise ValueError(f"chunk {self.key} is a miss: nothing to fetch")
+        return ChunkMeta(
+            key=self.key,
+            variant=self.variant,
+            model="",
+            dtype=self.fetch.dtype,
+            shape=self.fetch.shape,
+            tokens=self.tokens or self.fetch.shape[3],
+            nbytes=self.fetch.nbytes,
+            prefix=(),
+            prefix_tokens=(),
+            rope_base=self.rope_base or 0,
+            rope={},
+            created_at=0.0,
+            hits=0,
+            last_access=0.0,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class KvPlan:
@@ -208,7 +198,7 @@ class TierStats:
     evictions: int
 
 
-def as_bytes(data: bytes | bytearray | memoryview | NDArray[Any]) -> bytes | bytearray | memoryview:
+def as_bytes(data: Blob) -> bytes | bytearray | memoryview:
     """A blob as a flat byte buffer, without a copy for contiguous arrays."""
     if isinstance(data, np.ndarray):
         return np.ascontiguousarray(data).data.cast("B")
@@ -219,8 +209,97 @@ def _hex(key: bytes | str) -> str:
     return key.hex() if isinstance(key, bytes) else key
 
 
-def _floats(values: Sequence[float] | NDArray[Any]) -> str:
-    return base64.b64encode(np.ascontiguousarray(values, dtype="<f4").tobytes()).decode()
+def put_meta(
+    model: str,
+    dtype: str,
+    shape: Sequence[int],
+    *,
+    prefix: Sequence[bytes | str] = (),
+    prefix_tokens: Sequence[int] | None = None,
+    rope_base: int = 0,
+    rope: Mapping[str, Any] | None = None,
+    inter: Sequence[float] | NDArray[Any] | None = None,
+    intra: float | None = None,
+    token_scores: Sequence[float] | NDArray[Any] | None = None,
+) -> ChunkPutMeta:
+    """A :class:`~semcached.protocol.kv.ChunkPutMeta` from what an engine has at hand:
+    prefix keys as bytes or hex, shape and token counts as any integers (numpy's too),
+    the Cache-Craft statistics ``inter`` and ``token_scores`` as numpy arrays or
+    sequences (packed as base64 of float32, :func:`~semcached.protocol.kv.pack_floats`).
+
+    ``shape`` is ``[layers, 2, kv_heads, tokens, head_dim]``; ``prefix`` the ordered
+    keys of the chunks the KV was computed after and ``prefix_tokens`` their lengths;
+    ``rope_base`` the position of the chunk's first token. ValueError for a ``dtype``
+    other than float16, bfloat16, float32 or a shape of other than five dimensions.
+    """
+    if dtype not in KV_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}")
+    stats = None
+    if inter is not None or intra is not None or token_scores is not None:
+        stats = CacheCraftStats(
+            inter=None if inter is None else pack_floats(inter),
+            intra=0.0 if intra is None else float(intra),
+            token_scores=None if token_scores is None else pack_floats(token_scores),
+        )
+    dims = tuple(int(n) for n in shape)
+    if len(dims) != 5:
+        raise ValueError(f"shape is [layers, 2, kv_heads, tokens, head_dim], got {dims}")
+    return ChunkPutMeta(
+        model=model,
+        dtype=cast(KvDtype, dtype),
+        shape=(dims[0], dims[1], dims[2], dims[3], dims[4]),
+        prefix=[_hex(k) for k in prefix],
+        prefix_tokens=None if prefix_tokens is None else [int(n) for n in prefix_tokens],
+        rope_base=int(rope_base),
+        rope=dict(rope or {}),
+        stats=stats,
+    )
+
+
+def _put_reply(reply: Reply) -> ChunkMeta:
+    return _META_DECODER.decode(reply.body)
+
+
+def put_chunk(
+    key: bytes | str, data: Blob, meta: ChunkPutMeta, *, staged: str | None = None
+) -> Request[ChunkMeta]:
+    """``PUT /v1/kv/chunks/{key}``: store one variant; returns once it is durable.
+
+    ``data`` is the tensor in the layout ``[layers, 2, kv_heads, tokens, head_dim]``
+    (a C-contiguous numpy array or its bytes). With ``staged`` (the name of a file in
+    the daemon's shm directory holding those bytes, see
+    :meth:`~semcached.clients.shm.ShmPath.staged`) no body is sent. Safe to retry: a
+    repeat stores the same variant again.
+    """
+    headers = {KV_META_HEADER: msgspec.json.encode(meta).decode(), "Content-Type": OCTET_STREAM}
+    if staged is not None:
+        headers[KV_SOURCE_HEADER] = f"shm:{staged}"
+    return Request(
+        "PUT",
+        f"/v1/kv/chunks/{_hex(key)}",
+        _put_reply,
+        idempotent=True,
+        data=b"" if staged is not None else as_bytes(data),
+        headers=headers,
+        ok_status=_PUT_OK,
+    )
+
+
+def _variant_params(variant: bytes | str | None, **extra: str) -> dict[str, str]:
+    params = dict(extra)
+    if variant is not None:
+        params["variant"] = _hex(variant)
+    return params
+
+
+def _blob(reply: Reply) -> KvChunk:
+    return KvChunk(_META_DECODER.decode(reply.headers[_META_HEADER]), memoryview(reply.body))
+
+
+def get_chunk(key: bytes | str, variant: bytes | str | None = None) -> Request[KvChunk]:
+    """``GET /v1/kv/chunks/{key}``: the bytes over HTTP (the newest variant by default)."""
+    path = f"/v1/kv/chunks/{_hex(key)}"
+    return Request("GET", path, _blob, idempotent=True, params=_variant_params(variant))
 
 
 def _lease(doc: Mapping[str, Any] | None) -> LeaseInfo | None:
@@ -230,87 +309,11 @@ def _lease(doc: Mapping[str, Any] | None) -> LeaseInfo | None:
     return LeaseInfo(str(doc["id"]), float(doc["expires_at"]), ttl, time.monotonic() + ttl)
 
 
-def _shm(doc: Mapping[str, Any] | None) -> ShmRef | None:
-    if doc is None:
-        return None
-    return ShmRef(str(doc["segment"]), int(doc["offset"]), int(doc["length"]))
-
-
-def _variant_params(variant: bytes | str | None, **extra: str) -> dict[str, str]:
-    params = {k: v for k, v in extra.items()}
-    if variant is not None:
-        params["variant"] = _hex(variant)
-    return params
-
-
-def put_chunk(
-    key: bytes | str,
-    data: bytes | bytearray | memoryview | NDArray[Any],
-    *,
-    model: str,
-    dtype: str,
-    shape: Sequence[int],
-    prefix: Sequence[bytes | str] = (),
-    prefix_tokens: Sequence[int] = (),
-    rope_base: int = 0,
-    rope: Mapping[str, Any] | None = None,
-    inter: Sequence[float] | NDArray[Any] | None = None,
-    intra: float | None = None,
-    token_scores: Sequence[float] | NDArray[Any] | None = None,
-    staged: str | None = None,
-) -> Request[ChunkMeta]:
-    """``PUT /v1/kv/chunks/{key}``: store one variant; returns once it is durable.
-
-    ``data`` is the tensor in the layout ``[layers, 2, kv_heads, tokens, head_dim]``
-    (a C-contiguous numpy array or its bytes). With ``staged`` (the name of a file in
-    the daemon's shm directory holding those bytes, see :meth:`ShmPath.staged`) no body
-    is sent. Safe to retry: a repeat stores the same variant again.
-    """
-    data = as_bytes(data)
-    meta: dict[str, Any] = {
-        "model": model,
-        "dtype": dtype,
-        "shape": [int(n) for n in shape],
-        "prefix": [_hex(k) for k in prefix],
-        "prefix_tokens": [int(n) for n in prefix_tokens],
-        "rope_base": int(rope_base),
-        "rope": dict(rope or {}),
-    }
-    stats: dict[str, Any] = {}
-    if inter is not None:
-        stats["inter"] = _floats(inter)
-    if intra is not None:
-        stats["intra"] = float(intra)
-    if token_scores is not None:
-        stats["token_scores"] = _floats(token_scores)
-    if stats:
-        meta["stats"] = stats
-    headers = {META_HEADER: orjson.dumps(meta).decode(),
-               "Content-Type": "application/octet-stream"}  # fmt: skip
-    if staged is not None:
-        headers[SOURCE_HEADER] = f"shm:{staged}"
-    return Request(
-        "PUT",
-        f"/v1/kv/chunks/{_hex(key)}",
-        lambda r: ChunkMeta.from_json(r.json()),
-        idempotent=True,
-        data=b"" if staged is not None else data,
-        headers=headers,
-        ok_status=frozenset({200, 201}),
-    )
-
-
-def _blob(reply: Reply) -> KvChunk:
-    meta = ChunkMeta.from_json(orjson.loads(reply.headers[META_HEADER.lower()]))
-    return KvChunk(meta, memoryview(reply.body))
-
-
-def get_chunk(key: bytes | str, variant: bytes | str | None = None) -> Request[KvChunk]:
-    """``GET /v1/kv/chunks/{key}``: the bytes over HTTP (the newest variant by default)."""
-    return Request(
-        "GET", f"/v1/kv/chunks/{_hex(key)}", _blob, idempotent=True,
-        params=_variant_params(variant),
-    )  # fmt: skip
+def _leased(reply: Reply) -> tuple[ChunkMeta, ShmRef, LeaseInfo]:
+    doc = reply.json()
+    lease = _lease(doc["lease"])
+    assert lease is not None
+    return _META_DECODER.decode(reply.body), msgspec.convert(doc["shm"], ShmRef), lease
 
 
 def lease_chunk(
@@ -320,64 +323,41 @@ def lease_chunk(
     extra = {"transfer": "shm"}
     if lease_s is not None:
         extra["lease_s"] = repr(float(lease_s))
+    params = _variant_params(variant, **extra)
+    path = f"/v1/kv/chunks/{_hex(key)}"
+    return Request("GET", path, _leased, idempotent=False, params=params)
 
-    def parse(reply: Reply) -> tuple[ChunkMeta, ShmRef, LeaseInfo]:
-        doc = reply.json()
-        shm, lease = _shm(doc["shm"]), _lease(doc["lease"])
-        assert shm is not None
-        assert lease is not None
-        return ChunkMeta.from_json(doc), shm, lease
 
-    return Request(
-        "GET", f"/v1/kv/chunks/{_hex(key)}", parse, idempotent=False,
-        params=_variant_params(variant, **extra),
-    )  # fmt: skip
+def _released(reply: Reply) -> bool:
+    return reply.status == 204
 
 
 def release_lease(lease_id: str) -> Request[bool]:
-    """``DELETE /v1/kv/leases/{id}``: False if it had ended already."""
-    return Request(
-        "DELETE", f"/v1/kv/leases/{lease_id}", lambda r: r.status == 204, idempotent=True,
-        ok_status=frozenset({204, 404}),
-    )  # fmt: skip
+    """End a lease (``DELETE /v1/kv/leases/{id}``): its views must not be read
+    afterwards. False if it had ended already."""
+    path = f"/v1/kv/leases/{lease_id}"
+    return Request("DELETE", path, _released, idempotent=True, ok_status=_GONE_OK)
+
+
+def _deleted(reply: Reply) -> int:
+    return int(reply.json()["deleted"]) if reply.status == 200 else 0
 
 
 def delete_chunk(key: bytes | str, variant: bytes | str | None = None) -> Request[int]:
-    """``DELETE /v1/kv/chunks/{key}``: how many variants were removed (0 if none)."""
-    return Request(
-        "DELETE", f"/v1/kv/chunks/{_hex(key)}",
-        lambda r: int(r.json()["deleted"]) if r.status == 200 else 0,
-        idempotent=True, params=_variant_params(variant), ok_status=frozenset({200, 404}),
-    )  # fmt: skip
+    """Remove one variant, or every variant of a chunk (``DELETE /v1/kv/chunks/{key}``):
+    how many were removed (0 if none)."""
+    path, params = f"/v1/kv/chunks/{_hex(key)}", _variant_params(variant)
+    return Request("DELETE", path, _deleted, idempotent=True, params=params, ok_status=_DELETE_OK)
 
 
-def _planned(doc: Mapping[str, Any]) -> PlannedChunk:
-    fetch = doc.get("fetch")
-    return PlannedChunk(
-        key=doc["key"],
-        hit=bool(doc["hit"]),
-        variant=doc.get("variant"),
-        exact_prefix=bool(doc["exact_prefix"]),
-        tokens=doc.get("tokens"),
-        position=doc.get("position"),
-        rope_base=doc.get("rope_base"),
-        rope_shift=doc.get("rope_shift"),
-        beta=float(doc["beta"]),
-        gamma=float(doc["gamma"]),
-        beta_prime=float(doc["beta_prime"]),
-        cci=float(doc["cci"]),
-        cfo=float(doc["cfo"]),
-        recompute=tuple(doc["recompute"]),
-        fetch=None
-        if fetch is None
-        else FetchInfo(
-            tier=fetch["tier"],
-            http=fetch["http"],
-            nbytes=int(fetch["nbytes"]),
-            dtype=fetch["dtype"],
-            shape=tuple(fetch["shape"]),
-            shm=_shm(fetch.get("shm")),
-        ),
+def _plan(reply: Reply) -> KvPlan:
+    doc = reply.json()
+    return KvPlan(
+        model=doc["model"],
+        chunks=msgspec.convert(doc["chunks"], tuple[PlannedChunk, ...]),
+        lease=_lease(doc.get("lease")),
+        recompute_tokens=int(doc["recompute_tokens"]),
+        raw=doc,
     )
 
 
@@ -398,97 +378,14 @@ def plan(
         body["shm"] = True
     if lease_s is not None:
         body["lease_s"] = float(lease_s)
-
-    def parse(reply: Reply) -> KvPlan:
-        doc = reply.json()
-        return KvPlan(
-            model=doc["model"],
-            chunks=tuple(_planned(c) for c in doc["chunks"]),
-            lease=_lease(doc.get("lease")),
-            recompute_tokens=int(doc["recompute_tokens"]),
-            raw=doc,
-        )
-
     # With shm the plan takes a lease: not repeated blindly.
-    return Request("POST", "/v1/kv/plan", parse, idempotent=not shm, json=body)
+    return Request("POST", "/v1/kv/plan", _plan, idempotent=not shm, json=body)
+
+
+def _tiers(reply: Reply) -> dict[str, TierStats]:
+    return {n: TierStats(**s) for n, s in reply.json()["tiers"].items()}
 
 
 def kv_stats() -> Request[dict[str, TierStats]]:
-    """``GET /v1/kv/stats``: counters per tier."""
-    return Request(
-        "GET", "/v1/kv/stats",
-        lambda r: {n: TierStats(**s) for n, s in r.json()["tiers"].items()},
-        idempotent=True,
-    )  # fmt: skip
-
-
-class ShmPath:
-    """The client's side of the same-host path: maps handed-out segments, and learns
-    whether the daemon is on this host (its segments exist here) or not."""
-
-    def __init__(self, enabled: bool, directory: Path) -> None:
-        self.enabled = enabled
-        self.mapper = ShmMapper(directory)
-        self.same_host: bool | None = None  # unknown until the first handle
-
-    def wanted(self, transfer: Transfer) -> bool:
-        if transfer == "http":
-            return False
-        if transfer == "shm":
-            return True
-        return self.enabled and self.same_host is not False
-
-    def wanted_put(self, transfer: Transfer) -> bool:
-        return transfer == "shm" or (
-            transfer == "auto" and self.enabled and self.same_host is not False
-        )
-
-    @contextlib.contextmanager
-    def staged(self, data: bytes | bytearray | memoryview) -> Iterator[str]:
-        """Write ``data`` to a fresh file in the shm directory for the daemon to read;
-        the file's name inside, removed on leaving. One copy, into page cache."""
-        name = f"{STAGED_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-        path = self.mapper.directory / name
-        view = memoryview(data).cast("B")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            written = 0
-            while written < len(view):
-                written += os.write(fd, view[written:])
-            os.close(fd)
-            fd = -1
-            yield name
-        finally:
-            if fd >= 0:
-                os.close(fd)
-            path.unlink(missing_ok=True)
-
-    def put_failed(self, error: ApiError) -> bool:
-        """Whether a staged put failed because the daemon cannot see this host's shm
-        (then the caller sends the body instead, and later puts do so at once)."""
-        if error.code in ("shm_source_unavailable", "bad_source"):
-            self.same_host = False
-            return True
-        return False
-
-    def view(self, meta: ChunkMeta, ref: ShmRef, lease: LeaseInfo | None) -> KvChunk | None:
-        """The blob as a zero-copy view, or None when the segment is not on this host."""
-        if not self.mapper.available(ref.segment):
-            self.same_host = False
-            return None
-        self.same_host = True
-        return KvChunk(meta, self.mapper.view(ref.segment, ref.offset, ref.length), lease)
-
-    def planned_meta(self, chunk: PlannedChunk) -> ChunkMeta:
-        """What a plan says about a hit, as :class:`ChunkMeta` (for :class:`KvChunk`)."""
-        assert chunk.fetch is not None
-        assert chunk.variant is not None
-        return ChunkMeta(
-            key=chunk.key, variant=chunk.variant, model="", dtype=chunk.fetch.dtype,
-            shape=chunk.fetch.shape, tokens=chunk.tokens or chunk.fetch.shape[3],
-            nbytes=chunk.fetch.nbytes, prefix=(), prefix_tokens=(),
-            rope_base=chunk.rope_base or 0, rope={}, created_at=0.0, hits=0, last_access=0.0,
-        )  # fmt: skip
-
-    def close(self) -> None:
-        self.mapper.close()
+    """Counters per tier (host, disk): ``GET /v1/kv/stats``."""
+    return Request("GET", "/v1/kv/stats", _tiers, idempotent=True)

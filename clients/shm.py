@@ -11,6 +11,10 @@ HTTP.
 A view is only as stable as the daemon's promise: once the daemon frees or reuses the
 extent, the view shows zeros or another blob. This module imports nothing of the
 daemon.
+
+:class:`ShmPath` is a client's side of the same-host path: it decides whether to try
+it, stages puts in a file the daemon reads, and learns whether the daemon is on this
+host at all.
 """
 
 from __future__ import annotations
@@ -18,13 +22,18 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import secrets
 import stat
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from semcached.errors import SemcachedError
+from semcached.clients.kv import ChunkMeta, KvChunk, LeaseInfo, ShmRef, Transfer
+from semcached.errors import ApiError, SemcachedError
+from semcached.protocol.codes import ErrorCode
+from semcached.protocol.headers import KV_STAGED_PREFIX
 
-__all__ = ["InvalidShmRequestError", "ShmError", "ShmMapper", "ShmUnavailableError"]
+__all__ = ["InvalidShmRequestError", "ShmError", "ShmMapper", "ShmPath", "ShmUnavailableError"]
 
 
 class ShmError(SemcachedError):
@@ -136,3 +145,64 @@ def _map_read_only(path: Path, segment: str) -> mmap.mmap:
 def _close(mapped: mmap.mmap) -> None:
     with contextlib.suppress(BufferError):  # views exported: it goes with the last of them
         mapped.close()
+
+
+class ShmPath:
+    """The client's side of the same-host path: maps handed-out segments, and learns
+    whether the daemon is on this host (its segments exist here) or not."""
+
+    def __init__(self, enabled: bool, directory: Path) -> None:
+        self.enabled = enabled
+        self.mapper = ShmMapper(directory)
+        self.same_host: bool | None = None  # unknown until the first handle
+
+    def wanted(self, transfer: Transfer) -> bool:
+        if transfer == "http":
+            return False
+        if transfer == "shm":
+            return True
+        return self.enabled and self.same_host is not False
+
+    def wanted_put(self, transfer: Transfer) -> bool:
+        return transfer == "shm" or (
+            transfer == "auto" and self.enabled and self.same_host is not False
+        )
+
+    @contextlib.contextmanager
+    def staged(self, data: bytes | bytearray | memoryview) -> Iterator[str]:
+        """Write ``data`` to a fresh file in the shm directory for the daemon to read;
+        the file's name inside, removed on leaving. One copy, into page cache."""
+        name = f"{KV_STAGED_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+        path = self.mapper.directory / name
+        view = memoryview(data).cast("B")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+            os.close(fd)
+            fd = -1
+            yield name
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            path.unlink(missing_ok=True)
+
+    def put_failed(self, error: ApiError) -> bool:
+        """Whether a staged put failed because the daemon cannot see this host's shm
+        (then the caller sends the body instead, and later puts do so at once)."""
+        if error.code in (ErrorCode.SHM_SOURCE_UNAVAILABLE, ErrorCode.BAD_SOURCE):
+            self.same_host = False
+            return True
+        return False
+
+    def view(self, meta: ChunkMeta, ref: ShmRef, lease: LeaseInfo | None) -> KvChunk | None:
+        """The blob as a zero-copy view, or None when the segment is not on this host."""
+        if not self.mapper.available(ref.segment):
+            self.same_host = False
+            return None
+        self.same_host = True
+        return KvChunk(meta, self.mapper.view(ref.segment, ref.offset, ref.length), lease)
+
+    def close(self) -> None:
+        self.mapper.close()

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from semcached.clients import AsyncSemcachedClient, RetryPolicy, SemcachedClient
-from semcached.clients.commands import Request
+from semcached.clients import AsyncSemcachedClient, Request, RetryPolicy, SemcachedClient
 from semcached.errors import (
     AuthenticationError,
     BadRequestError,

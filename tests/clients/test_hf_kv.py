@@ -84,8 +84,10 @@ def test_blob_layout_round_trips(model: transformers.LlamaForCausalLM, dtype: st
     assert blob.nbytes == kv.numel() * {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
     blob.flags.writeable = False  # as a shared-memory view comes
     back = from_blob(blob, dtype)
-    assert back.dtype == {"float32": torch.float32, "float16": torch.float16,
-                          "bfloat16": torch.bfloat16}[dtype]  # fmt: skip
+    assert (
+        back.dtype
+        == {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    )
     assert back.data_ptr() == blob.ctypes.data  # no copy
     torch.testing.assert_close(back.float(), kv.to(back.dtype).float(), rtol=0, atol=0)
 
@@ -148,13 +150,18 @@ def test_rope_shift_matches_keys_computed_at_the_new_position(
 
 def test_rope_types_that_do_not_shift_exactly_are_refused() -> None:
     yarn = tiny_model(
-        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 2.0,
-                         "original_max_position_embeddings": 1024}
-    )  # fmt: skip
+        rope_parameters={
+            "rope_type": "yarn",
+            "rope_theta": 10000.0,
+            "factor": 2.0,
+            "original_max_position_embeddings": 1024,
+        }
+    )
     with pytest.raises(UnsupportedModelError, match="yarn"):
         RopeShifter(yarn)
-    linear = tiny_model(rope_parameters={"rope_type": "linear", "rope_theta": 10000.0,
-                                         "factor": 2.0})  # fmt: skip
+    linear = tiny_model(
+        rope_parameters={"rope_type": "linear", "rope_theta": 10000.0, "factor": 2.0}
+    )
     RopeShifter(linear)  # a pure rotation with scaled frequencies: accepted
 
 
@@ -258,8 +265,9 @@ def test_only_the_requested_positions_are_recomputed(model: transformers.LlamaFo
     # Layer 0's fresh K/V depend only on token and position: equal to the full prefill's.
     _, full = prefill(model, torch.cat([system, a, c]))
     for p in chosen:
-        torch.testing.assert_close(after[0, :, :, p], cache_slice(full)[0, :, :, p],
-                                   rtol=0, atol=1e-5)  # fmt: skip
+        torch.testing.assert_close(
+            after[0, :, :, p], cache_slice(full)[0, :, :, p], rtol=0, atol=1e-5
+        )
 
 
 def test_partial_forward_refuses_bad_positions(model: transformers.LlamaForCausalLM) -> None:

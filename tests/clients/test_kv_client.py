@@ -12,14 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semcached.clients import AsyncSemcachedClient, SemcachedClient
-from semcached.clients.kv import ShmPath
+from semcached.clients import AsyncSemcachedClient, SemcachedClient, put_meta
+from semcached.clients.shm import ShmPath
 from semcached.errors import SemcachedError
 from semcached.protocol.keys import chunk_key
+from semcached.protocol.kv import ChunkMeta
 from tests.daemon import DaemonProcess
 from tests.service.kv.kit import TINY
 
 SHAPE = (TINY.layers, 2, TINY.kv_heads, 16, TINY.head_dim)
+META = put_meta(TINY.name, "float32", SHAPE)
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -54,11 +56,24 @@ def tensor(i: int) -> np.ndarray:
 
 
 def put(client: SemcachedClient, i: int, prefix: tuple[bytes, ...] = ()) -> None:
-    client.put_chunk(
-        key(i), tensor(i), model=TINY.name, dtype="float32", shape=SHAPE, prefix=prefix,
-        prefix_tokens=[16] * len(prefix), rope_base=3, inter=[1.0] * len(prefix), intra=40.0,
+    meta = put_meta(
+        TINY.name,
+        "float32",
+        SHAPE,
+        prefix=prefix,
+        prefix_tokens=[16] * len(prefix),
+        rope_base=3,
+        inter=[1.0] * len(prefix),
+        intra=40.0,
         token_scores=np.linspace(0, 1, 16),
-    )  # fmt: skip
+    )
+    stored = client.put_chunk(key(i), tensor(i), meta)
+    assert isinstance(stored, ChunkMeta)
+    assert (stored.key, stored.rope_base, stored.prefix) == (
+        key(i).hex(),
+        3,
+        tuple(k.hex() for k in prefix),
+    )
 
 
 def test_sync_client_round_trips_zero_copy_and_over_http(
@@ -115,8 +130,7 @@ def test_puts_on_the_same_host_are_staged_in_shared_memory(
         assert len(staged) == 1
         assert not (tmp_path / staged[0]).exists()  # removed once the daemon has it
         np.testing.assert_array_equal(client.get_chunk(key(1), transfer="http").array(), tensor(1))
-        client.put_chunk(key(2), tensor(2), model=TINY.name, dtype="float32", shape=SHAPE,
-                         transfer="http")  # fmt: skip
+        client.put_chunk(key(2), tensor(2), META, transfer="http")
         assert len(staged) == 1
 
 
@@ -141,7 +155,8 @@ def test_a_client_on_another_host_falls_back_to_http(
 
 async def test_async_client_does_the_same(kv_daemon: DaemonProcess, tmp_path: Path) -> None:
     async with AsyncSemcachedClient(kv_daemon.wait_listening(), shm_dir=tmp_path) as client:
-        await client.put_chunk(key(5), tensor(5), model=TINY.name, dtype="float32", shape=SHAPE)
+        stored = await client.put_chunk(key(5), tensor(5), META)
+        assert stored.nbytes == tensor(5).nbytes
         chunk = await client.get_chunk(key(5))
         assert chunk.zero_copy
         np.testing.assert_array_equal(chunk.array(), tensor(5))

@@ -42,20 +42,32 @@ def test_partition_is_stable_and_ignores_the_question() -> None:
         variant(tools=[{"type": "function", "function": {"name": "f"}}]),
         variant(temperature=0.9),
         variant(messages=[{"role": "system", "content": "Be verbose."}, BASE["messages"][1]]),
-        variant(messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
-                          BASE["messages"][1]]),
+        variant(
+            messages=[
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "yo"},
+                BASE["messages"][1],
+            ]
+        ),
     ],
-)  # fmt: skip
+)
 def test_context_changes_change_the_partition(changed: dict[str, Any]) -> None:
     assert chat_cache_key(changed).partition != chat_cache_key(BASE).partition
 
 
 def test_multipart_content() -> None:
     request = variant(
-        messages=[{"role": "user", "content": [{"type": "text", "text": "a"},
-                                               {"type": "image_url", "image_url": {}},
-                                               {"type": "text", "text": "b"}]}]
-    )  # fmt: skip
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "a"},
+                    {"type": "image_url", "image_url": {}},
+                    {"type": "text", "text": "b"},
+                ],
+            }
+        ]
+    )
     assert chat_cache_key(request).text == "a\nb"
 
 
