@@ -22,6 +22,7 @@ from semcached.errors import (
     PayloadTooLargeError,
     ServerError,
 )
+from semcached.protocol.codes import ErrorCode
 from semcached.service.http.jsonio import error_response
 from semcached.service.metrics import HttpMetrics
 
@@ -62,15 +63,17 @@ def metrics_middleware(metrics: HttpMetrics) -> Middleware:
 
 def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiError:
     if isinstance(exc, web.HTTPNotFound):
-        return NotFoundError("not_found", "no such route")
+        return NotFoundError(ErrorCode.NOT_FOUND, "no such route")
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
         return BadRequestError(
-            "method_not_allowed", f"method {exc.method} not allowed; use {allowed}", status=405
+            ErrorCode.METHOD_NOT_ALLOWED,
+            f"method {exc.method} not allowed; use {allowed}",
+            status=405,
         )
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return PayloadTooLargeError(
-            "payload_too_large",
+            ErrorCode.PAYLOAD_TOO_LARGE,
             f"request body exceeds the limit of {request.client_max_size} bytes",
         )
     code = exc.reason.lower().replace(" ", "_") or "http_error"
@@ -92,7 +95,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(_from_http_exception(exc, request))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(ServerError("internal_error", "internal error; see the daemon log"))
+        return error_response(
+            ServerError(ErrorCode.INTERNAL_ERROR, "internal error; see the daemon log")
+        )
 
 
 def auth_middleware(token: str, protected_prefix: str = "/v1/") -> Middleware:
@@ -110,7 +115,8 @@ def auth_middleware(token: str, protected_prefix: str = "/v1/") -> Middleware:
             given = request.headers.get("Authorization", "").encode()
             if not hmac.compare_digest(given, expected):
                 raise AuthenticationError(
-                    "unauthorized", "missing or wrong bearer token in the Authorization header"
+                    ErrorCode.UNAUTHORIZED,
+                    "missing or wrong bearer token in the Authorization header",
                 )
         return await handler(request)
 
