@@ -19,13 +19,15 @@ LookupResult]]`` (an awaitable that ``asyncio.create_task`` also takes), so wron
 arguments and forgotten awaits are caught in both, and ``help()`` shows the command's
 own signature and docstring.
 
-Speed: when a concrete client class is created, :meth:`ClientBase.__init_subclass__`
-puts its kind's function of each inherited Method into the class as an ordinary
-method, so a call binds at C speed like a hand-written method; the descriptor's
-``__get__`` only serves the type checker (and classes outside this scheme). The code
-before this design restated every signature in each client (put_chunk's fourteen
-parameters three times); a generated-code or stub-file alternative would need a build
-step and could drift from the commands.
+Speed: each function is compiled once at import from the command's signature (as
+:mod:`dataclasses` compiles ``__init__``), so its arguments bind as a hand-written
+method's do, with no ``*args``/``**kwargs`` repacking; and when a concrete client class
+is created, :meth:`ClientBase.__init_subclass__` puts its kind's function of each
+inherited Method into the class as an ordinary method, so attribute access binds at C
+speed too. The descriptor's ``__get__`` only serves the type checker (and classes
+outside this scheme). The code before this design restated every signature in each
+client (put_chunk's fourteen parameters three times); a stub file or a code generator
+run at build time could drift from the commands.
 """
 
 from __future__ import annotations
@@ -148,30 +150,25 @@ class Attempts(Generic[T]):
 class Method(Generic[P, T]):
     """A command as a method of both clients (see the module docstring).
 
-    Accessed on a client instance it binds ``blocking`` or ``asynchronous`` to it, by
-    the client's :attr:`ClientBase.is_async`; on a class it is itself. Both functions
-    carry the command's name, signature and docstring (``__wrapped__``).
+    Holds two functions compiled from the command ``build``'s signature (less its
+    ``supplied`` first parameters, which the client passes from its own attributes):
+    ``blocking`` calls ``self.<runner>(build(...))``, ``asynchronous`` awaits it. Both
+    carry the command's signature and docstring (``__wrapped__`` is the command).
     """
 
     def __init__(
-        self,
-        blocking: Callable[Concatenate[Any, P], T],
-        asynchronous: Callable[Concatenate[Any, P], Coroutine[Any, Any, T]],
-        wrapped: Callable[..., Any],
-        supplied: int = 0,
+        self, build: Callable[..., Any], runner: str, supplied: tuple[str, ...] = ()
     ) -> None:
-        # What help() and inspect.signature show: the command's own parameters (less the
-        # ``supplied`` first ones the client passes itself) after the client.
-        params = list(inspect.signature(wrapped).parameters.values())[supplied:]
+        params = list(inspect.signature(build).parameters.values())[len(supplied) :]
+        self.blocking: Callable[..., Any] = _compile(build, params, supplied, runner, False)
+        self.asynchronous: Callable[..., Any] = _compile(build, params, supplied, runner, True)
         client = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
         signature = inspect.Signature([client, *params])
-        for function in (blocking, asynchronous):
-            wrapper: Any = functools.update_wrapper(function, wrapped, assigned=_ASSIGNED)
+        for function in (self.blocking, self.asynchronous):
+            wrapper: Any = functools.update_wrapper(function, build, assigned=_ASSIGNED)
             wrapper.__signature__ = signature
-        self.blocking = blocking
-        self.asynchronous = asynchronous
-        self.__doc__ = wrapped.__doc__
-        self.__wrapped__ = wrapped
+        self.__doc__ = build.__doc__
+        self.__wrapped__ = build
 
     def __set_name__(self, owner: type, name: str) -> None:
         for function in (self.blocking, self.asynchronous):
@@ -332,24 +329,52 @@ class AsyncClient(ClientBase):
 
 def command(build: Callable[P, Request[T]]) -> Method[P, T]:
     """A method that sends the one request ``build`` returns and returns its result."""
-
-    def blocking(client: BlockingClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return client.execute(build(*args, **kwargs))
-
-    async def asynchronous(client: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await client.execute(build(*args, **kwargs))
-
-    return Method(blocking, asynchronous, build)
+    return Method(build, "execute")
 
 
 def flow(build: Callable[Concatenate[ShmPath, P], Flow[T]]) -> Method[P, T]:
     """A method that drives the flow ``build`` returns; the flow gets the client's
     same-host shm path first (what it learned about the daemon's host lives there)."""
+    return Method(build, "run", supplied=("self._shm",))
 
-    def blocking(client: BlockingClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return client.run(build(client._shm, *args, **kwargs))
 
-    async def asynchronous(client: AsyncClient, /, *args: P.args, **kwargs: P.kwargs) -> T:
-        return await client.run(build(client._shm, *args, **kwargs))
-
-    return Method(blocking, asynchronous, build, supplied=1)
+def _compile(
+    build: Callable[..., Any],
+    params: list[inspect.Parameter],
+    supplied: tuple[str, ...],
+    runner: str,
+    is_async: bool,
+) -> Callable[..., Any]:
+    """``def name(self, /, <params>): return self.<runner>(build(<supplied>, <params>))``
+    (``async def`` and ``await`` for ``is_async``), compiled once at import as
+    :mod:`dataclasses` compiles ``__init__``: the parameters are bound as a hand-written
+    method binds them, with no ``*args``/``**kwargs`` repacking on each call."""
+    kind = inspect.Parameter
+    namespace: dict[str, Any] = {"__build": build}
+    head: list[str] = ["self"]  # then the positional-only parameters, then "/"
+    rest: list[str] = []
+    args = list(supplied)
+    for p in params:
+        text = p.name
+        if p.kind is kind.VAR_POSITIONAL:
+            text = f"*{p.name}"
+            args.append(text)
+        elif p.kind is kind.VAR_KEYWORD:
+            text = f"**{p.name}"
+            args.append(text)
+        else:
+            if p.kind is kind.KEYWORD_ONLY and not any(t.startswith("*") for t in rest):
+                rest.append("*")
+            args.append(f"{p.name}={p.name}" if p.kind is kind.KEYWORD_ONLY else p.name)
+        if p.default is not p.empty:
+            namespace[f"__default_{p.name}"] = p.default
+            text += f"=__default_{p.name}"
+        (head if p.kind is kind.POSITIONAL_ONLY else rest).append(text)
+    call = f"self.{runner}(__build({', '.join(args)}))"
+    source = (
+        f"{'async ' if is_async else ''}def {build.__name__}({', '.join([*head, '/', *rest])}):\n"
+        f"    return {'await ' if is_async else ''}{call}\n"
+    )
+    exec(compile(source, f"<semcached.clients.{build.__name__}>", "exec"), namespace)
+    function: Callable[..., Any] = namespace[build.__name__]
+    return function

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 
 from semcached.clients import AsyncSemcachedClient, SemcachedClient, put_meta
 from semcached.clients.api import ClientApi
-from semcached.clients.base import Method
+from semcached.clients.base import BlockingClient, Method, command
 from semcached.clients.request import Flow, Reply, Request
 from semcached.errors import NotFoundError
 from semcached.protocol.kv import ChunkPutMeta, unpack_floats
@@ -129,3 +130,26 @@ def test_a_failed_staged_put_cleans_up_its_file(tmp_path: Path) -> None:
     staged, sent = client.sent
     assert staged.data == b""
     assert sent.data == b"\0" * 8
+
+
+def test_compiled_methods_bind_arguments_as_the_command_does() -> None:
+    def build(a: int, /, b: int = 1, *rest: int, c: int, d: int = 2, **extra: int) -> object:
+        """Echo."""
+        return (a, b, rest, c, d, extra)
+
+    class Echo(BlockingClient):
+        echo = command(build)  # type: ignore[arg-type]
+
+        def execute(self, request: Any) -> Any:
+            return request
+
+    client = Echo()
+    assert client.echo(0, c=3) == (0, 1, (), 3, 2, {})
+    assert client.echo(0, 5, 6, 7, c=3, d=4, e=9) == (0, 5, (6, 7), 3, 4, {"e": 9})
+    with pytest.raises(TypeError):
+        client.echo(a=0, c=3)  # positional-only stays so
+    with pytest.raises(TypeError):
+        client.echo(0)  # c is required
+    assert str(inspect.signature(Echo.echo)) == (
+        "(self, a: 'int', /, b: 'int' = 1, *rest: 'int', c: 'int', d: 'int' = 2, **extra: 'int')"
+    )
