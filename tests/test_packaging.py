@@ -137,3 +137,16 @@ def test_an_extension_that_does_not_compile_fails_the_build(tmp_path: Path) -> N
 def test_subpackages_import_under_semcached(module: str) -> None:
     imported = __import__(f"semcached.{module}", fromlist=["_"])
     assert imported.__name__ == f"semcached.{module}"
+
+
+def test_the_package_imports_from_the_repository_root() -> None:
+    """No folder at the root shadows the installed package (issue: `semcached/` once did)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import semcached.service.http.app, semcached.protocol"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not (ROOT / "semcached" / "__init__.py").exists()
