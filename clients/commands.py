@@ -14,10 +14,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 from semcached.clients.request import Reply, Request
+from semcached.protocol.semantic import CategoryStats, SemanticStats
 
 __all__ = [
     "CategoryStats",
@@ -164,17 +166,6 @@ class Entry:
     hit_count: int
     last_hit_at: float
     size_bytes: int
-
-
-@dataclass(frozen=True, slots=True)
-class CategoryStats:
-    entries: int
-    bytes: int
-    hits: int
-    misses: int
-    inserts: int
-    evictions: int
-    expirations: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,7 +327,7 @@ def purge(
 
 
 def _category_stats(reply: Reply) -> dict[str, CategoryStats]:
-    return {n: CategoryStats(**s) for n, s in reply.json()["categories"].items()}
+    return msgspec.json.decode(reply.body, type=SemanticStats).categories
 
 
 def stats() -> Request[dict[str, CategoryStats]]:

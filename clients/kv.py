@@ -27,6 +27,8 @@ from semcached.protocol.kv import (
     ChunkMeta,
     ChunkPutMeta,
     KvDtype,
+    KvStats,
+    KvTierStats,
     pack_floats,
 )
 
@@ -186,16 +188,8 @@ class KvPlan:
         return sum(1 for c in self.chunks if c.hit)
 
 
-@dataclass(frozen=True, slots=True)
-class TierStats:
-    bytes: int
-    entries: int
-    budget_bytes: int
-    hits: int
-    misses: int
-    promotions: int
-    demotions: int
-    evictions: int
+TierStats = KvTierStats
+"""One tier's counters (the wire struct :class:`semcached.protocol.kv.KvTierStats`)."""
 
 
 def as_bytes(data: Blob) -> bytes | bytearray | memoryview:
@@ -383,7 +377,7 @@ def plan(
 
 
 def _tiers(reply: Reply) -> dict[str, TierStats]:
-    return {n: TierStats(**s) for n, s in reply.json()["tiers"].items()}
+    return msgspec.json.decode(reply.body, type=KvStats).tiers
 
 
 def kv_stats() -> Request[dict[str, TierStats]]:
