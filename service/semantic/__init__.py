@@ -1,0 +1,1 @@
+"""The semantic response cache: its engine, bookkeeping, embedding, restore and wiring."""
