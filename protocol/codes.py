@@ -24,6 +24,8 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"  # no such route, entry, chunk variant or lease
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over server.max_body_bytes
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # a JSON route sent another type
+    BODY_TIMEOUT = "body_timeout"  # the body stalled longer than server.body_timeout_s
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault

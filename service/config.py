@@ -98,6 +98,17 @@ class ServerSettings:
         min=1,
         max=256,
     )
+    body_timeout_s: float = _setting(
+        30.0,
+        "Longest gap between body reads: a request body that stalls longer gets 408.",
+        min=0.001,
+    )
+    keepalive_timeout_s: float = _setting(
+        60.0,
+        "Longest a connection may go without a complete request: an idle keep-alive "
+        "connection is closed after it (it also bounds headers trickled in slowly).",
+        min=0.1,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from multidict import MultiMapping
 
 from semcached.errors import BadRequestError
 from semcached.protocol.codes import ErrorCode
+from semcached.service.http.bodies import read_json_body
 
 __all__ = ["Decoder"]
 
@@ -71,7 +72,7 @@ class Decoder(Generic[T]):
         self._nested_field = nested_field
         self._json = msgspec.json.Decoder(type_)
 
-    def decode(self, data: bytes | str) -> T:
+    def decode(self, data: bytes | bytearray | str) -> T:
         """The struct of JSON ``data``."""
         try:
             return self._json.decode(data)
@@ -91,8 +92,8 @@ class Decoder(Generic[T]):
             ) from None
 
     async def read(self, request: web.Request) -> T:
-        """The struct of the request's body."""
-        raw = await request.read()  # over the size limit: HTTPRequestEntityTooLarge -> 413
+        """The struct of the request's JSON body (415, 413 and 408 as ``bodies`` says)."""
+        raw = await read_json_body(request)
         if not raw:
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"{self.what} is empty; expected a JSON object"

@@ -12,7 +12,7 @@ import hmac
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from semcached.errors import (
@@ -111,7 +111,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:  # redirects and the like pass through untouched
             raise
-        return error_response(_from_http_exception(exc, request))
+        response = error_response(_from_http_exception(exc, request))
+        if hdrs.ALLOW in exc.headers:  # a 405 says which methods the path has
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception as exc:
         if isinstance(exc, ConnectionResetError) and _client_gone(request):
             # The client hung up (mid-body, say): its choice, not the daemon's fault.

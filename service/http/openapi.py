@@ -15,8 +15,9 @@ from typing import Any
 import msgspec
 
 from semcached._version import __version__
+from semcached.protocol.headers import JSON
 from semcached.service.config import Settings
-from semcached.service.http.routing import ERROR_SCHEMA_REF, RouteGroup, json_content
+from semcached.service.http.routing import Operation, RouteGroup, error_reply
 
 __all__ = ["ERROR_SCHEMA", "build_openapi"]
 
@@ -38,10 +39,37 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
-_ERROR_RESPONSES = {
-    "4XX": json_content({"$ref": ERROR_SCHEMA_REF}, "The request was rejected."),
-    "5XX": json_content({"$ref": ERROR_SCHEMA_REF}, "The daemon failed."),
-}
+
+def _standard_responses(op: Operation, *, protected: bool) -> dict[str, Any]:
+    """The error statuses an operation can give whatever its handler does.
+
+    Every operation: 500 (the daemon's fault) and 503 (starting, overloaded, or
+    shutting down). With a body, query or path parameters: 400. With a body: 413 and
+    408 (``server.body_timeout_s``); with a JSON body also 415. Behind the bearer
+    token: 401, 403 (a scope the token lacks) and 429 (a tenant's rate limit).
+    """
+    out = {
+        500: error_reply("The daemon failed; see its log."),
+        503: error_reply(
+            "Not ready yet, overloaded, or shutting down (then with Connection: close): "
+            "retry, elsewhere if need be."
+        ),
+    }
+    spec = op.spec
+    body = spec.get("requestBody")
+    if body is not None or op.query is not None or spec.get("parameters"):
+        out[400] = error_reply("The request is invalid; `field` names the culprit.")
+    if body is not None:
+        out[408] = error_reply("The body stalled longer than server.body_timeout_s.")
+        out[413] = error_reply("The body is larger than the route accepts.")
+        if JSON in body.get("content", {}):
+            out[415] = error_reply("The body is not declared as JSON.")
+    if protected:
+        out[401] = error_reply("Missing or unknown bearer token.")
+        out[403] = error_reply("The token lacks the scope this route needs.")
+        out[429] = error_reply("Over the tenant's rate limit or quota; retry later.")
+    return {str(code): reply.spec() for code, reply in sorted(out.items())}
+
 
 _JSON_LEAVES = (str, int, float, bool, type(None))
 
@@ -93,7 +121,8 @@ def build_openapi(
 ) -> dict[str, Any]:
     """One document describing every operation of ``groups``.
 
-    Every operation also documents the shared error responses; with
+    Every operation also documents the error statuses it can give whatever its
+    handler does (see :func:`_standard_responses`); with
     ``bearer_auth`` the ``/v1/`` operations (except this document) require a token.
     With ``settings``, each group's document hooks add the bounds that are settings
     (batch sizes, the vector dimension) to the generated schemas.
@@ -107,10 +136,12 @@ def build_openapi(
         schemas.update(group.schemas)
         for op in group.operations:
             spec = dict(op.spec)
-            spec["responses"] = {**_ERROR_RESPONSES, **spec["responses"]}
+            protected = bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json"
+            standard = _standard_responses(op, protected=protected)
+            spec["responses"] = dict(sorted({**standard, **spec["responses"]}.items()))
             if op.query is not None:
                 spec["parameters"] = [*spec.get("parameters", ()), *query_parameters(op.query)]
-            if bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json":
+            if protected:
                 spec["security"] = [{"bearer": []}]
             paths.setdefault(op.path, {})[op.method.lower()] = spec
     types: list[Any] = []

@@ -29,6 +29,7 @@ __all__ = [
     "Operation",
     "Reply",
     "RouteGroup",
+    "error_reply",
     "json_content",
     "ref",
 ]
@@ -86,6 +87,11 @@ class Operation:
     query: type | None = None
 
 
+def error_reply(description: str) -> Reply:
+    """A documented error response: the ``{"error": {...}}`` document."""
+    return Reply(description, {"$ref": ERROR_SCHEMA_REF})
+
+
 def _type_of(decl: Decoder[Any] | type) -> type:
     return decl.type if isinstance(decl, Decoder) else decl
 
@@ -96,6 +102,8 @@ class RouteGroup:
 
     name: str
     description: str
+    responses: Mapping[int | str, Reply | dict[str, Any]] = field(default_factory=dict)
+    """Responses every operation of the group may give (a route's own take precedence)."""
     operations: list[Operation] = field(default_factory=list)
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
     document_hooks: list[DocumentHook] = field(default_factory=list)
@@ -125,6 +133,8 @@ class RouteGroup:
         if body is not None and request_body is not None:
             raise ValueError("give body or request_body, not both")
 
+        declared: dict[int | str, Reply | dict[str, Any]] = {**self.responses, **responses}
+
         def register(handler: Handler) -> Handler:
             spec: dict[str, Any] = {
                 "tags": [self.name],
@@ -132,7 +142,7 @@ class RouteGroup:
                 "operationId": operation_id or handler.__name__,
                 "responses": {
                     str(code): resp.spec() if isinstance(resp, Reply) else resp
-                    for code, resp in responses.items()
+                    for code, resp in declared.items()
                 },
             }
             if description:

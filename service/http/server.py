@@ -27,13 +27,17 @@ __all__ = ["handler_options", "run", "serve"]
 log = logging.getLogger(__name__)
 
 
-def handler_options(settings: Settings) -> dict[str, int]:
+def handler_options(settings: Settings) -> dict[str, float]:
     """Options of aiohttp's request handler that follow from the settings."""
     return {
         # A KV put carries its metadata (per-token scores) in one header.
         "max_field_size": max(8190, settings.kv.max_meta_bytes),
         # KV blobs are megabytes: read the socket in large pieces.
         "read_bufsize": 1 << 20,
+        # aiohttp's keep-alive timer runs from the connection's start and from each
+        # answer until the next request is complete: it closes idle connections and
+        # bounds trickled headers (aiohttp's default is an hour).
+        "keepalive_timeout": settings.server.keepalive_timeout_s,
     }
 
 

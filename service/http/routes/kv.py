@@ -57,13 +57,21 @@ from semcached.service.http.kv_replies import (
     plan_reply,
     shm_handle,
 )
-from semcached.service.http.routing import Reply, RouteGroup
+from semcached.service.http.routing import Reply, RouteGroup, error_reply
 from semcached.service.kv.component import install_kv_cache
 from semcached.service.kv.engine import KvCache, Plan
 
 __all__ = ["group"]
 
-group = RouteGroup("kv", "The RAG chunk KV cache: variants, tiers, leases and reuse plans.")
+group = RouteGroup(
+    "kv",
+    "The RAG chunk KV cache: variants, tiers, leases and reuse plans.",
+    responses={
+        404: error_reply(
+            "No such chunk variant or lease, or the chunk KV cache is disabled (kv_disabled)."
+        )
+    },
+)
 
 
 @group.on_setup
@@ -162,6 +170,9 @@ def _variant(text: str | None) -> bytes | None:
     responses={
         201: Reply("Stored.", KvPutResult),
         200: Reply("Stored, replacing the same variant.", KvPutResult),
+        409: error_reply("The same variant is being stored now (put_in_progress); retry."),
+        411: error_reply("The body has no Content-Length."),
+        507: error_reply("The disk tier is full and nothing could be evicted to make room."),
     },
 )
 async def put_chunk(request: web.Request) -> web.Response:

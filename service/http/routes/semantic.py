@@ -43,7 +43,7 @@ from semcached.service.config import Settings
 from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
-from semcached.service.http.routing import Reply, RouteGroup
+from semcached.service.http.routing import Reply, RouteGroup, error_reply
 from semcached.service.http.validation import to_vector
 from semcached.service.semantic.component import install_semantic_cache
 from semcached.service.semantic.engine import Insert, Lookup, LookupResult
@@ -262,7 +262,10 @@ async def lookup_batch(request: web.Request) -> web.Response:
     summary="Cache a prompt's response; acknowledged once durably stored.",
     body=INSERT,
     body_description="The entry.",
-    responses={201: Reply("Stored.", SemanticInsertResult)},
+    responses={
+        201: Reply("Stored.", SemanticInsertResult),
+        507: error_reply("The store is full and nothing could be evicted to make room."),
+    },
 )
 async def insert(request: web.Request) -> web.Response:
     parsed = _insert(request, await INSERT.read(request))
@@ -277,7 +280,10 @@ async def insert(request: web.Request) -> web.Response:
     summary="Read one entry.",
     parameters=[_ID_PARAM],
     query=ENTRY_QUERY,
-    responses={200: Reply("The entry.", SemanticEntry), 404: Reply("No such entry.")},
+    responses={
+        200: Reply("The entry.", SemanticEntry),
+        404: error_reply("No such entry in the namespace."),
+    },
 )
 async def get_entry(request: web.Request) -> web.Response:
     entry_id = _entry_id(request)
@@ -294,7 +300,7 @@ async def get_entry(request: web.Request) -> web.Response:
     summary="Remove one entry.",
     parameters=[_ID_PARAM],
     query=ENTRY_QUERY,
-    responses={204: Reply("Removed."), 404: Reply("No such entry.")},
+    responses={204: Reply("Removed."), 404: error_reply("No such entry in the namespace.")},
 )
 async def delete_entry(request: web.Request) -> web.Response:
     entry_id = _entry_id(request)

@@ -19,6 +19,7 @@ from semcached.service.http.app import create_app
 from semcached.service.http.appkeys import OPENAPI, READINESS
 from semcached.service.http.routes import DEFAULT_GROUPS
 
+JSON_TYPE = {"Content-Type": "application/json"}
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
 
@@ -129,7 +130,7 @@ async def test_wrong_method_is_json_405(client: TestClient[web.Request, web.Appl
 async def test_malformed_bodies_are_json_400(
     client: TestClient[web.Request, web.Application], body: bytes, code: str, field: str | None
 ) -> None:
-    response = await client.put("/v1/admin/log-level", data=body)
+    response = await client.put("/v1/admin/log-level", data=body, headers=JSON_TYPE)
     assert response.status == 400
     doc = await response.json()
     assert_error(doc, code)
@@ -139,7 +140,9 @@ async def test_malformed_bodies_are_json_400(
 async def test_body_over_limit_is_json_413(
     client: TestClient[web.Request, web.Application],
 ) -> None:
-    response = await client.put("/v1/admin/log-level", data=b"{" + b" " * 4096 + b"}")
+    response = await client.put(
+        "/v1/admin/log-level", data=b"{" + b" " * 4096 + b"}", headers=JSON_TYPE
+    )
     assert response.status == 413
     assert_error(await response.json(), "payload_too_large")
 

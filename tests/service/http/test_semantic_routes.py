@@ -24,6 +24,7 @@ from semcached.service.http.appkeys import READINESS
 from tests.daemon import DaemonProcess
 
 DIM = 384
+JSON_TYPE = {"Content-Type": "application/json"}
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
@@ -265,7 +266,7 @@ async def test_bad_lookups_are_400_naming_the_field(
     ],
 )
 async def test_malformed_bodies(client: Client, data: bytes, status: int, code: str) -> None:
-    response = await client.post("/v1/semantic/lookup", data=data)
+    response = await client.post("/v1/semantic/lookup", data=data, headers=JSON_TYPE)
     assert response.status == status
     assert (await response.json())["error"]["code"] == code
 
@@ -351,7 +352,7 @@ async def test_json_responses_are_stored_compact_and_served_as_sent(client: Clie
         b'{"namespace": "t1", "prompt": "p", "vector": %s, "response": {"a": [1, 2.5, "\\u00e9"]}}'
     )
     response = await client.post(
-        "/v1/semantic/entries", data=data % str(unit(7)).encode(), headers={"Content-Type": "x"}
+        "/v1/semantic/entries", data=data % str(unit(7)).encode(), headers=JSON_TYPE
     )
     assert response.status == 201
     entry_id = (await response.json())["entry_id"]
@@ -363,7 +364,7 @@ async def test_json_responses_are_stored_compact_and_served_as_sent(client: Clie
 
 async def test_a_response_that_is_not_json_is_invalid_json(client: Client) -> None:
     body = b'{"namespace": "t1", "prompt": "p", "response": "\xff", "vector": [1.0]}'
-    response = await client.post("/v1/semantic/entries", data=body)
+    response = await client.post("/v1/semantic/entries", data=body, headers=JSON_TYPE)
     assert response.status == 400
     assert (await response.json())["error"]["code"] == "invalid_json"
 
@@ -407,9 +408,7 @@ async def test_a_response_nested_too_deep_is_400_naming_the_response(
         str(unit(4)).encode(),
         nested.encode(),
     )
-    response = await client.post(
-        "/v1/semantic/entries", data=body, headers={"Content-Type": "application/json"}
-    )
+    response = await client.post("/v1/semantic/entries", data=body, headers=JSON_TYPE)
     error = await response.json()
     assert response.status == 400, error
     assert (error["error"]["code"], error["error"]["field"]) == ("invalid_field", "response")
