@@ -28,6 +28,7 @@ class ErrorCode(StrEnum):
     BODY_TIMEOUT = "body_timeout"  # the body stalled longer than server.body_timeout_s
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
+    TOO_MANY_CONNECTIONS = "too_many_connections"  # past server.max_connections; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault
     # Semantic cache
     UNKNOWN_NAMESPACE = "unknown_namespace"

@@ -109,6 +109,27 @@ class ServerSettings:
         "connection is closed after it (it also bounds headers trickled in slowly).",
         min=0.1,
     )
+    header_timeout_s: float = _setting(
+        10.0,
+        "Longest a request's headers may take from their first byte to their end; a "
+        "slower connection (slowloris) is closed.",
+        min=0.1,
+    )
+    max_connections: int = _setting(
+        0,
+        "Most client connections open at once; more are answered 503 and closed "
+        "(0: the open-file limit, raised to its hard limit at start, less a quarter "
+        "and at most 16384).",
+        min=0,
+    )
+    probe_port: int = _setting(
+        -1,
+        "A second listener on server.host serving only /livez, /readyz and /metrics, "
+        "outside server.max_connections, so probes survive a flood (-1: none; 0: the "
+        "OS chooses).",
+        min=-1,
+        max=65535,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import (
     COMPONENTS,
+    CONNECTIONS,
     DATA_DIR,
     EXECUTOR,
     LISTEN_URLS,
@@ -22,6 +23,7 @@ from semcached.service.http.appkeys import (
     SETTINGS,
     SHUTDOWN,
 )
+from semcached.service.http.connections import ConnectionTable, connection_middleware
 from semcached.service.http.middleware import auth_middleware, error_middleware, metrics_middleware
 from semcached.service.http.openapi import build_openapi
 from semcached.service.http.routes import DEFAULT_GROUPS
@@ -37,7 +39,13 @@ def create_app(
 ) -> web.Application:
     """Build the daemon's application; nothing is opened until it starts."""
     metrics = Metrics()
-    middlewares: list[Middleware] = [metrics_middleware(metrics.http), error_middleware]
+    connections = ConnectionTable(header_timeout_s=settings.server.header_timeout_s)
+    connections.register_metrics(metrics.registry)
+    middlewares: list[Middleware] = [
+        metrics_middleware(metrics.http),
+        connection_middleware(connections),
+        error_middleware,
+    ]
     if settings.server.auth_token:
         middlewares.append(auth_middleware(settings.server.auth_token))
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
@@ -50,6 +58,7 @@ def create_app(
     app[SHUTDOWN] = shutdown
     app[LISTEN_URLS] = []
     app[COMPONENTS] = Components(readiness, shutdown)
+    app[CONNECTIONS] = connections
     app[EXECUTOR] = ThreadPoolExecutor(
         max_workers=settings.server.worker_threads, thread_name_prefix="semcached-worker"
     )

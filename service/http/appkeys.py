@@ -10,11 +10,13 @@ from aiohttp import web
 from semcached.index.datadir import DataDirectory
 from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
+from semcached.service.http.connections import ConnectionTable
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
 
 __all__ = [
     "COMPONENTS",
+    "CONNECTIONS",
     "DATA_DIR",
     "EXECUTOR",
     "KV",
@@ -35,6 +37,8 @@ SHUTDOWN = web.AppKey("shutdown", ShutdownRequest)
 COMPONENTS = web.AppKey("components", Components)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
+# The client connections of the daemon's listeners, and the drain at shutdown.
+CONNECTIONS = web.AppKey("connections", ConnectionTable)
 if TYPE_CHECKING:
     from semcached.service.kv.engine import KvCache
     from semcached.service.semantic.engine import SemanticCache
