@@ -62,14 +62,16 @@ class Reply:
     description: str
     body: Any = None
     content_type: str = JSON
+    links: Mapping[str, Any] | None = None
+    """OpenAPI links: the operations the answer's values feed (stateful clients follow them)."""
 
     def spec(self) -> dict[str, Any]:
-        if self.body is None:
-            return {"description": self.description}
-        return {
-            "description": self.description,
-            "content": {self.content_type: {"schema": self.body}},
-        }
+        spec: dict[str, Any] = {"description": self.description}
+        if self.body is not None:
+            spec["content"] = {self.content_type: {"schema": self.body}}
+        if self.links:
+            spec["links"] = dict(self.links)
+        return spec
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,17 @@ _SOURCE_PARAM = {
     "description": "The bytes are staged in this file of kv.shm_dir (same host only).",
     "schema": {"type": "string", "pattern": f"^shm:{KV_STAGED_PREFIX}[^/]+$"},
 }
+_VARIANT_LINKS = {
+    name: {
+        "operationId": operation,
+        "parameters": {"key": "$request.path.key", "variant": "$response.body#/variant"},
+    }
+    for name, operation in (
+        ("GetChunk", "get_chunk"),
+        ("HeadChunk", "head_chunk"),
+        ("DeleteChunk", "delete_chunk"),
+    )
+}
 _META_REPLY_HEADER = {
     KV_META_HEADER: {
         "description": "The variant's metadata.",
@@ -168,8 +179,8 @@ def _variant(text: str | None) -> bytes | None:
     query=VARIANT_QUERY,
     request_body={"required": True, "content": {OCTET_STREAM: {"schema": {"type": "string"}}}},
     responses={
-        201: Reply("Stored.", KvPutResult),
-        200: Reply("Stored, replacing the same variant.", KvPutResult),
+        201: Reply("Stored.", KvPutResult, links=_VARIANT_LINKS),
+        200: Reply("Stored, replacing the same variant.", KvPutResult, links=_VARIANT_LINKS),
         409: error_reply("The same variant is being stored now (put_in_progress); retry."),
         411: error_reply("The body has no Content-Length."),
         507: error_reply("The disk tier is full and nothing could be evicted to make room."),

@@ -263,7 +263,20 @@ async def lookup_batch(request: web.Request) -> web.Response:
     body=INSERT,
     body_description="The entry.",
     responses={
-        201: Reply("Stored.", SemanticInsertResult),
+        201: Reply(
+            "Stored.",
+            SemanticInsertResult,
+            links={
+                name: {
+                    "operationId": operation,
+                    "parameters": {
+                        "id": "$response.body#/entry_id",
+                        "namespace": "$request.body#/namespace",
+                    },
+                }
+                for name, operation in (("GetEntry", "get_entry"), ("DeleteEntry", "delete_entry"))
+            },
+        ),
         507: error_reply("The store is full and nothing could be evicted to make room."),
     },
 )
