@@ -117,9 +117,10 @@ class ServerSettings:
     )
     max_connections: int = _setting(
         0,
-        "Most client connections open at once; more are answered 503 and closed "
-        "(0: the open-file limit, raised to its hard limit at start, less a quarter "
-        "and at most 16384).",
+        "Most client connections open at once. At the cap the connection waiting longest "
+        "for a request (over a second) is closed to make room, else a new one is answered "
+        "503 and closed (0: the open-file limit, raised to its hard limit at start, less a "
+        "quarter, at most 16384).",
         min=0,
     )
     probe_port: int = _setting(

@@ -5,9 +5,12 @@ take, and a flood of idle sockets (slowloris) once used up the open-file limit s
 even ``/livez`` could not connect. Each listener's protocol factory therefore wraps
 aiohttp's request handler in a :class:`_Connection` that
 
-- counts the listener's open connections; past its cap a new connection is answered
-  at once with a canned 503 ``too_many_connections`` and closed (after a short linger
-  that lets the client read the answer instead of a reset);
+- counts the listener's open connections; at its cap, the connection that has waited
+  longest for a request (idle, or trickling headers, for over a second) is closed to
+  make room, so that idle sockets cannot lock clients out; if every connection is busy
+  with a request or fresh, the new one is answered at once with a canned 503
+  ``too_many_connections`` and closed (after a short linger that lets the client read
+  the answer instead of a reset);
 - closes a connection whose request headers take longer than ``server.header_timeout_s``
   from their first byte (aiohttp's keep-alive timer, ``server.keepalive_timeout_s``,
   bounds the idle time before that first byte);
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -40,6 +44,7 @@ from semcached.protocol.codes import ErrorCode
 from semcached.service.http.jsonio import error_response
 
 __all__ = [
+    "EVICTABLE_AFTER_S",
     "LINGERING_REFUSALS",
     "PROBE_CONNECTIONS",
     "PROBE_PATHS",
@@ -56,6 +61,9 @@ PROBE_CONNECTIONS = 32
 LINGERING_REFUSALS = 64
 """Refused connections kept open (for their linger) at once; past this they are cut."""
 _REFUSAL_LINGER_S = 1.0
+EVICTABLE_AFTER_S = 1.0
+"""At the cap, only a connection waiting this long for its next request makes room: a
+busy client's keep-alive connection waits milliseconds between requests."""
 
 _REFUSAL = b"".join(
     [
@@ -85,16 +93,31 @@ class Listener:
         self.cap = cap
         self.probes_only = probes_only
         self.open = 0
+        # Connections without a request running, oldest wait first (dicts keep order).
+        self.waiting: dict[_Connection, float] = {}
 
     def factory(self, handler_factory: Callable[[], RequestHandler]) -> Callable[[], Any]:
         """The protocol factory for ``loop.create_server``: aiohttp's handler, wrapped."""
 
         def make() -> asyncio.Protocol:
-            if self.open >= self.cap:
+            if self.open >= self.cap and not self._make_room():
                 return _Refusal(self.table, self.name)
             return _Connection(self, handler_factory())
 
         return make
+
+    def _make_room(self) -> bool:
+        """Close the connection waiting longest for a request, if it waited long enough."""
+        if not self.waiting:
+            return False
+        oldest, since = next(iter(self.waiting.items()))
+        if time.monotonic() - since < EVICTABLE_AFTER_S:
+            return False
+        del self.waiting[oldest]
+        if self.table.evicted is not None:
+            self.table.evicted.labels(self.name).inc()
+        oldest.close()
+        return True
 
 
 class ConnectionTable:
@@ -109,6 +132,7 @@ class ConnectionTable:
         self._connections: dict[RequestHandler, _Connection] = {}
         self._quiet: asyncio.Event | None = None
         self.refused: Counter | None = None
+        self.evicted: Counter | None = None
         self.header_timeouts: Counter | None = None
 
     def listener(self, name: str, cap: int, *, probes_only: bool = False) -> Listener:
@@ -128,6 +152,12 @@ class ConnectionTable:
         self.refused = Counter(
             "semcached_http_connections_refused",
             "Connections answered 503 too_many_connections and closed (listener at its cap).",
+            ["listener"],
+            registry=registry,
+        )
+        self.evicted = Counter(
+            "semcached_http_connections_evicted",
+            "Connections waiting for a request, closed to make room at the listener's cap.",
             ["listener"],
             registry=registry,
         )
@@ -187,6 +217,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._listener.open += 1
+        self._listener.waiting[self] = time.monotonic()
         self._listener.table._connections[self._inner] = self
         self._inner.connection_made(transport)
 
@@ -202,6 +233,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._listener.open -= 1
+        self._listener.waiting.pop(self, None)
         self._listener.table._connections.pop(self._inner, None)
         self._cancel_timer()
         self._inner.connection_lost(exc)
@@ -215,10 +247,19 @@ class _Connection(asyncio.Protocol):
     def request_started(self) -> None:
         """aiohttp has the request's headers: their deadline is met."""
         self.busy = True
+        self._listener.waiting.pop(self, None)
         self._cancel_timer()
 
     def request_finished(self) -> None:
         self.busy = False
+        if not self._inner.connected:
+            return
+        self._listener.waiting[self] = time.monotonic()
+
+    def close(self) -> None:
+        """Close at once (it is waiting for a request: nothing is lost)."""
+        self._cancel_timer()
+        self._inner.force_close()
 
     def _cancel_timer(self) -> None:
         if self._header_timer is not None:

@@ -148,6 +148,10 @@ def test_past_the_cap_connections_get_a_clean_503_and_probes_their_own_listener(
         assert match, process.log
         probe_url = match.group(1)
         held = [_connect(url) for _ in range(8)]
+        for sock in held:  # each busy with a request whose body is still to come
+            sock.sendall(
+                b"POST /v1/semantic/lookup HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{"
+            )
         try:
             time.sleep(0.2)
             for _ in range(3):
@@ -177,6 +181,33 @@ def test_past_the_cap_connections_get_a_clean_503_and_probes_their_own_listener(
                     break
             time.sleep(0.01)
         assert http.request("GET", url + "/livez").status == 200
+
+
+def test_at_the_cap_the_longest_idle_connection_makes_room(tmp_path: Path) -> None:
+    with daemon(tmp_path, "--server.max_connections", "4") as process:
+        url = process.wait_listening()
+        idle = [_connect(url) for _ in range(3)]
+        busy = _connect(url)
+        busy.sendall(_get("/livez"))
+        assert _read_response(busy)[0] == 200
+        time.sleep(1.5)  # all four now waited over a second
+        served = []
+        for _ in range(3):  # each new client gets in; an idle one goes, oldest first
+            fresh = _connect(url)
+            fresh.sendall(_get("/livez"))
+            assert _read_response(fresh)[0] == 200
+            served.append(fresh)
+        # Oldest waits first: the idle ones (and wait_ready's pooled connection, if its
+        # pool still holds it), never the one that was used since.
+        evicted = [sock for sock in idle if sock.recv(1) == b""]
+        assert len(evicted) >= 2
+        busy.sendall(_get("/livez"))
+        assert _read_response(busy)[0] == 200
+        served[0].sendall(_get("/metrics"))
+        metrics = _read_response(served[0])[2].decode()
+        assert 'semcached_http_connections_evicted_total{listener="main"}' in metrics
+        for sock in [*idle, busy, *served]:
+            sock.close()
 
 
 def test_headers_trickled_past_the_deadline_close_the_connection(tmp_path: Path) -> None:
