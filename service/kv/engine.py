@@ -165,11 +165,16 @@ class KvCache:
     def put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> PutResult:
         """Store one variant durably; returns after the commit. See the module docstring.
 
-        Raises BadRequestError (unknown model, shape or length mismatch),
+        Raises BadRequestError (unknown model, shape or length mismatch, metadata that
+        cannot be stored),
         PayloadTooLargeError (over ``max_blob_bytes`` or the disk budget) and
         ConflictError (the same variant is being put concurrently).
         """
         self._check_put(meta, blob)
+        try:  # encoded here, so that a record that cannot be stored fails only this put
+            write = BlobWrite(meta.key, meta, blob)
+        except ValueError as exc:
+            raise BadRequestError(ErrorCode.INVALID_META, str(exc), field="rope") from None
         key = meta.key
         with self._lock:
             if key in self._in_flight:
@@ -187,7 +192,7 @@ class KvCache:
         late: list[Variant] = []
         try:
             changes = [BlobWrite(v.meta.key) for v in victims]
-            changes.append(BlobWrite(key, meta, blob))
+            changes.append(write)
             try:
                 self.store.write(changes)
             except StoreFullError:
