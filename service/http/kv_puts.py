@@ -9,6 +9,7 @@ in ``X-Semcached-KV-Source``. Both readers answer a 4xx for the caller's mistake
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 from aiohttp import web
 from numpy.typing import NDArray
 
-from semcached.errors import ApiError, BadRequestError, PayloadTooLargeError
+from semcached.errors import ApiError, BadRequestError, PayloadTooLargeError, SemcachedError
 from semcached.index.kv_meta import VariantMeta
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, KV_STAGED_PREFIX
@@ -27,7 +28,14 @@ from semcached.service.http.appkeys import KV, SETTINGS
 from semcached.service.http.decoding import Decoder
 from semcached.service.kv.engine import PutResult
 
-__all__ = ["PUT_META", "parse_put_meta", "put_from_staged_file", "read_blob", "read_staged_file"]
+__all__ = [
+    "PUT_META",
+    "UnsafeStagedFileError",
+    "parse_put_meta",
+    "put_from_staged_file",
+    "read_blob",
+    "read_staged_file",
+]
 
 _READ_CHUNK = 1 << 20
 
@@ -128,9 +136,11 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
     """A put whose bytes a same-host client staged in a file of ``kv.shm_dir``.
 
     The daemon reads the file (one copy, no socket) and stores it. Only regular files
-    named ``semcached-put-*`` are read: never the daemon's own arena, never a path
-    outside the directory. It reads rather than maps the file: a client truncating a
-    mapped file would kill the daemon with SIGBUS. Blocks: run it on a worker thread.
+    with a single link named ``semcached-put-*`` are read: never a symbolic or hard
+    link to another file (the daemon's own arena, another tenant's staged put), never
+    a path outside the directory. It reads rather than maps the file: a client
+    truncating a mapped file would kill the daemon with SIGBUS. Blocks: run it on a
+    worker thread.
     """
     settings = app[SETTINGS].kv
     segment = source.removeprefix("shm:")
@@ -146,7 +156,13 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
         )
     try:
         blob = read_staged_file(settings.shm_dir / segment, meta.nbytes)
+    except UnsafeStagedFileError as exc:
+        raise BadRequestError(ErrorCode.BAD_SOURCE, f"staged blob {segment!r}: {exc}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise BadRequestError(
+                ErrorCode.BAD_SOURCE, f"staged blob {segment!r}: a symbolic link is not read"
+            ) from None
         raise BadRequestError(
             ErrorCode.SHM_SOURCE_UNAVAILABLE, f"cannot read the staged blob {segment!r}: {exc}"
         ) from None
@@ -154,18 +170,28 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
         raise BadRequestError(
             ErrorCode.LENGTH_MISMATCH,
             f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes; the staged "
-            "file is not a regular file of that length",
+            "file has another length",
         )
     return app[KV].get().put(meta, blob)
 
 
+class UnsafeStagedFileError(SemcachedError):
+    """The staged name is not a plain file of its own: not regular, or hard-linked."""
+
+
 def read_staged_file(path: Path, nbytes: int) -> bytearray | None:
-    """The bytes of a regular file of exactly ``nbytes`` bytes, or None."""
+    """The bytes of a regular, singly linked file of exactly ``nbytes`` bytes; None when
+    its length differs. OSError (ELOOP for a symbolic link) when it cannot be opened,
+    :class:`UnsafeStagedFileError` when it is not a regular file or has another link."""
     # O_NONBLOCK: a FIFO planted under the name must not hang the worker thread.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != nbytes:
+        info = os.fstat(fd)  # of the file opened, whatever the name points to by now
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeStagedFileError("not a regular file")
+        if info.st_nlink != 1:
+            raise UnsafeStagedFileError(f"a file with {info.st_nlink} links is not read")
+        if info.st_size != nbytes:
             return None
         blob = bytearray(nbytes)
         view = memoryview(blob)
