@@ -7,6 +7,8 @@ caller can catch one type. Transport failures also derive from the builtin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "ApiError",
     "AuthenticationError",
@@ -50,7 +52,13 @@ class ApiError(SemcachedError):
     status: int = 500
 
     def __init__(
-        self, code: str, message: str, *, status: int | None = None, field: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         if status is not None:
@@ -58,6 +66,8 @@ class ApiError(SemcachedError):
         self.code = code
         self.message = message
         self.field = field
+        # Response headers the daemon sends with the error (Retry-After, Connection).
+        self.headers: dict[str, str] = dict(headers or {})
 
     def __str__(self) -> str:
         where = f" (field {self.field!r})" if self.field else ""

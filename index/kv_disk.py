@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 import lmdb
@@ -38,11 +38,21 @@ _META = b"kv.meta"
 @dataclass(frozen=True, slots=True)
 class BlobWrite:
     """One change in a transaction: a variant to store (``meta`` and ``blob``) or, when
-    both are None, the key to delete."""
+    both are None, the key to delete.
+
+    The metadata's record is encoded here, in the caller's thread, so a variant that
+    cannot be stored raises ValueError to its own caller and never reaches a
+    transaction shared with other writers.
+    """
 
     key: bytes
     meta: VariantMeta | None = None
     blob: bytes | bytearray | memoryview | None = None
+    record: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if self.meta is not None:
+            object.__setattr__(self, "record", encode_meta(self.meta))
 
 
 class KvDiskStore:
@@ -70,7 +80,7 @@ class KvDiskStore:
                 else:
                     assert change.blob is not None
                     txn.put(change.key, change.blob, db=self._blobs)
-                    txn.put(change.key, encode_meta(change.meta), db=self._meta)
+                    txn.put(change.key, change.record, db=self._meta)
 
         self.env.write(apply)
 

@@ -146,7 +146,24 @@ class VariantMeta:
 
 
 def encode_meta(meta: VariantMeta) -> bytes:
-    header = orjson.dumps(
+    """The record of ``meta``; ValueError when ``rope`` (free-form JSON) cannot be
+    stored (nested more than 254 deep, an integer beyond 64 bits)."""
+    try:
+        header = _encode_header(meta)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"rope: cannot be stored: {exc}") from None
+    return b"".join(
+        (
+            _HEAD.pack(_VERSION, len(header)),
+            header,
+            meta.inter.astype(_F32, copy=False).tobytes(),
+            meta.token_scores.astype(_F32, copy=False).tobytes(),
+        )
+    )
+
+
+def _encode_header(meta: VariantMeta) -> bytes:
+    return orjson.dumps(
         {
             "model": meta.model,
             "dtype": meta.dtype,
@@ -160,14 +177,6 @@ def encode_meta(meta: VariantMeta) -> bytes:
             "hits": meta.hits,
             "last_access": meta.last_access,
         }
-    )
-    return b"".join(
-        (
-            _HEAD.pack(_VERSION, len(header)),
-            header,
-            meta.inter.astype(_F32, copy=False).tobytes(),
-            meta.token_scores.astype(_F32, copy=False).tobytes(),
-        )
     )
 
 

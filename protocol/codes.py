@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"  # no such route, entry, chunk variant or lease
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over server.max_body_bytes
+    BODY_TIMEOUT = "body_timeout"  # 408: the body came too slowly (server.body_timeout_s)
     UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault
@@ -49,6 +50,7 @@ class ErrorCode(StrEnum):
     LENGTH_MISMATCH = "length_mismatch"  # the blob's length is not its shape's
     TRUNCATED_BODY = "truncated_body"
     BLOB_TOO_LARGE = "blob_too_large"
+    UPLOADS_BUSY = "uploads_busy"  # 503: kv.max_inflight_upload_bytes reached; retry
     BAD_SOURCE = "bad_source"  # the staged-put header names no acceptable file
     SHM_SOURCE_UNAVAILABLE = "shm_source_unavailable"
     SHM_DISABLED = "shm_disabled"

@@ -79,6 +79,18 @@ class ServerSettings:
     max_body_bytes: int = _setting(
         16 * MiB, "Largest request body accepted; larger bodies get 413.", min=1024
     )
+    body_timeout_s: float = _setting(
+        30.0,
+        "Longest wait for the next bytes of a request body; a body that stalls longer "
+        "gets 408 and its connection is closed.",
+        min=0.001,
+    )
+    body_min_bytes_per_s: int = _setting(
+        1 * MiB,
+        "Slowest average rate a request body may arrive at: the whole body must be in "
+        "within body_timeout_s plus its length at this rate, or it gets 408 (0: no minimum).",
+        min=0,
+    )
     shutdown_timeout_s: float = _setting(
         10.0, "How long in-flight requests may run after shutdown begins.", min=0
     )
@@ -215,6 +227,13 @@ class KvSettings:
     )
     max_blob_bytes: int = _setting(
         256 * MiB, "Largest KV blob accepted; larger puts get 413.", min=1024
+    )
+    max_inflight_upload_bytes: int = _setting(
+        1 * GiB,
+        "Most bytes of chunk puts being received or stored at once, counted by their "
+        "declared lengths; a put beyond it gets 503 with Retry-After (one put is always "
+        "admitted when none is in flight).",
+        min=MiB,
     )
     max_meta_bytes: int = _setting(
         1 * MiB,

@@ -10,6 +10,7 @@ never the raw path).
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -28,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from semcached._version import __version__
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS_S", "HttpMetrics", "Metrics"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS_S", "HttpMetrics", "Metrics", "UploadMetrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -104,6 +105,25 @@ class HttpMetrics:
         if histogram is None:
             histogram = self._histograms[key[:2]] = self.duration.labels(route, method)
         histogram.observe(seconds)
+
+
+class UploadMetrics:
+    """The bytes of chunk puts in flight and the puts refused for want of room (bodies
+    that came too slowly are counted as 408s by :class:`HttpMetrics`)."""
+
+    def __init__(self, registry: CollectorRegistry, in_flight: Callable[[], float]) -> None:
+        self.in_flight = Gauge(
+            "semcached_kv_upload_bytes_in_flight",
+            "Bytes of chunk puts being received or stored (declared lengths), of "
+            "kv.max_inflight_upload_bytes.",
+            registry=registry,
+        )
+        self.in_flight.set_function(in_flight)
+        self.refused = Counter(
+            "semcached_kv_uploads_refused",
+            "Chunk puts refused with 503 because kv.max_inflight_upload_bytes was reached.",
+            registry=registry,
+        )
 
 
 class Metrics:

@@ -10,6 +10,7 @@ from aiohttp import web
 from semcached.index.datadir import DataDirectory
 from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
+from semcached.service.http.bodies import UploadBudget
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
 
@@ -25,6 +26,7 @@ __all__ = [
     "SEMANTIC",
     "SETTINGS",
     "SHUTDOWN",
+    "UPLOADS",
     "daemon_context",
 ]
 
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
 SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
 # The chunk KV cache engine, once open (a Slot: 503 before).
 KV: web.AppKey[Slot[KvCache]] = web.AppKey("kv")
+# The bytes of chunk puts in flight (kv.max_inflight_upload_bytes).
+UPLOADS = web.AppKey("uploads", UploadBudget)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

@@ -34,6 +34,8 @@ from multidict import MultiMapping
 
 from semcached.errors import BadRequestError
 from semcached.protocol.codes import ErrorCode
+from semcached.service.http.appkeys import SETTINGS
+from semcached.service.http.bodies import BodyDeadline, read_all
 
 __all__ = ["Decoder"]
 
@@ -76,10 +78,15 @@ class Decoder(Generic[T]):
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"{self.what} is not valid JSON: {exc}"
             ) from None
+        except RecursionError:  # msgspec stops at the interpreter's recursion limit
+            raise BadRequestError(
+                ErrorCode.INVALID_JSON, f"{self.what} is nested too deeply"
+            ) from None
 
     async def read(self, request: web.Request) -> T:
         """The struct of the request's body."""
-        raw = await request.read()  # over the size limit: HTTPRequestEntityTooLarge -> 413
+        # Over the size limit: HTTPRequestEntityTooLarge -> 413; too slow: 408.
+        raw = await read_all(request, BodyDeadline.of(request.app[SETTINGS].server))
         if not raw:
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"{self.what} is empty; expected a JSON object"

@@ -11,8 +11,9 @@ HTTP layer only decodes, calls it and encodes.
 
 Threading (the contract of :mod:`semcached.service.blocking`): every public method
 is thread-safe and may block (LMDB commits, copies of megabytes), so the daemon calls
-them on its worker threads through ``run_blocking``; ``now``, ``stats``,
-``live_leases`` and ``variants`` never block and may be called on the event loop.
+them on its worker threads through ``run_blocking``; ``now``, ``check_shape``,
+``stats``, ``live_leases`` and ``variants`` never block and may be called on the
+event loop.
 
 Write path (:meth:`KvCache.put`): validate against the model's shape → make room
 on disk (evictions by the disk tier's policy) → one durable LMDB transaction with
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +50,7 @@ from semcached.errors import (
 )
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.kv_disk import BlobWrite, KvDiskStore
-from semcached.index.kv_meta import ModelSpec, VariantMeta, expected_shape
+from semcached.index.kv_meta import DTYPE_BYTES, ModelSpec, VariantMeta, expected_shape
 from semcached.index.kv_tiers import DiskTier, HostTier, ShmHandle, TierStats
 from semcached.index.lmdb_env import StoreFullError
 from semcached.protocol.codes import ErrorCode
@@ -165,11 +167,16 @@ class KvCache:
     def put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> PutResult:
         """Store one variant durably; returns after the commit. See the module docstring.
 
-        Raises BadRequestError (unknown model, shape or length mismatch),
+        Raises BadRequestError (unknown model, shape or length mismatch, metadata that
+        cannot be stored),
         PayloadTooLargeError (over ``max_blob_bytes`` or the disk budget) and
         ConflictError (the same variant is being put concurrently).
         """
         self._check_put(meta, blob)
+        try:  # encoded here, so that a record that cannot be stored fails only this put
+            write = BlobWrite(meta.key, meta, blob)
+        except ValueError as exc:
+            raise BadRequestError(ErrorCode.INVALID_META, str(exc), field="rope") from None
         key = meta.key
         with self._lock:
             if key in self._in_flight:
@@ -187,7 +194,7 @@ class KvCache:
         late: list[Variant] = []
         try:
             changes = [BlobWrite(v.meta.key) for v in victims]
-            changes.append(BlobWrite(key, meta, blob))
+            changes.append(write)
             try:
                 self.store.write(changes)
             except StoreFullError:
@@ -213,31 +220,40 @@ class KvCache:
             tiers.insert(0, "host")
         return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), len(victims))
 
-    def _check_put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> None:
-        model = self.models.get(meta.model)
-        if model is None:
+    def check_shape(self, model: str, dtype: str, shape: Sequence[int]) -> int:
+        """The byte size of a blob of ``shape`` and ``dtype`` for ``model``, once the
+        shape is the model's and the size within the limits; else the 4xx. Arithmetic
+        only: callers check a declared shape with it before allocating anything of
+        its size. Never blocks."""
+        spec = self.models.get(model)
+        if spec is None:
             raise BadRequestError(
-                ErrorCode.UNKNOWN_MODEL, f"unknown model {meta.model!r}", field="model"
+                ErrorCode.UNKNOWN_MODEL, f"unknown model {model!r}", field="model"
             )
-        want = expected_shape(model, meta.tokens)
-        if tuple(meta.shape) != want:
+        tokens = shape[3] if len(shape) == 5 else 0
+        want = expected_shape(spec, tokens)
+        if tuple(shape) != want or tokens < 1:
             raise BadRequestError(
                 ErrorCode.BAD_SHAPE,
-                f"model {model.name!r} stores KV as [layers, 2, kv_heads, tokens, head_dim] = "
-                f"{list(want)}, got {list(meta.shape)}",
+                f"model {spec.name!r} stores KV as [layers, 2, kv_heads, tokens, head_dim] = "
+                f"{list(want)}, got {list(shape)}",
                 field="shape",
             )
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        limit = min(self.max_blob_bytes, self.disk.budget_bytes)
+        if nbytes > limit:
+            raise PayloadTooLargeError(
+                ErrorCode.BLOB_TOO_LARGE, f"a blob of {nbytes} bytes exceeds the limit of {limit}"
+            )
+        return nbytes
+
+    def _check_put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> None:
+        self.check_shape(meta.model, meta.dtype, meta.shape)
         if meta.variant != variant_key(meta.prefix):
             raise BadRequestError(
                 ErrorCode.BAD_VARIANT,
                 "the variant key is not the hash of the prefix",
                 field="variant",
-            )
-        limit = min(self.max_blob_bytes, self.disk.budget_bytes)
-        if meta.nbytes > limit:
-            raise PayloadTooLargeError(
-                ErrorCode.BLOB_TOO_LARGE,
-                f"a blob of {meta.nbytes} bytes exceeds the limit of {limit}",
             )
         if len(blob) != meta.nbytes:
             raise BadRequestError(

@@ -41,7 +41,15 @@ from semcached.protocol.kv import (
 )
 from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
-from semcached.service.http.appkeys import EXECUTOR, KV, SETTINGS, daemon_context
+from semcached.service.http.appkeys import (
+    EXECUTOR,
+    KV,
+    METRICS,
+    SETTINGS,
+    UPLOADS,
+    daemon_context,
+)
+from semcached.service.http.bodies import UploadBudget
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
 from semcached.service.http.kv_puts import (
@@ -57,7 +65,7 @@ from semcached.service.http.kv_replies import (
     plan_reply,
     shm_handle,
 )
-from semcached.service.http.routing import Reply, RouteGroup
+from semcached.service.http.routing import ERROR_SCHEMA_REF, Reply, RouteGroup, json_content
 from semcached.service.kv.component import install_kv_cache
 from semcached.service.kv.engine import KvCache, Plan
 
@@ -69,6 +77,7 @@ group = RouteGroup("kv", "The RAG chunk KV cache: variants, tiers, leases and re
 @group.on_setup
 def _install_engine(app: web.Application) -> None:
     app[KV] = install_kv_cache(daemon_context(app))
+    app[UPLOADS] = UploadBudget(app[SETTINGS].kv.max_inflight_upload_bytes, app[METRICS].registry)
 
 
 _INLINE_PLAN_CHUNKS = 32
@@ -126,6 +135,11 @@ _META_REPLY_HEADER = {
 }
 
 
+def _error(description: str, **extra: Any) -> dict[str, Any]:
+    """A documented error response of a route (the error document)."""
+    return {**json_content({"$ref": ERROR_SCHEMA_REF}, description), **extra}
+
+
 # --- decoding ----------------------------------------------------------------------------
 
 
@@ -162,12 +176,21 @@ def _variant(text: str | None) -> bytes | None:
     responses={
         201: Reply("Stored.", KvPutResult),
         200: Reply("Stored, replacing the same variant.", KvPutResult),
+        408: _error("body_timeout: the body came too slowly; the connection is closed."),
+        411: _error("length_required: a body without Content-Length."),
+        413: _error("blob_too_large: the declared shape exceeds kv.max_blob_bytes."),
+        503: _error(
+            "uploads_busy: kv.max_inflight_upload_bytes are in flight; retry after "
+            "Retry-After seconds.",
+            headers={"Retry-After": {"schema": {"type": "integer"}}},
+        ),
     },
 )
 async def put_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)
     chunk = _path_key(request)
-    meta = parse_put_meta(request.headers.get(KV_META_HEADER), chunk, engine.now())
+    # Everything the header declares is checked before a byte of the body is read.
+    meta = parse_put_meta(request.headers.get(KV_META_HEADER), chunk, engine)
     declared = _variant(VARIANT_QUERY.convert(request.query).variant)
     if declared is not None and declared != meta.variant:
         raise BadRequestError(
@@ -175,11 +198,13 @@ async def put_chunk(request: web.Request) -> web.Response:
         )
     executor = request.app[EXECUTOR]
     source = request.headers.get(KV_SOURCE_HEADER)
-    if source is not None:
-        result = await run_blocking(executor, put_from_staged_file, request.app, meta, source)
-    else:
-        blob = await read_blob(request, min(engine.max_blob_bytes, engine.disk.budget_bytes))
-        result = await run_blocking(executor, engine.put, meta, blob)
+    with request.app[UPLOADS].reserve(meta.nbytes):
+        if source is not None:
+            result = await run_blocking(executor, put_from_staged_file, request.app, meta, source)
+        else:
+            blob = await read_blob(request, meta.nbytes)
+            result = await run_blocking(executor, engine.put, meta, blob)
+            blob.release()
     body = KvPutResult(**meta_fields(meta), tiers=result.tiers, evicted=result.evicted)
     return struct_response(body, status=201 if result.created else 200)
 
