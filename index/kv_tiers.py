@@ -125,6 +125,22 @@ class DiskTier:
             chosen.append(vid)
         return chosen
 
+    def evict_for(self, nbytes: int) -> list[int]:
+        """Evict about ``nbytes`` in policy order, within budget or not (the store is
+        full before the budget is reached); the victims, as for :meth:`make_room`.
+        Never a pending put: an empty list when nothing else is left."""
+        chosen: list[int] = []
+        freed = 0
+        while freed < nbytes or not chosen:
+            vid = self._policy.choose_victim()
+            if vid is None or vid in self.pending:
+                break
+            freed += self._sizes[vid]
+            self.remove(vid)
+            self.stats.evictions += 1
+            chosen.append(vid)
+        return chosen
+
 
 @dataclass(slots=True)
 class _Extent:

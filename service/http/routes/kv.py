@@ -57,7 +57,7 @@ from semcached.service.http.kv_replies import (
     plan_reply,
     shm_handle,
 )
-from semcached.service.http.routing import Reply, RouteGroup
+from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup
 from semcached.service.kv.component import install_kv_cache
 from semcached.service.kv.engine import KvCache, Plan
 
@@ -162,6 +162,7 @@ def _variant(text: str | None) -> bytes | None:
     responses={
         201: Reply("Stored.", KvPutResult),
         200: Reply("Stored, replacing the same variant.", KvPutResult),
+        507: STORE_FULL_REPLY,
     },
 )
 async def put_chunk(request: web.Request) -> web.Response:
@@ -252,7 +253,7 @@ async def head_chunk(request: web.Request) -> web.StreamResponse:
     summary="Remove one variant, or every variant of a chunk",
     parameters=[_KEY_PARAM],
     query=VARIANT_QUERY,
-    responses={200: Reply("How many variants were removed.", KvDeleted)},
+    responses={200: Reply("How many variants were removed.", KvDeleted), 507: STORE_FULL_REPLY},
 )
 async def delete_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)
