@@ -16,7 +16,13 @@ than a fraction of it, so stores size their batches by :attr:`reserve_bytes`.
 
 A full filesystem (``ENOSPC``, a quota) is reported as :class:`StoreFullError` too,
 with ``disk=True``: the failed commit is rolled back whole, nothing committed is
-lost, and reads go on from the map.
+lost, and reads go on from the map. Deletes need new file blocks as well when the
+free pages inside the file run out, so the environment keeps a *ballast* file
+(``reserve.ballast``, the reserve up to 2 MiB) allocated beside the data: when a delete
+finds the filesystem full, the ballast is released and the delete tried again, and
+once the deletes' freed pages are reused the store works within its own file. Before
+each ordinary write a short ballast takes back what the filesystem has free, up to its
+size, so deletes come before inserts.
 
 ``mdb_env_set_mapsize`` may only run while this process has no open transaction,
 so every transaction passes a shared gate and a resize takes it exclusively.
@@ -53,6 +59,8 @@ _MiB = 1 << 20
 # write ("short write, filesystem full?" in mdb_page_flush), told apart by statvfs.
 _DISK_FULL_ERRORS = tuple(os.strerror(e) for e in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
 _SHORT_WRITE = os.strerror(errno.EIO)
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+_BALLAST = "reserve.ballast"
 
 
 class StoreFullError(SemcachedError):
@@ -115,6 +123,10 @@ class LmdbEnvironment:
         self._write_lock = threading.Lock()
         self._dbs: dict[bytes, Any] = {}
         self._psize = int(self._env.stat()["psize"])
+        self._ballast = path / _BALLAST
+        self._ballast_bytes = min(reserve, 2 * _MiB)
+        self._ballast_held = 0  # bytes allocated to it now
+        self._fill_ballast()
         self._closed = False
 
     # -- databases -----------------------------------------------------------------
@@ -156,21 +168,70 @@ class LmdbEnvironment:
         may use the reserve.
         """
         with self._write_lock:
+            if not reclaim:
+                self._fill_ballast()
             while True:
                 try:
                     with self._gate.shared(), self._env.begin(write=True) as txn:
                         result = fn(txn)
                         if not reclaim:
                             self._keep_reserve(txn)
-                        return result
                 except lmdb.MapFullError:
                     self._grow()
+                    continue
                 except lmdb.Error as exc:
-                    if self._disk_full(exc):
-                        raise StoreFullError(
-                            f"the filesystem holding {self.path} is full ({exc})", disk=True
-                        ) from exc
-                    raise
+                    if not self._disk_full(exc):
+                        raise
+                    if reclaim and self._release_ballast():
+                        continue
+                    raise StoreFullError(
+                        f"the filesystem holding {self.path} is full ({exc})", disk=True
+                    ) from exc
+                return result
+
+    def _fill_ballast(self) -> None:
+        """Grow the ballast file back to its size, or to what the filesystem has left:
+        on a full filesystem, room for deletes comes before room for inserts."""
+        if self._ballast_held >= self._ballast_bytes:
+            return
+        want = self._ballast_bytes
+        try:
+            fd = os.open(self._ballast, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                try:
+                    os.posix_fallocate(fd, 0, want)
+                except OSError as exc:
+                    if exc.errno not in _NO_SPACE:
+                        raise
+                    fs = os.fstatvfs(fd)
+                    held = os.fstat(fd).st_blocks * 512  # what an earlier run left
+                    room = fs.f_bavail * fs.f_frsize // self._psize * self._psize
+                    want = min(want, held + room)
+                    if want <= held:
+                        self._ballast_held = held
+                        return
+                    os.posix_fallocate(fd, 0, want)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in _NO_SPACE:
+                log.warning("cannot keep a ballast file at %s: %s", self._ballast, exc)
+                self._ballast_bytes = 0  # the filesystem cannot do it: stop trying
+            return
+        self._ballast_held = want
+
+    def _release_ballast(self) -> bool:
+        """Give the ballast's blocks back to the filesystem; False if there were none."""
+        if not self._ballast_held:
+            return False
+        os.truncate(self._ballast, 0)
+        log.warning(
+            "the filesystem holding %s is full: released %d bytes of ballast for deletes",
+            self.path,
+            self._ballast_held,
+        )
+        self._ballast_held = 0
+        return True
 
     def _keep_reserve(self, txn: lmdb.Transaction) -> None:
         """Refuse (abort) an ordinary write that leaves less than the reserve free."""
