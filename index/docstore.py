@@ -316,8 +316,8 @@ class DocumentStore:
 
     @property
     def capacity_bytes(self) -> int:
-        """The most the store can hold: the map's cap less the reserve kept for deletes."""
-        return self._env.max_map_bytes - self._env.reserve_bytes
+        """The most the store can hold (:meth:`LmdbEnvironment.capacity_bytes`)."""
+        return self._env.capacity_bytes()
 
     @property
     def committer(self) -> GroupCommitter[_Put] | None:

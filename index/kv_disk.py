@@ -58,8 +58,8 @@ class KvDiskStore:
 
     @property
     def capacity_bytes(self) -> int:
-        """The most the store can hold: the map's cap less the reserve kept for deletes."""
-        return self.env.max_map_bytes - self.env.reserve_bytes
+        """The most the store can hold (:meth:`LmdbEnvironment.capacity_bytes`)."""
+        return self.env.capacity_bytes()
 
     def write(self, changes: Sequence[BlobWrite]) -> None:
         """Apply ``changes`` in one durable transaction (shared with concurrent callers).

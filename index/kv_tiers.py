@@ -130,15 +130,22 @@ class DiskTier:
         full before the budget is reached); the victims, as for :meth:`make_room`.
         Never a pending put: an empty list when nothing else is left."""
         chosen: list[int] = []
+        skipped: list[int] = []  # puts still being written: set aside, then back
         freed = 0
         while freed < nbytes or not chosen:
             vid = self._policy.choose_victim()
-            if vid is None or vid in self.pending:
+            if vid is None:
                 break
+            if vid in self.pending:
+                self._policy.forget(vid)
+                skipped.append(vid)
+                continue
             freed += self._sizes[vid]
             self.remove(vid)
             self.stats.evictions += 1
             chosen.append(vid)
+        for vid in skipped:  # they are the newest anyway
+            self._policy.admit(vid, self._sizes[vid])
         return chosen
 
 

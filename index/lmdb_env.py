@@ -74,8 +74,13 @@ class StoreFullError(SemcachedError):
 
 
 def default_reserve_bytes(max_map_bytes: int) -> int:
-    """The reserve of a map capped at ``max_map_bytes``: a sixteenth, 128 KiB to 64 MiB."""
-    return min(max(max_map_bytes // 16, 128 * _KiB), 64 * _MiB)
+    """The reserve of a map capped at ``max_map_bytes``: a sixteenth, 256 KiB to 64 MiB.
+
+    The floor covers what every transaction copies whatever its size (the root pages
+    of each database, the main database, the free list: some ten pages) several times
+    over, and the pages that concurrent readers keep from reuse for a moment.
+    """
+    return min(max(max_map_bytes // 16, 256 * _KiB), 64 * _MiB)
 
 
 class LmdbEnvironment:
@@ -290,6 +295,18 @@ class LmdbEnvironment:
         """Bytes of the map in use (last used page times the page size)."""
         info = self._env.info()
         return int((info["last_pgno"] + 1) * self._psize)
+
+    def capacity_bytes(self) -> int:
+        """The most the databases can hold: the cap less the reserve, or, when the
+        filesystem has less room, the data file plus the filesystem's free space (a
+        write bigger than this cannot succeed, however much is evicted)."""
+        capacity = self.max_map_bytes - self.reserve_bytes
+        try:
+            fs = os.statvfs(self.path)
+            on_disk = (self.path / "data.mdb").stat().st_size + fs.f_bavail * fs.f_frsize
+        except OSError:
+            return capacity
+        return min(capacity, on_disk)
 
     def live_bytes(self) -> int:
         """Bytes the databases occupy (pages in their trees): what the reserve is

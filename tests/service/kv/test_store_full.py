@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from semcached.cachepolicy.lru import LruPolicy
 from semcached.errors import InsufficientStorageError
+from semcached.index.kv_tiers import DiskTier
 from tests.service.kv.kit import Engines, MiB, key_of, variant
 
 
@@ -68,3 +70,15 @@ def test_what_was_acknowledged_at_the_cap_survives_a_restart(engines: Engines) -
             assert np.array_equal(
                 np.frombuffer(data, np.float32), np.frombuffer(expected, np.float32)
             )
+
+
+def test_eviction_for_room_passes_over_puts_still_being_written() -> None:
+    tier = DiskTier(64 * MiB, LruPolicy())
+    tier.admit(1, 100, pending=True)  # the oldest, but its put has not committed
+    tier.admit(2, 100)
+    tier.admit(3, 100, pending=True)
+    assert tier.evict_for(150) == [2]  # not [] because 1 is pending
+    assert tier.holds(1)
+    assert tier.holds(3)
+    tier.settle(1)
+    assert tier.evict_for(1) == [1]  # put back in the policy's order, and evictable now
