@@ -15,6 +15,7 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "ConflictError",
+    "InsufficientStorageError",
     "NotFoundError",
     "PayloadTooLargeError",
     "SemcachedConnectionError",
@@ -122,6 +123,13 @@ class ServiceUnavailableError(ServerError):
     status = 503
 
 
+class InsufficientStorageError(ServerError):
+    """507: the store is full and nothing could be evicted to make room (the map at its
+    cap, or a full filesystem). Reads still work; retrying the same write will not."""
+
+    status = 507
+
+
 def api_error_class(status: int) -> type[ApiError]:
     """The exception class for an HTTP error status (used by the clients)."""
     specific: dict[int, type[ApiError]] = {
@@ -131,6 +139,7 @@ def api_error_class(status: int) -> type[ApiError]:
         409: ConflictError,
         413: PayloadTooLargeError,
         503: ServiceUnavailableError,
+        507: InsufficientStorageError,
     }
     if status in specific:
         return specific[status]

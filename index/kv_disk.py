@@ -66,23 +66,36 @@ class KvDiskStore:
             self._commit, max_bytes=group_max_bytes
         )
 
+    @property
+    def capacity_bytes(self) -> int:
+        """The most the store can hold (:meth:`LmdbEnvironment.capacity_bytes`)."""
+        return self.env.capacity_bytes()
+
     def write(self, changes: Sequence[BlobWrite]) -> None:
-        """Apply ``changes`` in one durable transaction (shared with concurrent callers)."""
+        """Apply ``changes`` in one durable transaction (shared with concurrent callers).
+
+        Deletes alone commit on their own and may use the environment's reserve, so
+        that evictions work when the map is at its cap. Raises
+        :class:`~semcached.index.lmdb_env.StoreFullError` when the store is full.
+        """
+        if all(c.meta is None for c in changes):
+            self.env.write(lambda txn: self._apply(txn, changes), reclaim=True)
+            return
         nbytes = sum(len(c.blob) for c in changes if c.blob is not None)
         self._committer.submit(changes, nbytes)
 
     def _commit(self, changes: list[BlobWrite]) -> None:
-        def apply(txn: lmdb.Transaction) -> None:
-            for change in changes:
-                if change.meta is None:
-                    txn.delete(change.key, db=self._blobs)
-                    txn.delete(change.key, db=self._meta)
-                else:
-                    assert change.blob is not None
-                    txn.put(change.key, change.blob, db=self._blobs)
-                    txn.put(change.key, change.record, db=self._meta)
+        self.env.write(lambda txn: self._apply(txn, changes))
 
-        self.env.write(apply)
+    def _apply(self, txn: lmdb.Transaction, changes: Sequence[BlobWrite]) -> None:
+        for change in changes:
+            if change.meta is None:
+                txn.delete(change.key, db=self._blobs)
+                txn.delete(change.key, db=self._meta)
+            else:
+                assert change.blob is not None
+                txn.put(change.key, change.blob, db=self._blobs)
+                txn.put(change.key, change.record, db=self._meta)
 
     def read_blob(self, key: bytes) -> bytes | None:
         """A copy of the blob under ``key``, or None."""

@@ -59,5 +59,5 @@ class ErrorCode(StrEnum):
     BAD_LEASE = "bad_lease"
     TOO_MANY_LEASES = "too_many_leases"
     HOST_TIER_FULL = "host_tier_full"  # retryable
-    STORE_FULL = "store_full"
+    STORE_FULL = "store_full"  # 507: a store is full and nothing could be evicted (either cache)
     PUT_IN_PROGRESS = "put_in_progress"  # the same variant is being written; retry

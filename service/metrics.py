@@ -147,6 +147,13 @@ class Metrics:
             "1 when the daemon reports ready on /readyz, else 0.",
             registry=self.registry,
         )
+        self.storage_full = Gauge(
+            "semcached_storage_full",
+            "1 while the store refuses inserts because it is full and nothing is left to "
+            "evict (it still serves reads), else 0.",
+            ["store"],
+            registry=self.registry,
+        )
         self.http = HttpMetrics(self.registry)
 
     def render(self) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
@@ -58,6 +58,8 @@ def create_app(
     _add_data_dir(app, settings)
     for group in groups:
         group.install(app)
+    for store in readiness.stores:
+        metrics.storage_full.labels(store).set_function(_storage_full_gauge(readiness, store))
     app[OPENAPI] = build_openapi(
         groups, bearer_auth=bool(settings.server.auth_token), settings=settings
     )
@@ -65,6 +67,10 @@ def create_app(
     app.on_startup.append(_start_components)
     app.on_cleanup.append(_close_components)
     return app
+
+
+def _storage_full_gauge(readiness: Readiness, store: str) -> Callable[[], float]:
+    return lambda: 1.0 if readiness.storage_full(store) else 0.0
 
 
 def _add_data_dir(app: web.Application, settings: Settings) -> None:

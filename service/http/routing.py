@@ -25,6 +25,7 @@ from semcached.service.http.decoding import Decoder
 
 __all__ = [
     "ERROR_SCHEMA_REF",
+    "STORE_FULL_REPLY",
     "Handler",
     "Operation",
     "Reply",
@@ -52,6 +53,14 @@ def json_content(schema: Any, description: str) -> dict[str, Any]:
     document builder turns into one.
     """
     return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+STORE_FULL_REPLY = json_content(
+    {"$ref": ERROR_SCHEMA_REF},
+    "The store is full and nothing could be evicted to make room (code store_full: "
+    "the size cap, or a full filesystem); reads still work.",
+)
+"""The 507 of a route that writes to a store."""
 
 
 @dataclass(frozen=True, slots=True)

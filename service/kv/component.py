@@ -107,6 +107,7 @@ def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
         await run_blocking(daemon.executor, _close, engine)
 
     daemon.components.add(FunctionComponent("chunk KV cache", open_engine, close_engine))
+    daemon.components.readiness.watch_storage("kv", lambda: slot.is_set and slot.get().storage_full)
     daemon.registry.register(KvCollector(slot))
     return slot
 

@@ -44,6 +44,7 @@ from semcached.cachepolicy.reuse import (
 from semcached.errors import (
     BadRequestError,
     ConflictError,
+    InsufficientStorageError,
     NotFoundError,
     PayloadTooLargeError,
     ServiceUnavailableError,
@@ -123,6 +124,8 @@ class KvCache:
             monotonic=monotonic,
         )
         self.opened = False
+        # True from a put refused for want of space until a write fits again.
+        self.storage_full = False
 
     def now(self) -> float:
         """The engine's wall clock (creation and access times)."""
@@ -168,9 +171,9 @@ class KvCache:
         """Store one variant durably; returns after the commit. See the module docstring.
 
         Raises BadRequestError (unknown model, shape or length mismatch, metadata that
-        cannot be stored),
-        PayloadTooLargeError (over ``max_blob_bytes`` or the disk budget) and
-        ConflictError (the same variant is being put concurrently).
+        cannot be stored), PayloadTooLargeError (over ``max_blob_bytes`` or the disk
+        budget), ConflictError (the same variant is being put concurrently) and
+        InsufficientStorageError (the store is full and nothing is left to evict).
         """
         self._check_put(meta, blob)
         try:  # encoded here, so that a record that cannot be stored fails only this put
@@ -195,12 +198,7 @@ class KvCache:
         try:
             changes = [BlobWrite(v.meta.key) for v in victims]
             changes.append(write)
-            try:
-                self.store.write(changes)
-            except StoreFullError:
-                raise ServiceUnavailableError(
-                    ErrorCode.STORE_FULL, "the KV disk store reached its map size cap; retry later"
-                ) from None
+            victims.extend(self._write_making_room(changes, meta.nbytes))
             committed = True
         finally:
             with self._lock:
@@ -213,12 +211,45 @@ class KvCache:
                 else:
                     self.disk.remove(vid)
         if late:
-            self.store.write([BlobWrite(v.meta.key) for v in late])
+            try:
+                self.store.write([BlobWrite(v.meta.key) for v in late])
+            except StoreFullError as exc:  # the put is durable; these return at a restart
+                log.warning("could not delete %d evicted chunk variants: %s", len(late), exc)
             victims.extend(late)
         tiers = ["disk"]
         if self._place(variant, blob):
             tiers.insert(0, "host")
         return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), len(victims))
+
+    def _write_making_room(self, changes: list[BlobWrite], nbytes: int) -> list[Variant]:
+        """Commit a put's ``changes``; while the store is full (the map at its cap before
+        the budget is reached, or the filesystem), evict about ``nbytes`` more by the
+        disk tier's policy and try again. The extra victims; 507 when none are left."""
+        evicted: list[Variant] = []
+        while True:
+            try:
+                self.store.write(changes)
+                self.storage_full = False
+                return evicted
+            except StoreFullError as exc:
+                full = exc
+            more: list[Variant] = []
+            if nbytes <= self.store.capacity_bytes:  # else evicting everything would not do
+                with self._lock:
+                    more = [self._forget(vid) for vid in self.disk.evict_for(nbytes)]
+            if more:
+                try:
+                    self.store.write([BlobWrite(v.meta.key) for v in more])
+                except StoreFullError as exc:  # not even a delete fits: the disk is full
+                    full, more = exc, []
+            if not more:
+                self.storage_full = True
+                where = "the filesystem is full" if full.disk else "the store is at its size cap"
+                log.warning("chunk KV cache refused a put: %s (%s)", where, full)
+                raise InsufficientStorageError(
+                    ErrorCode.STORE_FULL, f"{where} and nothing is left to evict"
+                ) from None
+            evicted.extend(more)
 
     def check_shape(self, model: str, dtype: str, shape: Sequence[int]) -> int:
         """The byte size of a blob of ``shape`` and ``dtype`` for ``model``, once the
@@ -269,7 +300,14 @@ class KvCache:
             for v in variants:
                 self._forget(v.vid)
         if variants:
-            self.store.write([BlobWrite(v.meta.key) for v in variants])
+            try:
+                self.store.write([BlobWrite(v.meta.key) for v in variants])
+            except StoreFullError as exc:  # deletes use the reserve: only a full disk
+                self.storage_full = True
+                raise InsufficientStorageError(
+                    ErrorCode.STORE_FULL, f"no room even to delete: {exc}"
+                ) from None
+            self.storage_full = False
         return len(variants)
 
     # -- reads -----------------------------------------------------------------------------

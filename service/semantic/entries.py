@@ -185,6 +185,48 @@ class EntryTable:
                 nbytes -= entry.size
         return victims
 
+    def victims_for_space(self, nbytes: int) -> list[int]:
+        """Entries to evict so that about ``nbytes`` more fit in a store at its cap.
+
+        The store is one space shared by every category, so each victim comes from
+        the category that uses the largest share of its own byte quota (a category
+        that holds little can still insert when another filled the store, and at the
+        cap the categories' holdings settle in proportion to their quotas), in that
+        category's policy order. The policies forget the victims at once; the caller
+        removes them (:meth:`remove`) or gives them back (:meth:`readmit`). At least
+        one victim whenever any entry is left. O(victims x categories).
+        """
+        held = {name: state.stats.bytes for name, state in self._state.items()}
+        victims: list[int] = []
+        freed = 0
+        while freed < nbytes or not victims:
+            candidates = [name for name, b in held.items() if b > 0]
+            if not candidates:
+                break
+            name = max(candidates, key=lambda n: held[n] / self._state[n].policy.max_bytes)
+            eviction = self._state[name].eviction
+            victim = eviction.choose_victim()
+            if victim is None:
+                if self._backlog:
+                    self.fill_backlog()  # restored entries the policy has not seen yet
+                else:
+                    held[name] = 0  # nothing tracked: take from the next category
+                continue
+            eviction.forget(victim)
+            entry = self.entries.get(victim)
+            if entry is not None:
+                victims.append(victim)
+                freed += entry.size
+                held[name] -= entry.size
+        return victims
+
+    def readmit(self, entry_ids: Sequence[int]) -> None:
+        """Give entries chosen as victims but not removed back to their policies."""
+        for entry_id in entry_ids:
+            entry = self.entries.get(entry_id)
+            if entry is not None:
+                self._state[entry.category].eviction.admit(entry_id, entry.size)
+
     def remove(self, entry_ids: Sequence[int], reason: str) -> dict[IndexKey, list[int]]:
         """Forget entries already deleted from LMDB; returns the removed ids by index."""
         by_index: dict[IndexKey, list[int]] = {}

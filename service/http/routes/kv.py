@@ -65,7 +65,13 @@ from semcached.service.http.kv_replies import (
     plan_reply,
     shm_handle,
 )
-from semcached.service.http.routing import ERROR_SCHEMA_REF, Reply, RouteGroup, json_content
+from semcached.service.http.routing import (
+    ERROR_SCHEMA_REF,
+    STORE_FULL_REPLY,
+    Reply,
+    RouteGroup,
+    json_content,
+)
 from semcached.service.kv.component import install_kv_cache
 from semcached.service.kv.engine import KvCache, Plan
 
@@ -184,6 +190,7 @@ def _variant(text: str | None) -> bytes | None:
             "Retry-After seconds.",
             headers={"Retry-After": {"schema": {"type": "integer"}}},
         ),
+        507: STORE_FULL_REPLY,
     },
 )
 async def put_chunk(request: web.Request) -> web.Response:
@@ -277,7 +284,7 @@ async def head_chunk(request: web.Request) -> web.StreamResponse:
     summary="Remove one variant, or every variant of a chunk",
     parameters=[_KEY_PARAM],
     query=VARIANT_QUERY,
-    responses={200: Reply("How many variants were removed.", KvDeleted)},
+    responses={200: Reply("How many variants were removed.", KvDeleted), 507: STORE_FULL_REPLY},
 )
 async def delete_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)

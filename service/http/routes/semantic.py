@@ -43,7 +43,7 @@ from semcached.service.config import Settings
 from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
-from semcached.service.http.routing import Reply, RouteGroup
+from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup
 from semcached.service.http.validation import to_vector
 from semcached.service.semantic.component import install_semantic_cache
 from semcached.service.semantic.engine import Insert, Lookup, LookupResult
@@ -248,7 +248,7 @@ async def lookup_batch(request: web.Request) -> web.Response:
     summary="Cache a prompt's response; acknowledged once durably stored.",
     body=INSERT,
     body_description="The entry.",
-    responses={201: Reply("Stored.", SemanticInsertResult)},
+    responses={201: Reply("Stored.", SemanticInsertResult), 507: STORE_FULL_REPLY},
 )
 async def insert(request: web.Request) -> web.Response:
     parsed = _insert(request, await INSERT.read(request))
@@ -280,7 +280,7 @@ async def get_entry(request: web.Request) -> web.Response:
     summary="Remove one entry.",
     parameters=[_ID_PARAM],
     query=ENTRY_QUERY,
-    responses={204: Reply("Removed."), 404: Reply("No such entry.")},
+    responses={204: Reply("Removed."), 404: Reply("No such entry."), 507: STORE_FULL_REPLY},
 )
 async def delete_entry(request: web.Request) -> web.Response:
     entry_id = _entry_id(request)
@@ -298,7 +298,10 @@ async def delete_entry(request: web.Request) -> web.Response:
     summary="Remove every entry of a namespace, optionally one category or partition.",
     body=PURGE,
     body_description="What to purge.",
-    responses={200: Reply("How many entries were removed.", SemanticPurgeResult)},
+    responses={
+        200: Reply("How many entries were removed.", SemanticPurgeResult),
+        507: STORE_FULL_REPLY,
+    },
 )
 async def purge(request: web.Request) -> web.Response:
     body = await PURGE.read(request)
