@@ -24,7 +24,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"  # no such route, entry, chunk variant or lease
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over server.max_body_bytes
-    UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
+    UNAUTHORIZED = "unauthorized"  # 401: missing, malformed or unknown bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault
     # Semantic cache
@@ -59,3 +59,9 @@ class ErrorCode(StrEnum):
     HOST_TIER_FULL = "host_tier_full"  # retryable
     STORE_FULL = "store_full"
     PUT_IN_PROGRESS = "put_in_progress"  # the same variant is being written; retry
+    # Tenants and tokens
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403: the token lacks the route's scope
+    NAMESPACE_FORBIDDEN = "namespace_forbidden"  # 403: a namespace outside the token's
+    RATE_LIMITED = "rate_limited"  # 429: the tenant's requests per second; see Retry-After
+    LEASE_QUOTA_EXCEEDED = "lease_quota_exceeded"  # 429: the tenant holds its most leases
+    PIN_QUOTA_EXCEEDED = "pin_quota_exceeded"  # 429: the tenant's leases pin their most bytes
