@@ -56,4 +56,4 @@ def json_response(
 
 def error_response(error: ApiError) -> web.Response:
     """The ``{"error": {...}}`` document for ``error`` with its status."""
-    return json_response(error.to_json(), status=error.status)
+    return json_response(error.to_json(), status=error.status, headers=error.headers or None)

@@ -26,6 +26,7 @@ from semcached.protocol.kv import CacheCraftStats, ChunkPutMeta, unpack_floats
 from semcached.service.http.appkeys import KV, SETTINGS
 from semcached.service.http.decoding import Decoder
 from semcached.service.kv.engine import PutResult
+from semcached.service.kv.types import UNSCOPED, KvTenant
 
 __all__ = ["PUT_META", "parse_put_meta", "put_from_staged_file", "read_blob", "read_staged_file"]
 
@@ -124,7 +125,9 @@ async def read_blob(request: web.Request, limit: int) -> bytearray:
     return buffer
 
 
-def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -> PutResult:
+def put_from_staged_file(
+    app: web.Application, meta: VariantMeta, source: str, tenant: KvTenant = UNSCOPED
+) -> PutResult:
     """A put whose bytes a same-host client staged in a file of ``kv.shm_dir``.
 
     The daemon reads the file (one copy, no socket) and stores it. Only regular files
@@ -156,7 +159,7 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
             f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes; the staged "
             "file is not a regular file of that length",
         )
-    return app[KV].get().put(meta, blob)
+    return app[KV].get().put(meta, blob, tenant=tenant)
 
 
 def read_staged_file(path: Path, nbytes: int) -> bytearray | None:

@@ -102,14 +102,13 @@ async def test_a_store_of_sequential_ids_opens_and_serves(
 ) -> None:
     """Data written when ids were 1, 2, 3…: read, hit, deleted, and new ids beside them."""
     store = DocumentStore(env)
-    items = [
-        (
-            Document(n, "t1", "default", "", "", f"old {n}", b'"x"', "json",
-                     clock.now, clock.now + 3600, 0, 0.0, DIM),
-            unit(n),
+    items = []
+    for n in (1, 2, 3):
+        document = Document(
+            n, "t1", "default", "", "", f"old {n}", b'"x"', "json",
+            clock.now, clock.now + 3600, 0, 0.0, DIM,
         )  # fmt: skip
-        for n in (1, 2, 3)
-    ]
+        items.append((document, unit(n)))
     store.put_many(items)
     engine = make_engine(env, executor, clock)
     await engine.open()
@@ -125,4 +124,3 @@ async def test_a_store_of_sequential_ids_opens_and_serves(
         assert (await engine.lookup(Lookup("t1", vector=unit(9)))).entry_id == new.entry_id
     finally:
         await engine.close()
-
