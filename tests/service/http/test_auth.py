@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from semcached.errors import ConfigError
@@ -258,6 +259,7 @@ async def _reload(client: Client) -> None:
 
 async def test_openapi_documents_auth_answers_and_scopes(client: Client) -> None:
     doc = client.app[OPENAPI]
+    validate(doc)
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
             if not path.startswith("/v1/") or path == "/v1/openapi.json":
