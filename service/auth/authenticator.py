@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -77,6 +78,9 @@ class Authenticator:
             ["tenant", "outcome"],
             registry=registry,
         )
+        # Cached label children: the client library's per-call label lookup costs more
+        # than the whole authentication (as in HttpMetrics).
+        self._counted: dict[tuple[str, str], Any] = {}
         self._reloads = Counter(
             "semcached_auth_reloads",
             "Rereads of the tokens file, by result (ok, failed: the old table kept).",
@@ -123,14 +127,14 @@ class Authenticator:
         wait = self._limiter.acquire(principal.tenant)
         tenant = principal.tenant.name
         if wait > 0:
-            self._tenant_requests.labels(tenant, "rate_limited").inc()
+            self._count(tenant, "rate_limited")
             raise TooManyRequestsError(
                 ErrorCode.RATE_LIMITED,
                 f"tenant {tenant!r} is over its {principal.tenant.limits.requests_per_s:g} "
                 "requests per second",
                 headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
-        self._tenant_requests.labels(tenant, "allowed").inc()
+        self._count(tenant, "allowed")
 
     def require(self, principal: Principal, scope: Scope) -> None:
         """A 403 ``insufficient_scope`` unless the token grants ``scope``."""
@@ -151,8 +155,14 @@ class Authenticator:
         self, principal: Principal, error: PermissionDeniedError
     ) -> PermissionDeniedError:
         """``error``, counted as a forbidden request of the principal's tenant."""
-        self._tenant_requests.labels(principal.tenant.name, "forbidden").inc()
+        self._count(principal.tenant.name, "forbidden")
         return error
+
+    def _count(self, tenant: str, outcome: str) -> None:
+        child = self._counted.get((tenant, outcome))
+        if child is None:
+            child = self._counted[tenant, outcome] = self._tenant_requests.labels(tenant, outcome)
+        child.inc()
 
     # -- reloads -------------------------------------------------------------------------
 
