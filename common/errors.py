@@ -18,11 +18,13 @@ __all__ = [
     "InsufficientStorageError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "SemcachedConnectionError",
     "SemcachedError",
     "SemcachedTimeoutError",
     "ServerError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
     "api_error_class",
 ]
 
@@ -93,6 +95,12 @@ class AuthenticationError(ApiError):
     status = 401
 
 
+class PermissionDeniedError(AuthenticationError):
+    """403: the token is valid but does not grant this (a scope, a namespace)."""
+
+    status = 403
+
+
 class NotFoundError(ApiError):
     """404: no such route or entry."""
 
@@ -109,6 +117,12 @@ class PayloadTooLargeError(ApiError):
     """413: the body exceeded the daemon's configured limit."""
 
     status = 413
+
+
+class TooManyRequestsError(ApiError):
+    """429: over the caller's own limit (requests per second, leases); see Retry-After."""
+
+    status = 429
 
 
 class ServerError(ApiError):
@@ -134,10 +148,11 @@ def api_error_class(status: int) -> type[ApiError]:
     """The exception class for an HTTP error status (used by the clients)."""
     specific: dict[int, type[ApiError]] = {
         401: AuthenticationError,
-        403: AuthenticationError,
+        403: PermissionDeniedError,
         404: NotFoundError,
         409: ConflictError,
         413: PayloadTooLargeError,
+        429: TooManyRequestsError,
         503: ServiceUnavailableError,
         507: InsufficientStorageError,
     }

@@ -25,7 +25,7 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over server.max_body_bytes
     BODY_TIMEOUT = "body_timeout"  # 408: the body came too slowly (server.body_timeout_s)
-    UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
+    UNAUTHORIZED = "unauthorized"  # 401: missing, malformed or unknown bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault
     # Semantic cache
@@ -61,3 +61,9 @@ class ErrorCode(StrEnum):
     HOST_TIER_FULL = "host_tier_full"  # retryable
     STORE_FULL = "store_full"  # 507: a store is full and nothing could be evicted (either cache)
     PUT_IN_PROGRESS = "put_in_progress"  # the same variant is being written; retry
+    # Tenants and tokens
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403: the token lacks the route's scope
+    NAMESPACE_FORBIDDEN = "namespace_forbidden"  # 403: a namespace outside the token's
+    RATE_LIMITED = "rate_limited"  # 429: the tenant's requests per second; see Retry-After
+    LEASE_QUOTA_EXCEEDED = "lease_quota_exceeded"  # 429: the tenant holds its most leases
+    PIN_QUOTA_EXCEEDED = "pin_quota_exceeded"  # 429: the tenant's leases pin their most bytes

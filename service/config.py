@@ -39,6 +39,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_KV_MODELS",
     "ENV_PREFIX",
+    "AuthSettings",
     "EmbeddingSettings",
     "IndexSettings",
     "KvSettings",
@@ -102,7 +103,10 @@ class ServerSettings:
     )
     access_log: bool = _setting(True, "Log one line per request.")
     auth_token: str = _setting(
-        "", "Bearer token required on /v1/ routes (empty: no authentication)."
+        "",
+        "Bearer token required on /v1/ routes, with every scope (empty: no authentication; "
+        "ignored with `auth.tokens_file`). Set it in the environment or the TOML file: a "
+        "flag shows in the process list.",
     )
     worker_threads: int = _setting(
         4,
@@ -264,6 +268,53 @@ class KvSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Tenants and tokens: the tokens file, and the limits a tenant has unless its table
+    in that file says otherwise (they apply only with a tokens file)."""
+
+    tokens_file: str = _setting(
+        "",
+        "TOML file of tenants and hashed tokens with their scopes (see Tenants and tokens); "
+        "reread on SIGHUP. Empty: the single `server.auth_token`, or no authentication.",
+    )
+    requests_per_s: float = _setting(
+        0.0, "Requests per second a tenant may make, on average (0: unlimited).", min=0
+    )
+    burst: int = _setting(
+        100, "Requests a tenant may make at once above its rate (the token bucket's size).", min=1
+    )
+    max_leases: int = _setting(
+        1000,
+        "Shared-memory leases a tenant may hold at once (0: only kv.max_leases, which "
+        "bounds all tenants together).",
+        min=0,
+    )
+    max_pinned_bytes: int = _setting(
+        256 * MiB,
+        "Host-tier bytes a tenant's leases may pin at once (0: only the host tier's size).",
+        min=0,
+    )
+    semantic_max_entries: int = _setting(
+        0,
+        "Semantic cache entries a tenant may keep over all its namespaces; past it the "
+        "tenant's oldest go (0: only the category quotas).",
+        min=0,
+    )
+    semantic_max_bytes: int = _setting(
+        0,
+        "Semantic cache bytes a tenant may keep; past it the tenant's oldest entries go "
+        "(0: only the category quotas).",
+        min=0,
+    )
+    kv_max_bytes: int = _setting(
+        0,
+        "Chunk KV bytes (disk tier) a tenant's KV scope may keep; past it its oldest "
+        "variants go (0: only kv.disk_bytes).",
+        min=0,
+    )
+
+
 DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -288,6 +339,7 @@ class Settings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     kv: KvSettings = field(default_factory=KvSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models
     # (``[kv_models."<id>"]`` tables).
     categories: CategoryTable = field(default_factory=CategoryTable)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,9 +11,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from semcached.index.datadir import DataDirectory
+from semcached.service.auth.authenticator import Authenticator
 from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import (
+    AUTH,
     COMPONENTS,
     DATA_DIR,
     EXECUTOR,
@@ -29,7 +33,9 @@ from semcached.service.http.routing import RouteGroup
 from semcached.service.lifecycle import Components, FunctionComponent, Readiness, ShutdownRequest
 from semcached.service.metrics import Metrics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "reload_tokens"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -37,10 +43,16 @@ def create_app(
 ) -> web.Application:
     """Build the daemon's application; nothing is opened until it starts."""
     metrics = Metrics()
-    middlewares: list[Middleware] = [metrics_middleware(metrics.http), error_middleware]
-    if settings.server.auth_token:
-        middlewares.append(auth_middleware(settings.server.auth_token))
+    authenticator = Authenticator(settings, metrics.registry)  # ConfigError: a bad tokens file
+    log.info("%s", authenticator.table.describe())
+    scopes = {(op.method, op.path): op.scope for group in groups for op in group.operations}
+    middlewares: list[Middleware] = [
+        metrics_middleware(metrics.http),
+        error_middleware,
+        auth_middleware(authenticator, scopes),
+    ]
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
+    app[AUTH] = authenticator
 
     readiness = Readiness()
     shutdown = ShutdownRequest()
@@ -60,9 +72,7 @@ def create_app(
         group.install(app)
     for store in readiness.stores:
         metrics.storage_full.labels(store).set_function(_storage_full_gauge(readiness, store))
-    app[OPENAPI] = build_openapi(
-        groups, bearer_auth=bool(settings.server.auth_token), settings=settings
-    )
+    app[OPENAPI] = build_openapi(groups, bearer_auth=authenticator.required, settings=settings)
 
     app.on_startup.append(_start_components)
     app.on_cleanup.append(_close_components)
@@ -98,3 +108,20 @@ async def _start_components(app: web.Application) -> None:
 async def _close_components(app: web.Application) -> None:
     await app[COMPONENTS].close_all()
     app[EXECUTOR].shutdown(wait=True)
+
+
+_reloads: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak refs)
+
+
+def reload_tokens(app: web.Application) -> None:
+    """Reread the tokens file on a worker thread and swap the table in (SIGHUP)."""
+
+    async def reload() -> None:
+        authenticator = app[AUTH]
+        table = await run_blocking(app[EXECUTOR], authenticator.load)
+        if table is not None:
+            authenticator.install(table)
+
+    task = asyncio.get_running_loop().create_task(reload(), name="reload tokens")
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)

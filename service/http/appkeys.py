@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from semcached.index.datadir import DataDirectory
+from semcached.service.auth.authenticator import Authenticator
+from semcached.service.auth.tenants import Principal
 from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
 from semcached.service.http.bodies import UploadBudget
@@ -15,6 +17,7 @@ from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, 
 from semcached.service.metrics import Metrics
 
 __all__ = [
+    "AUTH",
     "COMPONENTS",
     "DATA_DIR",
     "EXECUTOR",
@@ -22,6 +25,7 @@ __all__ = [
     "LISTEN_URLS",
     "METRICS",
     "OPENAPI",
+    "PRINCIPAL",
     "READINESS",
     "SEMANTIC",
     "SETTINGS",
@@ -37,6 +41,10 @@ SHUTDOWN = web.AppKey("shutdown", ShutdownRequest)
 COMPONENTS = web.AppKey("components", Components)
 EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
+# Who may call what: the token table, rate limits, reloads.
+AUTH = web.AppKey("auth", Authenticator)
+# The principal a /v1/ request acts as (set by the auth middleware before the handler).
+PRINCIPAL = web.RequestKey("principal", Principal)
 if TYPE_CHECKING:
     from semcached.service.kv.engine import KvCache
     from semcached.service.semantic.engine import SemanticCache

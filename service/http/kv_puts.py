@@ -29,6 +29,7 @@ from semcached.service.http.appkeys import KV, SETTINGS
 from semcached.service.http.bodies import BodyDeadline, read_exactly
 from semcached.service.http.decoding import Decoder
 from semcached.service.kv.engine import KvCache, PutResult
+from semcached.service.kv.types import UNSCOPED, KvTenant
 
 __all__ = [
     "PUT_META",
@@ -140,7 +141,9 @@ async def read_blob(request: web.Request, nbytes: int) -> memoryview:
     return await read_exactly(request, nbytes, BodyDeadline.of(request.app[SETTINGS].server))
 
 
-def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -> PutResult:
+def put_from_staged_file(
+    app: web.Application, meta: VariantMeta, source: str, tenant: KvTenant = UNSCOPED
+) -> PutResult:
     """A put whose bytes a same-host client staged in a file of ``kv.shm_dir``.
 
     The daemon reads the file (one copy, no socket) and stores it. Only regular files
@@ -180,7 +183,7 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
             f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes; the staged "
             "file has another length",
         )
-    return app[KV].get().put(meta, blob)
+    return app[KV].get().put(meta, blob, tenant=tenant)
 
 
 class UnsafeStagedFileError(SemcachedError):

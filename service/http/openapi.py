@@ -43,6 +43,34 @@ _ERROR_RESPONSES = {
     "5XX": json_content({"$ref": ERROR_SCHEMA_REF}, "The daemon failed."),
 }
 
+# What a protected operation may also answer when tokens are required.
+_AUTH_RESPONSES = {
+    "401": {
+        **json_content({"$ref": ERROR_SCHEMA_REF}, "No valid bearer token."),
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'Bearer realm="semcached", with error="invalid_token" '
+                "when a token was sent.",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    "403": json_content(
+        {"$ref": ERROR_SCHEMA_REF},
+        "The token lacks the route's scope (insufficient_scope) or a namespace the "
+        "request names (namespace_forbidden).",
+    ),
+    "429": {
+        **json_content({"$ref": ERROR_SCHEMA_REF}, "The tenant is over its requests per second."),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until a request would be admitted.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+}
+
 _JSON_LEAVES = (str, int, float, bool, type(None))
 
 
@@ -93,8 +121,9 @@ def build_openapi(
 ) -> dict[str, Any]:
     """One document describing every operation of ``groups``.
 
-    Every operation also documents the shared error responses; with
-    ``bearer_auth`` the ``/v1/`` operations (except this document) require a token.
+    Every operation also documents the shared error responses and the scope a token
+    needs for it (``x-semcached-scope``); with ``bearer_auth`` the ``/v1/`` operations
+    (except this document) require a token and document its 401, 403 and 429.
     With ``settings``, each group's document hooks add the bounds that are settings
     (batch sizes, the vector dimension) to the generated schemas.
     """
@@ -110,8 +139,11 @@ def build_openapi(
             spec["responses"] = {**_ERROR_RESPONSES, **spec["responses"]}
             if op.query is not None:
                 spec["parameters"] = [*spec.get("parameters", ()), *query_parameters(op.query)]
+            if op.scope is not None:
+                spec["x-semcached-scope"] = op.scope.value
             if bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json":
                 spec["security"] = [{"bearer": []}]
+                spec["responses"] = {**_AUTH_RESPONSES, **spec["responses"]}
             paths.setdefault(op.path, {})[op.method.lower()] = spec
     types: list[Any] = []
     _collect(paths, types)

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from semcached.protocol.headers import JSON
+from semcached.service.auth.scopes import Scope
 from semcached.service.config import Settings
 from semcached.service.http.decoding import Decoder
 
@@ -93,6 +94,7 @@ class Operation:
     handler: Handler
     spec: dict[str, Any]
     query: type | None = None
+    scope: Scope | None = None  # what a token needs for it (None: open to anyone)
 
 
 def _type_of(decl: Decoder[Any] | type) -> type:
@@ -124,12 +126,16 @@ class RouteGroup:
         query: Decoder[Any] | type | None = None,
         parameters: list[dict[str, Any]] | None = None,
         operation_id: str | None = None,
+        scope: Scope | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``handler`` for ``method path`` with its OpenAPI text.
 
         ``body``: the JSON request body's struct (required); ``request_body``: any
         other body, as an OpenAPI request body object. ``query``: the struct of the
         query string. ``parameters``: the path's (their schemas may be types).
+        ``scope``: what the caller's token must grant (checked before the handler
+        runs, so before any body is read); every ``/v1/`` route but the OpenAPI
+        document names one.
         """
         if body is not None and request_body is not None:
             raise ValueError("give body or request_body, not both")
@@ -154,7 +160,9 @@ class RouteGroup:
             if parameters:
                 spec["parameters"] = parameters
             query_type = None if query is None else _type_of(query)
-            self.operations.append(Operation(method.upper(), path, handler, spec, query_type))
+            self.operations.append(
+                Operation(method.upper(), path, handler, spec, query_type, scope)
+            )
             return handler
 
         return register

@@ -165,4 +165,16 @@ class KvCollector(Collector):
             "semcached_kv_leases", "Shared-memory leases live (each pins blobs)."
         )
         leases.add_metric([], engine.live_leases)
-        yield from (size, entries, budget, *counters.values(), leases)
+        # Owners are tenants of the tokens file: a bounded set of label values.
+        held = GaugeMetricFamily(
+            "semcached_kv_tenant_leases", "Leases live, by owning tenant.", labels=["tenant"]
+        )
+        pinned = GaugeMetricFamily(
+            "semcached_kv_tenant_pinned_bytes",
+            "Host-tier bytes pinned by a tenant's leases.",
+            labels=["tenant"],
+        )
+        for owner, (count, nbytes) in engine.lease_holders().items():
+            held.add_metric([owner], count)
+            pinned.add_metric([owner], nbytes)
+        yield from (size, entries, budget, *counters.values(), leases, held, pinned)

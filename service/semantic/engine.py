@@ -35,6 +35,7 @@ import contextlib
 import gc
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -60,6 +61,7 @@ from semcached.service.semantic.types import (
     InsertResult,
     Lookup,
     LookupResult,
+    TenantQuota,
     Vector,
 )
 from semcached.service.semantic.vectors import VectorSource
@@ -73,6 +75,7 @@ __all__ = [
     "OpenReport",
     "SemanticCache",
     "SnapshotStats",
+    "TenantQuota",
 ]
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,7 @@ class SemanticCache:
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._table = EntryTable(categories, eviction_factory)
         self._entries = self._table.entries  # the same dict: lookups read it directly
+        # Kept for the snapshot catalog's bound (data written when ids were sequential).
         self._next_id = 1
         self._maintenance: asyncio.Task[None] | None = None
         self._snapshots = SnapshotTracker(snapshots, executor)
@@ -329,8 +333,7 @@ class SemanticCache:
         now = self._clock()
         items: list[tuple[Document, Vector]] = []
         for request, policy, vector in zip(requests, policies, vectors, strict=True):
-            entry_id = self._next_id
-            self._next_id += 1
+            entry_id = self._new_id()
             document = Document(
                 entry_id=entry_id,
                 namespace=request.namespace,
@@ -364,6 +367,9 @@ class SemanticCache:
                 await self._remove(stale, reason="replaced")
             for category in {doc.category for doc, _ in items}:
                 await self._enforce_quota(category)
+            quotas = {r.quota.tenant: r.quota for r in requests if r.quota is not None}
+            for quota in quotas.values():
+                await self._enforce_tenant_quota(quota)
         except StoreFullError as exc:  # a full disk; the inserts are durable all the same
             log.warning("could not remove entries after an insert: %s", exc)
         return [InsertResult(d.entry_id, d.category, d.expires_at) for d, _ in items]
@@ -411,6 +417,21 @@ class SemanticCache:
         where = "the filesystem is full" if cause.disk else "the store is at its size cap"
         return InsufficientStorageError(ErrorCode.STORE_FULL, f"{where}: {why}")
 
+    def _new_id(self) -> int:
+        """A random id, so that ids say nothing of when, or how many, entries were
+        inserted by anyone (another tenant included).
+
+        63 bits (every signed 64-bit integer type holds them), drawn again on the
+        improbable collision with a live entry. What is not checked costs a chance of
+        n / 2**63 per insert, n the ids at stake: inserts in flight, and ids a snapshot
+        still holds for entries deleted since it was written (restore would keep the
+        snapshot's vector) -- about 1e-13 with a million of them.
+        """
+        while True:
+            entry_id = secrets.randbits(63)
+            if entry_id and entry_id not in self._entries:
+                return entry_id
+
     async def _add_to_memory(self, items: Sequence[tuple[Document, Vector]]) -> None:
         """Index and account entries already committed to LMDB."""
         by_index: dict[tuple[str, str], list[tuple[Document, Vector]]] = {}
@@ -451,6 +472,19 @@ class SemanticCache:
         victims = self._table.victims(category)
         if victims:
             await self._remove(victims, reason="evicted")
+
+    async def _enforce_tenant_quota(self, quota: TenantQuota) -> None:
+        """Evict the tenant's oldest entries while it is over its quota."""
+        if not (quota.max_entries or quota.max_bytes):
+            return
+        owned = [name for name in self._table.namespaces() if quota.owns(name)]
+        victims = self._table.oldest_victims(owned, quota.max_entries, quota.max_bytes)
+        if victims:
+            await self._remove(victims, reason="evicted")
+
+    def usage(self, owns: Callable[[str], bool]) -> tuple[int, int]:
+        """Entries and bytes of the namespaces ``owns`` accepts (a tenant's usage)."""
+        return self._table.usage([n for n in self._table.namespaces() if owns(n)])
 
     async def _remove(self, entry_ids: Sequence[int], *, reason: str) -> int:
         """Remove entries from LMDB, then from every in-memory structure.
