@@ -59,6 +59,7 @@ class Readiness:
     status: str
     waiting_for: tuple[str, ...] = ()
     failed: Mapping[str, str] = field(default_factory=dict)
+    storage_full: tuple[str, ...] = ()  # stores refusing writes (507); still ready
 
 
 def _parse_alive(reply: Reply) -> bool:
@@ -72,6 +73,7 @@ def _parse_readiness(reply: Reply) -> Readiness:
         status=str(doc.get("status", "unknown")),
         waiting_for=tuple(doc.get("waiting_for", ())),
         failed=dict(doc.get("failed", {})),
+        storage_full=tuple(doc.get("storage_full", ())),
     )
 
 

@@ -7,19 +7,24 @@ caller can catch one type. Transport failures also derive from the builtin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 __all__ = [
     "ApiError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigError",
     "ConflictError",
+    "InsufficientStorageError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PermissionDeniedError",
     "SemcachedConnectionError",
     "SemcachedError",
     "SemcachedTimeoutError",
     "ServerError",
     "ServiceUnavailableError",
+    "TooManyRequestsError",
     "api_error_class",
 ]
 
@@ -50,7 +55,13 @@ class ApiError(SemcachedError):
     status: int = 500
 
     def __init__(
-        self, code: str, message: str, *, status: int | None = None, field: str | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        field: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         if status is not None:
@@ -58,6 +69,8 @@ class ApiError(SemcachedError):
         self.code = code
         self.message = message
         self.field = field
+        # Response headers the daemon sends with the error (Retry-After, Connection).
+        self.headers: dict[str, str] = dict(headers or {})
 
     def __str__(self) -> str:
         where = f" (field {self.field!r})" if self.field else ""
@@ -82,6 +95,12 @@ class AuthenticationError(ApiError):
     status = 401
 
 
+class PermissionDeniedError(AuthenticationError):
+    """403: the token is valid but does not grant this (a scope, a namespace)."""
+
+    status = 403
+
+
 class NotFoundError(ApiError):
     """404: no such route or entry."""
 
@@ -100,6 +119,12 @@ class PayloadTooLargeError(ApiError):
     status = 413
 
 
+class TooManyRequestsError(ApiError):
+    """429: over the caller's own limit (requests per second, leases); see Retry-After."""
+
+    status = 429
+
+
 class ServerError(ApiError):
     """A 5xx: the daemon failed on its own account."""
 
@@ -112,15 +137,24 @@ class ServiceUnavailableError(ServerError):
     status = 503
 
 
+class InsufficientStorageError(ServerError):
+    """507: the store is full and nothing could be evicted to make room (the map at its
+    cap, or a full filesystem). Reads still work; retrying the same write will not."""
+
+    status = 507
+
+
 def api_error_class(status: int) -> type[ApiError]:
     """The exception class for an HTTP error status (used by the clients)."""
     specific: dict[int, type[ApiError]] = {
         401: AuthenticationError,
-        403: AuthenticationError,
+        403: PermissionDeniedError,
         404: NotFoundError,
         409: ConflictError,
         413: PayloadTooLargeError,
+        429: TooManyRequestsError,
         503: ServiceUnavailableError,
+        507: InsufficientStorageError,
     }
     if status in specific:
         return specific[status]

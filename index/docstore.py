@@ -18,6 +18,12 @@ Three named databases in one :class:`LmdbEnvironment`:
 An insert writes all of them in one durable transaction; concurrent ``put_many`` calls
 are merged by a :class:`GroupCommitter` into one transaction and one fsync.
 
+Deletes may use the environment's reserve (:attr:`LmdbEnvironment.reserve_bytes`), so
+that eviction and purge work when the map is at its cap. The reserve holds only if no
+one transaction frees or allocates much of it, so every batch here is sized by it:
+insert groups (each item may copy a page of ``sem.exact``), delete batches (each entry
+copies up to four pages) and hit-count rewrites (each frees its document's old pages).
+
 Document encoding (version 1), little-endian::
 
     u8 version | u8 response format | u32 vector_dim
@@ -44,7 +50,7 @@ import xxhash
 from numpy.typing import NDArray
 
 from semcached.index.group_commit import GroupCommitter
-from semcached.index.lmdb_env import LmdbEnvironment
+from semcached.index.lmdb_env import LmdbEnvironment, StoreFullError
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
@@ -297,11 +303,21 @@ class DocumentStore:
         self._exact = env.database(b"sem.exact")
         self._meta = env.database(b"sem.meta")
         self._groups = env.database(b"sem.groups")
+        reserve_pages = env.reserve_bytes // env.page_bytes
+        self._delete_batch = max(1, min(1024, reserve_pages // 8))
+        self._page_bytes = env.page_bytes
+        self._hits_batch_pages = max(1, reserve_pages // 8)
+        max_items = max(1, min(max_batch_items, reserve_pages // 4))
         self._committer: GroupCommitter[_Put] | None = (
-            GroupCommitter(self._commit, max_items=max_batch_items, max_bytes=max_batch_bytes)
+            GroupCommitter(self._commit, max_items=max_items, max_bytes=max_batch_bytes)
             if group_commit
             else None
         )
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The most the store can hold (:meth:`LmdbEnvironment.capacity_bytes`)."""
+        return self._env.capacity_bytes()
 
     @property
     def committer(self) -> GroupCommitter[_Put] | None:
@@ -374,12 +390,19 @@ class DocumentStore:
             txn.delete(exact, db=self._exact)
 
     def delete_many(self, ids: Iterable[int]) -> list[Document]:
-        """Delete entries (document, vector, exact mapping if still theirs); one txn.
+        """Delete entries (document, vector, exact mapping if still theirs), durably.
 
-        Returns the deleted documents; unknown ids are skipped.
+        Returns the deleted documents; unknown ids are skipped. Works at the map cap:
+        deletes use the reserve, in batches small enough for it (a batch that still
+        finds no room is split, down to single entries, before :class:`StoreFullError`).
         """
         keys = [_id_key(i) for i in dict.fromkeys(ids)]
+        deleted: list[Document] = []
+        for start in range(0, len(keys), self._delete_batch):
+            deleted.extend(self._delete_keys(keys[start : start + self._delete_batch]))
+        return deleted
 
+    def _delete_keys(self, keys: list[bytes]) -> list[Document]:
         def run(txn: lmdb.Transaction) -> list[Document]:
             deleted: list[Document] = []
             for key in keys:
@@ -393,32 +416,47 @@ class DocumentStore:
                 deleted.append(doc)
             return deleted
 
-        return self._env.write(run) if keys else []
+        try:
+            return self._env.write(run, reclaim=True)
+        except StoreFullError:
+            if len(keys) == 1:
+                raise
+            half = len(keys) // 2
+            return self._delete_keys(keys[:half]) + self._delete_keys(keys[half:])
 
     def update_hits(self, updates: Sequence[tuple[int, int, float]]) -> int:
-        """Add hits and advance the last-hit time, for (id, added, at) triples; one txn.
+        """Add hits and advance the last-hit time, for (id, added, at) triples.
 
         The last-hit time never moves backwards. Ids that are gone are skipped.
-        Returns the number of documents updated.
+        Returns the number of documents updated. Rewriting a document copies its pages
+        (and frees the old ones), so one transaction rewrites at most an eighth of the
+        reserve's pages.
         """
-        if not updates:
-            return 0
+        done = 0
+        updated = 0
 
-        def run(txn: lmdb.Transaction) -> int:
-            updated = 0
-            for entry_id, added, at in updates:
+        def run(txn: lmdb.Transaction) -> tuple[int, int]:
+            count = pages = 0
+            position = done
+            while position < len(updates) and pages < self._hits_batch_pages:
+                entry_id, added, at = updates[position]
+                position += 1
                 key = _id_key(entry_id)
                 value = txn.get(key, db=self._docs)
                 if value is None:
                     continue
                 patched = bytearray(value)
-                last, count = _HITS.unpack_from(patched, _HITS_OFFSET)
-                _HITS.pack_into(patched, _HITS_OFFSET, max(last, at), count + added)
+                last, hits = _HITS.unpack_from(patched, _HITS_OFFSET)
+                _HITS.pack_into(patched, _HITS_OFFSET, max(last, at), hits + added)
                 txn.put(key, bytes(patched), db=self._docs)
-                updated += 1
-            return updated
+                count += 1
+                pages += len(patched) // self._page_bytes + 1  # its pages and a leaf
+            return position, count
 
-        return self._env.write(run)
+        while done < len(updates):
+            done, count = self._env.write(run)
+            updated += count
+        return updated
 
     def purge(
         self, namespace: str, category: str | None = None, partition: str | None = None
@@ -437,10 +475,7 @@ class DocumentStore:
                 found = (strings[0], strings[1], strings[2])
                 if all(w is None or w == f for w, f in zip(wanted, found, strict=True)):
                     matches.append(entry_id)
-        removed: list[int] = []
-        for start in range(0, len(matches), 1024):
-            removed.extend(d.entry_id for d in self.delete_many(matches[start : start + 1024]))
-        return removed
+        return [d.entry_id for d in self.delete_many(matches)]
 
     # -- reads ----------------------------------------------------------------------
 
@@ -460,6 +495,16 @@ class DocumentStore:
         """Vectors in the order of ``ids`` (None where absent), from one snapshot."""
         values = self._env.read(lambda txn: [txn.get(_id_key(i), db=self._vectors) for i in ids])
         return [None if v is None else _vector(v) for v in values]
+
+    def present(self, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` are stored, from one snapshot."""
+        keys = [(i, _id_key(i)) for i in ids]
+
+        def run(txn: lmdb.Transaction) -> set[int]:
+            cursor = txn.cursor(db=self._docs)
+            return {i for i, key in keys if cursor.set_key(key)}
+
+        return self._env.read(run)
 
     def exact_lookup(self, key: bytes) -> int | None:
         """The entry id the exact key maps to, if any."""

@@ -8,10 +8,14 @@ up to ``max_items`` items or ``max_bytes`` bytes, commits them in one transactio
 and wakes their owners. Any waiting writer whose request is not yet committed leads
 the next group as soon as no commit is running, so no thread is dedicated to it.
 
-Guarantees: ``submit`` returns only after the transaction holding its items has
-committed; if that transaction fails, every request in it raises the same exception
-(the transaction is all or nothing, so none of that group's items were written).
-Requests commit in arrival order. Latency is at most about two commits plus queueing.
+Guarantees: ``submit`` returns only after a transaction holding its items has
+committed, and raises only when its own items could not be committed. A transaction
+is all or nothing, so when a merged group fails none of it was written; the leader
+then commits each request of the group in a transaction of its own, in arrival
+order, so one caller's unwritable items (a poisoned record) fail that caller alone
+and the others are committed. A fault of the store itself (a full map) fails each of
+them with its own exception. Requests commit in arrival order. Latency is at most
+about two commits plus queueing, or one commit per request of a group that failed.
 """
 
 from __future__ import annotations
@@ -73,22 +77,45 @@ class GroupCommitter(Generic[T]):
                 self._leading = True
                 group = self._take_group()
                 self._cond.release()
-                error: BaseException | None = None
                 try:
-                    self._commit([item for r in group for item in r.items])
-                except BaseException as exc:
-                    error = exc
+                    commits = self._commit_group(group)
                 finally:
                     self._cond.acquire()
                 for r in group:
-                    r.error = error
                     r.done = True
-                self.commits += 1
+                self.commits += commits
                 self.requests += len(group)
                 self._leading = False
                 self._cond.notify_all()
         if request.error is not None:
             raise request.error
+
+    def _commit_group(self, group: list[_Request[T]]) -> int:
+        """Commit ``group`` in one transaction, or each request alone if that fails;
+        set each request's error. The number of transactions run. Lock not held."""
+        try:
+            self._commit([item for r in group for item in r.items])
+            return 1
+        except Exception as exc:
+            if len(group) == 1:
+                group[0].error = exc
+                return 1
+        except BaseException as exc:  # KeyboardInterrupt and the like: no retries
+            for r in group:
+                r.error = exc
+            return 1
+        runs = 1
+        for i, r in enumerate(group):  # isolate the failure: only a faulty request fails
+            runs += 1
+            try:
+                self._commit(list(r.items))
+            except Exception as exc:
+                r.error = exc
+            except BaseException as exc:
+                for rest in group[i:]:
+                    rest.error = exc
+                break
+        return runs
 
     def _take_group(self) -> list[_Request[T]]:
         """Pop the head request and as many followers as fit the bounds. Lock held."""

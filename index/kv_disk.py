@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
 import lmdb
@@ -38,11 +38,21 @@ _META = b"kv.meta"
 @dataclass(frozen=True, slots=True)
 class BlobWrite:
     """One change in a transaction: a variant to store (``meta`` and ``blob``) or, when
-    both are None, the key to delete."""
+    both are None, the key to delete.
+
+    The metadata's record is encoded here, in the caller's thread, so a variant that
+    cannot be stored raises ValueError to its own caller and never reaches a
+    transaction shared with other writers.
+    """
 
     key: bytes
     meta: VariantMeta | None = None
     blob: bytes | bytearray | memoryview | None = None
+    record: bytes = field(init=False, default=b"")
+
+    def __post_init__(self) -> None:
+        if self.meta is not None:
+            object.__setattr__(self, "record", encode_meta(self.meta))
 
 
 class KvDiskStore:
@@ -56,23 +66,36 @@ class KvDiskStore:
             self._commit, max_bytes=group_max_bytes
         )
 
+    @property
+    def capacity_bytes(self) -> int:
+        """The most the store can hold (:meth:`LmdbEnvironment.capacity_bytes`)."""
+        return self.env.capacity_bytes()
+
     def write(self, changes: Sequence[BlobWrite]) -> None:
-        """Apply ``changes`` in one durable transaction (shared with concurrent callers)."""
+        """Apply ``changes`` in one durable transaction (shared with concurrent callers).
+
+        Deletes alone commit on their own and may use the environment's reserve, so
+        that evictions work when the map is at its cap. Raises
+        :class:`~semcached.index.lmdb_env.StoreFullError` when the store is full.
+        """
+        if all(c.meta is None for c in changes):
+            self.env.write(lambda txn: self._apply(txn, changes), reclaim=True)
+            return
         nbytes = sum(len(c.blob) for c in changes if c.blob is not None)
         self._committer.submit(changes, nbytes)
 
     def _commit(self, changes: list[BlobWrite]) -> None:
-        def apply(txn: lmdb.Transaction) -> None:
-            for change in changes:
-                if change.meta is None:
-                    txn.delete(change.key, db=self._blobs)
-                    txn.delete(change.key, db=self._meta)
-                else:
-                    assert change.blob is not None
-                    txn.put(change.key, change.blob, db=self._blobs)
-                    txn.put(change.key, encode_meta(change.meta), db=self._meta)
+        self.env.write(lambda txn: self._apply(txn, changes))
 
-        self.env.write(apply)
+    def _apply(self, txn: lmdb.Transaction, changes: Sequence[BlobWrite]) -> None:
+        for change in changes:
+            if change.meta is None:
+                txn.delete(change.key, db=self._blobs)
+                txn.delete(change.key, db=self._meta)
+            else:
+                assert change.blob is not None
+                txn.put(change.key, change.blob, db=self._blobs)
+                txn.put(change.key, change.record, db=self._meta)
 
     def read_blob(self, key: bytes) -> bytes | None:
         """A copy of the blob under ``key``, or None."""

@@ -16,6 +16,7 @@ The arrays travel raw: they are most of the record and decode with no parsing.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "encode_meta",
     "expected_shape",
     "record_key",
+    "scope_key",
 ]
 
 DTYPE_BYTES: Mapping[str, int] = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -73,10 +75,26 @@ def expected_shape(model: ModelSpec, tokens: int) -> tuple[int, int, int, int, i
     return (model.layers, 2, model.kv_heads, tokens, model.head_dim)
 
 
-def record_key(chunk: bytes, variant: bytes) -> bytes:
-    """The 32-byte LMDB key of a variant: chunk key then variant key, so a chunk's
-    variants are adjacent."""
-    return chunk + variant
+def record_key(chunk: bytes, variant: bytes, scope: bytes = b"") -> bytes:
+    """The LMDB key of a variant: its scope (empty or 16 bytes), the chunk key, then the
+    variant key, so a chunk's variants are adjacent.
+
+    Unscoped keys (32 bytes) are those of the laptop modes and of stores written
+    before tenants; scoped ones (48 bytes) can never equal them, whatever key a
+    client sends, so no tenant can name another's record.
+    """
+    return scope + chunk + variant
+
+
+def scope_key(name: str) -> bytes:
+    """The 16 bytes that put a KV scope's records apart (``""``: unscoped, no bytes).
+
+    A cryptographic hash: two scope names that collide would share chunks, so the
+    names an operator writes must not be able to collide by accident or on purpose.
+    """
+    if not name:
+        return b""
+    return hashlib.blake2b(name.encode(), digest_size=KEY_BYTES, person=b"semcached.scope").digest()
 
 
 def _floats(values: NDArray[Any] | Sequence[float], length: int, what: str) -> NDArray[np.float32]:
@@ -113,11 +131,14 @@ class VariantMeta:
     created_at: float
     hits: int = 0
     last_access: float = 0.0
+    scope: bytes = b""  # whose chunk key this is (:func:`scope_key`); b"": unscoped
     nbytes: int = field(init=False)
 
     def __post_init__(self) -> None:
         if len(self.chunk) != KEY_BYTES or len(self.variant) != KEY_BYTES:
             raise ValueError("chunk and variant keys have 16 bytes")
+        if len(self.scope) not in (0, KEY_BYTES):
+            raise ValueError("a scope has 0 or 16 bytes")
         if self.dtype not in DTYPE_BYTES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPE_BYTES)}, got {self.dtype!r}")
         if len(self.shape) != 5 or min(self.shape) < 1 or self.shape[1] != 2:
@@ -142,11 +163,34 @@ class VariantMeta:
 
     @property
     def key(self) -> bytes:
-        return record_key(self.chunk, self.variant)
+        """The record's LMDB key (scope, chunk, variant)."""
+        return record_key(self.chunk, self.variant, self.scope)
+
+    @property
+    def stored_chunk(self) -> bytes:
+        """The chunk as stored: its scope then the client's chunk key."""
+        return self.scope + self.chunk
 
 
 def encode_meta(meta: VariantMeta) -> bytes:
-    header = orjson.dumps(
+    """The record of ``meta``; ValueError when ``rope`` (free-form JSON) cannot be
+    stored (nested more than 254 deep, an integer beyond 64 bits)."""
+    try:
+        header = _encode_header(meta)
+    except orjson.JSONEncodeError as exc:
+        raise ValueError(f"rope: cannot be stored: {exc}") from None
+    return b"".join(
+        (
+            _HEAD.pack(_VERSION, len(header)),
+            header,
+            meta.inter.astype(_F32, copy=False).tobytes(),
+            meta.token_scores.astype(_F32, copy=False).tobytes(),
+        )
+    )
+
+
+def _encode_header(meta: VariantMeta) -> bytes:
+    return orjson.dumps(
         {
             "model": meta.model,
             "dtype": meta.dtype,
@@ -161,18 +205,14 @@ def encode_meta(meta: VariantMeta) -> bytes:
             "last_access": meta.last_access,
         }
     )
-    return b"".join(
-        (
-            _HEAD.pack(_VERSION, len(header)),
-            header,
-            meta.inter.astype(_F32, copy=False).tobytes(),
-            meta.token_scores.astype(_F32, copy=False).tobytes(),
-        )
-    )
 
 
 def decode_meta(key: bytes, record: bytes) -> VariantMeta:
-    """The variant stored under ``key`` (32 bytes); ValueError for a corrupt record."""
+    """The variant stored under ``key`` (32 or 48 bytes, see :func:`record_key`);
+    ValueError for a corrupt record."""
+    if len(key) not in (2 * KEY_BYTES, 3 * KEY_BYTES):
+        raise ValueError(f"a chunk record key has 32 or 48 bytes, not {len(key)}")
+    scope, key = key[: len(key) - 2 * KEY_BYTES], key[len(key) - 2 * KEY_BYTES :]
     version, length = _HEAD.unpack_from(record)
     if version != _VERSION:
         raise ValueError(f"unknown chunk metadata version {version}")
@@ -199,4 +239,5 @@ def decode_meta(key: bytes, record: bytes) -> VariantMeta:
         created_at=float(doc["created_at"]),
         hits=int(doc["hits"]),
         last_access=float(doc["last_access"]),
+        scope=scope,
     )

@@ -125,6 +125,29 @@ class DiskTier:
             chosen.append(vid)
         return chosen
 
+    def evict_for(self, nbytes: int) -> list[int]:
+        """Evict about ``nbytes`` in policy order, within budget or not (the store is
+        full before the budget is reached); the victims, as for :meth:`make_room`.
+        Never a pending put: an empty list when nothing else is left."""
+        chosen: list[int] = []
+        skipped: list[int] = []  # puts still being written: set aside, then back
+        freed = 0
+        while freed < nbytes or not chosen:
+            vid = self._policy.choose_victim()
+            if vid is None:
+                break
+            if vid in self.pending:
+                self._policy.forget(vid)
+                skipped.append(vid)
+                continue
+            freed += self._sizes[vid]
+            self.remove(vid)
+            self.stats.evictions += 1
+            chosen.append(vid)
+        for vid in skipped:  # they are the newest anyway
+            self._policy.admit(vid, self._sizes[vid])
+        return chosen
+
 
 @dataclass(slots=True)
 class _Extent:

@@ -25,8 +25,8 @@ class ErrorCode(StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     PAYLOAD_TOO_LARGE = "payload_too_large"  # the body is over server.max_body_bytes
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"  # a JSON route sent another type
-    BODY_TIMEOUT = "body_timeout"  # the body stalled longer than server.body_timeout_s
-    UNAUTHORIZED = "unauthorized"  # missing or wrong bearer token
+    BODY_TIMEOUT = "body_timeout"  # 408: the body came too slowly (server.body_timeout_s)
+    UNAUTHORIZED = "unauthorized"  # 401: missing, malformed or unknown bearer token
     NOT_READY = "not_ready"  # starting or shutting down; retry
     TOO_MANY_CONNECTIONS = "too_many_connections"  # past server.max_connections; retry
     INTERNAL_ERROR = "internal_error"  # the daemon's own fault
@@ -52,6 +52,7 @@ class ErrorCode(StrEnum):
     LENGTH_MISMATCH = "length_mismatch"  # the blob's length is not its shape's
     TRUNCATED_BODY = "truncated_body"
     BLOB_TOO_LARGE = "blob_too_large"
+    UPLOADS_BUSY = "uploads_busy"  # 503: kv.max_inflight_upload_bytes reached; retry
     BAD_SOURCE = "bad_source"  # the staged-put header names no acceptable file
     SHM_SOURCE_UNAVAILABLE = "shm_source_unavailable"
     SHM_DISABLED = "shm_disabled"
@@ -60,5 +61,11 @@ class ErrorCode(StrEnum):
     BAD_LEASE = "bad_lease"
     TOO_MANY_LEASES = "too_many_leases"
     HOST_TIER_FULL = "host_tier_full"  # retryable
-    STORE_FULL = "store_full"
+    STORE_FULL = "store_full"  # 507: a store is full and nothing could be evicted (either cache)
     PUT_IN_PROGRESS = "put_in_progress"  # the same variant is being written; retry
+    # Tenants and tokens
+    INSUFFICIENT_SCOPE = "insufficient_scope"  # 403: the token lacks the route's scope
+    NAMESPACE_FORBIDDEN = "namespace_forbidden"  # 403: a namespace outside the token's
+    RATE_LIMITED = "rate_limited"  # 429: the tenant's requests per second; see Retry-After
+    LEASE_QUOTA_EXCEEDED = "lease_quota_exceeded"  # 429: the tenant holds its most leases
+    PIN_QUOTA_EXCEEDED = "pin_quota_exceeded"  # 429: the tenant's leases pin their most bytes

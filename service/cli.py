@@ -1,7 +1,10 @@
-"""The ``semcached`` command: ``serve``, ``config``, ``version``.
+"""The ``semcached`` command: ``serve``, ``config``, ``token``, ``version``.
 
 Every setting is also a flag named by its dotted key (``--server.port 9000``);
 ``semcached config --reference`` prints the table of keys found in the README.
+``semcached token new`` prints a fresh token and the line of the tokens file that
+admits it; ``semcached token hash`` reads a token on stdin (never from the command
+line, which other users can see) and prints its SHA-256.
 """
 
 from __future__ import annotations
@@ -58,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     config.add_argument(
         "--reference", action="store_true", help="print the settings reference (Markdown)"
     )
+    token = commands.add_parser("token", help="make tokens and their tokens-file digests")
+    token.add_argument(
+        "action",
+        choices=("new", "hash"),
+        help="new: a random token and its sha256; hash: the sha256 of a token read on stdin",
+    )
     commands.add_parser("version", help="print the version")
     return parser
 
@@ -99,11 +108,29 @@ def reference_table() -> str:
     return "\n".join(rows)
 
 
+def _token(action: str) -> int:
+    from semcached.service.auth.tokens import new_token, token_digest
+
+    if action == "new":
+        token = new_token()
+        print(f"token:  {token}")
+        print(f'sha256 = "{token_digest(token).hex()}"')
+        return 0
+    token = sys.stdin.readline().strip()
+    if not token:
+        print("semcached: token hash: give the token on stdin", file=sys.stderr)
+        return 2
+    print(token_digest(token).hex())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "version":
         print(__version__)
         return 0
+    if args.command == "token":
+        return _token(args.action)
     if args.command == "config" and args.reference:
         print(reference_table())
         return 0
@@ -121,6 +148,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from semcached.service.logs import configure_logging
 
     configure_logging(settings.log)
+    if getattr(args, "server.auth_token", None):
+        log.warning(
+            "--server.auth_token is visible to every user of this host in the process "
+            "list; give it as SEMCACHED_SERVER_AUTH_TOKEN or in the TOML file, or use "
+            "auth.tokens_file"
+        )
     try:
         return run(settings)
     except ConfigError as exc:  # found while building the app (e.g. a missing extra)

@@ -39,6 +39,7 @@ __all__ = [
     "CONFIG_ENV",
     "DEFAULT_KV_MODELS",
     "ENV_PREFIX",
+    "AuthSettings",
     "EmbeddingSettings",
     "IndexSettings",
     "KvSettings",
@@ -79,6 +80,18 @@ class ServerSettings:
     max_body_bytes: int = _setting(
         16 * MiB, "Largest request body accepted; larger bodies get 413.", min=1024
     )
+    body_timeout_s: float = _setting(
+        30.0,
+        "Longest wait for the next bytes of a request body; a body that stalls longer "
+        "gets 408 and its connection is closed.",
+        min=0.001,
+    )
+    body_min_bytes_per_s: int = _setting(
+        1 * MiB,
+        "Slowest average rate a request body may arrive at: the whole body must be in "
+        "within body_timeout_s plus its length at this rate, or it gets 408 (0: no minimum).",
+        min=0,
+    )
     shutdown_timeout_s: float = _setting(
         10.0, "How long in-flight requests may run after shutdown begins.", min=0
     )
@@ -90,18 +103,16 @@ class ServerSettings:
     )
     access_log: bool = _setting(True, "Log one line per request.")
     auth_token: str = _setting(
-        "", "Bearer token required on /v1/ routes (empty: no authentication)."
+        "",
+        "Bearer token required on /v1/ routes, with every scope (empty: no authentication; "
+        "ignored with `auth.tokens_file`). Set it in the environment or the TOML file: a "
+        "flag shows in the process list.",
     )
     worker_threads: int = _setting(
         4,
         "Threads for blocking work (LMDB, index inserts, embedding); searches have one per core.",
         min=1,
         max=256,
-    )
-    body_timeout_s: float = _setting(
-        30.0,
-        "Longest gap between body reads: a request body that stalls longer gets 408.",
-        min=0.001,
     )
     keepalive_timeout_s: float = _setting(
         60.0,
@@ -249,6 +260,13 @@ class KvSettings:
     max_blob_bytes: int = _setting(
         256 * MiB, "Largest KV blob accepted; larger puts get 413.", min=1024
     )
+    max_inflight_upload_bytes: int = _setting(
+        1 * GiB,
+        "Most bytes of chunk puts being received or stored at once, counted by their "
+        "declared lengths; a put beyond it gets 503 with Retry-After (one put is always "
+        "admitted when none is in flight).",
+        min=MiB,
+    )
     max_meta_bytes: int = _setting(
         1 * MiB,
         "Largest metadata header (X-Semcached-KV-Meta) accepted; per-token scores make it "
@@ -278,6 +296,53 @@ class KvSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Tenants and tokens: the tokens file, and the limits a tenant has unless its table
+    in that file says otherwise (they apply only with a tokens file)."""
+
+    tokens_file: str = _setting(
+        "",
+        "TOML file of tenants and hashed tokens with their scopes (see Tenants and tokens); "
+        "reread on SIGHUP. Empty: the single `server.auth_token`, or no authentication.",
+    )
+    requests_per_s: float = _setting(
+        0.0, "Requests per second a tenant may make, on average (0: unlimited).", min=0
+    )
+    burst: int = _setting(
+        100, "Requests a tenant may make at once above its rate (the token bucket's size).", min=1
+    )
+    max_leases: int = _setting(
+        1000,
+        "Shared-memory leases a tenant may hold at once (0: only kv.max_leases, which "
+        "bounds all tenants together).",
+        min=0,
+    )
+    max_pinned_bytes: int = _setting(
+        256 * MiB,
+        "Host-tier bytes a tenant's leases may pin at once (0: only the host tier's size).",
+        min=0,
+    )
+    semantic_max_entries: int = _setting(
+        0,
+        "Semantic cache entries a tenant may keep over all its namespaces; past it the "
+        "tenant's oldest go (0: only the category quotas).",
+        min=0,
+    )
+    semantic_max_bytes: int = _setting(
+        0,
+        "Semantic cache bytes a tenant may keep; past it the tenant's oldest entries go "
+        "(0: only the category quotas).",
+        min=0,
+    )
+    kv_max_bytes: int = _setting(
+        0,
+        "Chunk KV bytes (disk tier) a tenant's KV scope may keep; past it its oldest "
+        "variants go (0: only kv.disk_bytes).",
+        min=0,
+    )
+
+
 DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -302,6 +367,7 @@ class Settings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     kv: KvSettings = field(default_factory=KvSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models
     # (``[kv_models."<id>"]`` tables).
     categories: CategoryTable = field(default_factory=CategoryTable)

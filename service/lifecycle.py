@@ -64,12 +64,18 @@ ReadinessStatus = Literal["starting", "ready", "failed", "shutting_down"]
 
 
 class Readiness:
-    """What ``/readyz`` reports: ready once every component is open, until shutdown."""
+    """What ``/readyz`` reports: ready once every component is open, until shutdown.
+
+    It also names the stores that are full (they refuse inserts with 507 because
+    nothing is left to evict). That does not make the daemon unready: a full cache
+    still serves every hit, so a load balancer should keep sending it traffic.
+    """
 
     def __init__(self) -> None:
         self._waiting: list[str] = []
         self._failed: dict[str, str] = {}
         self._shutting_down = False
+        self._stores: dict[str, Callable[[], bool]] = {}
 
     def expect(self, name: str) -> None:
         self._waiting.append(name)
@@ -82,6 +88,18 @@ class Readiness:
 
     def begin_shutdown(self) -> None:
         self._shutting_down = True
+
+    def watch_storage(self, store: str, is_full: Callable[[], bool]) -> None:
+        """Report ``store`` as full whenever ``is_full()`` says so."""
+        self._stores[store] = is_full
+
+    @property
+    def stores(self) -> list[str]:
+        """The names of the watched stores."""
+        return list(self._stores)
+
+    def storage_full(self, store: str) -> bool:
+        return self._stores[store]()
 
     @property
     def status(self) -> ReadinessStatus:
@@ -103,6 +121,9 @@ class Readiness:
             body["waiting_for"] = list(self._waiting)
         if self._failed:
             body["failed"] = dict(self._failed)
+        full = [store for store, is_full in self._stores.items() if is_full()]
+        if full:
+            body["storage_full"] = full
         return body
 
 

@@ -10,6 +10,7 @@ never the raw path).
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -28,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from semcached._version import __version__
 
-__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS_S", "HttpMetrics", "Metrics"]
+__all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS_S", "HttpMetrics", "Metrics", "UploadMetrics"]
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -107,6 +108,25 @@ class HttpMetrics:
         histogram.observe(seconds)
 
 
+class UploadMetrics:
+    """The bytes of chunk puts in flight and the puts refused for want of room (bodies
+    that came too slowly are counted as 408s by :class:`HttpMetrics`)."""
+
+    def __init__(self, registry: CollectorRegistry, in_flight: Callable[[], float]) -> None:
+        self.in_flight = Gauge(
+            "semcached_kv_upload_bytes_in_flight",
+            "Bytes of chunk puts being received or stored (declared lengths), of "
+            "kv.max_inflight_upload_bytes.",
+            registry=registry,
+        )
+        self.in_flight.set_function(in_flight)
+        self.refused = Counter(
+            "semcached_kv_uploads_refused",
+            "Chunk puts refused with 503 because kv.max_inflight_upload_bytes was reached.",
+            registry=registry,
+        )
+
+
 class Metrics:
     """The registry of one application and the metrics the core defines.
 
@@ -126,6 +146,13 @@ class Metrics:
         self.ready = Gauge(
             "semcached_ready",
             "1 when the daemon reports ready on /readyz, else 0.",
+            registry=self.registry,
+        )
+        self.storage_full = Gauge(
+            "semcached_storage_full",
+            "1 while the store refuses inserts because it is full and nothing is left to "
+            "evict (it still serves reads), else 0.",
+            ["store"],
             registry=self.registry,
         )
         self.http = HttpMetrics(self.registry)

@@ -54,6 +54,7 @@ PACKAGES = {
     "semcached.service.semantic",
     "semcached.service.semantic.embedding",
     "semcached.service.kv",
+    "semcached.service.auth",
     "semcached.index",
     "semcached.cachepolicy",
     "semcached.ext",

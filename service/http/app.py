@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from semcached.index.datadir import DataDirectory
+from semcached.service.auth.authenticator import Authenticator
 from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import (
+    AUTH,
     COMPONENTS,
     CONNECTIONS,
     DATA_DIR,
@@ -31,7 +35,9 @@ from semcached.service.http.routing import RouteGroup
 from semcached.service.lifecycle import Components, FunctionComponent, Readiness, ShutdownRequest
 from semcached.service.metrics import Metrics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "reload_tokens"]
+
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -39,16 +45,19 @@ def create_app(
 ) -> web.Application:
     """Build the daemon's application; nothing is opened until it starts."""
     metrics = Metrics()
+    authenticator = Authenticator(settings, metrics.registry)  # ConfigError: a bad tokens file
+    log.info("%s", authenticator.table.describe())
+    scopes = {(op.method, op.path): op.scope for group in groups for op in group.operations}
     connections = ConnectionTable(header_timeout_s=settings.server.header_timeout_s)
     connections.register_metrics(metrics.registry)
     middlewares: list[Middleware] = [
         metrics_middleware(metrics.http),
         connection_middleware(connections),
         error_middleware,
+        auth_middleware(authenticator, scopes),
     ]
-    if settings.server.auth_token:
-        middlewares.append(auth_middleware(settings.server.auth_token))
     app = web.Application(middlewares=middlewares, client_max_size=settings.server.max_body_bytes)
+    app[AUTH] = authenticator
 
     readiness = Readiness()
     shutdown = ShutdownRequest()
@@ -67,13 +76,17 @@ def create_app(
     _add_data_dir(app, settings)
     for group in groups:
         group.install(app)
-    app[OPENAPI] = build_openapi(
-        groups, bearer_auth=bool(settings.server.auth_token), settings=settings
-    )
+    for store in readiness.stores:
+        metrics.storage_full.labels(store).set_function(_storage_full_gauge(readiness, store))
+    app[OPENAPI] = build_openapi(groups, bearer_auth=authenticator.required, settings=settings)
 
     app.on_startup.append(_start_components)
     app.on_cleanup.append(_close_components)
     return app
+
+
+def _storage_full_gauge(readiness: Readiness, store: str) -> Callable[[], float]:
+    return lambda: 1.0 if readiness.storage_full(store) else 0.0
 
 
 def _add_data_dir(app: web.Application, settings: Settings) -> None:
@@ -101,3 +114,20 @@ async def _start_components(app: web.Application) -> None:
 async def _close_components(app: web.Application) -> None:
     await app[COMPONENTS].close_all()
     app[EXECUTOR].shutdown(wait=True)
+
+
+_reloads: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak refs)
+
+
+def reload_tokens(app: web.Application) -> None:
+    """Reread the tokens file on a worker thread and swap the table in (SIGHUP)."""
+
+    async def reload() -> None:
+        authenticator = app[AUTH]
+        table = await run_blocking(app[EXECUTOR], authenticator.load)
+        if table is not None:
+            authenticator.install(table)
+
+    task = asyncio.get_running_loop().create_task(reload(), name="reload tokens")
+    _reloads.add(task)
+    task.add_done_callback(_reloads.discard)

@@ -8,13 +8,17 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from semcached.index.datadir import DataDirectory
+from semcached.service.auth.authenticator import Authenticator
+from semcached.service.auth.tenants import Principal
 from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
+from semcached.service.http.bodies import UploadBudget
 from semcached.service.http.connections import ConnectionTable
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
 
 __all__ = [
+    "AUTH",
     "COMPONENTS",
     "CONNECTIONS",
     "DATA_DIR",
@@ -23,10 +27,12 @@ __all__ = [
     "LISTEN_URLS",
     "METRICS",
     "OPENAPI",
+    "PRINCIPAL",
     "READINESS",
     "SEMANTIC",
     "SETTINGS",
     "SHUTDOWN",
+    "UPLOADS",
     "daemon_context",
 ]
 
@@ -39,6 +45,10 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
 # The client connections of the daemon's listeners, and the drain at shutdown.
 CONNECTIONS = web.AppKey("connections", ConnectionTable)
+# Who may call what: the token table, rate limits, reloads.
+AUTH = web.AppKey("auth", Authenticator)
+# The principal a /v1/ request acts as (set by the auth middleware before the handler).
+PRINCIPAL = web.RequestKey("principal", Principal)
 if TYPE_CHECKING:
     from semcached.service.kv.engine import KvCache
     from semcached.service.semantic.engine import SemanticCache
@@ -46,6 +56,8 @@ if TYPE_CHECKING:
 SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
 # The chunk KV cache engine, once open (a Slot: 503 before).
 KV: web.AppKey[Slot[KvCache]] = web.AppKey("kv")
+# The bytes of chunk puts in flight (kv.max_inflight_upload_bytes).
+UPLOADS = web.AppKey("uploads", UploadBudget)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

@@ -1,23 +1,110 @@
-"""Reading a request body within the server's bounds: its type, its size, its pace.
+"""Request bodies within bounds: memory committed only as bytes arrive, a deadline for
+slow senders, and a daemon-wide budget of upload bytes.
 
-A JSON route reads its body with :func:`read_json_body`: a body declared as another
-media type is a 415 before a byte is read, a body over the route's limit a 413 (from
-its Content-Length before reading, else as soon as it grows past it), and a body
-whose next bytes take longer than ``server.body_timeout_s`` to arrive a 408 (a client
-trickling its body must not hold a handler and its buffer forever).
+A chunk put announces up to ``kv.max_blob_bytes`` in its Content-Length.
+:func:`read_exactly` maps an anonymous region of that length (``mmap``: address space,
+no memory until a page is written), so a declared length costs nothing until its
+bytes arrive, and the body is still read with one copy into one contiguous buffer.
+
+Every read of a body waits at most ``server.body_timeout_s``, and the whole body must
+be in within that plus its length at ``server.body_min_bytes_per_s``
+(:class:`BodyDeadline`); a body that is slower gets 408 ``body_timeout`` and the
+connection is closed, so a trickling sender cannot hold its buffer and its share of
+the budget for ever. JSON bodies (:func:`read_all`) get the same overall deadline,
+and a JSON route refuses a body declared as another media type with 415 before reading
+it (:func:`check_json_content_type`).
+
+:class:`UploadBudget` caps the bytes of all chunk puts being received or stored at
+once (``kv.max_inflight_upload_bytes``), reserved by declared length at admission. A
+put that does not fit is refused at once with 503 ``uploads_busy`` and Retry-After
+rather than queued: a queued put would hold its connection and socket buffers while
+it waits, which is just what a flood of uploads wants, and the clients already retry
+a 503 with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import math
+import mmap
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from aiohttp import hdrs, web
+from prometheus_client import CollectorRegistry
 
-from semcached.errors import BadRequestError, PayloadTooLargeError
+from semcached.errors import ApiError, BadRequestError, ServiceUnavailableError
 from semcached.protocol.codes import ErrorCode
-from semcached.service.http.appkeys import SETTINGS
+from semcached.service.config import ServerSettings
+from semcached.service.metrics import UploadMetrics
 
-__all__ = ["check_json_content_type", "read_body", "read_json_body"]
+__all__ = ["BodyDeadline", "UploadBudget", "check_json_content_type", "read_all", "read_exactly"]
+
+_READ_CHUNK = 1 << 20
+RETRY_AFTER_S = 1
+
+
+@dataclass(frozen=True, slots=True)
+class BodyDeadline:
+    """How long a body may take: ``idle_s`` between reads, and in all ``idle_s`` plus
+    its length at ``min_bytes_per_s`` (0: no overall limit)."""
+
+    idle_s: float
+    min_bytes_per_s: int = 0
+
+    @classmethod
+    def of(cls, server: ServerSettings) -> BodyDeadline:
+        return cls(server.body_timeout_s, server.body_min_bytes_per_s)
+
+    def total_s(self, length: int) -> float:
+        if not self.min_bytes_per_s:
+            return math.inf
+        return self.idle_s + length / self.min_bytes_per_s
+
+
+def _timed_out(received: int, length: int | None) -> ApiError:
+    of = "" if length is None else f" of {length}"
+    return ApiError(
+        ErrorCode.BODY_TIMEOUT,
+        f"the request body came too slowly ({received}{of} bytes received in time)",
+        status=408,
+        headers={"Connection": "close"},
+    )
+
+
+async def read_exactly(request: web.Request, length: int, deadline: BodyDeadline) -> memoryview:
+    """The body, which must be ``length`` bytes, in one buffer committed as it fills.
+
+    408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
+    early. The caller has checked ``length`` against its limits.
+    """
+    if length <= 0:
+        return memoryview(b"")
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline.total_s(length)
+    buffer = mmap.mmap(-1, length)  # anonymous: pages are committed as they are written
+    filled = 0
+    try:
+        while filled < length:
+            wait = min(deadline.idle_s, ends - loop.time())
+            try:
+                if wait <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(wait):
+                    chunk = await request.content.read(min(_READ_CHUNK, length - filled))
+            except TimeoutError:
+                raise _timed_out(filled, length) from None
+            if not chunk:
+                raise BadRequestError(
+                    ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
+                )
+            buffer[filled : filled + len(chunk)] = chunk
+            filled += len(chunk)
+    except BaseException:
+        buffer.close()  # now, not when the traceback that refers to it is collected
+        raise
+    return memoryview(buffer)
 
 
 def check_json_content_type(request: web.Request) -> None:
@@ -40,39 +127,46 @@ def check_json_content_type(request: web.Request) -> None:
     )
 
 
-async def read_body(request: web.Request, *, limit: int, timeout_s: float) -> bytearray:
-    """The body, at most ``limit`` bytes, each read waiting at most ``timeout_s``."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _too_large(limit)
-    body = bytearray()
-    content = request.content
-    while True:
+async def read_all(request: web.Request, deadline: BodyDeadline) -> bytes:
+    """``request.read()`` (over ``client_max_size``: 413) within the overall deadline of
+    its declared length, or of the largest body accepted when it declares none."""
+    length = request.content_length
+    bound = request.client_max_size if length is None else min(length, request.client_max_size)
+    try:
+        async with asyncio.timeout(deadline.total_s(bound)):
+            return await request.read()
+    except TimeoutError:
+        raise _timed_out(request.content.total_bytes, length) from None
+
+
+class UploadBudget:
+    """The bytes of uploads in flight, at most ``capacity``; one upload is admitted
+    whatever its size when none is in flight. Used on the event loop only."""
+
+    def __init__(self, capacity: int, registry: CollectorRegistry | None = None) -> None:
+        if capacity < 1:
+            raise ValueError("the upload budget must be positive")
+        self.capacity = capacity
+        self.reserved = 0
+        self._metrics = None if registry is None else UploadMetrics(registry, self._in_flight)
+
+    def _in_flight(self) -> float:
+        return self.reserved
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int) -> Iterator[None]:
+        """Hold ``nbytes`` of the budget for the block, or raise 503 ``uploads_busy``."""
+        if self.reserved and self.reserved + nbytes > self.capacity:
+            if self._metrics is not None:
+                self._metrics.refused.inc()
+            raise ServiceUnavailableError(
+                ErrorCode.UPLOADS_BUSY,
+                f"{self.reserved} bytes of uploads are in flight; {nbytes} more would exceed "
+                f"kv.max_inflight_upload_bytes ({self.capacity}); retry later",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.reserved += nbytes
         try:
-            async with asyncio.timeout(timeout_s):
-                chunk = await content.readany()
-        except TimeoutError:
-            raise BadRequestError(
-                ErrorCode.BODY_TIMEOUT,
-                f"no body bytes for {timeout_s:g} s after {len(body)} bytes "
-                "(server.body_timeout_s)",
-                status=408,
-            ) from None
-        if not chunk:
-            return body
-        body += chunk
-        if len(body) > limit:
-            raise _too_large(limit)
-
-
-async def read_json_body(request: web.Request) -> bytearray:
-    """A JSON route's body, within ``server.max_body_bytes`` and ``server.body_timeout_s``."""
-    check_json_content_type(request)
-    timeout_s = request.app[SETTINGS].server.body_timeout_s
-    return await read_body(request, limit=request.client_max_size, timeout_s=timeout_s)
-
-
-def _too_large(limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        ErrorCode.PAYLOAD_TOO_LARGE, f"request body exceeds the limit of {limit} bytes"
-    )
+            yield
+        finally:
+            self.reserved -= nbytes

@@ -37,7 +37,8 @@ from multidict import MultiMapping
 
 from semcached.errors import BadRequestError
 from semcached.protocol.codes import ErrorCode
-from semcached.service.http.bodies import read_json_body
+from semcached.service.http.appkeys import SETTINGS
+from semcached.service.http.bodies import BodyDeadline, check_json_content_type, read_all
 
 __all__ = ["Decoder"]
 
@@ -92,8 +93,10 @@ class Decoder(Generic[T]):
             ) from None
 
     async def read(self, request: web.Request) -> T:
-        """The struct of the request's JSON body (415, 413 and 408 as ``bodies`` says)."""
-        raw = await read_json_body(request)
+        """The struct of the request's JSON body (415, 413 and 408: see ``bodies``)."""
+        check_json_content_type(request)
+        # Over the size limit: HTTPRequestEntityTooLarge -> 413; too slow: 408.
+        raw = await read_all(request, BodyDeadline.of(request.app[SETTINGS].server))
         if not raw:
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"{self.what} is empty; expected a JSON object"

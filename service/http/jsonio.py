@@ -55,5 +55,9 @@ def json_response(
 
 
 def error_response(error: ApiError) -> web.Response:
-    """The ``{"error": {...}}`` document for ``error`` with its status."""
-    return json_response(error.to_json(), status=error.status)
+    """The ``{"error": {...}}`` document for ``error`` with its status and headers;
+    ``Connection: close`` among them also ends the connection after the response."""
+    response = json_response(error.to_json(), status=error.status, headers=error.headers)
+    if error.headers.get("Connection", "").lower() == "close":
+        response.force_close()
+    return response

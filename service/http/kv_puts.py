@@ -9,27 +9,36 @@ in ``X-Semcached-KV-Source``. Both readers answer a 4xx for the caller's mistake
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
 
 import numpy as np
+import orjson
 from aiohttp import web
 from numpy.typing import NDArray
 
-from semcached.errors import ApiError, BadRequestError, PayloadTooLargeError
+from semcached.errors import ApiError, BadRequestError, SemcachedError
 from semcached.index.kv_meta import VariantMeta
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, KV_STAGED_PREFIX
 from semcached.protocol.keys import KeyFormatError, parse_key, variant_key
 from semcached.protocol.kv import CacheCraftStats, ChunkPutMeta, unpack_floats
 from semcached.service.http.appkeys import KV, SETTINGS
+from semcached.service.http.bodies import BodyDeadline, read_exactly
 from semcached.service.http.decoding import Decoder
-from semcached.service.kv.engine import PutResult
+from semcached.service.kv.engine import KvCache, PutResult
+from semcached.service.kv.types import UNSCOPED, KvTenant
 
-__all__ = ["PUT_META", "parse_put_meta", "put_from_staged_file", "read_blob", "read_staged_file"]
-
-_READ_CHUNK = 1 << 20
+__all__ = [
+    "PUT_META",
+    "UnsafeStagedFileError",
+    "parse_put_meta",
+    "put_from_staged_file",
+    "read_blob",
+    "read_staged_file",
+]
 
 PUT_META = Decoder(
     ChunkPutMeta,
@@ -52,11 +61,18 @@ def key_or_400(text: str, field: str) -> bytes:
         raise BadRequestError(ErrorCode.BAD_KEY, str(exc), field=field) from None
 
 
-def parse_put_meta(raw: str | None, chunk: bytes, created_at: float) -> VariantMeta:
-    """The metadata header of a put, validated into a :class:`VariantMeta`."""
+def parse_put_meta(raw: str | None, chunk: bytes, engine: KvCache) -> VariantMeta:
+    """The metadata header of a put, validated into a :class:`VariantMeta`.
+
+    The declared shape is checked arithmetically against the model and the size
+    limits (:meth:`KvCache.check_shape`) before anything of its size is allocated:
+    a header of a hundred bytes may declare 2**62 tokens.
+    """
     if raw is None:
         raise BadRequestError(ErrorCode.MISSING_META, f"the {KV_META_HEADER} header is required")
     put = PUT_META.decode(raw)
+    engine.check_shape(put.model, put.dtype, put.shape)
+    _check_storable(put.rope, "rope")
     prefix = tuple(key_or_400(k, "prefix") for k in put.prefix)
     stats = put.stats or CacheCraftStats()
     prefix_tokens = put.prefix_tokens
@@ -81,10 +97,19 @@ def parse_put_meta(raw: str | None, chunk: bytes, created_at: float) -> VariantM
             inter=inter,
             intra=stats.intra,
             token_scores=scores,
-            created_at=created_at,
+            created_at=engine.now(),
         )
     except (ValueError, TypeError) as exc:  # inconsistent: lengths, shape[1], values
         raise BadRequestError(ErrorCode.INVALID_META, str(exc)) from None
+
+
+def _check_storable(value: object, field: str) -> None:
+    """400 for free-form JSON that the metadata record cannot hold (orjson refuses
+    nesting deeper than 254 levels and integers beyond 64 bits)."""
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:
+        raise _invalid_meta(field, f"cannot be stored: {exc}") from None
 
 
 def _invalid_meta(field: str, message: str) -> BadRequestError:
@@ -92,7 +117,8 @@ def _invalid_meta(field: str, message: str) -> BadRequestError:
 
 
 def _floats(value: list[float] | str | None, zeros: int, field: str) -> NDArray[np.float32]:
-    """Statistics as sent, or ``zeros`` zeros when absent (checked against the shape later)."""
+    """Statistics as sent, or ``zeros`` zeros when absent (checked against the shape
+    later; ``zeros`` is a token count that the shape check has bounded)."""
     if value is None:
         return np.zeros(zeros, dtype=np.float32)
     try:
@@ -101,36 +127,31 @@ def _floats(value: list[float] | str | None, zeros: int, field: str) -> NDArray[
         raise _invalid_meta(field, str(exc)) from None
 
 
-async def read_blob(request: web.Request, limit: int) -> bytearray:
-    """The body into one buffer of the announced length (one copy), or a 4xx."""
+async def read_blob(request: web.Request, nbytes: int) -> memoryview:
+    """The body of a put whose metadata says ``nbytes``, or a 4xx before reading it
+    when its Content-Length says otherwise (see :func:`read_exactly` for the rest)."""
     length = request.content_length
     if length is None:
         raise ApiError(ErrorCode.LENGTH_REQUIRED, "a put needs a Content-Length", status=411)
-    if length > limit:
-        raise PayloadTooLargeError(
-            ErrorCode.BLOB_TOO_LARGE, f"a blob of {length} bytes exceeds the limit of {limit}"
+    if length != nbytes:
+        raise BadRequestError(
+            ErrorCode.LENGTH_MISMATCH,
+            f"the metadata's shape and dtype make {nbytes} bytes; Content-Length is {length}",
         )
-    buffer = bytearray(length)
-    view = memoryview(buffer)
-    filled = 0
-    while filled < length:
-        chunk = await request.content.read(min(_READ_CHUNK, length - filled))
-        if not chunk:
-            raise BadRequestError(
-                ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
-            )
-        view[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return buffer
+    return await read_exactly(request, nbytes, BodyDeadline.of(request.app[SETTINGS].server))
 
 
-def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -> PutResult:
+def put_from_staged_file(
+    app: web.Application, meta: VariantMeta, source: str, tenant: KvTenant = UNSCOPED
+) -> PutResult:
     """A put whose bytes a same-host client staged in a file of ``kv.shm_dir``.
 
     The daemon reads the file (one copy, no socket) and stores it. Only regular files
-    named ``semcached-put-*`` are read: never the daemon's own arena, never a path
-    outside the directory. It reads rather than maps the file: a client truncating a
-    mapped file would kill the daemon with SIGBUS. Blocks: run it on a worker thread.
+    with a single link named ``semcached-put-*`` are read: never a symbolic or hard
+    link to another file (the daemon's own arena, another tenant's staged put), never
+    a path outside the directory. It reads rather than maps the file: a client
+    truncating a mapped file would kill the daemon with SIGBUS. Blocks: run it on a
+    worker thread.
     """
     settings = app[SETTINGS].kv
     segment = source.removeprefix("shm:")
@@ -146,7 +167,13 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
         )
     try:
         blob = read_staged_file(settings.shm_dir / segment, meta.nbytes)
+    except UnsafeStagedFileError as exc:
+        raise BadRequestError(ErrorCode.BAD_SOURCE, f"staged blob {segment!r}: {exc}") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise BadRequestError(
+                ErrorCode.BAD_SOURCE, f"staged blob {segment!r}: a symbolic link is not read"
+            ) from None
         raise BadRequestError(
             ErrorCode.SHM_SOURCE_UNAVAILABLE, f"cannot read the staged blob {segment!r}: {exc}"
         ) from None
@@ -154,18 +181,28 @@ def put_from_staged_file(app: web.Application, meta: VariantMeta, source: str) -
         raise BadRequestError(
             ErrorCode.LENGTH_MISMATCH,
             f"shape {list(meta.shape)} of {meta.dtype} is {meta.nbytes} bytes; the staged "
-            "file is not a regular file of that length",
+            "file has another length",
         )
-    return app[KV].get().put(meta, blob)
+    return app[KV].get().put(meta, blob, tenant=tenant)
+
+
+class UnsafeStagedFileError(SemcachedError):
+    """The staged name is not a plain file of its own: not regular, or hard-linked."""
 
 
 def read_staged_file(path: Path, nbytes: int) -> bytearray | None:
-    """The bytes of a regular file of exactly ``nbytes`` bytes, or None."""
+    """The bytes of a regular, singly linked file of exactly ``nbytes`` bytes; None when
+    its length differs. OSError (ELOOP for a symbolic link) when it cannot be opened,
+    :class:`UnsafeStagedFileError` when it is not a regular file or has another link."""
     # O_NONBLOCK: a FIFO planted under the name must not hang the worker thread.
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode) or info.st_size != nbytes:
+        info = os.fstat(fd)  # of the file opened, whatever the name points to by now
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeStagedFileError("not a regular file")
+        if info.st_nlink != 1:
+            raise UnsafeStagedFileError(f"a file with {info.st_nlink} links is not read")
+        if info.st_size != nbytes:
             return None
         blob = bytearray(nbytes)
         view = memoryview(blob)

@@ -8,22 +8,24 @@ handler runs.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
+from collections.abc import Mapping
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from semcached.errors import (
     ApiError,
-    AuthenticationError,
     BadRequestError,
     NotFoundError,
     PayloadTooLargeError,
     ServerError,
 )
 from semcached.protocol.codes import ErrorCode
+from semcached.service.auth.authenticator import Authenticator
+from semcached.service.auth.scopes import Scope
+from semcached.service.http.appkeys import PRINCIPAL
 from semcached.service.http.jsonio import error_response
 from semcached.service.metrics import HttpMetrics
 
@@ -126,24 +128,32 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
-def auth_middleware(token: str, protected_prefix: str = "/v1/") -> Middleware:
-    """Require ``Authorization: Bearer <token>`` on routes under ``protected_prefix``.
+def auth_middleware(
+    authenticator: Authenticator,
+    scopes: Mapping[tuple[str, str], Scope | None],
+    protected_prefix: str = "/v1/",
+) -> Middleware:
+    """Authenticate every request under ``protected_prefix`` and check its route's scope.
 
-    Probes, metrics and the OpenAPI document stay open: a kubelet or Prometheus
-    must reach them without the application's secret.
+    ``scopes`` maps (method, route template) to what a token needs. The request's
+    :class:`~semcached.service.auth.tenants.Principal` is left in ``request[PRINCIPAL]``
+    for the handler (which checks namespaces and scopes its body names); in the open
+    mode it is the default tenant with every scope. Probes, metrics and the OpenAPI
+    document stay open: a kubelet or Prometheus must reach them without a secret.
+    Order: 401 (who?), 429 (the tenant's rate), 403 (the route's scope), so a caller
+    without a valid token learns nothing about routes or tenants.
     """
-    expected = f"Bearer {token}".encode()
     open_paths = frozenset({"/v1/openapi.json"})
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(protected_prefix) and request.path not in open_paths:
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                raise AuthenticationError(
-                    ErrorCode.UNAUTHORIZED,
-                    "missing or wrong bearer token in the Authorization header",
-                )
+            principal = authenticator.authenticate(request.headers.get("Authorization"))
+            authenticator.admit(principal)
+            request[PRINCIPAL] = principal
+            scope = scopes.get((request.method, route_label(request)))
+            if scope is not None:
+                authenticator.require(principal, scope)
         return await handler(request)
 
     return middleware

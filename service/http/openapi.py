@@ -17,7 +17,13 @@ import msgspec
 from semcached._version import __version__
 from semcached.protocol.headers import JSON
 from semcached.service.config import Settings
-from semcached.service.http.routing import Operation, RouteGroup, error_reply
+from semcached.service.http.routing import (
+    ERROR_SCHEMA_REF,
+    Operation,
+    RouteGroup,
+    error_reply,
+    json_content,
+)
 
 __all__ = ["ERROR_SCHEMA", "build_openapi"]
 
@@ -40,13 +46,13 @@ ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
-def _standard_responses(op: Operation, *, protected: bool) -> dict[str, Any]:
+def _standard_responses(op: Operation) -> dict[str, Any]:
     """The error statuses an operation can give whatever its handler does.
 
     Every operation: 500 (the daemon's fault) and 503 (starting, overloaded, or
     shutting down). With a body, query or path parameters: 400. With a body: 413 and
-    408 (``server.body_timeout_s``); with a JSON body also 415. Behind the bearer
-    token: 401, 403 (a scope the token lacks) and 429 (a tenant's rate limit).
+    408 (``server.body_timeout_s``); with a JSON body also 415. (Behind a token, 401,
+    403 and 429 too: ``_AUTH_RESPONSES``.)
     """
     out = {
         500: error_reply("The daemon failed; see its log."),
@@ -64,12 +70,36 @@ def _standard_responses(op: Operation, *, protected: bool) -> dict[str, Any]:
         out[413] = error_reply("The body is larger than the route accepts.")
         if JSON in body.get("content", {}):
             out[415] = error_reply("The body is not declared as JSON.")
-    if protected:
-        out[401] = error_reply("Missing or unknown bearer token.")
-        out[403] = error_reply("The token lacks the scope this route needs.")
-        out[429] = error_reply("Over the tenant's rate limit or quota; retry later.")
     return {str(code): reply.spec() for code, reply in sorted(out.items())}
 
+
+# What a protected operation may also answer when tokens are required.
+_AUTH_RESPONSES = {
+    "401": {
+        **json_content({"$ref": ERROR_SCHEMA_REF}, "No valid bearer token."),
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'Bearer realm="semcached", with error="invalid_token" '
+                "when a token was sent.",
+                "schema": {"type": "string"},
+            }
+        },
+    },
+    "403": json_content(
+        {"$ref": ERROR_SCHEMA_REF},
+        "The token lacks the route's scope (insufficient_scope) or a namespace the "
+        "request names (namespace_forbidden).",
+    ),
+    "429": {
+        **json_content({"$ref": ERROR_SCHEMA_REF}, "The tenant is over its requests per second."),
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until a request would be admitted.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
+}
 
 _JSON_LEAVES = (str, int, float, bool, type(None))
 
@@ -122,8 +152,9 @@ def build_openapi(
     """One document describing every operation of ``groups``.
 
     Every operation also documents the error statuses it can give whatever its
-    handler does (see :func:`_standard_responses`); with
-    ``bearer_auth`` the ``/v1/`` operations (except this document) require a token.
+    handler does (see :func:`_standard_responses`) and the scope a token needs for it
+    (``x-semcached-scope``); with ``bearer_auth`` the ``/v1/`` operations (except this
+    document) require a token and document its 401, 403 and 429.
     With ``settings``, each group's document hooks add the bounds that are settings
     (batch sizes, the vector dimension) to the generated schemas.
     """
@@ -137,10 +168,14 @@ def build_openapi(
         for op in group.operations:
             spec = dict(op.spec)
             protected = bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json"
-            standard = _standard_responses(op, protected=protected)
+            standard = _standard_responses(op)
+            if protected:
+                standard.update(_AUTH_RESPONSES)
             spec["responses"] = dict(sorted({**standard, **spec["responses"]}.items()))
             if op.query is not None:
                 spec["parameters"] = [*spec.get("parameters", ()), *query_parameters(op.query)]
+            if op.scope is not None:
+                spec["x-semcached-scope"] = op.scope.value
             if protected:
                 spec["security"] = [{"bearer": []}]
             paths.setdefault(op.path, {})[op.method.lower()] = spec

@@ -20,11 +20,13 @@ from typing import Any
 from aiohttp import web
 
 from semcached.protocol.headers import JSON
+from semcached.service.auth.scopes import Scope
 from semcached.service.config import Settings
 from semcached.service.http.decoding import Decoder
 
 __all__ = [
     "ERROR_SCHEMA_REF",
+    "STORE_FULL_REPLY",
     "Handler",
     "Operation",
     "Reply",
@@ -53,6 +55,14 @@ def json_content(schema: Any, description: str) -> dict[str, Any]:
     document builder turns into one.
     """
     return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+STORE_FULL_REPLY = json_content(
+    {"$ref": ERROR_SCHEMA_REF},
+    "The store is full and nothing could be evicted to make room (code store_full: "
+    "the size cap, or a full filesystem); reads still work.",
+)
+"""The 507 of a route that writes to a store."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,7 @@ class Operation:
     handler: Handler
     spec: dict[str, Any]
     query: type | None = None
+    scope: Scope | None = None  # what a token needs for it (None: open to anyone)
 
 
 def error_reply(description: str) -> Reply:
@@ -125,12 +136,16 @@ class RouteGroup:
         query: Decoder[Any] | type | None = None,
         parameters: list[dict[str, Any]] | None = None,
         operation_id: str | None = None,
+        scope: Scope | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator registering ``handler`` for ``method path`` with its OpenAPI text.
 
         ``body``: the JSON request body's struct (required); ``request_body``: any
         other body, as an OpenAPI request body object. ``query``: the struct of the
         query string. ``parameters``: the path's (their schemas may be types).
+        ``scope``: what the caller's token must grant (checked before the handler
+        runs, so before any body is read); every ``/v1/`` route but the OpenAPI
+        document names one.
         """
         if body is not None and request_body is not None:
             raise ValueError("give body or request_body, not both")
@@ -157,7 +172,9 @@ class RouteGroup:
             if parameters:
                 spec["parameters"] = parameters
             query_type = None if query is None else _type_of(query)
-            self.operations.append(Operation(method.upper(), path, handler, spec, query_type))
+            self.operations.append(
+                Operation(method.upper(), path, handler, spec, query_type, scope)
+            )
             return handler
 
         return register

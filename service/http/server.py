@@ -1,5 +1,7 @@
 """Running the daemon: listen, serve until a signal, then shut down in order.
 
+SIGHUP rereads the tokens file (``auth.tokens_file``).
+
 Shutdown sequence on SIGTERM or SIGINT (or a component failing to open):
 1. ``/readyz`` turns 503 at once, and stays so for ``server.drain_delay_s`` while
    the listener still accepts and serves (a load balancer sees it and stops routing
@@ -34,7 +36,7 @@ from aiohttp import web
 
 from semcached._version import __version__
 from semcached.service.config import Settings
-from semcached.service.http.app import create_app
+from semcached.service.http.app import create_app, reload_tokens
 from semcached.service.http.appkeys import CONNECTIONS, LISTEN_URLS, READINESS, SHUTDOWN
 from semcached.service.http.connections import PROBE_CONNECTIONS
 from semcached.service.logs import AccessLogger, access_logger
@@ -104,6 +106,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.request, signal.Signals(sig).name)
+    loop.add_signal_handler(signal.SIGHUP, reload_tokens, app)
     listeners: list[asyncio.Server] = []
     try:
         main_listener = connections.listener("main", cap)
@@ -141,7 +144,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> int:
         for listener in listeners:
             listener.close()
         await runner.cleanup()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     log.info("stopped")
     return shutdown.exit_code

@@ -107,6 +107,7 @@ def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
         await run_blocking(daemon.executor, _close, engine)
 
     daemon.components.add(FunctionComponent("chunk KV cache", open_engine, close_engine))
+    daemon.components.readiness.watch_storage("kv", lambda: slot.is_set and slot.get().storage_full)
     daemon.registry.register(KvCollector(slot))
     return slot
 
@@ -164,4 +165,16 @@ class KvCollector(Collector):
             "semcached_kv_leases", "Shared-memory leases live (each pins blobs)."
         )
         leases.add_metric([], engine.live_leases)
-        yield from (size, entries, budget, *counters.values(), leases)
+        # Owners are tenants of the tokens file: a bounded set of label values.
+        held = GaugeMetricFamily(
+            "semcached_kv_tenant_leases", "Leases live, by owning tenant.", labels=["tenant"]
+        )
+        pinned = GaugeMetricFamily(
+            "semcached_kv_tenant_pinned_bytes",
+            "Host-tier bytes pinned by a tenant's leases.",
+            labels=["tenant"],
+        )
+        for owner, (count, nbytes) in engine.lease_holders().items():
+            held.add_metric([owner], count)
+            pinned.add_metric([owner], nbytes)
+        yield from (size, entries, budget, *counters.values(), leases, held, pinned)

@@ -11,8 +11,9 @@ HTTP layer only decodes, calls it and encodes.
 
 Threading (the contract of :mod:`semcached.service.blocking`): every public method
 is thread-safe and may block (LMDB commits, copies of megabytes), so the daemon calls
-them on its worker threads through ``run_blocking``; ``now``, ``stats``,
-``live_leases`` and ``variants`` never block and may be called on the event loop.
+them on its worker threads through ``run_blocking``; ``now``, ``check_shape``,
+``stats``, ``live_leases`` and ``variants`` never block and may be called on the
+event loop.
 
 Write path (:meth:`KvCache.put`): validate against the model's shape → make room
 on disk (evictions by the disk tier's policy) → one durable LMDB transaction with
@@ -23,12 +24,20 @@ its commit, and nothing of it is readable before.
 Read paths: :meth:`get` copies the bytes out (from the host tier, else from disk,
 promoting them); :meth:`lease` and :meth:`plan` with ``shm`` hand out shared-memory
 handles pinned by a :class:`Lease` until it is released or times out.
+
+Tenants (a :class:`KvTenant` on every call): a chunk key is stored under its
+tenant's *scope* (:func:`~semcached.index.kv_meta.scope_key`), so the same client
+key of two tenants names two records and neither can read, overwrite, delete or
+plan with the other's; replies carry the client's own keys. The unscoped default is
+the store as it was before tenants. Each scope may be capped in disk bytes (its
+oldest variants go first), and each owner in leases and pinned bytes.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -42,24 +51,37 @@ from semcached.cachepolicy.reuse import (
 from semcached.errors import (
     BadRequestError,
     ConflictError,
+    InsufficientStorageError,
     NotFoundError,
     PayloadTooLargeError,
     ServiceUnavailableError,
+    TooManyRequestsError,
 )
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.kv_disk import BlobWrite, KvDiskStore
-from semcached.index.kv_meta import ModelSpec, VariantMeta, expected_shape
+from semcached.index.kv_meta import DTYPE_BYTES, ModelSpec, VariantMeta, expected_shape
 from semcached.index.kv_tiers import DiskTier, HostTier, ShmHandle, TierStats
 from semcached.index.lmdb_env import StoreFullError
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.keys import variant_key
 from semcached.service.kv.leases import LeaseTable
 from semcached.service.kv.placement import HostPlacement
-from semcached.service.kv.types import ChunkPlan, Lease, LeasedBlob, Plan, PutResult, Variant
+from semcached.service.kv.types import (
+    UNSCOPED,
+    ChunkPlan,
+    KvTenant,
+    Lease,
+    LeasedBlob,
+    Plan,
+    PutResult,
+    Variant,
+)
 
 __all__ = [
+    "UNSCOPED",
     "ChunkPlan",
     "KvCache",
+    "KvTenant",
     "Lease",
     "LeasedBlob",
     "Plan",
@@ -106,8 +128,12 @@ class KvCache:
         self._ids = itertools.count(1)
         self._by_key: dict[bytes, Variant] = {}  # chunk + variant key -> variant
         self._by_id: dict[int, Variant] = {}
-        self._by_chunk: dict[bytes, dict[bytes, Variant]] = {}  # chunk -> variant key -> ...
+        # scope + chunk -> variant key -> ...
+        self._by_chunk: dict[bytes, dict[bytes, Variant]] = {}
         self._in_flight: set[bytes] = set()  # keys being put
+        # Per scope: disk bytes (puts in flight included) and live variants, oldest first.
+        self._scope_bytes: dict[bytes, int] = {}
+        self._scope_order: dict[bytes, dict[int, None]] = {}
         self._placement = (
             None
             if host is None
@@ -121,6 +147,8 @@ class KvCache:
             monotonic=monotonic,
         )
         self.opened = False
+        # True from a put refused for want of space until a write fits again.
+        self.storage_full = False
 
     def now(self) -> float:
         """The engine's wall clock (creation and access times)."""
@@ -138,6 +166,7 @@ class KvCache:
             for meta in metas:
                 vid = next(self._ids)
                 self.disk.admit(vid, meta.nbytes)
+                self._charge(meta.scope, meta.nbytes)
                 self._add(meta, vid)
             victims = self.disk.make_room()
             doomed = [self._forget(vid) for vid in victims]
@@ -162,14 +191,34 @@ class KvCache:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> PutResult:
-        """Store one variant durably; returns after the commit. See the module docstring.
+    def put(
+        self,
+        meta: VariantMeta,
+        blob: bytes | bytearray | memoryview,
+        *,
+        tenant: KvTenant = UNSCOPED,
+    ) -> PutResult:
+        """Store one variant durably under ``tenant``'s scope; returns after the commit.
+        See the module docstring.
 
-        Raises BadRequestError (unknown model, shape or length mismatch),
-        PayloadTooLargeError (over ``max_blob_bytes`` or the disk budget) and
-        ConflictError (the same variant is being put concurrently).
+        Raises BadRequestError (unknown model, shape or length mismatch, metadata that
+        cannot be stored), PayloadTooLargeError (over ``max_blob_bytes``, the disk budget
+        or the tenant's bytes), ConflictError (the same variant is being put
+        concurrently) and InsufficientStorageError (the store is full and nothing is
+        left to evict).
         """
+        meta.scope = tenant.scope
         self._check_put(meta, blob)
+        try:  # encoded here, so that a record that cannot be stored fails only this put
+            write = BlobWrite(meta.key, meta, blob)
+        except ValueError as exc:
+            raise BadRequestError(ErrorCode.INVALID_META, str(exc), field="rope") from None
+        if tenant.max_bytes and meta.nbytes > tenant.max_bytes:
+            raise PayloadTooLargeError(
+                ErrorCode.BLOB_TOO_LARGE,
+                f"a blob of {meta.nbytes} bytes exceeds the tenant's KV quota of "
+                f"{tenant.max_bytes} bytes",
+            )
         key = meta.key
         with self._lock:
             if key in self._in_flight:
@@ -182,18 +231,15 @@ class KvCache:
             # Admitted (and counted) before it is written, so that the policy treats it
             # as the newcomer and concurrent puts see its bytes.
             self.disk.admit(vid, meta.nbytes, pending=True)
-            victims = [self._forget(victim) for victim in self.disk.make_room()]
+            self._charge(meta.scope, meta.nbytes)
+            victims = [self._forget(v) for v in self._over_quota(meta.scope, tenant.max_bytes)]
+            victims += [self._forget(victim) for victim in self.disk.make_room()]
         committed = False
         late: list[Variant] = []
         try:
             changes = [BlobWrite(v.meta.key) for v in victims]
-            changes.append(BlobWrite(key, meta, blob))
-            try:
-                self.store.write(changes)
-            except StoreFullError:
-                raise ServiceUnavailableError(
-                    ErrorCode.STORE_FULL, "the KV disk store reached its map size cap; retry later"
-                ) from None
+            changes.append(write)
+            victims.extend(self._write_making_room(changes, meta.nbytes))
             committed = True
         finally:
             with self._lock:
@@ -205,39 +251,82 @@ class KvCache:
                     late = [self._forget(victim) for victim in self.disk.make_room()]
                 else:
                     self.disk.remove(vid)
+                    self._charge(meta.scope, -meta.nbytes)
         if late:
-            self.store.write([BlobWrite(v.meta.key) for v in late])
+            try:
+                self.store.write([BlobWrite(v.meta.key) for v in late])
+            except StoreFullError as exc:  # the put is durable; these return at a restart
+                log.warning("could not delete %d evicted chunk variants: %s", len(late), exc)
             victims.extend(late)
         tiers = ["disk"]
         if self._place(variant, blob):
             tiers.insert(0, "host")
         return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), len(victims))
 
-    def _check_put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> None:
-        model = self.models.get(meta.model)
-        if model is None:
+    def _write_making_room(self, changes: list[BlobWrite], nbytes: int) -> list[Variant]:
+        """Commit a put's ``changes``; while the store is full (the map at its cap before
+        the budget is reached, or the filesystem), evict about ``nbytes`` more by the
+        disk tier's policy and try again. The extra victims; 507 when none are left."""
+        evicted: list[Variant] = []
+        while True:
+            try:
+                self.store.write(changes)
+                self.storage_full = False
+                return evicted
+            except StoreFullError as exc:
+                full = exc
+            more: list[Variant] = []
+            if nbytes <= self.store.capacity_bytes:  # else evicting everything would not do
+                with self._lock:
+                    more = [self._forget(vid) for vid in self.disk.evict_for(nbytes)]
+            if more:
+                try:
+                    self.store.write([BlobWrite(v.meta.key) for v in more])
+                except StoreFullError as exc:  # not even a delete fits: the disk is full
+                    full, more = exc, []
+            if not more:
+                self.storage_full = True
+                where = "the filesystem is full" if full.disk else "the store is at its size cap"
+                log.warning("chunk KV cache refused a put: %s (%s)", where, full)
+                raise InsufficientStorageError(
+                    ErrorCode.STORE_FULL, f"{where} and nothing is left to evict"
+                ) from None
+            evicted.extend(more)
+
+    def check_shape(self, model: str, dtype: str, shape: Sequence[int]) -> int:
+        """The byte size of a blob of ``shape`` and ``dtype`` for ``model``, once the
+        shape is the model's and the size within the limits; else the 4xx. Arithmetic
+        only: callers check a declared shape with it before allocating anything of
+        its size. Never blocks."""
+        spec = self.models.get(model)
+        if spec is None:
             raise BadRequestError(
-                ErrorCode.UNKNOWN_MODEL, f"unknown model {meta.model!r}", field="model"
+                ErrorCode.UNKNOWN_MODEL, f"unknown model {model!r}", field="model"
             )
-        want = expected_shape(model, meta.tokens)
-        if tuple(meta.shape) != want:
+        tokens = shape[3] if len(shape) == 5 else 0
+        want = expected_shape(spec, tokens)
+        if tuple(shape) != want or tokens < 1:
             raise BadRequestError(
                 ErrorCode.BAD_SHAPE,
-                f"model {model.name!r} stores KV as [layers, 2, kv_heads, tokens, head_dim] = "
-                f"{list(want)}, got {list(meta.shape)}",
+                f"model {spec.name!r} stores KV as [layers, 2, kv_heads, tokens, head_dim] = "
+                f"{list(want)}, got {list(shape)}",
                 field="shape",
             )
+        nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+        limit = min(self.max_blob_bytes, self.disk.budget_bytes)
+        if nbytes > limit:
+            raise PayloadTooLargeError(
+                ErrorCode.BLOB_TOO_LARGE, f"a blob of {nbytes} bytes exceeds the limit of {limit}"
+            )
+        return nbytes
+
+    def _check_put(self, meta: VariantMeta, blob: bytes | bytearray | memoryview) -> None:
+        self.check_shape(meta.model, meta.dtype, meta.shape)
         if meta.variant != variant_key(meta.prefix):
             raise BadRequestError(
                 ErrorCode.BAD_VARIANT,
                 "the variant key is not the hash of the prefix",
                 field="variant",
-            )
-        limit = min(self.max_blob_bytes, self.disk.budget_bytes)
-        if meta.nbytes > limit:
-            raise PayloadTooLargeError(
-                ErrorCode.BLOB_TOO_LARGE,
-                f"a blob of {meta.nbytes} bytes exceeds the limit of {limit}",
             )
         if len(blob) != meta.nbytes:
             raise BadRequestError(
@@ -246,20 +335,34 @@ class KvCache:
                 f"the body has {len(blob)}",
             )
 
-    def delete(self, chunk: bytes, variant: bytes | None = None) -> int:
+    def delete(
+        self, chunk: bytes, variant: bytes | None = None, *, tenant: KvTenant = UNSCOPED
+    ) -> int:
         """Remove one variant, or every variant of ``chunk``; durable on return. The count."""
         with self._lock:
-            variants = self._variants_of(chunk, variant)
+            variants = self._variants_of(tenant.scope + chunk, variant)
             for v in variants:
                 self._forget(v.vid)
         if variants:
-            self.store.write([BlobWrite(v.meta.key) for v in variants])
+            try:
+                self.store.write([BlobWrite(v.meta.key) for v in variants])
+            except StoreFullError as exc:  # deletes use the reserve: only a full disk
+                self.storage_full = True
+                raise InsufficientStorageError(
+                    ErrorCode.STORE_FULL, f"no room even to delete: {exc}"
+                ) from None
+            self.storage_full = False
         return len(variants)
 
     # -- reads -----------------------------------------------------------------------------
 
     def get(
-        self, chunk: bytes, variant: bytes | None = None, *, copy: bool = True
+        self,
+        chunk: bytes,
+        variant: bytes | None = None,
+        *,
+        copy: bool = True,
+        tenant: KvTenant = UNSCOPED,
     ) -> tuple[VariantMeta, bytes | memoryview]:
         """One variant's bytes (the newest variant when none is named).
 
@@ -269,7 +372,7 @@ class KvCache:
         body: the server drops it once the bytes are written), so no copy is made.
         """
         with self._lock:
-            v = self._find(chunk, variant)
+            v = self._find(tenant.scope + chunk, variant)
             self._count_access(v)
             pin = None if self._placement is None else self._placement.pin(v)
         host = self.host
@@ -287,23 +390,40 @@ class KvCache:
         self._place(v, data, promotion=True)
         return v.meta, data
 
-    def metadata(self, chunk: bytes, variant: bytes | None = None) -> VariantMeta:
+    def metadata(
+        self, chunk: bytes, variant: bytes | None = None, *, tenant: KvTenant = UNSCOPED
+    ) -> VariantMeta:
         """One variant's metadata (the newest when none is named); not an access."""
         with self._lock:
-            return self._find(chunk, variant).meta
+            return self._find(tenant.scope + chunk, variant).meta
 
     def lease(
-        self, chunk: bytes, variant: bytes | None = None, *, ttl_s: float | None = None
+        self,
+        chunk: bytes,
+        variant: bytes | None = None,
+        *,
+        ttl_s: float | None = None,
+        tenant: KvTenant = UNSCOPED,
     ) -> LeasedBlob:
-        """Pin one variant in shared memory (promoting it) and hand out its handle."""
+        """Pin one variant in shared memory (promoting it) and hand out its handle.
+
+        429 when ``tenant`` holds its most leases or its leases pin its most bytes.
+        """
         if self.host is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         ttl = self._leases.ttl(ttl_s)
         with self._lock:
-            v = self._find(chunk, variant)
+            v = self._find(tenant.scope + chunk, variant)
             self._count_access(v)
         with self._lock:
-            lease = self._leases.new(ttl, self.host)
+            lease = self._leases.new(ttl, self.host, tenant)
+            if not self._leases.charge(lease, v.meta.nbytes, tenant.max_pinned_bytes):
+                self._leases.release(lease.id, self.host)
+                raise TooManyRequestsError(
+                    ErrorCode.PIN_QUOTA_EXCEEDED,
+                    f"the tenant's leases would pin more than {tenant.max_pinned_bytes} "
+                    "bytes; release some and retry",
+                )
         assert self._placement is not None
         handle = self._placement.ensure(v, lease)
         if handle is None:
@@ -316,10 +436,11 @@ class KvCache:
             )
         return LeasedBlob(v.meta, handle, lease)
 
-    def release(self, lease_id: str) -> bool:
-        """End a lease early; False if it had ended already."""
+    def release(self, lease_id: str, *, owner: str | None = None) -> bool:
+        """End a lease early; False if it had ended already or, with ``owner``, is
+        another owner's."""
         with self._lock:
-            return self._leases.release(lease_id, self.host)
+            return self._leases.release(lease_id, self.host, owner)
 
     def sweep(self) -> int:
         """End the leases whose time is up (and release the pins of reply views that
@@ -340,13 +461,15 @@ class KvCache:
         start: int = 0,
         shm: bool = False,
         lease_ttl_s: float | None = None,
+        tenant: KvTenant = UNSCOPED,
     ) -> Plan:
         """The reuse plan for a prompt whose chunks are ``keys`` in order.
 
         Unknown chunks are misses. ``start`` is the position of the first chunk (the
         system prompt's length); ``chunk_tokens`` gives each chunk's length, which
         places chunks after a miss (without it, positions after a miss are unknown).
-        With ``shm`` the hits are pinned in shared memory under one lease.
+        With ``shm`` the hits are pinned in shared memory under one lease of
+        ``tenant``'s; hits past its pinned-bytes cap get no handle (fetch them over HTTP).
         """
         spec = self.models.get(model)
         if spec is None:
@@ -360,11 +483,12 @@ class KvCache:
         if shm and self.host is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         ttl = self._leases.ttl(lease_ttl_s) if shm else 0.0
+        scope = tenant.scope
         with self._lock:
             chosen: dict[bytes, Variant] = {}
 
             def variants_of(chunk: bytes) -> list[VariantStats]:
-                found = self._by_chunk.get(chunk)
+                found = self._by_chunk.get(scope + chunk)
                 if not found:
                     return []
                 return [v.stats for v in found.values() if v.meta.model == model]
@@ -373,7 +497,7 @@ class KvCache:
             for d in decisions:
                 if d.hit:
                     assert d.variant is not None
-                    v = self._by_chunk[d.key][d.variant]
+                    v = self._by_chunk[scope + d.key][d.variant]
                     chosen[v.meta.key] = v
                     self._count_access(v)
                     self._value(v, d.cfo)
@@ -381,17 +505,17 @@ class KvCache:
                     self.disk.stats.misses += 1
                     if self.host is not None:
                         self.host.stats.misses += 1
-            lease = self._leases.new(ttl, self.host) if shm else None
+            lease = self._leases.new(ttl, self.host, tenant) if shm else None
         handles: dict[int, ShmHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
             tiers[v.vid] = "host" if self.host is not None and self.host.holds(v.vid) else "disk"
             if lease is not None and self._placement is not None:
-                handles[v.vid] = self._placement.ensure(v, lease)
+                handles[v.vid] = self._pin_for_plan(v, lease, tenant)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
-            hit = chosen[d.key + d.variant] if d.hit and d.variant is not None else None
+            hit = chosen[scope + d.key + d.variant] if d.hit and d.variant is not None else None
             tokens = chunk_tokens[i] if chunk_tokens is not None else None
             if tokens is None and hit is not None:
                 tokens = hit.meta.tokens
@@ -422,6 +546,16 @@ class KvCache:
     def live_leases(self) -> int:
         return len(self._leases)
 
+    def lease_holders(self) -> dict[str, tuple[int, int]]:
+        """Per owner holding leases: how many and the bytes they pin."""
+        with self._lock:
+            return self._leases.owners()
+
+    def scope_bytes(self, scope: bytes) -> int:
+        """Disk-tier bytes of a scope (its puts in flight included)."""
+        with self._lock:
+            return self._scope_bytes.get(scope, 0)
+
     @property
     def max_leases(self) -> int:
         return self._leases.max_leases
@@ -439,8 +573,10 @@ class KvCache:
             assert sum(len(d) for d in self._by_chunk.values()) == len(self._by_id)
             for v in self._by_id.values():
                 assert self._by_key[v.meta.key] is v
-                assert self._by_chunk[v.meta.chunk][v.meta.variant] is v
+                assert self._by_chunk[v.meta.stored_chunk][v.meta.variant] is v
+                assert v.vid in self._scope_order[v.meta.scope]
                 assert self.disk.holds(v.vid)
+            assert sum(map(len, self._scope_order.values())) == len(self._by_id)
             # Puts in flight are admitted to the disk tier before they are visible.
             assert self.disk.stats.entries == len(self._by_id) + len(self._in_flight)
             assert len(self.disk.pending) == len(self._in_flight)
@@ -448,6 +584,7 @@ class KvCache:
                 assert not self.disk.pending
                 live_bytes = sum(v.meta.nbytes for v in self._by_id.values())
                 assert self.disk.stats.bytes == live_bytes
+                assert sum(self._scope_bytes.values()) == live_bytes
                 assert self.disk.stats.bytes <= self.disk.budget_bytes
             if self.host is not None:
                 self.host._check(set(self._by_id))
@@ -465,7 +602,8 @@ class KvCache:
         v = Variant(vid, meta, _planner_stats(meta))
         self._by_key[meta.key] = v
         self._by_id[v.vid] = v
-        self._by_chunk.setdefault(meta.chunk, {})[meta.variant] = v
+        self._by_chunk.setdefault(meta.stored_chunk, {})[meta.variant] = v
+        self._scope_order.setdefault(meta.scope, {})[vid] = None
         model = self.models.get(meta.model)
         if model is not None:  # valued as if none of its prefix were shared, until planned
             self._value(v, fix_overhead(model.alpha, context_impact(v.stats), 0.0))
@@ -475,14 +613,51 @@ class KvCache:
         """Remove a variant from memory and every tier (its disk bytes are the caller's)."""
         v = self._by_id.pop(vid)
         del self._by_key[v.meta.key]
-        siblings = self._by_chunk[v.meta.chunk]
+        siblings = self._by_chunk[v.meta.stored_chunk]
         del siblings[v.meta.variant]
         if not siblings:
-            del self._by_chunk[v.meta.chunk]
+            del self._by_chunk[v.meta.stored_chunk]
+        order = self._scope_order[v.meta.scope]
+        del order[vid]
+        if not order:
+            del self._scope_order[v.meta.scope]
+        self._charge(v.meta.scope, -v.meta.nbytes)
         self.disk.remove(vid)
         if self.host is not None:
             self.host.remove(vid)
         return v
+
+    def _charge(self, scope: bytes, nbytes: int) -> None:
+        total = self._scope_bytes.get(scope, 0) + nbytes
+        if total:
+            self._scope_bytes[scope] = total
+        else:
+            self._scope_bytes.pop(scope, None)
+
+    def _over_quota(self, scope: bytes, max_bytes: int) -> list[int]:
+        """The scope's oldest live variants to evict so that it fits ``max_bytes``
+        (0: no cap); its puts in flight count but are never chosen."""
+        excess = self._scope_bytes.get(scope, 0) - max_bytes if max_bytes else 0
+        victims: list[int] = []
+        for vid in self._scope_order.get(scope, ()):
+            if excess <= 0:
+                break
+            victims.append(vid)
+            excess -= self._by_id[vid].meta.nbytes
+        return victims
+
+    def _pin_for_plan(self, v: Variant, lease: Lease, tenant: KvTenant) -> ShmHandle | None:
+        """A handle to ``v`` under the plan's lease, within the tenant's pinned bytes."""
+        assert self._placement is not None
+        nbytes = v.meta.nbytes
+        with self._lock:
+            if not self._leases.charge(lease, nbytes, tenant.max_pinned_bytes):
+                return None
+        handle = self._placement.ensure(v, lease)
+        if handle is None:
+            with self._lock:
+                self._leases.refund(lease, nbytes)
+        return handle
 
     def _find(self, chunk: bytes, variant: bytes | None) -> Variant:
         variants = self._variants_of(chunk, variant)

@@ -8,7 +8,16 @@ from semcached.cachepolicy.reuse import ChunkDecision, VariantStats
 from semcached.index.kv_meta import VariantMeta
 from semcached.index.kv_tiers import ShmHandle
 
-__all__ = ["ChunkPlan", "Lease", "LeasedBlob", "Plan", "PutResult", "Variant"]
+__all__ = [
+    "UNSCOPED",
+    "ChunkPlan",
+    "KvTenant",
+    "Lease",
+    "LeasedBlob",
+    "Plan",
+    "PutResult",
+    "Variant",
+]
 
 
 @dataclass(slots=True)
@@ -30,6 +39,23 @@ class PutResult:
     evicted: int  # variants evicted from disk to make room
 
 
+@dataclass(frozen=True, slots=True)
+class KvTenant:
+    """Whose request it is: the scope its chunk keys live in (``scope_key`` of the
+    tenant's KV scope; b"": unscoped), who owns the leases it takes, and its caps
+    (0: none of its own)."""
+
+    scope: bytes = b""
+    owner: str = ""
+    max_leases: int = 0
+    max_pinned_bytes: int = 0
+    max_bytes: int = 0  # disk-tier bytes of its scope; past it, the scope's oldest go
+
+
+UNSCOPED = KvTenant()
+"""The in-process default: unscoped keys, no per-tenant caps."""
+
+
 @dataclass(slots=True)
 class Lease:
     """Pins shared-memory extents until released or until ``deadline`` (monotonic)."""
@@ -38,7 +64,9 @@ class Lease:
     deadline: float
     expires_at: float  # the same moment as wall-clock time, for clients
     ttl_s: float
+    owner: str = ""  # only its owner may release it
     pins: list[tuple[int, int]] = field(default_factory=list)  # (variant id, offset)
+    pinned_bytes: int = 0  # counted against the owner's max_pinned_bytes
 
 
 @dataclass(frozen=True, slots=True)

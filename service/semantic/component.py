@@ -88,6 +88,9 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
 
     daemon.components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
     daemon.components.add(FunctionComponent("semantic cache", open_engine, close_engine))
+    daemon.components.readiness.watch_storage(
+        "semantic", lambda: slot.is_set and slot.get().storage_full
+    )
     daemon.registry.register(SemanticCollector(slot, embedding_stats))
     return slot
 

@@ -1,6 +1,6 @@
 """The semantic response cache engine, usable in-process without HTTP.
 
-(About 480 lines, over the house's 400: what is left here is the request paths and
+(About 580 lines, over the house's 400: what is left here is the request paths and
 their background upkeep, which share one set of loop-owned state; the bookkeeping is
 in :mod:`~semcached.service.semantic.entries`, vectors in
 :mod:`~semcached.service.semantic.vectors`, restore and snapshots in their modules.)
@@ -13,7 +13,10 @@ the lookup if the category's policy says its similarity is high enough.
 
 An insert is acknowledged only after its LMDB transaction has committed; the
 in-memory structures (indexes, expiry order, eviction order, quota counts) are
-derived from LMDB. The indexes are snapshotted in the background and at close
+derived from LMDB. When the store is full (its map at the cap, or the filesystem),
+an insert evicts by the category policies and tries again; only when nothing is left
+to evict, or the entry could never fit, does it fail with 507 ``store_full``. The
+indexes are snapshotted in the background and at close
 (:mod:`semcached.service.semantic.snapshots`) and at start loaded from their
 snapshots and reconciled with LMDB (:mod:`semcached.service.semantic.restore`).
 
@@ -32,6 +35,7 @@ import contextlib
 import gc
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -39,9 +43,10 @@ from concurrent.futures import Executor
 import numpy as np
 
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
-from semcached.errors import BadRequestError
+from semcached.errors import BadRequestError, InsufficientStorageError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.eviction import EvictionPolicy
+from semcached.index.lmdb_env import StoreFullError
 from semcached.index.vector_index import VectorIndex
 from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
@@ -56,6 +61,7 @@ from semcached.service.semantic.types import (
     InsertResult,
     Lookup,
     LookupResult,
+    TenantQuota,
     Vector,
 )
 from semcached.service.semantic.vectors import VectorSource
@@ -69,6 +75,7 @@ __all__ = [
     "OpenReport",
     "SemanticCache",
     "SnapshotStats",
+    "TenantQuota",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +129,7 @@ class SemanticCache:
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._table = EntryTable(categories, eviction_factory)
         self._entries = self._table.entries  # the same dict: lookups read it directly
+        # Kept for the snapshot catalog's bound (data written when ids were sequential).
         self._next_id = 1
         self._maintenance: asyncio.Task[None] | None = None
         self._snapshots = SnapshotTracker(snapshots, executor)
@@ -130,7 +138,11 @@ class SemanticCache:
         self._stopping = asyncio.Event()
         self._expired_at_open: list[int] = []
         self._backlog_filler: asyncio.Task[None] | None = None
+        self._making_room = asyncio.Lock()
         self.last_open: OpenReport | None = None
+        # True from an insert refused for want of space until space is freed or an
+        # insert fits again (what /readyz and the store-full gauge report).
+        self.storage_full = False
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -321,8 +333,7 @@ class SemanticCache:
         now = self._clock()
         items: list[tuple[Document, Vector]] = []
         for request, policy, vector in zip(requests, policies, vectors, strict=True):
-            entry_id = self._next_id
-            self._next_id += 1
+            entry_id = self._new_id()
             document = Document(
                 entry_id=entry_id,
                 namespace=request.namespace,
@@ -347,15 +358,79 @@ class SemanticCache:
             )
             is not None
         ]
-        await run_blocking(self._executor, self._store.put_many, items)  # durable from here on
+        await self._put_durably(items)
         await self._add_to_memory(items)
-        # The same prompt inserted again replaces the older entry.
-        stale = [i for i in replaced if i in self._entries]
-        if stale:
-            await self._remove(stale, reason="replaced")
-        for category in {doc.category for doc, _ in items}:
-            await self._enforce_quota(category)
+        try:
+            # The same prompt inserted again replaces the older entry.
+            stale = [i for i in replaced if i in self._entries]
+            if stale:
+                await self._remove(stale, reason="replaced")
+            for category in {doc.category for doc, _ in items}:
+                await self._enforce_quota(category)
+            quotas = {r.quota.tenant: r.quota for r in requests if r.quota is not None}
+            for quota in quotas.values():
+                await self._enforce_tenant_quota(quota)
+        except StoreFullError as exc:  # a full disk; the inserts are durable all the same
+            log.warning("could not remove entries after an insert: %s", exc)
         return [InsertResult(d.entry_id, d.category, d.expires_at) for d, _ in items]
+
+    async def _put_durably(self, items: Sequence[tuple[Document, Vector]]) -> None:
+        """Commit ``items`` to LMDB, evicting to make room while the store is full.
+
+        One request makes room at a time, and tries again before it evicts, so that
+        concurrent inserts that found the store full do not each evict for the others.
+        """
+        try:
+            await run_blocking(self._executor, self._store.put_many, items)
+            self.storage_full = False
+            return
+        except StoreFullError as exc:
+            full = exc
+        nbytes = sum(doc.size_bytes for doc, _ in items)
+        if nbytes > self._store.capacity_bytes:
+            raise self._refuse(
+                "insert",
+                f"the entries need {nbytes} bytes; the store holds at most "
+                f"{self._store.capacity_bytes}",
+                full,
+            )
+        async with self._making_room:
+            while True:
+                try:
+                    await run_blocking(self._executor, self._store.put_many, items)
+                    self.storage_full = False
+                    return
+                except StoreFullError as exc:
+                    full = exc
+                victims = self._table.victims_for_space(nbytes)
+                if not victims:
+                    raise self._refuse("insert", "nothing is left to evict", full)
+                try:
+                    await self._remove(victims, reason="evicted")
+                except StoreFullError as exc:  # not even a delete fits: the disk is full
+                    raise self._refuse("insert", "evicting failed too", exc) from None
+
+    def _refuse(self, action: str, why: str, cause: StoreFullError) -> InsufficientStorageError:
+        """The 507 answer to a write the full store could not take; marks it full."""
+        self.storage_full = True
+        log.warning("semantic cache refused to %s: %s (%s)", action, why, cause)
+        where = "the filesystem is full" if cause.disk else "the store is at its size cap"
+        return InsufficientStorageError(ErrorCode.STORE_FULL, f"{where}: {why}")
+
+    def _new_id(self) -> int:
+        """A random id, so that ids say nothing of when, or how many, entries were
+        inserted by anyone (another tenant included).
+
+        63 bits (every signed 64-bit integer type holds them), drawn again on the
+        improbable collision with a live entry. What is not checked costs a chance of
+        n / 2**63 per insert, n the ids at stake: inserts in flight, and ids a snapshot
+        still holds for entries deleted since it was written (restore would keep the
+        snapshot's vector) -- about 1e-13 with a million of them.
+        """
+        while True:
+            entry_id = secrets.randbits(63)
+            if entry_id and entry_id not in self._entries:
+                return entry_id
 
     async def _add_to_memory(self, items: Sequence[tuple[Document, Vector]]) -> None:
         """Index and account entries already committed to LMDB."""
@@ -398,9 +473,40 @@ class SemanticCache:
         if victims:
             await self._remove(victims, reason="evicted")
 
+    async def _enforce_tenant_quota(self, quota: TenantQuota) -> None:
+        """Evict the tenant's oldest entries while it is over its quota."""
+        if not (quota.max_entries or quota.max_bytes):
+            return
+        owned = [name for name in self._table.namespaces() if quota.owns(name)]
+        victims = self._table.oldest_victims(owned, quota.max_entries, quota.max_bytes)
+        if victims:
+            await self._remove(victims, reason="evicted")
+
+    def usage(self, owns: Callable[[str], bool]) -> tuple[int, int]:
+        """Entries and bytes of the namespaces ``owns`` accepts (a tenant's usage)."""
+        return self._table.usage([n for n in self._table.namespaces() if owns(n)])
+
     async def _remove(self, entry_ids: Sequence[int], *, reason: str) -> int:
-        """Remove entries from LMDB, then from every in-memory structure."""
-        await run_blocking(self._executor, self._store.delete_many, list(entry_ids))
+        """Remove entries from LMDB, then from every in-memory structure.
+
+        If LMDB cannot delete them all (:class:`StoreFullError`, a full disk), the ones
+        it did delete are forgotten, evicted ones left are given back to their
+        policies, and the error is raised.
+        """
+        ids = list(entry_ids)
+        try:
+            await run_blocking(self._executor, self._store.delete_many, ids)
+        except StoreFullError:
+            left = await run_blocking(self._executor, self._store.present, ids)
+            await self._forget([i for i in ids if i not in left], reason)
+            if reason == "evicted":
+                self._table.readmit([i for i in ids if i in left])
+            raise
+        self.storage_full = False
+        return await self._forget(ids, reason)
+
+    async def _forget(self, entry_ids: Sequence[int], reason: str) -> int:
+        """Drop entries deleted from LMDB from the table and the indexes."""
         by_index = self._table.remove(entry_ids, reason)
         for key, ids in by_index.items():
             index = self._indexes.get(key)
@@ -417,7 +523,10 @@ class SemanticCache:
         """Remove one entry; False when there was none."""
         if entry_id not in self._entries:
             return False
-        return await self._remove([entry_id], reason="deleted") == 1
+        try:
+            return await self._remove([entry_id], reason="deleted") == 1
+        except StoreFullError as exc:  # deletes use the reserve: only a full disk gets here
+            raise self._refuse("delete", "no room even to delete", exc) from None
 
     async def purge(
         self, namespace: str, category: str | None = None, partition: str | None = None
@@ -432,7 +541,12 @@ class SemanticCache:
             and (category is None or e.category == category)
             and (partition is None or e.partition == partition)
         ]
-        return await self._remove(ids, reason="purged") if ids else 0
+        if not ids:
+            return 0
+        try:
+            return await self._remove(ids, reason="purged")
+        except StoreFullError as exc:  # as in delete: only a full disk gets here
+            raise self._refuse("purge", "no room even to delete", exc) from None
 
     def get(self, entry_id: int) -> Document | None:
         """The stored entry, or None if absent or expired."""
@@ -462,8 +576,12 @@ class SemanticCache:
 
     async def _flush_hits(self) -> None:
         updates = self._table.take_hits()
-        if updates:
+        if not updates:
+            return
+        try:
             await run_blocking(self._executor, self._store.update_hits, updates)
+        except StoreFullError as exc:  # hit counts are advisory: drop them, not the round
+            log.info("dropped %d hit counts: %s", len(updates), exc)
 
     async def _maintain(self) -> None:
         last_flush = time.monotonic()

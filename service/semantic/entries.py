@@ -2,8 +2,9 @@
 
 :class:`EntryTable` holds, for every live entry, the few fields a lookup filters on and
 the quota counts (no document: those stay in LMDB), the expiry order, each category's
-eviction policy and counters, and the hit counts waiting to be written back. It does
-no I/O: the engine commits to LMDB first and then tells the table.
+eviction policy and counters, each namespace's size and age order (for tenant
+quotas), and the hit counts waiting to be written back. It does no I/O: the engine
+commits to LMDB first and then tells the table.
 
 Loop-only: the engine's event loop is the only thread that touches it.
 """
@@ -11,8 +12,9 @@ Loop-only: the engine's event loop is the only thread that touches it.
 from __future__ import annotations
 
 import functools
+import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -51,6 +53,14 @@ _new_entry = functools.partial(tuple.__new__, Entry)  # Entry from a 6-tuple, in
 
 
 @dataclass
+class _NamespaceState:
+    entries: int = 0
+    bytes: int = 0
+    # Live entries oldest first (restored ones join as the backlog feeds them).
+    order: dict[int, None] = field(default_factory=dict)
+
+
+@dataclass
 class _CategoryState:
     policy: CategoryPolicy
     eviction: EvictionPolicy
@@ -73,9 +83,11 @@ class EntryTable:
         self._expiry = ExpiryIndex()
         self._state = {p.name: _CategoryState(p, self._new_eviction(p)) for p in categories}
         self._pending_hits: dict[int, tuple[int, float]] = {}
-        # Restored entries that the expiry index and the eviction policies do not know
-        # yet (see restore_group), ascending, and how far fill_backlog has got.
-        self._backlog_parts: list[NDArray[np.uint64]] = []
+        self._namespaces: dict[str, _NamespaceState] = {}
+        # Restored entries that the expiry index, the eviction policies and the
+        # namespaces' age order do not know yet (see restore_group), oldest first, and
+        # how far fill_backlog has got.
+        self._backlog_parts: list[NDArray[np.void]] = []
         self._backlog: list[int] = []
         self._backlog_done = 0
 
@@ -116,14 +128,24 @@ class EntryTable:
             rows["size"].tolist(),
         )
         self.entries.update(zip(ids, map(_new_entry, fields), strict=True))
+        nbytes = int(rows["size"].sum())
         state.stats.entries += len(ids)
-        state.stats.bytes += int(rows["size"].sum())
-        self._backlog_parts.append(rows["id"])
+        state.stats.bytes += nbytes
+        space = self._namespace(group.namespace)
+        space.entries += len(ids)
+        space.bytes += nbytes
+        self._backlog_parts.append(rows[["id", "created_at"]])
 
     def seal_restore(self) -> None:
-        """The restore is complete: queue its entries for :meth:`fill_backlog`, oldest first."""
+        """The restore is complete: queue its entries for :meth:`fill_backlog`, oldest
+        first (by creation time: ids are random and say nothing of age)."""
         parts, self._backlog_parts = self._backlog_parts, []
-        self._backlog = np.sort(np.concatenate(parts)).tolist() if parts else []
+        if parts:
+            rows = np.concatenate(parts)
+            order = np.lexsort((rows["id"], rows["created_at"]))
+            self._backlog = rows["id"][order].tolist()
+        else:
+            self._backlog = []
         self._backlog_done = 0
 
     @property
@@ -140,6 +162,7 @@ class EntryTable:
             if entry is not None:  # not removed since open
                 self._expiry.add(entry_id, entry.expires_at)
                 self._state[entry.category].eviction.admit(entry_id, entry.size)
+                self._namespaces[entry.namespace].order[entry_id] = None
         self._backlog_done = stop
         if stop == len(self._backlog):
             self._backlog, self._backlog_done = [], 0
@@ -153,14 +176,18 @@ class EntryTable:
         self.entries[meta.entry_id] = Entry(
             meta.namespace, meta.category, meta.partition, meta.created_at, meta.expires_at, size
         )
-        if self._backlog:  # restored entries are still being fed: join the queue (ids grow)
+        space = self._namespace(meta.namespace)
+        if self._backlog:  # restored entries are still being fed: join the queue (newest)
             self._backlog.append(meta.entry_id)
         else:
             self._expiry.add(meta.entry_id, meta.expires_at)
             state.eviction.admit(meta.entry_id, size)
+            space.order[meta.entry_id] = None
         state.stats.entries += 1
         state.stats.bytes += size
         state.stats.inserts += 1
+        space.entries += 1
+        space.bytes += size
 
     def victims(self, category: str) -> list[int]:
         """The entries to evict, in the category policy's order, until it is within quota.
@@ -185,6 +212,91 @@ class EntryTable:
                 nbytes -= entry.size
         return victims
 
+    def victims_for_space(self, nbytes: int) -> list[int]:
+        """Entries to evict so that about ``nbytes`` more fit in a store at its cap.
+
+        The store is one space shared by every category, so each victim comes from
+        the category that uses the largest share of its own byte quota (a category
+        that holds little can still insert when another filled the store, and at the
+        cap the categories' holdings settle in proportion to their quotas), in that
+        category's policy order. The policies forget the victims at once; the caller
+        removes them (:meth:`remove`) or gives them back (:meth:`readmit`). At least
+        one victim whenever any entry is left. O(victims x categories).
+        """
+        held = {name: state.stats.bytes for name, state in self._state.items()}
+        victims: list[int] = []
+        freed = 0
+        while freed < nbytes or not victims:
+            candidates = [name for name, b in held.items() if b > 0]
+            if not candidates:
+                break
+            name = max(candidates, key=lambda n: held[n] / self._state[n].policy.max_bytes)
+            eviction = self._state[name].eviction
+            victim = eviction.choose_victim()
+            if victim is None:
+                if self._backlog:
+                    self.fill_backlog()  # restored entries the policy has not seen yet
+                else:
+                    held[name] = 0  # nothing tracked: take from the next category
+                continue
+            eviction.forget(victim)
+            entry = self.entries.get(victim)
+            if entry is not None:
+                victims.append(victim)
+                freed += entry.size
+                held[name] -= entry.size
+        return victims
+
+    def readmit(self, entry_ids: Sequence[int]) -> None:
+        """Give entries chosen as victims but not removed back to their policies."""
+        for entry_id in entry_ids:
+            entry = self.entries.get(entry_id)
+            if entry is not None:
+                self._state[entry.category].eviction.admit(entry_id, entry.size)
+
+    def namespaces(self) -> list[str]:
+        """Every namespace that holds (or held) entries since start."""
+        return list(self._namespaces)
+
+    def usage(self, namespaces: Collection[str]) -> tuple[int, int]:
+        """Entries and bytes over ``namespaces``."""
+        entries = nbytes = 0
+        for name in namespaces:
+            space = self._namespaces.get(name)
+            if space is not None:
+                entries += space.entries
+                nbytes += space.bytes
+        return entries, nbytes
+
+    def oldest_victims(
+        self, namespaces: Collection[str], max_entries: int, max_bytes: int
+    ) -> list[int]:
+        """The oldest entries over ``namespaces`` to remove until they hold at most
+        ``max_entries`` and ``max_bytes`` (0: no bound). O(victims log namespaces)."""
+        entries, nbytes = self.usage(namespaces)
+
+        def over() -> bool:
+            return bool(
+                (max_entries and entries > max_entries) or (max_bytes and nbytes > max_bytes)
+            )
+
+        if not over():
+            return []
+        self.fill_backlog()  # every entry in its namespace's age order first
+        heads: list[tuple[float, int, Iterator[int]]] = []
+        for name in namespaces:
+            space = self._namespaces.get(name)
+            if space is not None:
+                _push_next(heads, iter(space.order), self.entries)
+        victims: list[int] = []
+        while heads and over():
+            _, entry_id, rest = heapq.heappop(heads)
+            victims.append(entry_id)
+            entries -= 1
+            nbytes -= self.entries[entry_id].size
+            _push_next(heads, rest, self.entries)
+        return victims
+
     def remove(self, entry_ids: Sequence[int], reason: str) -> dict[IndexKey, list[int]]:
         """Forget entries already deleted from LMDB; returns the removed ids by index."""
         by_index: dict[IndexKey, list[int]] = {}
@@ -198,6 +310,10 @@ class EntryTable:
             state.eviction.forget(entry_id)
             state.stats.entries -= 1
             state.stats.bytes -= entry.size
+            space = self._namespaces[entry.namespace]
+            space.entries -= 1
+            space.bytes -= entry.size
+            space.order.pop(entry_id, None)
             if reason == "evicted":
                 state.stats.evictions += 1
             elif reason == "expired":
@@ -221,7 +337,13 @@ class EntryTable:
         self._pending_hits = {}
         return updates
 
-    # -- categories ----------------------------------------------------------------------
+    # -- categories and namespaces -------------------------------------------------------
+
+    def _namespace(self, name: str) -> _NamespaceState:
+        space = self._namespaces.get(name)
+        if space is None:
+            space = self._namespaces[name] = _NamespaceState()
+        return space
 
     def _state_of(self, category: str) -> _CategoryState:
         state = self._state.get(category)
@@ -236,3 +358,12 @@ class EntryTable:
         if self._eviction is not None:
             return self._eviction()
         return eviction_factory(policy.eviction)()
+
+
+def _push_next(
+    heads: list[tuple[float, int, Iterator[int]]], ids: Iterator[int], entries: dict[int, Entry]
+) -> None:
+    """Put the next id of a namespace's age order (if any) on the heap, by creation time."""
+    for entry_id in ids:
+        heapq.heappush(heads, (entries[entry_id].created_at, entry_id, ids))
+        return

@@ -13,11 +13,12 @@ differences with LMDB (:mod:`semcached.service.semantic.restore`); no LMDB posit
 needs to be recorded.
 
 Entry ids must never be reused for a different vector while a snapshot that holds
-them exists, or a restore would keep the old vector under the new entry. The engine
-allocates ids above ``max(LMDB's highest id, the catalog's next_id, the highest id
-of every loaded snapshot)``; the catalog is written after the index snapshots it
-lists, and its predecessor's bound stays valid meanwhile because an index snapshot
-keeps its file name across generations and its own ids are read at load.
+them exists, or a restore would keep the old vector under the new entry. Ids are
+random 63-bit numbers (``SemanticCache._new_id``), so that is a chance of about
+n / 2**63 per insert for n such ids, not a guarantee. ``next_id`` is the bound that
+data directories of sequential ids relied on (``max(LMDB's highest id, the catalog's
+next_id, the highest id of every loaded snapshot)``); it is still computed and
+written, and no longer used to allocate.
 
 GIL: hnswlib's ``save_index`` holds the GIL for the whole write, so a background
 snapshot stalls the event loop for that long: for one index of 100k 384-d vectors

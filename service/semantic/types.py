@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,7 @@ __all__ = [
     "Lookup",
     "LookupResult",
     "Strategy",
+    "TenantQuota",
     "Vector",
 ]
 
@@ -48,8 +50,19 @@ class LookupResult:
 
 
 @dataclass(frozen=True, slots=True)
+class TenantQuota:
+    """A tenant's share of the cache: the entries and bytes (0: no bound) of every
+    namespace ``owns`` accepts. Past it, the tenant's oldest entries go."""
+
+    tenant: str
+    owns: Callable[[str], bool]
+    max_entries: int = 0
+    max_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Insert:
-    """A prompt and its response to cache."""
+    """A prompt and its response to cache (``quota``: the inserting tenant's, if any)."""
 
     namespace: str
     prompt: str
@@ -60,6 +73,7 @@ class Insert:
     model: str = ""
     vector: Vector | None = None
     ttl_s: float | None = None
+    quota: TenantQuota | None = None
 
 
 @dataclass(frozen=True, slots=True)

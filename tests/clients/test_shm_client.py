@@ -14,6 +14,7 @@ from semcached.clients.shm import (
     InvalidShmRequestError,
     ShmError,
     ShmMapper,
+    ShmPath,
     ShmUnavailableError,
 )
 from semcached.errors import SemcachedError
@@ -172,3 +173,34 @@ def test_concurrent_first_views_map_once(arena: ShmArena, mapper: ShmMapper) -> 
     assert len({id(v.obj) for v in views}) == 1
     for v in views:
         v.release()
+
+
+@pytest.mark.parametrize("plant", ["symlink", "link"])
+def test_a_staged_put_never_writes_through_a_planted_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: str
+) -> None:
+    """Issue 14, defect 9: the staging file is created O_CREAT | O_EXCL, so a name
+    planted in the shared directory (a link to someone else's file) is never followed."""
+    import semcached.clients.shm as shm_module
+
+    monkeypatch.setattr(shm_module.secrets, "token_hex", lambda n: "ab" * n)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    name = f"semcached-put-{os.getpid()}-{'ab' * 8}"
+    getattr(os, plant)(victim, tmp_path / name)
+    path = ShmPath(True, tmp_path)
+    with pytest.raises(FileExistsError), path.staged(b"attacker's bytes"):
+        pass
+    assert victim.read_bytes() == b"untouched"
+
+
+def test_a_staged_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    path = ShmPath(True, tmp_path)
+    old = os.umask(0)
+    try:
+        with path.staged(b"kv bytes") as name:
+            info = os.stat(tmp_path / name)
+    finally:
+        os.umask(old)
+    assert info.st_mode & 0o777 == 0o600
+    assert info.st_nlink == 1

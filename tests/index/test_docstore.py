@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,6 +268,97 @@ def test_store_full_at_the_cap_writes_nothing(tmp_path: Path) -> None:
     assert store.vectors([2, 50]) == [None, None]
     assert store.exact_lookup(exact_key("tenant", "gpt-x|sys=1", "p2")) is None
     assert store.get(1) == make_doc(1)
+    env.close()
+
+
+def fill_to_the_cap(store: DocumentStore, response: bytes = b"x" * 3000) -> list[int]:
+    """Insert one document at a time until the store refuses; the ids stored."""
+    stored: list[int] = []
+    while True:
+        entry_id = len(stored) + 1
+        try:
+            store.put_many([(make_doc(entry_id, f"p{entry_id}", response=response), vec(entry_id))])
+        except StoreFullError:
+            return stored
+        stored.append(entry_id)
+
+
+def test_delete_and_purge_work_at_the_cap(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "lmdb", cap=2 * MiB)
+    store = DocumentStore(env)
+    stored = fill_to_the_cap(store)
+    assert len(stored) > 100
+    # Deleting copies pages too: without free pages kept for it, this failed.
+    assert [d.entry_id for d in store.delete_many(stored[:300])] == stored[:300]
+    assert store.purge("tenant") == stored[300:]
+    assert store.count() == 0
+    assert fill_to_the_cap(store) != []  # the space is usable again
+    env.close()
+
+
+def test_evicting_at_the_cap_makes_room_for_inserts_indefinitely(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "lmdb", cap=2 * MiB)
+    store = DocumentStore(env)
+    live = fill_to_the_cap(store)
+    sizes = [100, 1000, 3000, 9000]
+    for entry_id in range(len(live) + 1, len(live) + 3000):
+        doc = make_doc(entry_id, f"p{entry_id}", response=b"y" * sizes[entry_id % 4])
+        while True:
+            try:
+                store.put_many([(doc, vec(entry_id))])
+                break
+            except StoreFullError:
+                victims, live = live[:4], live[4:]
+                assert victims, "evicted everything and still no room"
+                store.delete_many(victims)
+        live.append(entry_id)
+    assert store.count() == len(live)
+    assert store.get(live[-1]) is not None
+    env.close()
+
+
+def test_hit_counts_are_written_back_at_the_cap(tmp_path: Path) -> None:
+    env = open_env(tmp_path / "lmdb", cap=2 * MiB)
+    store = DocumentStore(env)
+    stored = fill_to_the_cap(store)
+    # Each rewrite frees a document's pages; batches stay small enough for the reserve.
+    assert store.update_hits([(i, 1, 5.0) for i in stored]) == len(stored)
+    assert store.delete_many(stored[:10]) != []
+    env.close()
+
+
+def insert_until_full(store: DocumentStore, start: int) -> tuple[list[int], StoreFullError]:
+    """Insert 3 kB documents from id ``start`` on until the store refuses one."""
+    stored: list[int] = []
+    for entry_id in itertools.count(start):
+        doc = make_doc(entry_id, f"p{entry_id}", response=b"x" * 3000)
+        try:
+            store.put_many([(doc, vec(entry_id))])
+        except StoreFullError as exc:
+            return stored, exc
+        stored.append(entry_id)
+    raise AssertionError("unreachable")
+
+
+def test_a_full_filesystem_is_store_full_and_deletes_still_work(
+    small_filesystem: Callable[[int], Path],
+) -> None:
+    env = open_env(small_filesystem(4 * MiB) / "lmdb", cap=64 * MiB)
+    store = DocumentStore(env)
+    stored, full = insert_until_full(store, 1)
+    assert full.disk  # ENOSPC, not the map cap (64 MiB)
+    assert len(stored) > 100
+    assert all(d is not None for d in store.get_many(stored))  # nothing committed is lost
+    # Evict a little and fill the freed pages again: the file has no free page left.
+    store.delete_many(stored[:50])
+    more, _ = insert_until_full(store, stored[-1] + 1)
+    stored = stored[50:] + more
+    # Deleting needs new pages too; the ballast gives them back to the filesystem.
+    assert store.purge("tenant") == stored
+    assert store.count() == 0
+    doc = make_doc(30_000, "after", response=b"x" * 3000)
+    store.put_many([(doc, vec(1))])  # the freed pages are reused within the file
+    assert store.get(30_000) == doc
     env.close()
 
 

@@ -101,3 +101,24 @@ def test_a_corrupt_record_is_dropped_at_scan(env: LmdbEnvironment) -> None:
     env.write(lambda txn: txn.put(bad.key, b"\x09garbage", db=env.database(b"kv.meta")))
     assert [m.key for m in store.scan()] == [good.key]
     assert store.read_blob(bad.key) is None  # its blob went with it
+
+
+@pytest.mark.parametrize("rope", ["deep", "huge int"])
+def test_metadata_that_cannot_be_stored_fails_its_own_write_only(
+    env: LmdbEnvironment, rope: str
+) -> None:
+    store = KvDiskStore(env)
+    bad = make_meta(seed=1)
+    bad.rope = {"scaling": _nested(300)} if rope == "deep" else {"factor": 1 << 70}
+    with pytest.raises(ValueError, match="rope"):  # raised in the caller, not in a commit
+        BlobWrite(bad.key, bad, b"x" * bad.nbytes)
+    good = make_meta(seed=2)
+    store.write([BlobWrite(good.key, good, b"g" * good.nbytes)])
+    assert [m.key for m in store.scan()] == [good.key]
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value

@@ -44,6 +44,39 @@ def test_write_at_cap_raises_store_full_and_keeps_earlier_data(tmp_path: Path) -
     env.close()
 
 
+def test_ordinary_writes_leave_the_reserve_and_deletes_may_use_it(tmp_path: Path) -> None:
+    env = LmdbEnvironment(
+        tmp_path / "env", initial_map_bytes=MiB, max_map_bytes=2 * MiB, reserve_bytes=512 * 1024
+    )
+    db = env.database(b"docs")
+    count = 0
+    while env.live_bytes() < 2 * MiB - 600 * 1024:
+        fill(env, db, count, 8)
+        count += 8
+    with pytest.raises(StoreFullError, match="kept for deletes"):
+        fill(env, db, count, 64)
+    assert env.live_bytes() <= 2 * MiB - 512 * 1024
+    assert env.read(lambda txn: txn.stat(db)["entries"]) == count  # the refused write left nothing
+
+    def delete(txn: lmdb.Transaction) -> None:
+        for i in range(count):
+            txn.delete(i.to_bytes(8, "big"), db=db)
+
+    env.write(delete, reclaim=True)
+    assert env.read(lambda txn: txn.stat(db)["entries"]) == 0
+    env.close()
+
+
+def test_the_reserve_is_bounded_by_the_cap(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reserve_bytes"):
+        LmdbEnvironment(
+            tmp_path, initial_map_bytes=MiB, max_map_bytes=2 * MiB, reserve_bytes=MiB + 1
+        )
+    env = LmdbEnvironment(tmp_path, initial_map_bytes=MiB, max_map_bytes=64 * MiB)
+    assert env.reserve_bytes == 4 * MiB  # a sixteenth
+    env.close()
+
+
 def test_reopen_adopts_grown_size_and_keeps_data(tmp_path: Path) -> None:
     env = LmdbEnvironment(tmp_path / "env", initial_map_bytes=MiB, max_map_bytes=64 * MiB)
     fill(env, env.database(b"docs"), 0, 1024)

@@ -450,3 +450,30 @@ def test_write_fills_an_extent_as_a_copy_through_the_view_would(tmp_path: Path) 
             arena.write(offset, bytes(2 * PAGE_SIZE + 1))
         with pytest.raises(KeyError):
             arena.write(offset + PAGE_SIZE, b"x")
+
+
+@pytest.mark.parametrize("plant", ["symlink", "link"])
+def test_a_planted_segment_name_is_refused_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plant: str
+) -> None:
+    """Issue 14, defect 9: the arena is created O_CREAT | O_EXCL, never through a name
+    someone planted in the shared directory (a link to a file they want overwritten)."""
+    import semcached.index.shm_arena as arena_module
+
+    monkeypatch.setattr(arena_module.secrets, "token_hex", lambda n: "cd" * n)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    getattr(os, plant)(victim, tmp_path / f"t-{os.getpid()}-{'cd' * 4}")
+    with pytest.raises(ArenaError, match="cannot create"):
+        ShmArena(4 * P, directory=tmp_path, prefix="t")
+    assert victim.read_bytes() == b"untouched"
+
+
+def test_the_segment_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        with ShmArena(4 * P, directory=tmp_path, prefix="t") as a:
+            info = a.path.stat()
+    finally:
+        os.umask(old)
+    assert info.st_mode & 0o777 == 0o600

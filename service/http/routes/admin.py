@@ -7,6 +7,7 @@ from typing import Literal
 import msgspec
 from aiohttp import web
 
+from semcached.service.auth.scopes import Scope
 from semcached.service.http.appkeys import SETTINGS
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import json_response, struct_response
@@ -15,7 +16,7 @@ from semcached.service.logs import set_level
 
 __all__ = ["group"]
 
-group = RouteGroup("admin", "Operator routes (require the bearer token when one is set).")
+group = RouteGroup("admin", "Operator routes (a token with the admin scope).")
 
 
 class LogLevel(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,6 +31,7 @@ LOG_LEVEL = Decoder(LogLevel)
     "/v1/admin/config",
     summary="The effective settings, secrets redacted.",
     responses={200: Reply("Settings by section.", {"type": "object"})},
+    scope=Scope.ADMIN,
 )
 async def get_config(request: web.Request) -> web.Response:
     return json_response(request.app[SETTINGS].redacted())
@@ -42,6 +44,7 @@ async def get_config(request: web.Request) -> web.Response:
     body=LOG_LEVEL,
     body_description="The new level.",
     responses={200: Reply("The level now in force.", LogLevel)},
+    scope=Scope.ADMIN,
 )
 async def put_log_level(request: web.Request) -> web.Response:
     body = await LOG_LEVEL.read(request)

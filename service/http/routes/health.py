@@ -21,6 +21,13 @@ _READINESS = group.schema(
             "status": {"enum": ["starting", "ready", "failed", "shutting_down"]},
             "waiting_for": {"type": "array", "items": {"type": "string"}},
             "failed": {"type": "object", "additionalProperties": {"type": "string"}},
+            "storage_full": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "Stores that refuse inserts (507 store_full) because they "
+                "are full and nothing is left to evict; reads still work, so the daemon "
+                "stays ready.",
+            },
         },
     },
 )

@@ -39,9 +39,18 @@ from semcached.protocol.kv import (
     LeaseSeconds,
     Transfer,
 )
+from semcached.service.auth.scopes import Scope
 from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
-from semcached.service.http.appkeys import EXECUTOR, KV, SETTINGS, daemon_context
+from semcached.service.http.appkeys import (
+    EXECUTOR,
+    KV,
+    METRICS,
+    SETTINGS,
+    UPLOADS,
+    daemon_context,
+)
+from semcached.service.http.bodies import UploadBudget
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
 from semcached.service.http.kv_puts import (
@@ -57,7 +66,15 @@ from semcached.service.http.kv_replies import (
     plan_reply,
     shm_handle,
 )
-from semcached.service.http.routing import Reply, RouteGroup, error_reply
+from semcached.service.http.routing import (
+    ERROR_SCHEMA_REF,
+    STORE_FULL_REPLY,
+    Reply,
+    RouteGroup,
+    error_reply,
+    json_content,
+)
+from semcached.service.http.tenancy import kv_tenant
 from semcached.service.kv.component import install_kv_cache
 from semcached.service.kv.engine import KvCache, Plan
 
@@ -77,6 +94,7 @@ group = RouteGroup(
 @group.on_setup
 def _install_engine(app: web.Application) -> None:
     app[KV] = install_kv_cache(daemon_context(app))
+    app[UPLOADS] = UploadBudget(app[SETTINGS].kv.max_inflight_upload_bytes, app[METRICS].registry)
 
 
 _INLINE_PLAN_CHUNKS = 32
@@ -145,6 +163,11 @@ _META_REPLY_HEADER = {
 }
 
 
+def _error(description: str, **extra: Any) -> dict[str, Any]:
+    """A documented error response of a route (the error document)."""
+    return {**json_content({"$ref": ERROR_SCHEMA_REF}, description), **extra}
+
+
 # --- decoding ----------------------------------------------------------------------------
 
 
@@ -181,15 +204,24 @@ def _variant(text: str | None) -> bytes | None:
     responses={
         201: Reply("Stored.", KvPutResult, links=_VARIANT_LINKS),
         200: Reply("Stored, replacing the same variant.", KvPutResult, links=_VARIANT_LINKS),
-        409: error_reply("The same variant is being stored now (put_in_progress); retry."),
-        411: error_reply("The body has no Content-Length."),
-        507: error_reply("The disk tier is full and nothing could be evicted to make room."),
+        408: _error("body_timeout: the body came too slowly; the connection is closed."),
+        409: _error("put_in_progress: the same variant is being stored now; retry."),
+        411: _error("length_required: a body without Content-Length."),
+        413: _error("blob_too_large: the declared shape exceeds kv.max_blob_bytes."),
+        503: _error(
+            "uploads_busy: kv.max_inflight_upload_bytes are in flight; retry after "
+            "Retry-After seconds.",
+            headers={"Retry-After": {"schema": {"type": "integer"}}},
+        ),
+        507: STORE_FULL_REPLY,
     },
+    scope=Scope.KV_WRITE,
 )
 async def put_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)
     chunk = _path_key(request)
-    meta = parse_put_meta(request.headers.get(KV_META_HEADER), chunk, engine.now())
+    # Everything the header declares is checked before a byte of the body is read.
+    meta = parse_put_meta(request.headers.get(KV_META_HEADER), chunk, engine)
     declared = _variant(VARIANT_QUERY.convert(request.query).variant)
     if declared is not None and declared != meta.variant:
         raise BadRequestError(
@@ -197,11 +229,16 @@ async def put_chunk(request: web.Request) -> web.Response:
         )
     executor = request.app[EXECUTOR]
     source = request.headers.get(KV_SOURCE_HEADER)
-    if source is not None:
-        result = await run_blocking(executor, put_from_staged_file, request.app, meta, source)
-    else:
-        blob = await read_blob(request, min(engine.max_blob_bytes, engine.disk.budget_bytes))
-        result = await run_blocking(executor, engine.put, meta, blob)
+    tenant = kv_tenant(request)
+    with request.app[UPLOADS].reserve(meta.nbytes):
+        if source is not None:
+            result = await run_blocking(
+                executor, put_from_staged_file, request.app, meta, source, tenant
+            )
+        else:
+            blob = await read_blob(request, meta.nbytes)
+            result = await run_blocking(executor, lambda: engine.put(meta, blob, tenant=tenant))
+            blob.release()
     body = KvPutResult(**meta_fields(meta), tiers=result.tiers, evicted=result.evicted)
     return struct_response(body, status=201 if result.created else 200)
 
@@ -223,8 +260,11 @@ async def put_chunk(request: web.Request) -> web.Response:
                 OCTET_STREAM: {"schema": {"type": "string"}},
                 JSON: {"schema": KvLeasedChunk},
             },
-        }
+        },
+        404: Reply("No such chunk variant (for this tenant)."),
+        429: Reply("transfer=shm: the tenant holds its most leases or pinned bytes."),
     },
+    scope=Scope.KV_READ,
 )
 async def get_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)
@@ -232,9 +272,10 @@ async def get_chunk(request: web.Request) -> web.Response:
     query = READ_QUERY.convert(request.query)
     variant = _variant(query.variant)
     executor = request.app[EXECUTOR]
+    tenant = kv_tenant(request)
     if query.transfer == "shm":
         leased = await run_blocking(
-            executor, lambda: engine.lease(chunk, variant, ttl_s=query.lease_s)
+            executor, lambda: engine.lease(chunk, variant, ttl_s=query.lease_s, tenant=tenant)
         )
         fields = meta_fields(leased.meta)
         reply = KvLeasedChunk(
@@ -242,7 +283,9 @@ async def get_chunk(request: web.Request) -> web.Response:
         )
         return struct_response(reply)
     # Without a copy from the host tier: the view pins the blob until it is sent.
-    meta, data = await run_blocking(executor, lambda: engine.get(chunk, variant, copy=False))
+    meta, data = await run_blocking(
+        executor, lambda: engine.get(chunk, variant, copy=False, tenant=tenant)
+    )
     return web.Response(body=data, content_type=OCTET_STREAM, headers=meta_header(meta))
 
 
@@ -253,14 +296,19 @@ async def get_chunk(request: web.Request) -> web.Response:
     parameters=[_KEY_PARAM],
     query=VARIANT_QUERY,
     responses={
-        200: {"description": "Stored; its metadata in a header.", "headers": _META_REPLY_HEADER}
+        200: {"description": "Stored; its metadata in a header.", "headers": _META_REPLY_HEADER},
+        404: Reply("No such chunk variant (for this tenant)."),
     },
+    scope=Scope.KV_READ,
 )
 async def head_chunk(request: web.Request) -> web.StreamResponse:
     engine = _engine(request)
     chunk = _path_key(request)
     variant = _variant(VARIANT_QUERY.convert(request.query).variant)
-    meta = await run_blocking(request.app[EXECUTOR], engine.metadata, chunk, variant)
+    tenant = kv_tenant(request)
+    meta = await run_blocking(
+        request.app[EXECUTOR], lambda: engine.metadata(chunk, variant, tenant=tenant)
+    )
     response = web.StreamResponse(headers=meta_header(meta))
     response.content_type = OCTET_STREAM
     response.content_length = meta.nbytes  # what a GET would send
@@ -274,13 +322,21 @@ async def head_chunk(request: web.Request) -> web.StreamResponse:
     summary="Remove one variant, or every variant of a chunk",
     parameters=[_KEY_PARAM],
     query=VARIANT_QUERY,
-    responses={200: Reply("How many variants were removed.", KvDeleted)},
+    responses={
+        200: Reply("How many variants were removed.", KvDeleted),
+        404: Reply("No such chunk variant (for this tenant)."),
+        507: STORE_FULL_REPLY,
+    },
+    scope=Scope.KV_WRITE,
 )
 async def delete_chunk(request: web.Request) -> web.Response:
     engine = _engine(request)
     chunk = _path_key(request)
     variant = _variant(VARIANT_QUERY.convert(request.query).variant)
-    count = await run_blocking(request.app[EXECUTOR], engine.delete, chunk, variant)
+    tenant = kv_tenant(request)
+    count = await run_blocking(
+        request.app[EXECUTOR], lambda: engine.delete(chunk, variant, tenant=tenant)
+    )
     if not count:
         raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
     return struct_response(KvDeleted(count))
@@ -291,11 +347,16 @@ async def delete_chunk(request: web.Request) -> web.Response:
     "/v1/kv/leases/{id}",
     summary="Release a lease early (its shared-memory handles become invalid)",
     parameters=[{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-    responses={204: Reply("Released.")},
+    responses={
+        204: Reply("Released."),
+        404: Reply("No such lease of this tenant's (released, expired, or another's)."),
+    },
+    scope=Scope.KV_READ,
 )
 async def releaselease_reply(request: web.Request) -> web.Response:
     engine = _engine(request)
-    if not engine.release(request.match_info["id"]):
+    # Another tenant's lease is as absent as an expired one: no way to probe for ids.
+    if not engine.release(request.match_info["id"], owner=kv_tenant(request).owner):
         raise NotFoundError(ErrorCode.NOT_FOUND, "no such lease (released or expired)")
     return web.Response(status=204)
 
@@ -309,7 +370,11 @@ async def releaselease_reply(request: web.Request) -> web.Response:
     "RoPE shift and how to fetch the bytes. Unknown chunks are misses, not errors.",
     body=PLAN_REQUEST,
     body_description="The prompt's chunks.",
-    responses={200: Reply("The plan.", KvPlan)},
+    responses={
+        200: Reply("The plan.", KvPlan),
+        429: Reply("shm: the tenant holds its most leases."),
+    },
+    scope=Scope.KV_READ,
 )
 async def plan(request: web.Request) -> web.Response:
     engine = _engine(request)
@@ -322,6 +387,7 @@ async def plan(request: web.Request) -> web.Response:
             field="chunks",
         )
     keys = [key_or_400(k, "chunks") for k in body.chunks]
+    tenant = kv_tenant(request)
 
     def make_plan() -> Plan:
         return engine.plan(
@@ -331,6 +397,7 @@ async def plan(request: web.Request) -> web.Response:
             start=body.start,
             shm=body.shm,
             lease_ttl_s=body.lease_s,
+            tenant=tenant,
         )
 
     # Without shm a plan touches memory only (no LMDB, no copies): about 30 us a chunk,
@@ -347,7 +414,9 @@ async def plan(request: web.Request) -> web.Response:
     "GET",
     "/v1/kv/stats",
     summary="Counters per tier",
+    description="Over every tenant's chunks: an operator's view, hence the admin scope.",
     responses={200: Reply("Per tier: bytes, entries, hits, misses, moves.", KvStats)},
+    scope=Scope.ADMIN,
 )
 async def kv_stats(request: web.Request) -> web.Response:
     engine = _engine(request)
@@ -375,6 +444,7 @@ async def kv_stats(request: web.Request) -> web.Response:
     "/v1/kv/models",
     summary="The models whose KV the daemon accepts",
     responses={200: Reply("Models by id.", KvModels)},
+    scope=Scope.KV_READ,
 )
 async def kv_models(request: web.Request) -> web.Response:
     engine = _engine(request)

@@ -39,11 +39,13 @@ from semcached.protocol.semantic import (
     SemanticPurgeResult,
     SemanticStats,
 )
+from semcached.service.auth.scopes import Scope
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
-from semcached.service.http.routing import Reply, RouteGroup, error_reply
+from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup, error_reply
+from semcached.service.http.tenancy import namespace, semantic_quota
 from semcached.service.http.validation import to_vector
 from semcached.service.semantic.component import install_semantic_cache
 from semcached.service.semantic.engine import Insert, Lookup, LookupResult
@@ -90,19 +92,10 @@ _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "i
 # --- decoding ----------------------------------------------------------------------------
 
 
-def _namespace(request: web.Request, value: str) -> str:
-    allowed = request.app[SETTINGS].semantic.namespaces
-    if allowed and value not in allowed:
-        raise BadRequestError(
-            ErrorCode.UNKNOWN_NAMESPACE, f"unknown namespace {value!r}", field="namespace"
-        )
-    return value
-
-
 def _lookup(request: web.Request, body: SemanticLookup) -> Lookup:
     vector = None if body.vector is None else to_vector(body.vector)
     return Lookup(
-        namespace=_namespace(request, body.namespace),
+        namespace=namespace(request, body.namespace),
         text=body.text,
         vector=vector,
         category=body.category,
@@ -150,7 +143,7 @@ def _insert(request: web.Request, body: SemanticInsert) -> Insert:
     payload = _payload(body)
     vector = None if body.vector is None else to_vector(body.vector)
     return Insert(
-        namespace=_namespace(request, body.namespace),
+        namespace=namespace(request, body.namespace),
         prompt=body.prompt,
         response=payload,
         response_format=body.response_format,
@@ -159,6 +152,7 @@ def _insert(request: web.Request, body: SemanticInsert) -> Insert:
         model=body.model,
         vector=vector,
         ttl_s=body.ttl_s,
+        quota=semantic_quota(request),
     )
 
 
@@ -229,6 +223,7 @@ def _entry(document: Document) -> SemanticEntry:
     body=LOOKUP,
     body_description="The prompt.",
     responses={200: Reply("Hit or miss (also in X-Cache-Status).", SemanticLookupResult)},
+    scope=Scope.SEMANTIC_READ,
 )
 async def lookup(request: web.Request) -> web.Response:
     parsed = _lookup(request, await LOOKUP.read(request))
@@ -243,6 +238,7 @@ async def lookup(request: web.Request) -> web.Response:
     body=LOOKUP_BATCH,
     body_description="The prompts.",
     responses={200: Reply("One result per lookup, in order.", SemanticLookupResults)},
+    scope=Scope.SEMANTIC_READ,
 )
 async def lookup_batch(request: web.Request) -> web.Response:
     body = await LOOKUP_BATCH.read(request)
@@ -277,8 +273,9 @@ async def lookup_batch(request: web.Request) -> web.Response:
                 for name, operation in (("GetEntry", "get_entry"), ("DeleteEntry", "delete_entry"))
             },
         ),
-        507: error_reply("The store is full and nothing could be evicted to make room."),
+        507: STORE_FULL_REPLY,
     },
+    scope=Scope.SEMANTIC_WRITE,
 )
 async def insert(request: web.Request) -> web.Response:
     parsed = _insert(request, await INSERT.read(request))
@@ -297,13 +294,15 @@ async def insert(request: web.Request) -> web.Response:
         200: Reply("The entry.", SemanticEntry),
         404: error_reply("No such entry in the namespace."),
     },
+    scope=Scope.SEMANTIC_READ,
 )
 async def get_entry(request: web.Request) -> web.Response:
     entry_id = _entry_id(request)
-    namespace = _namespace(request, ENTRY_QUERY.convert(request.query).namespace)
+    space = namespace(request, ENTRY_QUERY.convert(request.query).namespace)
     document = request.app[SEMANTIC].get().get(entry_id)
-    if document is None or document.namespace != namespace:
-        raise NotFoundError(ErrorCode.NOT_FOUND, f"no entry {entry_id} in namespace {namespace!r}")
+    # Another namespace's entry (another tenant's, maybe) is as absent as none at all.
+    if document is None or document.namespace != space:
+        raise NotFoundError(ErrorCode.NOT_FOUND, f"no entry {entry_id} in namespace {space!r}")
     return struct_response(_entry(document))
 
 
@@ -313,15 +312,20 @@ async def get_entry(request: web.Request) -> web.Response:
     summary="Remove one entry.",
     parameters=[_ID_PARAM],
     query=ENTRY_QUERY,
-    responses={204: Reply("Removed."), 404: error_reply("No such entry in the namespace.")},
+    responses={
+        204: Reply("Removed."),
+        404: error_reply("No such entry in the namespace."),
+        507: STORE_FULL_REPLY,
+    },
+    scope=Scope.SEMANTIC_WRITE,
 )
 async def delete_entry(request: web.Request) -> web.Response:
     entry_id = _entry_id(request)
-    namespace = _namespace(request, ENTRY_QUERY.convert(request.query).namespace)
+    space = namespace(request, ENTRY_QUERY.convert(request.query).namespace)
     engine = request.app[SEMANTIC].get()
     document = engine.get(entry_id)
-    if document is None or document.namespace != namespace or not await engine.delete(entry_id):
-        raise NotFoundError(ErrorCode.NOT_FOUND, f"no entry {entry_id} in namespace {namespace!r}")
+    if document is None or document.namespace != space or not await engine.delete(entry_id):
+        raise NotFoundError(ErrorCode.NOT_FOUND, f"no entry {entry_id} in namespace {space!r}")
     return web.Response(status=204)
 
 
@@ -331,13 +335,17 @@ async def delete_entry(request: web.Request) -> web.Response:
     summary="Remove every entry of a namespace, optionally one category or partition.",
     body=PURGE,
     body_description="What to purge.",
-    responses={200: Reply("How many entries were removed.", SemanticPurgeResult)},
+    responses={
+        200: Reply("How many entries were removed.", SemanticPurgeResult),
+        507: STORE_FULL_REPLY,
+    },
+    scope=Scope.SEMANTIC_WRITE,
 )
 async def purge(request: web.Request) -> web.Response:
     body = await PURGE.read(request)
-    namespace = _namespace(request, body.namespace)
+    space = namespace(request, body.namespace)
     partition = None if body.partition is msgspec.UNSET else body.partition
-    removed = await request.app[SEMANTIC].get().purge(namespace, body.category, partition)
+    removed = await request.app[SEMANTIC].get().purge(space, body.category, partition)
     return struct_response(SemanticPurgeResult(removed))
 
 
@@ -345,7 +353,9 @@ async def purge(request: web.Request) -> web.Response:
     "GET",
     "/v1/semantic/stats",
     summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations.",
+    description="Over every namespace (every tenant's): an operator's view, hence the admin scope.",
     responses={200: Reply("Statistics.", SemanticStats)},
+    scope=Scope.ADMIN,
 )
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[SEMANTIC].get()

@@ -192,6 +192,10 @@ async def test_bearer_token_guards_v1_but_not_probes(
         response = await client.get("/v1/admin/config", headers=headers)
         assert response.status == 401
         assert_error(await response.json(), "unauthorized")
+        # RFC 6750: a 401 says which scheme to use, and whether the token sent was bad.
+        challenge = response.headers["WWW-Authenticate"]
+        assert challenge.startswith('Bearer realm="semcached"')
+        assert ('error="invalid_token"' in challenge) == bool(headers)
     ok = await client.get("/v1/admin/config", headers={"Authorization": "Bearer tok"})
     assert ok.status == 200
     for open_path in ("/livez", "/readyz", "/metrics", "/v1/openapi.json"):

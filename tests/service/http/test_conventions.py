@@ -40,6 +40,7 @@ async def client(aiohttp_client: ClientFactory, tmp_path: Path) -> Client:
             server_max_body_bytes="4096",
             embedding_dim="4",
             server_body_timeout_s="0.3",
+            server_body_min_bytes_per_s="0",  # only the gap between reads counts here
         ),
     )
 

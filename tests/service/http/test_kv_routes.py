@@ -311,7 +311,11 @@ async def test_a_put_staged_in_shared_memory_is_read_from_there(
         ("other-name", "file", "bad_source"),
         ("semcached-put-../escape", None, "bad_source"),
         ("semcached-put-short", "short", "length_mismatch"),
-        ("semcached-put-fifo", "fifo", "length_mismatch"),
+        ("semcached-put-fifo", "fifo", "bad_source"),
+        # Issue 14, defect 9: a link to a file the daemon can read but the client may
+        # not (its own arena, another client's staged put) is refused, not read.
+        ("semcached-put-hard", "hard link", "bad_source"),
+        ("semcached-put-soft", "symbolic link", "bad_source"),
     ],
 )
 async def test_bad_staged_puts_are_4xx(
@@ -326,6 +330,10 @@ async def test_bad_staged_puts_are_4xx(
         path.write_bytes(blob[:-1])
     elif make == "fifo":
         os.mkfifo(path)
+    elif make is not None and make.endswith("link"):
+        other = tmp_path / "not-the-clients"
+        other.write_bytes(blob)
+        (os.link if make == "hard link" else os.symlink)(other, path)
     response = await client.put(
         f"/v1/kv/chunks/{key.hex()}",
         data=b"",

@@ -85,8 +85,11 @@ class Engines:
         max_blob_bytes: int = 32 * MiB,
         max_leases: int = 100,
         eviction: Callable[[], EvictionPolicy] = LruPolicy,
+        max_map_bytes: int = 256 * MiB,
     ) -> KvCache:
-        env = LmdbEnvironment(self.root / "kv-lmdb", initial_map_bytes=MiB, max_map_bytes=256 * MiB)
+        env = LmdbEnvironment(
+            self.root / "kv-lmdb", initial_map_bytes=MiB, max_map_bytes=max_map_bytes
+        )
         self.envs.append(env)
         host = None
         if host_bytes:

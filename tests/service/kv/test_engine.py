@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -361,3 +362,49 @@ def test_a_view_without_copy_pins_its_blob_until_it_is_dropped(engines: Engines)
     engine.sweep()
     engine._check()
     assert arena.used_bytes == PAGE
+
+
+def test_a_put_whose_metadata_cannot_be_stored_fails_alone(engine: KvCache) -> None:
+    """Issue 14, defect 3: its record used to abort the transaction it shared."""
+    committer = engine.store._committer
+    commit = committer._commit
+    gate = threading.Event()
+
+    def held_first_commit(items: list[Any]) -> None:
+        gate.wait()  # the first commit stays open while the other puts queue behind it
+        commit(items)
+
+    committer._commit = held_first_commit  # type: ignore[method-assign]
+    outcome: dict[int, BaseException | None] = {}
+
+    def put(i: int) -> None:
+        meta, blob = variant(key_of(i), seed=i)
+        if i == 4:
+            meta.rope = {"scaling": _nested(300)}  # orjson refuses more than 254 levels
+        try:
+            engine.put(meta, blob)
+            outcome[i] = None
+        except BaseException as exc:
+            outcome[i] = exc
+
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    while len(committer._queue) < 6:  # one leads (held), one failed before queueing
+        threading.Event().wait(0.001)
+    gate.set()
+    for t in threads:
+        t.join()
+    poisoned = outcome.pop(4)
+    assert outcome == dict.fromkeys([0, 1, 2, 3, 5, 6, 7])  # every other put succeeded
+    assert isinstance(poisoned, BadRequestError)
+    assert (poisoned.code, poisoned.field) == ("invalid_meta", "rope")
+    engine._check()
+    assert {m.chunk for m in engine.store.scan()} == {key_of(i) for i in outcome}
+
+
+def _nested(depth: int) -> list[object]:
+    value: list[object] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value

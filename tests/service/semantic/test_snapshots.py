@@ -92,7 +92,7 @@ async def test_snapshot_written_at_close_and_loaded_at_next_open(
             category = "code" if 20 <= n < 25 else None
             assert await hit_id(again, n, namespace, category=category) == entry_id
         assert again.stats()["default"].entries == 25  # t1 and t2
-        assert (await again.insert(insert(99))).entry_id > max(ids.values())
+        assert (await again.insert(insert(99))).entry_id not in ids.values()
     finally:
         await again.close()
     # Nothing changed but one insert: only that index is saved again.
@@ -156,7 +156,7 @@ async def test_ids_in_a_snapshot_are_never_reused(make: Factory, tmp_path: Path)
     await restarted.open()
     try:
         new = (await restarted.insert(insert(7))).entry_id
-        assert new > last
+        assert new != last  # random ids: a 2**-63 chance of meeting it
         assert await hit_id(restarted, 7) == new
         assert await hit_id(restarted, 2) is None
     finally:
