@@ -10,7 +10,7 @@ Every read of a body waits at most ``server.body_timeout_s``, and the whole body
 be in within that plus its length at ``server.body_min_bytes_per_s``
 (:class:`BodyDeadline`); a body that is slower gets 408 ``body_timeout`` and the
 connection is closed, so a trickling sender cannot hold its buffer and its share of
-the budget for ever. JSON bodies (:func:`read_all`) get the same overall deadline,
+the budget for ever. JSON bodies (:func:`read_all`) get the same deadlines,
 and a JSON route refuses a body declared as another media type with 415 before reading
 it (:func:`check_json_content_type`).
 
@@ -128,15 +128,30 @@ def check_json_content_type(request: web.Request) -> None:
 
 
 async def read_all(request: web.Request, deadline: BodyDeadline) -> bytes:
-    """``request.read()`` (over ``client_max_size``: 413) within the overall deadline of
-    its declared length, or of the largest body accepted when it declares none."""
+    """The whole body, at most ``client_max_size`` bytes (413, from Content-Length before
+    reading), each read within ``idle_s`` and all within the overall deadline of its
+    declared length, or of the largest body accepted when it declares none."""
     length = request.content_length
-    bound = request.client_max_size if length is None else min(length, request.client_max_size)
-    try:
-        async with asyncio.timeout(deadline.total_s(bound)):
-            return await request.read()
-    except TimeoutError:
-        raise _timed_out(request.content.total_bytes, length) from None
+    limit = request.client_max_size
+    if length is not None and length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline.total_s(limit if length is None else length)
+    body = bytearray()
+    while True:
+        wait = min(deadline.idle_s, ends - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise _timed_out(len(body), length) from None
+        if not chunk:
+            return bytes(body)
+        body += chunk
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
 
 
 class UploadBudget:
