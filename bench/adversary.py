@@ -3,7 +3,7 @@ careless client can do to everybody else's requests, the daemon's memory and its
 
     python bench/adversary.py --quick                       # every scenario, briefly
     python bench/adversary.py --scenarios slowloris all     # some of them
-    python bench/adversary.py --daemon-python /work/main/.venv/bin/python --cwd /work/main
+    python bench/adversary.py --daemon-python ../other/.venv/bin/python --cwd ../other
     python bench/adversary.py --url http://127.0.0.1:8080 --pid 1234
 
 By default the script starts ``semcached serve`` itself (``--daemon-python``, in
