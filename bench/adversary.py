@@ -11,7 +11,10 @@ By default the script starts ``semcached serve`` itself (``--daemon-python``, in
 port, a fresh data directory, the embedding backend ``none``, and the soft open-file
 limit a default container or systemd unit gives (``--nofile``, 1024). ``--daemon-arg
 key=value`` adds settings (e.g. ``--daemon-arg server.probe_port=0``: the probes then
-go to the probe listener the daemon logs).
+go to the probe listener the daemon logs). ``--tenants`` writes a tokens file with two
+tenants, the honest client's and the adversary's, each with its own token, namespace
+and KV scope (for a daemon that has ``auth.tokens_file``); without it every request
+is of the one open tenant.
 
 Scenarios, one at a time for ``--duration-s`` each, then ``all`` of them together:
 
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import multiprocessing
 import os
 import re
@@ -89,6 +93,8 @@ class Daemon:
         self.probe_url: str | None = None
         self.pid: int = args.pid or 0
         self.shm_dir = workdir
+        self.honest_auth: dict[str, str] = {}
+        self.adversary_auth: dict[str, str] = {}
         if args.url:
             return
         argv = [
@@ -98,6 +104,8 @@ class Daemon:
             "--kv.shm_dir", str(workdir), "--kv.host_bytes", str(256 << 20),
             "--kv.disk_bytes", str(2 << 30), "--server.access_log", "false",
         ]  # fmt: skip
+        if args.tenants:
+            argv += ["--auth.tokens_file", str(self._write_tokens(workdir))]
         for item in args.daemon_arg:
             key, _, value = item.partition("=")
             argv += [f"--{key}", value]
@@ -124,6 +132,25 @@ class Daemon:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise SystemExit("the daemon did not start:\n" + "\n".join(self.lines[-30:]))
             time.sleep(0.05)
+
+    def _write_tokens(self, workdir: Path) -> Path:
+        scopes = '["semantic:read", "semantic:write", "kv:read", "kv:write"]'
+        lines = []
+        for tenant in ("honest", "mallory"):
+            token = secrets.token_urlsafe(32)
+            auth = {"Authorization": f"Bearer {token}"}
+            if tenant == "honest":
+                self.honest_auth = auth
+            else:
+                self.adversary_auth = auth
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            lines += [
+                f'[tenants.{tenant}]\nnamespaces = ["{tenant}"]\n',
+                f'[[tokens]]\nsha256 = "{digest}"\ntenant = "{tenant}"\nscopes = {scopes}\n',
+            ]
+        path = workdir / "tokens.toml"
+        path.write_text("\n".join(lines))
+        return path
 
     def _read(self) -> None:
         assert self.proc is not None
@@ -183,8 +210,9 @@ class Sampler:
 class Honest:
     """Four workers on keep-alive connections and a prober on fresh ones, for a while."""
 
-    def __init__(self, url: str, probe_url: str, duration_s: float) -> None:
+    def __init__(self, url: str, probe_url: str, duration_s: float, auth: dict[str, str]) -> None:
         self.url = url
+        self.auth = auth
         self.probe_url = probe_url
         self.end = time.monotonic() + duration_s
         self.rng = np.random.default_rng(os.getpid())
@@ -208,8 +236,9 @@ class Honest:
     ) -> bytes | None:  # fmt: skip
         started = time.perf_counter()
         try:
+            headers = {**self.auth, **kwargs.pop("headers", {})}
             async with session.request(
-                method, self.url + path, timeout=self.timeout, **kwargs
+                method, self.url + path, timeout=self.timeout, headers=headers, **kwargs
             ) as reply:
                 body = await reply.read()
                 status = reply.status
@@ -284,8 +313,10 @@ class Honest:
         }
 
 
-def _honest_process(url: str, probe_url: str, duration_s: float, out: Any) -> None:
-    out.put(asyncio.run(Honest(url, probe_url, duration_s).run()))
+def _honest_process(
+    url: str, probe_url: str, duration_s: float, auth: dict[str, str], out: Any
+) -> None:
+    out.put(asyncio.run(Honest(url, probe_url, duration_s, auth).run()))
 
 
 # -- the adversaries ------------------------------------------------------------------------
@@ -297,7 +328,12 @@ class Attack:
     shm_dir: Path
     scale: float
     end: float
+    auth: dict[str, str] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def auth_line(self) -> bytes:
+        return b"".join(f"{k}: {v}\r\n".encode() for k, v in self.auth.items())
 
     @property
     def address(self) -> tuple[str, int]:
@@ -367,9 +403,9 @@ class Attack:
         async def one() -> None:
             while time.monotonic() < self.end:
                 request = (
-                    b"PUT /v1/kv/chunks/%s HTTP/1.1\r\nHost: x\r\nX-Semcached-KV-Meta: %s\r\n"
+                    b"PUT /v1/kv/chunks/%s HTTP/1.1\r\nHost: x\r\nX-Semcached-KV-Meta: %s\r\n%s"
                     b"Content-Type: application/octet-stream\r\nContent-Length: 0\r\n\r\n"
-                ) % (secrets.token_hex(16).encode(), meta)
+                ) % (secrets.token_hex(16).encode(), meta, self.auth_line)
                 with contextlib.suppress(OSError, TimeoutError):
                     await self._raw(request)
                 self.count("huge shape puts")
@@ -389,9 +425,14 @@ class Attack:
                 self.count("slow uploads")
                 try:
                     writer.write(
-                        b"PUT /v1/kv/chunks/%s HTTP/1.1\r\nHost: x\r\nX-Semcached-KV-Meta: %s\r\n"
+                        b"PUT /v1/kv/chunks/%s HTTP/1.1\r\nHost: x\r\nX-Semcached-KV-Meta: %s\r\n%s"
                         b"Content-Type: application/octet-stream\r\nContent-Length: %d\r\n\r\n"
-                        % (secrets.token_hex(16).encode(), kv_meta(tokens), kv_nbytes(tokens))
+                        % (
+                            secrets.token_hex(16).encode(),
+                            kv_meta(tokens),
+                            self.auth_line,
+                            kv_nbytes(tokens),
+                        )
                     )
                     while time.monotonic() < self.end and not reader.at_eof():
                         writer.write(b"\0" * 1024)
@@ -405,7 +446,7 @@ class Attack:
         await asyncio.gather(*(one() for _ in range(max(1, int(8 * self.scale)))))
 
     async def leases(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        async with aiohttp.ClientSession(headers=self.auth) as session:
             key = secrets.token_hex(16)
             async with session.put(
                 f"{self.url}/v1/kv/chunks/{key}",
@@ -445,10 +486,17 @@ def run_scenario(
     probe_url = daemon.probe_url or daemon.url
     out: Any = multiprocessing.get_context("spawn").Queue()
     honest = multiprocessing.get_context("spawn").Process(
-        target=_honest_process, args=(daemon.url, probe_url, args.duration_s, out)
+        target=_honest_process,
+        args=(daemon.url, probe_url, args.duration_s, daemon.honest_auth, out),
     )
     sampler.reset()
-    attack = Attack(daemon.url, daemon.shm_dir, args.scale, time.monotonic() + args.duration_s + 1)
+    attack = Attack(
+        daemon.url,
+        daemon.shm_dir,
+        args.scale,
+        time.monotonic() + args.duration_s + 1,
+        auth=daemon.adversary_auth,
+    )
     honest.start()
     asyncio.run(_attack(attack, names))
     result = out.get(timeout=args.duration_s + 120)
@@ -512,6 +560,9 @@ def main() -> None:
     parser.add_argument("--url", help="attack a running daemon instead (with --pid)")
     parser.add_argument("--pid", type=int, help="the running daemon's pid, for RSS and fds")
     parser.add_argument("--title", default="adversary")
+    parser.add_argument(
+        "--tenants", action="store_true", help="honest client and adversary as two tenants"
+    )
     args = parser.parse_args()
     if args.url and not args.pid:
         parser.error("--url needs --pid")
