@@ -31,13 +31,19 @@ log = logging.getLogger(__name__)
 class _Request:
     """One caller's texts, its rows as they arrive and the future it waits on."""
 
-    __slots__ = ("future", "out", "remaining", "texts")
+    __slots__ = ("fed", "future", "out", "queued", "remaining", "texts")
 
     def __init__(self, texts: list[str], future: asyncio.Future[dict[int, Matrix]]) -> None:
         self.texts = texts
         self.future = future
         self.out: dict[int, Matrix] = {}  # slice start -> its rows
-        self.remaining = 0
+        self.remaining = 0  # slices queued or running, not yet answered
+        self.fed = 0  # texts[:fed] are in slices; the rest wait for room in the queue
+        self.queued = 0  # of those, texts still in the queue
+
+    @property
+    def complete(self) -> bool:
+        return self.remaining == 0 and self.fed == len(self.texts)
 
     def fail(self, exc: BaseException) -> None:
         if not self.future.done():
@@ -66,7 +72,11 @@ class MicroBatcher:
     (while they do, new texts queue up and leave together). Each caller gets its own
     rows in order; an exception from ``batch_fn`` reaches every caller of that batch; a
     cancelled caller's texts are dropped if not yet sent, its rows discarded if they
-    were. At most ``max_queued`` texts wait; beyond that :meth:`submit` fails fast (503).
+    were. At most ``max_queued`` texts wait. A submission that fits in the free room is
+    queued whole; a larger one (an in-process ``insert_many`` of thousands) is fed in
+    slices as room frees up, holding at most half the queue so that other callers
+    still get in. :meth:`submit` fails fast (503) only when the queue has no room for
+    the caller's first slice.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class MicroBatcher:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._queue: deque[_Slice] = deque()
         self._queued_texts = 0
+        self._feeding: deque[_Request] = deque()  # admitted, texts still to queue
         self._wakeup = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
@@ -103,19 +114,20 @@ class MicroBatcher:
             raise EmbeddingUnavailableError("the embedder is closed")
         if not texts:
             raise ValueError("submit() needs at least one text")
-        if self._queued_texts + len(texts) > self.max_queued:
+        room = self.max_queued - self._queued_texts
+        if room < min(len(texts), self.max_batch):
             raise EmbeddingUnavailableError(
-                f"embedding queue is full ({self._queued_texts} texts waiting); retry later",
+                f"embedding queue is full ({self._queued_texts} of {self.max_queued} texts "
+                "waiting); retry later",
                 code="embedding_overloaded",
             )
         loop = asyncio.get_running_loop()
         request = _Request(list(texts), loop.create_future())
-        now = loop.time()
-        for start in range(0, len(texts), self.max_batch):
-            stop = min(start + self.max_batch, len(texts))
-            self._queue.append(_Slice(request, start, stop, now))
-            request.remaining += 1
-        self._queued_texts += len(texts)
+        if len(texts) <= room:
+            self._feed(request, limit=len(texts))
+        else:
+            self._feeding.append(request)
+            self._refill()
         self._wakeup.set()
         if self._worker is None:
             self._worker = loop.create_task(self._work(), name="semcached-embed-batcher")
@@ -143,11 +155,38 @@ class MicroBatcher:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
 
+    def _feed(self, request: _Request, limit: int) -> None:
+        """Queue slices of ``request``'s next texts while it holds fewer than ``limit``."""
+        now = asyncio.get_running_loop().time()
+        total = len(request.texts)
+        while request.fed < total:
+            stop = min(request.fed + self.max_batch, total)
+            size = stop - request.fed
+            if request.queued + size > limit or self._queued_texts + size > self.max_queued:
+                return
+            self._queue.append(_Slice(request, request.fed, stop, now))
+            request.remaining += 1
+            request.queued += size
+            request.fed = stop
+            self._queued_texts += size
+
+    def _refill(self) -> None:
+        """Top up the submissions fed in pieces, oldest first, as far as room allows."""
+        share = max(self.max_batch, self.max_queued // 2)
+        while self._feeding:
+            request = self._feeding[0]
+            if not request.future.done():
+                self._feed(request, limit=share)
+                if request.fed < len(request.texts):
+                    return  # no room yet: it waits, and so do the ones behind it
+            self._feeding.popleft()
+
     def _prune(self) -> None:
         """Drop queued slices whose caller has gone (cancelled)."""
         if any(s.request.future.done() for s in self._queue):
             self._queue = deque(s for s in self._queue if not s.request.future.done())
             self._queued_texts = sum(s.size for s in self._queue)
+        self._refill()
 
     async def _collect(self) -> list[_Slice]:
         loop = asyncio.get_running_loop()
@@ -176,9 +215,11 @@ class MicroBatcher:
         while self._queue and size + self._queue[0].size <= self.max_batch:
             piece = self._queue.popleft()
             self._queued_texts -= piece.size
+            piece.request.queued -= piece.size
             if not piece.request.future.done():
                 batch.append(piece)
                 size += piece.size
+        self._refill()
         return batch
 
     async def _run(self, batch: list[_Slice]) -> None:
@@ -207,7 +248,7 @@ class MicroBatcher:
                     continue  # cancelled, or failed in another batch: drop its rows
                 request.out[s.start] = part
                 request.remaining -= 1
-                if request.remaining == 0:
+                if request.complete:
                     request.future.set_result(request.out)
         finally:
             self._slots.release()
@@ -227,4 +268,6 @@ class MicroBatcher:
     def _fail_queued(self, exc: BaseException) -> None:
         while self._queue:
             self._queue.popleft().request.fail(exc)
+        while self._feeding:
+            self._feeding.popleft().fail(exc)
         self._queued_texts = 0

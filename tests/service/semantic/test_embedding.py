@@ -310,6 +310,69 @@ async def test_a_full_queue_fails_fast(backend: RecordingBackend) -> None:
     await embedder.close()
 
 
+async def test_a_submission_larger_than_the_queue_is_fed_in_pieces(
+    backend: RecordingBackend,
+) -> None:
+    # Issue 14 (10): 5,000 texts against a queue of 2,048 failed with a 503 that said
+    # "0 texts waiting". They are now embedded, in order, in queue-sized pieces.
+    embedder = await opened(backend, max_batch=32, max_wait_s=0, cache_entries=0)
+    texts = [f"text {i}" for i in range(5000)]
+    rows = await embedder.embed(texts)
+    np.testing.assert_allclose(rows, bows(texts), rtol=1e-6, atol=1e-6)
+    assert texts_sent(backend) == texts
+    assert max(len(c) for c in backend.calls) == 32
+    await embedder.close()
+
+
+async def test_a_large_submission_leaves_room_for_other_callers(
+    backend: RecordingBackend,
+) -> None:
+    backend.gate = asyncio.Event()
+    embedder = await opened(backend, max_batch=2, max_wait_s=0, cache_entries=0, max_queued=8)
+    large = asyncio.create_task(embedder.embed([f"big {i}" for i in range(20)]))
+    await backend.entered.wait()
+    await asyncio.sleep(0)
+    # The large one holds at most half the queue: a small caller still fits.
+    small = asyncio.create_task(embedder.embed(["small one", "small two"]))
+    await asyncio.sleep(0)
+    assert not small.done()
+    backend.gate.set()
+    rows = await small
+    np.testing.assert_allclose(rows, bows(["small one", "small two"]), rtol=1e-6)
+    np.testing.assert_allclose(await large, bows([f"big {i}" for i in range(20)]), rtol=1e-6)
+    await embedder.close()
+
+
+async def test_the_overload_message_counts_the_waiting_texts(backend: RecordingBackend) -> None:
+    backend.gate = asyncio.Event()
+    embedder = await opened(backend, max_batch=2, max_wait_s=0, cache_entries=0, max_queued=4)
+    first = asyncio.create_task(embedder.embed(["a", "b"]))
+    await backend.entered.wait()
+    waiting = asyncio.create_task(embedder.embed(["c", "d", "e", "f"]))
+    await asyncio.sleep(0)
+    with pytest.raises(EmbeddingUnavailableError, match=r"4 of 4 texts waiting") as info:
+        await embedder.embed([f"many {i}" for i in range(10)])
+    assert info.value.code == "embedding_overloaded"
+    backend.gate.set()
+    await asyncio.gather(first, waiting)
+    await embedder.close()
+
+
+async def test_a_cancelled_large_submission_stops_feeding(backend: RecordingBackend) -> None:
+    backend.gate = asyncio.Event()
+    embedder = await opened(backend, max_batch=2, max_wait_s=0, cache_entries=0, max_queued=4)
+    large = asyncio.create_task(embedder.embed([f"big {i}" for i in range(40)]))
+    await backend.entered.wait()
+    large.cancel()
+    backend.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await large
+    rows = await embedder.embed(["after"])
+    np.testing.assert_allclose(rows, bows(["after"]), rtol=1e-6)
+    assert len(texts_sent(backend)) < 41
+    await embedder.close()
+
+
 async def test_no_texts_no_model_call(backend: RecordingBackend) -> None:
     embedder = await opened(backend)
     rows = await embedder.embed([])
