@@ -65,7 +65,8 @@ class HttpMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "semcached_http_requests",
-            "HTTP requests handled, by route template, method and status code.",
+            "HTTP requests handled, by route template, method and status code (499: the "
+            "client hung up before the answer).",
             ["route", "method", "status"],
             registry=registry,
         )

@@ -16,6 +16,9 @@ any other value error at ``$.a.b[3]``  ``invalid``      ``a.b`` (indexes dropped
 
 Inside a list of objects (a batch's lookups) the field is the item's own field
 (``$.lookups[2].vector`` -> ``vector``), as if the item had been sent alone.
+A body nested past msgspec's recursion limit (only a free-form ``msgspec.Raw`` value
+can be) is ``invalid_field`` naming the decoder's ``nested_field``.
+
 ``invalid`` is ``invalid_field`` unless the decoder names another (the KV metadata
 header uses ``invalid_meta``), and ``codes`` gives a path its own code (``chunks[]``:
 any item of ``chunks``; ``shape``: the list itself). msgspec reports the first fault
@@ -52,7 +55,7 @@ class Decoder(Generic[T]):
     ``what`` names the source in messages (``request body``, a header's name).
     """
 
-    __slots__ = ("_codes", "_invalid", "_json", "type", "what")
+    __slots__ = ("_codes", "_invalid", "_json", "_nested_field", "type", "what")
 
     def __init__(
         self,
@@ -61,11 +64,13 @@ class Decoder(Generic[T]):
         what: str = "request body",
         invalid: ErrorCode = ErrorCode.INVALID_FIELD,
         codes: Mapping[str, ErrorCode] | None = None,
+        nested_field: str | None = None,
     ) -> None:
         self.type = type_
         self.what = what
         self._invalid = invalid
         self._codes = dict(codes or {})
+        self._nested_field = nested_field
         self._json = msgspec.json.Decoder(type_)
 
     def decode(self, data: bytes | str) -> T:
@@ -78,9 +83,13 @@ class Decoder(Generic[T]):
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"{self.what} is not valid JSON: {exc}"
             ) from None
-        except RecursionError:  # msgspec stops at the interpreter's recursion limit
+        except RecursionError:  # a free-form value (msgspec.Raw) nested past msgspec's limit
+            field = self._nested_field
+            where = f"{field}: " if field else f"{self.what}: "
             raise BadRequestError(
-                ErrorCode.INVALID_JSON, f"{self.what} is nested too deeply"
+                ErrorCode.INVALID_FIELD if field else ErrorCode.INVALID_JSON,
+                f"{where}JSON nested too deeply",
+                field=field,
             ) from None
 
     async def read(self, request: web.Request) -> T:

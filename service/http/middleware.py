@@ -7,6 +7,7 @@ handler runs.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -28,11 +29,20 @@ from semcached.service.http.appkeys import PRINCIPAL
 from semcached.service.http.jsonio import error_response
 from semcached.service.metrics import HttpMetrics
 
-__all__ = ["auth_middleware", "error_middleware", "metrics_middleware", "route_label"]
+__all__ = [
+    "CLIENT_CLOSED",
+    "auth_middleware",
+    "error_middleware",
+    "metrics_middleware",
+    "route_label",
+]
 
 log = logging.getLogger(__name__)
 
 UNMATCHED_ROUTE = "unmatched"
+CLIENT_CLOSED = 499
+"""nginx's "client closed request": the status counted and logged for a request whose
+client went away before it could be answered (never sent: nobody is listening)."""
 
 
 def route_label(request: web.Request) -> str:
@@ -55,6 +65,10 @@ def metrics_middleware(metrics: HttpMetrics) -> Middleware:
             return response
         except web.HTTPException as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            if _client_gone(request):  # cancelled because the client hung up
+                status = CLIENT_CLOSED
             raise
         finally:
             seconds = time.perf_counter() - started
@@ -84,6 +98,11 @@ def _from_http_exception(exc: web.HTTPException, request: web.Request) -> ApiErr
     return BadRequestError(code, exc.text or exc.reason, status=exc.status)
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error leaves as ``{"error": {"code", "message"}}``; never HTML or a traceback."""
@@ -95,7 +114,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:  # redirects and the like pass through untouched
             raise
         return error_response(_from_http_exception(exc, request))
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            # The client hung up (mid-body, say): its choice, not the daemon's fault.
+            log.debug("client closed %s %s before the answer", request.method, request.path)
+            return web.Response(status=CLIENT_CLOSED)
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(
             ServerError(ErrorCode.INTERNAL_ERROR, "internal error; see the daemon log")

@@ -57,9 +57,13 @@ class VectorSource:
             raise BadRequestError(
                 ErrorCode.INVALID_VECTOR, "vector contains NaN or Inf", field="vector"
             )
-        norm = float(np.linalg.norm(v))
+        # In float64: a float32 sum of squares overflows from components of about 2e19
+        # (and underflows below 1e-23), which would turn a valid direction into zeros.
+        wide = v.astype(np.float64)
+        norm = float(np.linalg.norm(wide))
         if norm == 0.0:
             raise BadRequestError(
                 ErrorCode.INVALID_VECTOR, "vector must not be all zeros", field="vector"
             )
-        return v / norm
+        unit: Vector = (wide / norm).astype(np.float32)
+        return unit

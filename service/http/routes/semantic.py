@@ -81,9 +81,11 @@ class EntryQuery(msgspec.Struct):
 
 LOOKUP = Decoder(SemanticLookup)
 LOOKUP_BATCH = Decoder(SemanticLookupBatch)
-INSERT = Decoder(SemanticInsert)
+INSERT = Decoder(SemanticInsert, nested_field="response")
 PURGE = Decoder(SemanticPurge)
 ENTRY_QUERY = Decoder(EntryQuery)
+MAX_RESPONSE_DEPTH = 254
+"""orjson, which stores and serves responses, encodes at most this many nested levels."""
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
 
 
@@ -106,11 +108,15 @@ def _payload(body: SemanticInsert) -> bytes:
     """The response to store: compact JSON, or the bytes of its base64."""
     if body.response_format == "json":
         try:  # orjson's reading of JSON (its numbers, its UTF-8), stored compact
-            return orjson.dumps(orjson.loads(memoryview(body.response)))
+            value = orjson.loads(memoryview(body.response))
         except orjson.JSONDecodeError as exc:
             raise BadRequestError(
                 ErrorCode.INVALID_JSON, f"request body is not valid JSON: {exc}"
             ) from None
+        try:
+            return orjson.dumps(value)
+        except orjson.JSONEncodeError:  # only orjson's nesting limit can fail here
+            raise _too_deep() from None
     try:
         return base64.b64decode(msgspec.json.decode(body.response, type=str), validate=True)
     except (msgspec.ValidationError, binascii.Error, ValueError):
@@ -123,6 +129,14 @@ def _payload(body: SemanticInsert) -> bytes:
         raise BadRequestError(
             ErrorCode.INVALID_JSON, f"request body is not valid JSON: {exc}"
         ) from None
+
+
+def _too_deep() -> BadRequestError:
+    return BadRequestError(
+        ErrorCode.INVALID_FIELD,
+        f"response: JSON nested deeper than {MAX_RESPONSE_DEPTH} levels",
+        field="response",
+    )
 
 
 def _insert(request: web.Request, body: SemanticInsert) -> Insert:

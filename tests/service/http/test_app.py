@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -274,3 +275,56 @@ async def test_openapi_shows_the_constraints_of_the_structs(
         ("lease_s", "query"),
     ]
     assert read[2]["schema"]["enum"] == ["http", "shm"]
+
+
+async def _hang_up_mid_body(host: str, port: int) -> dict[str, float]:
+    """Send half a body, hang up; the statuses counted for the route."""
+    _reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"PUT /v1/admin/log-level HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 1000\r\n\r\n{"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)  # the handler is reading the body
+    writer.close()
+    await writer.wait_closed()
+    statuses: dict[str, float] = {}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            async with session.get(f"http://{host}:{port}/metrics") as response:
+                text = await response.text()
+            statuses = {
+                s.labels["status"]: s.value
+                for f in text_string_to_metric_families(text)
+                if f.name == "semcached_http_requests"
+                for s in f.samples
+                if s.labels.get("route") == "/v1/admin/log-level"
+            }
+            if statuses:
+                break
+            await asyncio.sleep(0.01)
+    return statuses
+
+
+async def test_a_client_that_hangs_up_mid_body_is_counted_499_not_500(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Issue 14 (7): the handler's read failed with "Connection lost", which was logged
+    # with a traceback and counted as a 500, the daemon's fault. Served as serve()
+    # serves it (handler_cancellation off: the read fails, the handler is not cancelled).
+    runner = web.AppRunner(create_app(settings_for(tmp_path)))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        assert await _hang_up_mid_body("127.0.0.1", site.port) == {"499": 1.0}
+    finally:
+        await runner.cleanup()
+    assert "unhandled error" not in caplog.text
+
+
+async def test_a_cancelled_handler_of_a_client_that_hung_up_is_counted_499(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    # aiohttp's test server cancels the handler of a client that hangs up.
+    assert await _hang_up_mid_body(str(client.host), int(client.port or 0)) == {"499": 1.0}

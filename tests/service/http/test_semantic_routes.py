@@ -373,3 +373,61 @@ async def test_purge_rejects_a_null_partition(client: Client) -> None:
         client, "/v1/semantic/purge", {"namespace": "t1", "partition": None}
     )
     assert (status, error["error"]["field"]) == (400, "partition")
+
+
+@pytest.mark.parametrize("scale", [2e19, 3e38, 1e-30], ids=["2e19", "3e38", "1e-30"])
+async def test_extreme_but_finite_vectors_are_normalised(client: Client, scale: float) -> None:
+    # Issue 14 (7): a float32 sum of squares overflowed from components of about 2e19
+    # (underflowed below 1e-23): an insert was a 500, a lookup a silent miss.
+    vector = (np.asarray(unit(3)) * scale).tolist()
+    status, created, _ = await post(
+        client,
+        "/v1/semantic/entries",
+        {"namespace": "t1", "prompt": "big", "response": 1, "vector": vector},
+    )
+    assert status == 201, created
+    status, hit, _ = await post(
+        client, "/v1/semantic/lookup", {"namespace": "t1", "vector": vector}
+    )
+    assert (status, hit["hit"], hit["entry_id"]) == (200, True, created["entry_id"])
+    status, hit, _ = await post(
+        client, "/v1/semantic/lookup", {"namespace": "t1", "vector": unit(3)}
+    )
+    assert hit["entry_id"] == created["entry_id"]
+
+
+@pytest.mark.parametrize("depth", [255, 300, 1100, 5000])
+async def test_a_response_nested_too_deep_is_400_naming_the_response(
+    client: Client, depth: int
+) -> None:
+    # Issue 14 (7): orjson stores at most 254 levels; deeper was a 500 (and past about
+    # 1000 levels msgspec's own recursion limit was another 500).
+    nested = "[" * depth + "]" * depth
+    body = b'{"namespace": "t1", "prompt": "p", "vector": %s, "response": %s}' % (
+        str(unit(4)).encode(),
+        nested.encode(),
+    )
+    response = await client.post(
+        "/v1/semantic/entries", data=body, headers={"Content-Type": "application/json"}
+    )
+    error = await response.json()
+    assert response.status == 400, error
+    assert (error["error"]["code"], error["error"]["field"]) == ("invalid_field", "response")
+    stats = await (await client.get("/v1/semantic/stats")).json()
+    assert stats["entries"] == 0
+
+
+async def test_a_response_254_levels_deep_is_stored_and_served(client: Client) -> None:
+    nested: Any = []
+    for _ in range(253):
+        nested = [nested]
+    status, created, _ = await post(
+        client,
+        "/v1/semantic/entries",
+        {"namespace": "t1", "prompt": "p", "response": nested, "vector": unit(5)},
+    )
+    assert status == 201, created
+    status, hit, _ = await post(
+        client, "/v1/semantic/lookup", {"namespace": "t1", "vector": unit(5)}
+    )
+    assert (status, hit["response"]) == (200, nested)
