@@ -51,6 +51,7 @@ __all__ = [
     "StorageSettings",
     "iter_setting_specs",
     "load_settings",
+    "read_toml",
 ]
 
 ENV_PREFIX = "SEMCACHED_"
@@ -541,8 +542,9 @@ def _convert(spec: SettingSpec, raw: Any, source: str, *, typed: bool = False) -
 # --- sources ----------------------------------------------------------------------
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    source = f"config file {path}"
+def read_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """The document of a TOML file; :class:`ConfigError` naming ``what`` and the path."""
+    source = f"{what} {path}"
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -665,7 +667,7 @@ def load_settings(
     kv_models = DEFAULT_KV_MODELS
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
     if path is not None:
-        doc = _read_toml(Path(path))
+        doc = read_toml(Path(path))
         source = f"config file {path}"
         merged.update(_from_toml(doc, source, specs))
         categories = _categories_from_toml(doc, source)

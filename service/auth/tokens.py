@@ -25,7 +25,6 @@ import hashlib
 import math
 import re
 import secrets
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from semcached.service.auth.tenants import (
     TenantLimits,
     laptop_principal,
 )
+from semcached.service.config import read_toml
 
 __all__ = [
     "Mode",
@@ -125,15 +125,7 @@ def single_token_table(token: str) -> TokenTable:
 def load_tokens_file(path: Path, defaults: TenantLimits) -> TokenTable:
     """The table of a tokens file; :class:`ConfigError` naming the file and the key."""
     source = f"tokens file {path}"
-    try:
-        with path.open("rb") as fh:
-            doc = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: no such file") from None
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: invalid TOML: {exc}") from None
+    doc = read_toml(path, "tokens file")
     unknown = set(doc) - {"tenants", "tokens"}
     if unknown:
         raise ConfigError(f"{source}: unknown key {sorted(unknown)[0]!r} (tenants, tokens)")
