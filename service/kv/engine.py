@@ -21,6 +21,11 @@ the blob, its metadata and the evictions → the variant becomes visible → it 
 copied into the host tier (demoting host victims). A put is acknowledged only after
 its commit, and nothing of it is readable before.
 
+Removals (deletes and evictions) leave memory under the lock but reach LMDB after
+it, in their own write; until that write returns, the key is *being removed* and a
+put of the same key waits for it, so that the store applies a removal and a later
+put in the order memory saw them (else the late delete would erase the new put).
+
 Read paths: :meth:`get` copies the bytes out (from the host tier, else from disk,
 promoting them); :meth:`lease` and :meth:`plan` with ``shm`` hand out shared-memory
 handles pinned by a :class:`Lease` until it is released or times out.
@@ -35,12 +40,13 @@ oldest variants go first), and each owner in leases and pinned bytes.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from semcached.cachepolicy.reuse import (
     VariantStats,
@@ -131,6 +137,9 @@ class KvCache:
         # scope + chunk -> variant key -> ...
         self._by_chunk: dict[bytes, dict[bytes, Variant]] = {}
         self._in_flight: set[bytes] = set()  # keys being put
+        # Keys forgotten in memory whose delete is not yet written (see the docstring).
+        self._removing: collections.Counter[bytes] = collections.Counter()
+        self._removed = threading.Condition(self._lock)
         # Per scope: disk bytes (puts in flight included) and live variants, oldest first.
         self._scope_bytes: dict[bytes, int] = {}
         self._scope_order: dict[bytes, dict[int, None]] = {}
@@ -207,6 +216,57 @@ class KvCache:
         concurrently) and InsufficientStorageError (the store is full and nothing is
         left to evict).
         """
+        write = self._encode_put(meta, blob, tenant)
+        key = meta.key
+        with self._lock:
+            while key in self._removing:  # bounded by one commit
+                self._removed.wait()
+            if key in self._in_flight:
+                raise ConflictError(ErrorCode.PUT_IN_PROGRESS, "this chunk variant is being stored")
+            self._in_flight.add(key)
+            old = self._by_key.get(key)
+            if old is not None:  # replaced: stop serving the old bytes now
+                self._forget(old.vid)
+            vid = next(self._ids)
+            # Admitted (and counted) before it is written, so that the policy treats it
+            # as the newcomer and concurrent puts see its bytes.
+            self.disk.admit(vid, meta.nbytes, pending=True)
+            self._charge(meta.scope, meta.nbytes)
+            victims = self._remove(self._over_quota(meta.scope, tenant.max_bytes))
+            victims += self._remove(self.disk.make_room())
+        committed = False
+        try:
+            changes = [BlobWrite(v.meta.key) for v in victims]
+            changes.append(write)
+            extra = self._write_making_room(changes, meta.nbytes)
+            committed = True
+        finally:
+            with self._lock:
+                self._removal_written(victims)
+                self._in_flight.discard(key)
+                if committed:  # visible from here on, and not before
+                    self.disk.settle(vid)
+                    variant = self._add(meta, vid)
+                    # Over budget only if concurrent puts were all pending a moment ago.
+                    late = self._remove(self.disk.make_room())
+                else:
+                    self.disk.remove(vid)
+                    self._charge(meta.scope, -meta.nbytes)
+        if late:
+            try:
+                self._write_removals(late)
+            except StoreFullError as exc:  # the put is durable; these return at a restart
+                log.warning("could not delete %d evicted chunk variants: %s", len(late), exc)
+        tiers = ["disk"]
+        if self._place(variant, blob):
+            tiers.insert(0, "host")
+        evicted = len(victims) + len(extra) + len(late)
+        return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), evicted)
+
+    def _encode_put(
+        self, meta: VariantMeta, blob: bytes | bytearray | memoryview, tenant: KvTenant
+    ) -> BlobWrite:
+        """Validate a put for ``tenant`` (scoping ``meta``) and encode its write."""
         meta.scope = tenant.scope
         self._check_put(meta, blob)
         try:  # encoded here, so that a record that cannot be stored fails only this put
@@ -219,49 +279,16 @@ class KvCache:
                 f"a blob of {meta.nbytes} bytes exceeds the tenant's KV quota of "
                 f"{tenant.max_bytes} bytes",
             )
-        key = meta.key
-        with self._lock:
-            if key in self._in_flight:
-                raise ConflictError(ErrorCode.PUT_IN_PROGRESS, "this chunk variant is being stored")
-            self._in_flight.add(key)
-            old = self._by_key.get(key)
-            if old is not None:  # replaced: stop serving the old bytes now
-                self._forget(old.vid)
-            vid = next(self._ids)
-            # Admitted (and counted) before it is written, so that the policy treats it
-            # as the newcomer and concurrent puts see its bytes.
-            self.disk.admit(vid, meta.nbytes, pending=True)
-            self._charge(meta.scope, meta.nbytes)
-            victims = [self._forget(v) for v in self._over_quota(meta.scope, tenant.max_bytes)]
-            victims += [self._forget(victim) for victim in self.disk.make_room()]
-        committed = False
-        late: list[Variant] = []
+        return write
+
+    def _write_removals(self, victims: list[Variant]) -> None:
+        """Write the deletes of ``victims`` (from :meth:`_remove`), durably; no lock
+        held. Raises StoreFullError."""
         try:
-            changes = [BlobWrite(v.meta.key) for v in victims]
-            changes.append(write)
-            victims.extend(self._write_making_room(changes, meta.nbytes))
-            committed = True
+            self.store.write([BlobWrite(v.meta.key) for v in victims])
         finally:
             with self._lock:
-                self._in_flight.discard(key)
-                if committed:  # visible from here on, and not before
-                    self.disk.settle(vid)
-                    variant = self._add(meta, vid)
-                    # Over budget only if concurrent puts were all pending a moment ago.
-                    late = [self._forget(victim) for victim in self.disk.make_room()]
-                else:
-                    self.disk.remove(vid)
-                    self._charge(meta.scope, -meta.nbytes)
-        if late:
-            try:
-                self.store.write([BlobWrite(v.meta.key) for v in late])
-            except StoreFullError as exc:  # the put is durable; these return at a restart
-                log.warning("could not delete %d evicted chunk variants: %s", len(late), exc)
-            victims.extend(late)
-        tiers = ["disk"]
-        if self._place(variant, blob):
-            tiers.insert(0, "host")
-        return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), len(victims))
+                self._removal_written(victims)
 
     def _write_making_room(self, changes: list[BlobWrite], nbytes: int) -> list[Variant]:
         """Commit a put's ``changes``; while the store is full (the map at its cap before
@@ -278,13 +305,15 @@ class KvCache:
             more: list[Variant] = []
             if nbytes <= self.store.capacity_bytes:  # else evicting everything would not do
                 with self._lock:
-                    more = [self._forget(vid) for vid in self.disk.evict_for(nbytes)]
+                    more = self._remove(self.disk.evict_for(nbytes))
+            freed = False
             if more:
                 try:
-                    self.store.write([BlobWrite(v.meta.key) for v in more])
+                    self._write_removals(more)
+                    freed = True
                 except StoreFullError as exc:  # not even a delete fits: the disk is full
-                    full, more = exc, []
-            if not more:
+                    full = exc
+            if not freed:
                 self.storage_full = True
                 where = "the filesystem is full" if full.disk else "the store is at its size cap"
                 log.warning("chunk KV cache refused a put: %s (%s)", where, full)
@@ -340,12 +369,12 @@ class KvCache:
     ) -> int:
         """Remove one variant, or every variant of ``chunk``; durable on return. The count."""
         with self._lock:
-            variants = self._variants_of(tenant.scope + chunk, variant)
-            for v in variants:
-                self._forget(v.vid)
+            variants = self._remove(
+                [v.vid for v in self._variants_of(tenant.scope + chunk, variant)]
+            )
         if variants:
             try:
-                self.store.write([BlobWrite(v.meta.key) for v in variants])
+                self._write_removals(variants)
             except StoreFullError as exc:  # deletes use the reserve: only a full disk
                 self.storage_full = True
                 raise InsufficientStorageError(
@@ -626,6 +655,19 @@ class KvCache:
         if self.host is not None:
             self.host.remove(vid)
         return v
+
+    def _remove(self, vids: Iterable[int]) -> list[Variant]:
+        """Forget ``vids`` whose deletes the caller writes next, then passes to
+        :meth:`_removal_written`; puts of their keys wait until then."""
+        victims = [self._forget(vid) for vid in vids]
+        self._removing.update(v.meta.key for v in victims)
+        return victims
+
+    def _removal_written(self, victims: Iterable[Variant]) -> None:
+        """The deletes of ``victims`` (from :meth:`_remove`) are written, or failed."""
+        self._removing.subtract(v.meta.key for v in victims)
+        self._removing = +self._removing  # drops the keys whose count reached zero
+        self._removed.notify_all()
 
     def _charge(self, scope: bytes, nbytes: int) -> None:
         total = self._scope_bytes.get(scope, 0) + nbytes
