@@ -448,14 +448,18 @@ class Attack:
     async def leases(self) -> None:
         async with aiohttp.ClientSession(headers=self.auth) as session:
             key = secrets.token_hex(16)
-            async with session.put(
-                f"{self.url}/v1/kv/chunks/{key}",
-                data=b"\0" * kv_nbytes(16),
-                headers={"X-Semcached-KV-Meta": kv_meta(16).decode()},
-            ) as reply:
-                if reply.status not in (200, 201):
-                    self.count(f"leases: setup put {reply.status}")
-                    return
+            try:  # a daemon already stalled by another attack may not answer at all
+                async with session.put(
+                    f"{self.url}/v1/kv/chunks/{key}",
+                    data=b"\0" * kv_nbytes(16),
+                    headers={"X-Semcached-KV-Meta": kv_meta(16).decode()},
+                ) as reply:
+                    if reply.status not in (200, 201):
+                        self.count(f"leases: setup put {reply.status}")
+                        return
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.count(f"leases: setup put failed ({type(exc).__name__})")
+                return
 
             async def one() -> None:
                 while time.monotonic() < self.end:
