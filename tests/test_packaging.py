@@ -78,14 +78,15 @@ def package_dirs(root: Path) -> dict[str, Path]:
 def expected_files(root: Path) -> set[str]:
     """What the product folders hold that the wheel must carry: every module, the type
     stubs and Cython declarations of ext/ (.pyi, .pxd, the .pxi the MANIFEST carries),
-    and py.typed; the compiled modules apart."""
+    the model files of cachepolicy/models/ and py.typed; the compiled modules apart."""
     expected = set()
     for package, folder in package_dirs(root).items():
         prefix = package.replace(".", "/")
         for path in folder.rglob("*"):
             if "__pycache__" in path.parts or not path.is_file():
                 continue
-            if path.suffix in {".py", ".pyi", ".pxd", ".pxi"} or path.name == "py.typed":
+            model = path.suffix == ".json" and path.parent.name == "models"
+            if path.suffix in {".py", ".pyi", ".pxd", ".pxi"} or path.name == "py.typed" or model:
                 expected.add(f"{prefix}/{path.relative_to(folder).as_posix()}")
     return expected
 

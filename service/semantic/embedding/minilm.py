@@ -13,10 +13,11 @@ import logging
 import os
 import time
 from concurrent.futures import Executor
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from semcached.cachepolicy.verify_features import TokenEmbeddings
 from semcached.errors import ConfigError
 from semcached.service.blocking import run_blocking
 from semcached.service.semantic.embedding.base import (
@@ -30,6 +31,8 @@ __all__ = [
     "MINILM_MODEL_NAME",
     "MiniLMBackend",
     "default_torch_threads",
+    "encode_with_tokens",
+    "load_minilm",
     "minilm_model_path",
 ]
 
@@ -48,9 +51,71 @@ class _SentenceEncoder(Protocol):
         *,
         batch_size: int,
         convert_to_numpy: bool,
-        normalize_embeddings: bool,
+        normalize_embeddings: bool = ...,
         show_progress_bar: bool,
+        output_value: str | None = ...,
     ) -> object: ...
+
+
+def load_minilm(path: str | None = None, *, torch_threads: int) -> _SentenceEncoder:
+    """all-MiniLM-L6-v2 from ``path`` (default: the packaged weights), offline, on CPU.
+    Blocks for a second or two; raises ConfigError naming the fix."""
+    path = path or minilm_model_path()
+    # Never reach a model hub: set before huggingface_hub is imported (it reads
+    # these once), and pass local_files_only as well.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        torch = importlib.import_module("torch")
+        st = importlib.import_module("sentence_transformers")
+    except ImportError as exc:
+        raise ConfigError(
+            f"embedding.backend = 'minilm' needs torch and sentence-transformers "
+            f"({exc}): {INSTALL_HINT}"
+        ) from exc
+    with contextlib.suppress(ImportError, AttributeError):
+        # The env var only counts if transformers was not imported before us.
+        importlib.import_module("transformers.utils.logging").disable_progress_bar()
+    torch.set_num_threads(torch_threads)
+    raw = st.SentenceTransformer(path, device="cpu", local_files_only=True)
+    # get_embedding_dimension() is the 5.x+ name; the older one warns there.
+    get_dim = getattr(raw, "get_embedding_dimension", None) or raw.get_sentence_embedding_dimension
+    dim = int(get_dim())
+    if dim != MINILM_DIM:
+        raise ConfigError(f"the model at {path} has dimension {dim}, expected {MINILM_DIM}")
+    model: _SentenceEncoder = raw
+    return model
+
+
+def encode_with_tokens(
+    model: _SentenceEncoder, texts: list[str], *, batch_size: int = 32
+) -> tuple[Matrix, list[TokenEmbeddings]]:
+    """Sentence vectors (L2-normalised) and token embeddings of ``texts`` from one pass.
+
+    The token embeddings are the last layer's, as mean pooling sees them, with the
+    special [CLS] and [SEP] tokens and the padding removed and each row normalised:
+    what the hit verifier aligns (:mod:`semcached.cachepolicy.verify_features`).
+    """
+    outputs: list[dict[str, Any]] = model.encode(  # type: ignore[assignment]
+        texts,
+        batch_size=batch_size,
+        convert_to_numpy=False,
+        show_progress_bar=False,
+        output_value=None,  # every output: sentence and token embeddings, token ids
+    )
+    vectors = np.empty((len(texts), MINILM_DIM), dtype=np.float32)
+    tokens: list[TokenEmbeddings] = []
+    for i, out in enumerate(outputs):  # one dict of torch tensors per text
+        vectors[i] = out["sentence_embedding"].float().numpy()
+        length = int(out["attention_mask"].sum())
+        ids = out["input_ids"][1 : length - 1].numpy().astype(np.int32)
+        rows = out["token_embeddings"][1 : length - 1].float().numpy()
+        norms = np.linalg.norm(rows, axis=1, keepdims=True)
+        tokens.append(TokenEmbeddings(ids, (rows / np.maximum(norms, 1e-12)).astype(np.float32)))
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return vectors, tokens
 
 
 def minilm_model_path() -> str:
@@ -117,40 +182,12 @@ class MiniLMBackend:
         self._model = await run_blocking(self._executor, self._load)
 
     def _load(self) -> _SentenceEncoder:
-        path = self._model_path or minilm_model_path()
-        # Never reach a model hub: set before huggingface_hub is imported (it reads
-        # these once), and pass local_files_only as well.
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        try:
-            torch = importlib.import_module("torch")
-            st = importlib.import_module("sentence_transformers")
-        except ImportError as exc:
-            raise ConfigError(
-                f"embedding.backend = 'minilm' needs torch and sentence-transformers "
-                f"({exc}): {INSTALL_HINT}"
-            ) from exc
-        with contextlib.suppress(ImportError, AttributeError):
-            # The env var only counts if transformers was not imported before us.
-            importlib.import_module("transformers.utils.logging").disable_progress_bar()
-        torch.set_num_threads(self.torch_threads)
         started = time.perf_counter()
-        raw = st.SentenceTransformer(path, device="cpu", local_files_only=True)
-        # get_embedding_dimension() is the 5.x+ name; the older one warns there.
-        get_dim = (
-            getattr(raw, "get_embedding_dimension", None) or raw.get_sentence_embedding_dimension
-        )
-        dim = int(get_dim())
-        model: _SentenceEncoder = raw
-        if dim != MINILM_DIM:
-            raise ConfigError(f"the model at {path} has dimension {dim}, expected {MINILM_DIM}")
+        model = load_minilm(self._model_path, torch_threads=self.torch_threads)
         self._encode_with(model, ["warm-up"])  # first call allocates; keep it off requests
         log.info(
-            "loaded %s from %s in %.2f s (%d torch threads)",
+            "loaded %s in %.2f s (%d torch threads)",
             MINILM_MODEL_NAME,
-            path,
             time.perf_counter() - started,
             self.torch_threads,
         )

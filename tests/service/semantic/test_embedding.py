@@ -755,6 +755,21 @@ async def test_minilm_vectors(minilm: EmbeddingSettings) -> None:
 
 
 @pytest.mark.model
+def test_minilm_token_embeddings_come_with_the_same_vectors(minilm: EmbeddingSettings) -> None:
+    from semcached.service.semantic.embedding.minilm import encode_with_tokens, load_minilm
+
+    model = load_minilm(torch_threads=1)
+    texts = ["A man is playing a guitar.", "Hi"]
+    vectors, tokens = encode_with_tokens(model, texts)
+    plain = model.encode(texts, batch_size=2, convert_to_numpy=True, show_progress_bar=False)
+    plain = np.asarray(plain) / np.linalg.norm(plain, axis=1, keepdims=True)
+    np.testing.assert_allclose(vectors, plain, atol=1e-5)
+    assert [len(t.ids) for t in tokens] == [7, 1]  # a man is playing a guitar . / hi
+    for t in tokens:
+        np.testing.assert_allclose(np.linalg.norm(t.vectors, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.model
 async def test_minilm_throughput(minilm: EmbeddingSettings) -> None:
     """Prints texts/s; asserts only that batching merged the concurrent calls."""
     texts = [
