@@ -122,7 +122,8 @@ def min_hits_to_pass(budget: float, alpha: float) -> int:
 class Calibration:
     """A category's decision rule as calibrated, and the evidence behind it.
 
-    ``threshold``: in force for lookups that ask none; ``source``: ``off`` (no budget),
+    ``threshold``: in force for lookups that ask none (``configured``: the category's
+    own, ``budget``: its ``max_false_hit_rate``); ``source``: ``off`` (no budget),
     ``configured`` (too little feedback), ``calibrated``, ``budget_unmet`` (even the
     best-supported band exceeds the budget: ``max_threshold``). ``estimate`` and
     ``upper_bound``: the false-hit rate observed among hits at or above ``threshold``
@@ -131,6 +132,8 @@ class Calibration:
 
     threshold: float
     source: CalibrationSource
+    configured: float
+    budget: float
     observations: int
     false_hits: int
     hits_above: int
@@ -254,6 +257,8 @@ class Calibrator:
         return Calibration(
             threshold=threshold,
             source=source,
+            configured=self.configured,
+            budget=self.budget,
             observations=total,
             false_hits=wrong,
             hits_above=above,

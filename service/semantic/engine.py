@@ -617,6 +617,15 @@ class SemanticCache:
         """Each enabled category's calibrated threshold and the evidence behind it."""
         return self._feedback.calibrations()
 
+    @property
+    def feedback_confidence(self) -> float:
+        """The confidence of the calibrations' upper bounds."""
+        return self._feedback.confidence
+
+    def feedback_reports(self) -> dict[tuple[str, bool], int]:
+        """Reports received since start, by category and whether the hit was right."""
+        return dict(self._feedback.reports)
+
     def get(self, entry_id: int) -> Document | None:
         """The stored entry, or None if absent or expired."""
         entry = self._entries.get(entry_id)

@@ -61,7 +61,8 @@ class FeedbackBook:
         self._reported: OrderedDict[bytes, None] = OrderedDict()
         self._signer = LookupIdSigner(secrets.token_bytes(32))
         self._executor: Executor | None = None
-        self.reports = {True: 0, False: 0}  # since start, for the metrics
+        # Reports since start by (category, correct), for the metrics.
+        self.reports: dict[tuple[str, bool], int] = {}
 
     async def open(self, executor: Executor, live: Callable[[int], bool]) -> None:
         """Load the key and the feedback; drop entry records ``live`` says are gone."""
@@ -131,13 +132,14 @@ class FeedbackBook:
         return True
 
     async def record(
-        self, policy: CategoryPolicy | None, entry_id: int, score: float | None, correct: bool
+        self, policy: CategoryPolicy, entry_id: int, score: float | None, correct: bool
     ) -> None:
         """Count a report durably: the category's bands when ``score`` is known (a report
         by lookup id on a semantic hit), and the entry's confirmations."""
-        self.reports[correct] += 1
+        key = (policy.name, correct)
+        self.reports[key] = self.reports.get(key, 0) + 1
         category = None
-        if policy is not None and score is not None:
+        if score is not None:
             calibrator = self.calibrator(policy)
             calibrator.observe(score, correct)
             category = (policy.name, calibrator.counts)
