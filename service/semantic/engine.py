@@ -1,9 +1,10 @@
 """The semantic response cache engine, usable in-process without HTTP.
 
-(About 580 lines, over the house's 400: what is left here is the request paths and
+(About 700 lines, over the house's 400: what is left here is the request paths and
 their background upkeep, which share one set of loop-owned state; the bookkeeping is
 in :mod:`~semcached.service.semantic.entries`, vectors in
-:mod:`~semcached.service.semantic.vectors`, restore and snapshots in their modules.)
+:mod:`~semcached.service.semantic.vectors`, restore, snapshots and feedback in their
+modules.)
 
 A lookup tries the exact tier first (a hash of the normalised prompt within the
 namespace and partition), then embeds the prompt if no vector came with it and
@@ -601,9 +602,12 @@ class SemanticCache:
             name = entry.category
         policy = self._categories.policies.get(name) or self._categories.resolve(None)
         removed = not report.correct and await self.delete(entry_id)
-        await self._feedback.record(policy, entry_id, score, report.correct)
+        try:
+            await self._feedback.record(policy, entry_id, score, report.correct)
+        except StoreFullError as exc:  # counted in memory; the next report persists it
+            raise self._refuse("record feedback", "no room for the report", exc) from None
         if report.reason:
-            log.info("feedback on entry %d (%s): %s", entry_id, name, report.reason[:200])
+            log.info("feedback on entry %d (%s): %r", entry_id, name, report.reason[:200])
         return FeedbackResult(
             entry_id=entry_id,
             category=name,
