@@ -33,8 +33,11 @@ lowest band that has observations (nothing is known about hits never served), an
 always clamped to the category's ``[min_threshold, max_threshold]``. With too little
 feedback to pass even the first test (fewer hits than ``ln(alpha) / ln(1 - budget)``,
 149 at a 2% budget and alpha 0.05) the configured threshold stays. When the feedback
-shows that even the best-supported band misses the budget, the threshold goes to
-``max_threshold``.
+shows that even the best-supported band misses the budget, the threshold goes one band
+above the highest wrong hit reported (at most ``max_threshold``): nothing there is
+certified yet, but nothing there was seen wrong, and the hits it serves bring the
+reports that may certify it. (Going straight to ``max_threshold`` would stop the hits,
+hence the feedback, for good.)
 
 Bounded memory and drift: each category holds ``2 * BANDS`` counters, whatever the
 traffic. When a category's observations exceed ``window`` they are all halved
@@ -125,7 +128,7 @@ class Calibration:
     ``threshold``: in force for lookups that ask none (``configured``: the category's
     own, ``budget``: its ``max_false_hit_rate``); ``source``: ``off`` (no budget),
     ``configured`` (too little feedback), ``calibrated``, ``budget_unmet`` (even the
-    best-supported band exceeds the budget: ``max_threshold``). ``estimate`` and
+    best-supported band exceeds the budget: above every wrong hit seen). ``estimate`` and
     ``upper_bound``: the false-hit rate observed among hits at or above ``threshold``
     and its bound (None with no such observation); ``hits_above``: how many.
     """
@@ -233,7 +236,8 @@ class Calibrator:
         start = lo + int(enough[-1])  # the highest edge with enough hits above it
         bounds = clopper_pearson_upper(k[lo : start + 1], n[lo : start + 1], self.alpha)
         if bounds[-1] > self.budget:
-            return self._evidence(self.max_threshold, "budget_unmet", n, k)
+            above_wrong = _edge(int(np.flatnonzero(self._wrong)[-1]) + 1)
+            return self._evidence(self._clamp(above_wrong), "budget_unmet", n, k)
         # Fixed sequence: step down while the bound holds, never below the lowest
         # band with an observation (nothing is known of hits never served).
         floor = max(lo, int(np.flatnonzero(self._right + self._wrong)[0]))

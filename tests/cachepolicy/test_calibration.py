@@ -93,11 +93,20 @@ def test_threshold_tables(
     assert cal.hits_above >= min_hits_to_pass(budget, 0.05)
 
 
-def test_an_unmet_budget_goes_to_max_threshold() -> None:
+def test_an_unmet_budget_goes_above_every_wrong_hit_seen() -> None:
     c = calibrator(0.02, max_threshold=0.98)
     feed(c, 0.99, right=900, wrong=100)
     cal = c.calibration()
     assert (cal.threshold, cal.source, cal.false_hits) == (0.98, "budget_unmet", 100)
+    # Below the cap: one band above the highest wrong hit, where the reports were clean
+    # (too few to certify: 100 < 149), so that hits and reports keep coming.
+    c = calibrator(0.02)
+    feed(c, 0.95, right=900, wrong=100)
+    feed(c, 0.975, right=100)
+    cal = c.calibration()
+    assert (cal.threshold, cal.source) == (pytest.approx(0.955), "budget_unmet")
+    feed(c, 0.975, right=49)  # 149 clean reports above: certified
+    assert (c.threshold(), c.calibration().source) == (pytest.approx(0.955), "calibrated")
 
 
 def test_the_calibrated_threshold_stays_within_the_bounds() -> None:
