@@ -63,6 +63,9 @@ class CategoryPolicy:
     max_ttl_s: float = 365 * _DAY
     # S3-FIFO by the numbers of bench/eviction.py (README, "Eviction").
     eviction: EvictionName = "s3fifo"
+    # 0: the threshold stays as configured. Else feedback recalibrates it
+    # (semcached.cachepolicy.calibration) within [min_threshold, max_threshold].
+    max_false_hit_rate: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -72,6 +75,8 @@ class CategoryPolicy:
             problems.append("need -1 <= min_threshold <= threshold <= max_threshold <= 1")
         if not (0 < self.min_ttl_s <= self.ttl_s <= self.max_ttl_s) or math.isinf(self.max_ttl_s):
             problems.append("need 0 < min_ttl_s <= ttl_s <= max_ttl_s, all finite")
+        if not 0.0 <= self.max_false_hit_rate < 1.0:
+            problems.append("need 0 <= max_false_hit_rate < 1")
         if self.max_entries < 1 or self.max_bytes < 1:
             problems.append("max_entries and max_bytes must be positive")
         if problems:
@@ -119,6 +124,9 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
     "eviction": "Which entry goes when over quota: `lru` (least recently used), "
     "`s3fifo` (S3-FIFO), `onebit` (learned one-bit predictions with a robustness guard; "
     "see Eviction), `reuse` (GDSF: hits times saved cost per byte, aged).",
+    "max_false_hit_rate": "Budget of wrong hits among served semantic hits (e.g. 0.02); "
+    "feedback then recalibrates the threshold within its min/max (0: the threshold "
+    "stays as configured; see Feedback and calibration).",
 }
 
 # Defaults follow the paper's observations. Thresholds are cosine similarities for

@@ -18,7 +18,7 @@ from semcached.clients.base import command, flow
 
 if TYPE_CHECKING:
     from semcached.clients.aio import AsyncSemcachedClient
-    from semcached.clients.commands import LookupQuery, LookupResult
+    from semcached.clients.commands import FeedbackResult, LookupQuery, LookupResult
     from semcached.clients.kv import ChunkMeta, KvChunk, put_meta
     from semcached.clients.sync import SemcachedClient
 
@@ -43,6 +43,7 @@ class ClientApi:
     delete = command(commands.delete_entry)
     purge = command(commands.purge)
     stats = command(commands.stats)
+    feedback = command(commands.feedback)
 
     # -- chunk KV cache --------------------------------------------------------------
     put_chunk = flow(kv_flows.put_chunk)
@@ -62,6 +63,10 @@ if TYPE_CHECKING:  # checked by mypy --strict (scripts/typecheck), never run
         assert_type(sync.lookup("ns", vector=[0.0], threshold=0.9), LookupResult)
         await assert_type(aio.lookup("ns", "text"), Coroutine[Any, Any, LookupResult])
         assert_type(sync.lookup_many([query]), list[LookupResult])
+        assert_type(sync.feedback("id", correct=True), FeedbackResult)
+        await assert_type(
+            aio.feedback(entry_id=1, correct=False), Coroutine[Any, Any, FeedbackResult]
+        )
         meta = put_meta("m", "float32", [1] * 5)
         await assert_type(aio.put_chunk(b"k", b"", meta), Coroutine[Any, Any, ChunkMeta])
         assert_type(sync.get_chunk(b"k", transfer="http"), KvChunk)

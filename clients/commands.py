@@ -19,17 +19,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.clients.request import Reply, Request
-from semcached.protocol.semantic import CategoryStats, SemanticStats
+from semcached.protocol.semantic import (
+    CategoryCalibration,
+    CategoryStats,
+    SemanticFeedbackResult,
+    SemanticStats,
+)
 
 __all__ = [
+    "CategoryCalibration",
     "CategoryStats",
     "Entry",
+    "FeedbackResult",
     "InsertResult",
     "LookupQuery",
     "LookupResult",
     "Readiness",
     "VectorLike",
     "delete_entry",
+    "feedback",
     "get_config",
     "get_entry",
     "health",
@@ -143,6 +151,7 @@ class LookupResult:
     age_s: float | None = None
     strategy: str | None = None
     response: Any = None
+    lookup_id: str | None = None  # on a hit: pass it to feedback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +212,7 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
         age_s=doc.get("age_s"),
         strategy=doc.get("strategy"),
         response=_decode_response(doc.get("response"), doc.get("response_format", "json")),
+        lookup_id=doc.get("lookup_id"),
     )
 
 
@@ -335,3 +345,36 @@ def _category_stats(reply: Reply) -> dict[str, CategoryStats]:
 def stats() -> Request[dict[str, CategoryStats]]:
     """Counters per category (``GET /v1/semantic/stats``)."""
     return Request("GET", "/v1/semantic/stats", _category_stats, idempotent=True)
+
+
+FeedbackResult = SemanticFeedbackResult
+"""What a report recorded: ``counted`` (it fed the category's calibration), ``removed``
+(the entry was deleted), and the category's ``calibration`` after it."""
+
+
+def _feedback(reply: Reply) -> FeedbackResult:
+    return msgspec.json.decode(reply.body, type=SemanticFeedbackResult)
+
+
+def feedback(
+    lookup_id: str | None = None,
+    *,
+    correct: bool,
+    entry_id: int | None = None,
+    reason: str | None = None,
+) -> Request[FeedbackResult]:
+    """Report whether a served hit was right (``POST /v1/semantic/feedback``): name it by
+    the hit's ``lookup_id`` (which recalibrates its category's threshold) or by
+    ``entry_id``. An entry reported wrong is removed at once. Raises NotFoundError for
+    an id the daemon does not know among the caller's namespaces. Retried only by
+    lookup id, which counts once however often it is sent."""
+    body: dict[str, Any] = {"correct": correct}
+    if lookup_id is not None:
+        body["lookup_id"] = lookup_id
+    if entry_id is not None:
+        body["entry_id"] = int(entry_id)
+    if reason is not None:
+        body["reason"] = reason
+    return Request(
+        "POST", "/v1/semantic/feedback", _feedback, idempotent=lookup_id is not None, json=body
+    )

@@ -26,13 +26,19 @@ from typing import Annotated, Literal
 import msgspec
 
 __all__ = [
+    "MAX_LOOKUP_ID_CHARS",
     "MAX_PARTITION_CHARS",
     "MAX_PROMPT_CHARS",
+    "MAX_REASON_CHARS",
     "MAX_TTL_S",
     "NAME_PATTERN",
+    "CalibrationSource",
+    "CategoryCalibration",
     "CategoryStats",
     "ResponseFormat",
     "SemanticEntry",
+    "SemanticFeedback",
+    "SemanticFeedbackResult",
     "SemanticInsert",
     "SemanticInsertResult",
     "SemanticLookup",
@@ -51,9 +57,12 @@ composite keys or metric labels."""
 MAX_PROMPT_CHARS = 1 << 20
 MAX_PARTITION_CHARS = 1024
 MAX_TTL_S = 10 * 365 * 86400.0
+MAX_LOOKUP_ID_CHARS = 1024
+MAX_REASON_CHARS = 1024
 
 ResponseFormat = Literal["json", "bytes"]
 Strategy = Literal["exact", "semantic"]
+CalibrationSource = Literal["off", "configured", "calibrated", "budget_unmet"]
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Namespace = Annotated[
@@ -135,6 +144,10 @@ class SemanticLookupResult(msgspec.Struct, kw_only=True):
         msgspec.Meta(description="The cached response: its JSON, or base64 for bytes."),
     ] = msgspec.UNSET
     response_format: ResponseFormat | msgspec.UnsetType = msgspec.UNSET
+    lookup_id: Annotated[
+        str | msgspec.UnsetType,
+        msgspec.Meta(description="Only on a hit: names it in POST /v1/semantic/feedback."),
+    ] = msgspec.UNSET
 
 
 class SemanticLookupResults(msgspec.Struct):
@@ -204,6 +217,32 @@ class SemanticPurgeResult(msgspec.Struct):
     purged: int
 
 
+class CategoryCalibration(msgspec.Struct):
+    """A category's threshold as feedback calibrated it, and the evidence behind it."""
+
+    threshold: Annotated[float, msgspec.Meta(description="In force for lookups that ask none.")]
+    configured_threshold: float
+    max_false_hit_rate: Annotated[float, msgspec.Meta(description="The budget; 0: none.")]
+    source: Annotated[
+        CalibrationSource,
+        msgspec.Meta(
+            description="off: no budget; configured: too little feedback yet; calibrated; "
+            "budget_unmet: even the best-supported scores miss the budget (max_threshold)."
+        ),
+    ]
+    confidence: Annotated[float, msgspec.Meta(description="Of the upper bound.")]
+    observations: Annotated[int, msgspec.Meta(description="Reports on hits kept (windowed).")]
+    false_hits: int
+    hits_above: Annotated[int, msgspec.Meta(description="Reports on hits at or above threshold.")]
+    estimate: Annotated[
+        float | None,
+        msgspec.Meta(description="Wrong among the reported hits at or above the threshold."),
+    ]
+    upper_bound: Annotated[
+        float | None, msgspec.Meta(description="Clopper-Pearson upper bound of the estimate.")
+    ]
+
+
 class CategoryStats(msgspec.Struct):
     """Counters of one category since start, and its current size."""
 
@@ -214,6 +253,51 @@ class CategoryStats(msgspec.Struct):
     inserts: int
     evictions: int
     expirations: int
+    calibration: CategoryCalibration | None = None
+
+
+class SemanticFeedback(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """Whether a served hit was right. Name it by ``lookup_id`` (which carries the score
+    the hit was decided at, so that it recalibrates the category) or ``entry_id``
+    (removes a wrong entry, but has no score to calibrate with); exactly one of them."""
+
+    correct: bool
+    lookup_id: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=MAX_LOOKUP_ID_CHARS,
+                pattern=r"^[A-Za-z0-9_\-]+$",
+                description="From the lookup's answer.",
+            ),
+        ]
+        | None
+    ) = None
+    entry_id: Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)] | None = None
+    reason: (
+        Annotated[str, msgspec.Meta(max_length=MAX_REASON_CHARS, description="Logged, not stored.")]
+        | None
+    ) = None
+
+
+class SemanticFeedbackResult(msgspec.Struct):
+    """What the report changed."""
+
+    entry_id: int
+    category: str
+    correct: bool
+    counted: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Whether it fed the category's calibration: a first report by "
+            "lookup id of a semantic (not exact) hit."
+        ),
+    ]
+    removed: Annotated[
+        bool, msgspec.Meta(description="Whether the entry was deleted (reported wrong).")
+    ]
+    calibration: CategoryCalibration
 
 
 class SemanticStats(msgspec.Struct):

@@ -19,13 +19,16 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from semcached.cachepolicy.calibration import BANDS
 from semcached.index.docstore import DocumentStore
+from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.vector_index import VectorIndex
 from semcached.service.context import DaemonContext
 from semcached.service.lifecycle import FunctionComponent, Slot
 from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
+from semcached.service.semantic.feedback import FeedbackBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
 
 __all__ = ["SemanticCollector", "install_semantic_cache"]
@@ -72,6 +75,9 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             sweep_interval_s=settings.semantic.sweep_interval_s,
             snapshots=SnapshotDirectory(daemon.data_dir.path / "snapshots", load_index),
             snapshot_interval_s=index_settings.snapshot_interval_s,
+            feedback=FeedbackBook(
+                settings.categories, FeedbackStore(daemon.data_dir.env, bands=BANDS)
+            ),
         )
         await engine.open()
         # The restored bookkeeping lives as long as the daemon: move it out of the
@@ -148,7 +154,46 @@ class SemanticCollector(Collector):
         )
         queries.add_metric([], searches.queries)
         yield from (calls, queries)
+        yield from self._feedback_metrics(self._slot.get())
         yield from self._restart_metrics(self._slot.get())
+
+    @staticmethod
+    def _feedback_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        threshold = GaugeMetricFamily(
+            "semcached_semantic_threshold",
+            "Score a semantic hit needs, by category, as feedback calibrated it.",
+            labels=["category"],
+        )
+        estimate = GaugeMetricFamily(
+            "semcached_semantic_false_hit_rate_estimate",
+            "Wrong among reported hits at or above the threshold, by category "
+            "(absent with no such report).",
+            labels=["category"],
+        )
+        upper = GaugeMetricFamily(
+            "semcached_semantic_false_hit_rate_upper_bound",
+            f"Clopper-Pearson upper bound ({engine.feedback_confidence:.0%}) of that estimate.",
+            labels=["category"],
+        )
+        observations = GaugeMetricFamily(
+            "semcached_semantic_feedback_observations",
+            "Reports on semantic hits the calibration keeps (windowed), by category.",
+            labels=["category"],
+        )
+        for name, c in engine.calibrations().items():
+            threshold.add_metric([name], c.threshold)
+            observations.add_metric([name], c.observations)
+            if c.estimate is not None and c.upper_bound is not None:
+                estimate.add_metric([name], c.estimate)
+                upper.add_metric([name], c.upper_bound)
+        reports = CounterMetricFamily(
+            "semcached_semantic_feedback_reports",
+            "Feedback reports received, by category and whether the hit was right.",
+            labels=["category", "correct"],
+        )
+        for (name, correct), count in sorted(engine.feedback_reports().items()):
+            reports.add_metric([name, "true" if correct else "false"], count)
+        yield from (threshold, estimate, upper, observations, reports)
 
     @staticmethod
     def _restart_metrics(engine: SemanticCache) -> Iterator[Metric]:

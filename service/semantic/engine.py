@@ -1,9 +1,10 @@
 """The semantic response cache engine, usable in-process without HTTP.
 
-(About 580 lines, over the house's 400: what is left here is the request paths and
+(About 700 lines, over the house's 400: what is left here is the request paths and
 their background upkeep, which share one set of loop-owned state; the bookkeeping is
 in :mod:`~semcached.service.semantic.entries`, vectors in
-:mod:`~semcached.service.semantic.vectors`, restore and snapshots in their modules.)
+:mod:`~semcached.service.semantic.vectors`, restore, snapshots and feedback in their
+modules.)
 
 A lookup tries the exact tier first (a hash of the normalised prompt within the
 namespace and partition), then embeds the prompt if no vector came with it and
@@ -42,6 +43,7 @@ from concurrent.futures import Executor
 
 import numpy as np
 
+from semcached.cachepolicy.calibration import Calibration
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
 from semcached.errors import BadRequestError, InsufficientStorageError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
@@ -52,11 +54,15 @@ from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
 from semcached.service.semantic.embedding.base import Embedder
 from semcached.service.semantic.entries import EntryTable
+from semcached.service.semantic.feedback import FeedbackBook
+from semcached.service.semantic.lookup_ids import SignedLookup
 from semcached.service.semantic.restore import OpenReport, restore
 from semcached.service.semantic.search_batch import SearchBatcher, SearchStats
 from semcached.service.semantic.snapshots import SnapshotDirectory, SnapshotStats, SnapshotTracker
 from semcached.service.semantic.types import (
     CategoryStats,
+    FeedbackReport,
+    FeedbackResult,
     Insert,
     InsertResult,
     Lookup,
@@ -68,6 +74,8 @@ from semcached.service.semantic.vectors import VectorSource
 
 __all__ = [
     "CategoryStats",
+    "FeedbackReport",
+    "FeedbackResult",
     "Insert",
     "InsertResult",
     "Lookup",
@@ -105,12 +113,14 @@ class SemanticCache:
         hit_flush_interval_s: float = 5.0,
         snapshots: SnapshotDirectory | None = None,
         snapshot_interval_s: float = 0.0,
+        feedback: FeedbackBook | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
         background (0: only at close); ``search_executor``: where index searches run
         (default ``executor``), batched per index by :class:`SearchBatcher`, with up to
-        ``search_batches_in_flight`` batches of one index searching at once."""
+        ``search_batches_in_flight`` batches of one index searching at once;
+        ``feedback``: calibrated thresholds and lookup ids (default: kept in memory)."""
         self._store = store
         self._index_factory = index_factory
         self._vectors = VectorSource(embedder, dim)
@@ -125,6 +135,7 @@ class SemanticCache:
         self._sweep_interval_s = sweep_interval_s
         self._sweep_batch = sweep_batch
         self._hit_flush_interval_s = hit_flush_interval_s
+        self._feedback = feedback or FeedbackBook(categories)
 
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._table = EntryTable(categories, eviction_factory)
@@ -184,6 +195,7 @@ class SemanticCache:
             report.entries_removed,
             report.expired,
         )
+        await self._feedback.open(self._executor, self._entries.__contains__)
         self._stopping.clear()
         self._table.seal_restore()
         self._backlog_filler = asyncio.create_task(self._fill_backlog(), name="semantic-backlog")
@@ -244,7 +256,10 @@ class SemanticCache:
         best: tuple[int, float] | None = None
         if index is not None and len(index):
             best = await self._best_candidate(index, vector, request, policy.name, now)
-        if best is not None and policy.is_hit(best[1], request.threshold):
+        # The hit decision: the score against the threshold feedback calibrated.
+        if best is not None and best[1] >= self._feedback.threshold(
+            policy, best[0], request.threshold
+        ):
             document = self._store.get(best[0])
             if document is not None:
                 counters.hits += 1
@@ -257,6 +272,11 @@ class SemanticCache:
                     age_s=now - document.created_at,
                     strategy="semantic",
                     document=document,
+                    lookup_id=self._feedback.issue(
+                        SignedLookup(
+                            request.namespace, policy.name, best[0], best[1], False, int(now)
+                        )
+                    ),
                 )
         counters.misses += 1
         return LookupResult(
@@ -289,6 +309,9 @@ class SemanticCache:
             age_s=now - document.created_at,
             strategy="exact",
             document=document,
+            lookup_id=self._feedback.issue(
+                SignedLookup(request.namespace, entry.category, entry_id, 1.0, True, int(now))
+            ),
         )
 
     async def _best_candidate(
@@ -547,6 +570,65 @@ class SemanticCache:
             return await self._remove(ids, reason="purged")
         except StoreFullError as exc:  # as in delete: only a full disk gets here
             raise self._refuse("purge", "no room even to delete", exc) from None
+
+    async def feedback(
+        self, report: FeedbackReport, owns: Callable[[str], bool]
+    ) -> FeedbackResult | None:
+        """Record whether a served hit was right; None when the lookup id or entry is
+        unknown or in a namespace ``owns`` refuses (the caller's 404, never a 403).
+
+        A report by lookup id of a semantic hit feeds its category's calibration once
+        (a repeat counts nothing); by entry id, with no score, only the entry's own
+        record. An entry reported wrong is deleted at once, durably.
+        """
+        score: float | None = None
+        if report.lookup_id is not None:
+            signed = self._feedback.resolve(report.lookup_id)
+            if signed is None or not owns(signed.namespace):
+                return None
+            entry_id, name = signed.entry_id, signed.category
+            if not signed.exact and self._feedback.first_report(report.lookup_id):
+                score = signed.score
+        else:
+            assert report.entry_id is not None
+            entry_id = report.entry_id
+            entry = self._entries.get(entry_id)
+            if (
+                entry is None
+                or not owns(entry.namespace)
+                or CategoryPolicy.is_expired(entry.expires_at, self._clock())
+            ):
+                return None
+            name = entry.category
+        policy = self._categories.policies.get(name) or self._categories.resolve(None)
+        removed = not report.correct and await self.delete(entry_id)
+        try:
+            await self._feedback.record(policy, entry_id, score, report.correct)
+        except StoreFullError as exc:  # counted in memory; the next report persists it
+            raise self._refuse("record feedback", "no room for the report", exc) from None
+        if report.reason:
+            log.info("feedback on entry %d (%s): %r", entry_id, name, report.reason[:200])
+        return FeedbackResult(
+            entry_id=entry_id,
+            category=name,
+            correct=report.correct,
+            counted=score is not None,
+            removed=removed,
+            calibration=self._feedback.calibration(policy),
+        )
+
+    def calibrations(self) -> dict[str, Calibration]:
+        """Each enabled category's calibrated threshold and the evidence behind it."""
+        return self._feedback.calibrations()
+
+    @property
+    def feedback_confidence(self) -> float:
+        """The confidence of the calibrations' upper bounds."""
+        return self._feedback.confidence
+
+    def feedback_reports(self) -> dict[tuple[str, bool], int]:
+        """Reports received since start, by category and whether the hit was right."""
+        return dict(self._feedback.reports)
 
     def get(self, entry_id: int) -> Document | None:
         """The stored entry, or None if absent or expired."""

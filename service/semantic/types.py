@@ -9,10 +9,13 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.calibration import Calibration
 from semcached.index.docstore import Document
 
 __all__ = [
     "CategoryStats",
+    "FeedbackReport",
+    "FeedbackResult",
     "Insert",
     "InsertResult",
     "Lookup",
@@ -47,6 +50,31 @@ class LookupResult:
     age_s: float | None = None
     strategy: Strategy | None = None
     document: Document | None = None
+    lookup_id: str | None = None  # on a hit: names it in a feedback report
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackReport:
+    """Whether a served hit was right, named by its lookup id or its entry id."""
+
+    correct: bool
+    lookup_id: str | None = None
+    entry_id: int | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackResult:
+    """What a report changed: ``counted`` when it fed its category's calibration (a
+    first report by lookup id of a semantic hit), ``removed`` when the entry was deleted
+    (reported wrong). ``calibration``: the category's rule after the report."""
+
+    entry_id: int
+    category: str
+    correct: bool
+    counted: bool
+    removed: bool
+    calibration: Calibration
 
 
 @dataclass(frozen=True, slots=True)

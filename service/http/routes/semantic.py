@@ -16,6 +16,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from semcached.cachepolicy.calibration import Calibration
 from semcached.errors import BadRequestError, NotFoundError
 from semcached.index.docstore import Document
 from semcached.protocol.codes import ErrorCode
@@ -26,9 +27,12 @@ from semcached.protocol.headers import (
     SIMILARITY_HEADER,
 )
 from semcached.protocol.semantic import (
+    CategoryCalibration,
     CategoryStats,
     Namespace,
     SemanticEntry,
+    SemanticFeedback,
+    SemanticFeedbackResult,
     SemanticInsert,
     SemanticInsertResult,
     SemanticLookup,
@@ -45,10 +49,10 @@ from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
 from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup, error_reply
-from semcached.service.http.tenancy import namespace, semantic_quota
+from semcached.service.http.tenancy import namespace, principal, semantic_quota
 from semcached.service.http.validation import to_vector
 from semcached.service.semantic.component import install_semantic_cache
-from semcached.service.semantic.engine import Insert, Lookup, LookupResult
+from semcached.service.semantic.engine import FeedbackReport, Insert, Lookup, LookupResult
 
 __all__ = ["group"]
 
@@ -83,6 +87,7 @@ LOOKUP = Decoder(SemanticLookup)
 LOOKUP_BATCH = Decoder(SemanticLookupBatch)
 INSERT = Decoder(SemanticInsert, nested_field="response")
 PURGE = Decoder(SemanticPurge)
+FEEDBACK = Decoder(SemanticFeedback)
 ENTRY_QUERY = Decoder(EntryQuery)
 MAX_RESPONSE_DEPTH = 254
 """orjson, which stores and serves responses, encodes at most this many nested levels."""
@@ -185,6 +190,7 @@ def _result(result: LookupResult) -> SemanticLookupResult:
         strategy=result.strategy,
         response=msgspec.UNSET if document is None else _response(document),
         response_format=msgspec.UNSET if document is None else document.response_format,
+        lookup_id=msgspec.UNSET if result.lookup_id is None else result.lookup_id,
     )
 
 
@@ -193,6 +199,21 @@ def _cache_headers(result: LookupResult) -> dict[str, str]:
     if result.similarity is not None:
         headers[SIMILARITY_HEADER] = f"{result.similarity:.6f}"
     return headers
+
+
+def _calibration(c: Calibration, confidence: float) -> CategoryCalibration:
+    return CategoryCalibration(
+        threshold=c.threshold,
+        configured_threshold=c.configured,
+        max_false_hit_rate=c.budget,
+        source=c.source,
+        confidence=confidence,
+        observations=c.observations,
+        false_hits=c.false_hits,
+        hits_above=c.hits_above,
+        estimate=c.estimate,
+        upper_bound=c.upper_bound,
+    )
 
 
 def _entry(document: Document) -> SemanticEntry:
@@ -350,15 +371,66 @@ async def purge(request: web.Request) -> web.Response:
 
 
 @group.route(
+    "POST",
+    "/v1/semantic/feedback",
+    summary="Report whether a served hit was right; a wrong entry is removed at once.",
+    description="Name the hit by the lookup_id of its answer (it carries the score the "
+    "hit was decided at, so the report recalibrates the category's threshold toward its "
+    "max_false_hit_rate) or by entry_id (no score: it only removes a wrong entry and "
+    "confirms a right one). Reports are durable. A lookup id reported again counts once. "
+    "An id of another tenant's hit or entry is as unknown as none: 404.",
+    body=FEEDBACK,
+    body_description="The report.",
+    responses={
+        200: Reply("What was recorded.", SemanticFeedbackResult),
+        404: error_reply("No such hit or entry among the caller's namespaces."),
+        507: STORE_FULL_REPLY,
+    },
+    scope=Scope.SEMANTIC_WRITE,
+)
+async def feedback(request: web.Request) -> web.Response:
+    body = await FEEDBACK.read(request)
+    if (body.lookup_id is None) == (body.entry_id is None):
+        raise BadRequestError(
+            ErrorCode.MISSING_FIELD if body.lookup_id is None else ErrorCode.INVALID_FIELD,
+            "lookup_id: give lookup_id or entry_id, exactly one",
+            field="lookup_id",
+        )
+    caller = principal(request)
+    accepted = request.app[SETTINGS].semantic.namespaces
+
+    def owns(name: str) -> bool:
+        return caller.may_name(name) and (not accepted or name in accepted)
+
+    report = FeedbackReport(body.correct, body.lookup_id, body.entry_id, body.reason)
+    engine = request.app[SEMANTIC].get()
+    result = await engine.feedback(report, owns)
+    if result is None:
+        what = "lookup id" if body.lookup_id is not None else f"entry {body.entry_id}"
+        raise NotFoundError(ErrorCode.NOT_FOUND, f"no such {what} in the caller's namespaces")
+    reply = SemanticFeedbackResult(
+        entry_id=result.entry_id,
+        category=result.category,
+        correct=result.correct,
+        counted=result.counted,
+        removed=result.removed,
+        calibration=_calibration(result.calibration, engine.feedback_confidence),
+    )
+    return struct_response(reply)
+
+
+@group.route(
     "GET",
     "/v1/semantic/stats",
-    summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations.",
+    summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations, "
+    "and the threshold feedback calibrated with its false-hit estimate.",
     description="Over every namespace (every tenant's): an operator's view, hence the admin scope.",
     responses={200: Reply("Statistics.", SemanticStats)},
     scope=Scope.ADMIN,
 )
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[SEMANTIC].get()
+    calibrations = engine.calibrations()
     categories = {
         name: CategoryStats(
             entries=s.entries,
@@ -368,6 +440,11 @@ async def stats(request: web.Request) -> web.Response:
             inserts=s.inserts,
             evictions=s.evictions,
             expirations=s.expirations,
+            calibration=(
+                _calibration(calibrations[name], engine.feedback_confidence)
+                if name in calibrations
+                else None
+            ),
         )
         for name, s in engine.stats().items()
     }

@@ -8,6 +8,7 @@ of acme is acme's resource, ``other`` bobco's. What the table says, in words:
 - no token or an unknown one: 401 everywhere but the OpenAPI document;
 - a namespace outside the token's: 403 (``namespace_forbidden``), whatever it holds;
 - another tenant's entry id named in the caller's own namespace: 404, as if absent;
+- feedback on another tenant's hit (its lookup id) or entry (its id): 404, never 403;
 - another tenant's chunk key or lease: 404, a plan misses it, a put makes the caller's
   own copy (201) instead of overwriting (200);
 - a route whose scope the token lacks: 403 (``insufficient_scope``);
@@ -73,6 +74,14 @@ EXPECTED: dict[str, dict[str | None, tuple[str, str]]] = {
     },
     "semantic purge": {
         "acme_ro": ("403", "403"), "acme_rw": ("200", "403"), "bob": ("403", "200"),
+        "ops": ("200", "200"),
+    },
+    "semantic feedback": {
+        "acme_ro": ("403", "403"), "acme_rw": ("200", "404"), "bob": ("404", "200"),
+        "ops": ("200", "200"),
+    },
+    "semantic feedback, by entry id": {
+        "acme_ro": ("403", "403"), "acme_rw": ("200", "404"), "bob": ("404", "200"),
         "ops": ("200", "200"),
     },
     "semantic stats": {
@@ -147,6 +156,25 @@ class World:
         assert response.status == 201, await response.text()
         return int((await response.json())["entry_id"])
 
+    async def lookup_id(self, owner: str) -> str:
+        """A hit served to the owner: its lookup id."""
+        n = next(self.serial)
+        response = await self.client.post(
+            "/v1/semantic/entries",
+            json={"namespace": NAMESPACE[owner], "prompt": f"p{n}", "response": n,
+                  "vector": vector(n)},
+            headers=auth(WRITER[owner]),
+        )  # fmt: skip
+        assert response.status == 201, await response.text()
+        response = await self.client.post(
+            "/v1/semantic/lookup",
+            json={"namespace": NAMESPACE[owner], "vector": vector(n)},
+            headers=auth(WRITER[owner]),
+        )
+        found = await response.json()
+        assert found["hit"], found
+        return str(found["lookup_id"])
+
     async def chunk(self, owner: str) -> tuple[str, bytes]:
         key = key_of(next(self.serial), OWNERS.index(owner))
         _, blob = variant(key)
@@ -208,6 +236,16 @@ async def purge(c: Client, h: dict[str, str], owner: str, home: str, w: World) -
     )
 
 
+async def feedback(c: Client, h: dict[str, str], owner: str, home: str, w: World) -> str:
+    body = {"lookup_id": await w.lookup_id(owner), "correct": False}
+    return _status(await c.post("/v1/semantic/feedback", json=body, headers=h))
+
+
+async def feedback_by_entry(c: Client, h: dict[str, str], owner: str, home: str, w: World) -> str:
+    body = {"entry_id": await w.entry(owner), "correct": False}
+    return _status(await c.post("/v1/semantic/feedback", json=body, headers=h))
+
+
 def plain(method: str, path: str, json: Any = None) -> Probe:
     async def probe(c: Client, h: dict[str, str], owner: str, home: str, w: World) -> str:
         return _status(await c.request(method, path, json=json, headers=h))
@@ -251,6 +289,8 @@ PROBES: dict[str, Probe] = {
     "entry delete": entry_route("DELETE", own_namespace=False),
     "entry delete, id in own namespace": entry_route("DELETE", own_namespace=True),
     "semantic purge": purge,
+    "semantic feedback": feedback,
+    "semantic feedback, by entry id": feedback_by_entry,
     "semantic stats": plain("GET", "/v1/semantic/stats"),
     "chunk put": chunk_put,
     "chunk get": chunk_route("GET"),
@@ -290,7 +330,8 @@ def test_the_matrix_covers_every_v1_route(tmp_path: Path) -> None:
         ("POST", "/v1/semantic/lookup"), ("POST", "/v1/semantic/lookup:batch"),
         ("POST", "/v1/semantic/entries"), ("GET", "/v1/semantic/entries/{id}"),
         ("DELETE", "/v1/semantic/entries/{id}"), ("POST", "/v1/semantic/purge"),
-        ("GET", "/v1/semantic/stats"), ("PUT", "/v1/kv/chunks/{key}"),
+        ("GET", "/v1/semantic/stats"), ("POST", "/v1/semantic/feedback"),
+        ("PUT", "/v1/kv/chunks/{key}"),
         ("GET", "/v1/kv/chunks/{key}"), ("HEAD", "/v1/kv/chunks/{key}"),
         ("DELETE", "/v1/kv/chunks/{key}"), ("POST", "/v1/kv/plan"),
         ("DELETE", "/v1/kv/leases/{id}"), ("GET", "/v1/kv/stats"), ("GET", "/v1/kv/models"),

@@ -1,0 +1,177 @@
+"""The semantic cache's feedback: calibrated thresholds, entry confirmations, lookup ids.
+
+The :class:`FeedbackBook` is the engine's one source of "which threshold decides this
+hit" (:meth:`FeedbackBook.threshold`) and keeps what that depends on:
+
+- a :class:`~semcached.cachepolicy.calibration.Calibrator` per category, fed by reports
+  on served hits (``POST /v1/semantic/feedback``) and persisted after each report;
+- per-entry confirmations (vCache-style entry thresholds), at most ``max_entries`` in
+  memory (the oldest are dropped first), persisted too;
+- the :class:`~semcached.service.semantic.lookup_ids.LookupIdSigner` whose key lives in
+  LMDB, so lookup ids outlive restarts;
+- the recent lookup ids already reported (at most ``max_reported``), so that a report
+  sent twice (a retry) counts once. This guard is in memory: after a restart, a repeat
+  of a report acknowledged before it counts again.
+
+Threading: loop-only like the engine; LMDB writes go to the executor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from semcached.cachepolicy.calibration import (
+    DEFAULT_CONFIDENCE,
+    Calibration,
+    Calibrator,
+    EntryEvidence,
+)
+from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
+from semcached.index.feedback import BandCounts, FeedbackStore
+from semcached.service.blocking import run_blocking
+from semcached.service.semantic.lookup_ids import LookupIdSigner, SignedLookup
+
+__all__ = ["FeedbackBook"]
+
+
+class FeedbackBook:
+    """Construct, ``await open(executor)`` (loads LMDB), then use on the loop."""
+
+    def __init__(
+        self,
+        categories: CategoryTable,
+        store: FeedbackStore | None = None,
+        *,
+        max_entries: int = 100_000,
+        max_reported: int = 100_000,
+    ) -> None:
+        """``store``: where feedback is kept (None: in memory only, a fresh lookup-id
+        key per process, for tests and benchmarks); its bands must be
+        :data:`~semcached.cachepolicy.calibration.BANDS`."""
+        self._categories = categories
+        self._store = store
+        self._max_entries = max_entries
+        self._max_reported = max_reported
+        self._calibrators: dict[str, Calibrator] = {}
+        self._entries: OrderedDict[int, EntryEvidence] = OrderedDict()
+        self._reported: OrderedDict[bytes, None] = OrderedDict()
+        self._signer = LookupIdSigner(secrets.token_bytes(32))
+        self._executor: Executor | None = None
+        # Reports since start by (category, correct), for the metrics.
+        self.reports: dict[tuple[str, bool], int] = {}
+
+    async def open(self, executor: Executor, live: Callable[[int], bool]) -> None:
+        """Load the key and the feedback; drop entry records ``live`` says are gone."""
+        self._executor = executor
+        if self._store is None:
+            return
+        store = self._store
+        self._signer = LookupIdSigner(await run_blocking(executor, store.secret))
+        await run_blocking(executor, store.prune_entries, live)
+        state = await run_blocking(executor, store.load)
+        for name, counts in state.categories.items():
+            policy = self._categories.policies.get(name)
+            if policy is not None:  # a category since removed from the config: ignored
+                self._calibrators[name] = self._new_calibrator(policy, counts)
+        for entry_id, (count, lowest) in list(state.entries.items())[-self._max_entries :]:
+            self._entries[entry_id] = EntryEvidence(count, lowest)
+
+    @staticmethod
+    def _new_calibrator(policy: CategoryPolicy, counts: BandCounts | None = None) -> Calibrator:
+        return Calibrator(
+            configured=policy.threshold,
+            min_threshold=policy.min_threshold,
+            max_threshold=policy.max_threshold,
+            budget=policy.max_false_hit_rate,
+            counts=counts,
+        )
+
+    def calibrator(self, policy: CategoryPolicy) -> Calibrator:
+        found = self._calibrators.get(policy.name)
+        if found is None:
+            found = self._calibrators[policy.name] = self._new_calibrator(policy)
+        return found
+
+    # -- the hit rule ------------------------------------------------------------------
+
+    def threshold(
+        self, policy: CategoryPolicy, entry_id: int, requested: float | None = None
+    ) -> float:
+        """The threshold a candidate's score must reach. A request's own threshold wins
+        (clamped, as before); else the entry's own once confirmed often enough, else
+        the category's calibrated one (its configured one until feedback says more).
+        O(1) (a recalibration after new feedback: O(bands))."""
+        if requested is not None:
+            return policy.effective_threshold(requested)
+        category = self.calibrator(policy).threshold()
+        evidence = self._entries.get(entry_id)
+        if evidence is None:
+            return category
+        return evidence.threshold(category, policy.min_threshold)
+
+    def issue(self, hit: SignedLookup) -> str:
+        return self._signer.issue(hit)
+
+    def resolve(self, lookup_id: str) -> SignedLookup | None:
+        return self._signer.verify(lookup_id)
+
+    # -- reports -----------------------------------------------------------------------
+
+    def first_report(self, lookup_id: str) -> bool:
+        """False when this lookup id was reported already (since start); remembers it."""
+        key = hashlib.blake2b(lookup_id.encode(), digest_size=16).digest()
+        if key in self._reported:
+            return False
+        self._reported[key] = None
+        if len(self._reported) > self._max_reported:
+            self._reported.popitem(last=False)
+        return True
+
+    async def record(
+        self, policy: CategoryPolicy, entry_id: int, score: float | None, correct: bool
+    ) -> None:
+        """Count a report durably: the category's bands when ``score`` is known (a report
+        by lookup id on a semantic hit), and the entry's confirmations."""
+        key = (policy.name, correct)
+        self.reports[key] = self.reports.get(key, 0) + 1
+        category = None
+        if score is not None:
+            calibrator = self.calibrator(policy)
+            calibrator.observe(score, correct)
+            category = (policy.name, calibrator.counts)
+        entry = forget = None
+        if correct:
+            evidence = self._entries.pop(entry_id, EntryEvidence()).confirm(score)
+            self._entries[entry_id] = evidence
+            if len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+            entry = (entry_id, evidence.confirmations, evidence.lowest_confirmed)
+        else:  # the entry is removed: so is what was known of it
+            self._entries.pop(entry_id, None)
+            forget = entry_id
+        if self._store is not None:
+            store = self._store
+            await run_blocking(
+                self._executor,
+                lambda: store.record(category=category, entry=entry, forget_entry=forget),
+            )
+
+    # -- introspection -----------------------------------------------------------------
+
+    def calibration(self, policy: CategoryPolicy) -> Calibration:
+        return self.calibrator(policy).calibration()
+
+    def calibrations(self) -> dict[str, Calibration]:
+        """Every enabled category's current rule and evidence."""
+        return {p.name: self.calibration(p) for p in self._categories if p.enabled}
+
+    @property
+    def confidence(self) -> float:
+        return DEFAULT_CONFIDENCE
+
+    def evidence(self, entry_id: int) -> EntryEvidence | None:
+        return self._entries.get(entry_id)
