@@ -30,7 +30,9 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_TTL_S",
     "NAME_PATTERN",
+    "CategorySource",
     "CategoryStats",
+    "ClassificationStats",
     "ResponseFormat",
     "SemanticEntry",
     "SemanticInsert",
@@ -54,6 +56,11 @@ MAX_TTL_S = 10 * 365 * 86400.0
 
 ResponseFormat = Literal["json", "bytes"]
 Strategy = Literal["exact", "semantic"]
+CategorySource = Literal["given", "inferred", "default", "entry"]
+"""How a request's category was chosen: named by the caller (``given``), classified by
+the categories' example prompts (``inferred``), the default category because the
+request named none and classification was unsure or off (``default``), or an exact
+match's stored entry (``entry``: nothing was classified)."""
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Namespace = Annotated[
@@ -65,8 +72,15 @@ Namespace = Annotated[
 Category = Annotated[
     str,
     msgspec.Meta(
-        pattern=NAME_PATTERN, description="Category policy to apply; the default when absent."
+        pattern=NAME_PATTERN,
+        description="Category policy to apply; when absent, classified by the categories' "
+        "example prompts (the default category if unsure).",
     ),
+]
+Source = Annotated[CategorySource, msgspec.Meta(description="How the category was chosen.")]
+Confidence = Annotated[
+    float | None,
+    msgspec.Meta(description="The classifier's confidence, when the category was inferred."),
 ]
 Partition = Annotated[
     str,
@@ -135,6 +149,8 @@ class SemanticLookupResult(msgspec.Struct, kw_only=True):
         msgspec.Meta(description="The cached response: its JSON, or base64 for bytes."),
     ] = msgspec.UNSET
     response_format: ResponseFormat | msgspec.UnsetType = msgspec.UNSET
+    category_source: Source = "given"
+    category_confidence: Confidence = None
 
 
 class SemanticLookupResults(msgspec.Struct):
@@ -170,6 +186,8 @@ class SemanticInsertResult(msgspec.Struct):
     entry_id: int
     category: str
     expires_at: Annotated[float, msgspec.Meta(description="Unix time.")]
+    category_source: Source = "given"
+    category_confidence: Confidence = None
 
 
 class SemanticEntry(msgspec.Struct):
@@ -214,8 +232,45 @@ class CategoryStats(msgspec.Struct):
     inserts: int
     evictions: int
     expirations: int
+    inferred: Annotated[
+        int, msgspec.Meta(description="Requests naming no category classified into this one.")
+    ] = 0
+    below_floor: Annotated[
+        int,
+        msgspec.Meta(
+            description="Requests naming no category nearest to this one but below the "
+            "confidence floor (served under default)."
+        ),
+    ] = 0
+
+
+class ClassificationStats(msgspec.Struct):
+    """Category classification of requests that name no category."""
+
+    enabled: bool
+    reason: Annotated[
+        str | None, msgspec.Meta(description="Why classification is off (null when on).")
+    ] = None
+    model: Annotated[
+        str, msgspec.Meta(description="The embedding model the examples were embedded with.")
+    ] = ""
+    min_confidence: float = 0.0
+    examples: Annotated[
+        dict[str, int], msgspec.Meta(description="Example prompts in force, per category.")
+    ] = {}
+    unclassified: Annotated[
+        int,
+        msgspec.Meta(description="Requests naming no category while classification was off."),
+    ] = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    last_error: Annotated[
+        str | None,
+        msgspec.Meta(description="Why the last load of the examples failed (null: it did not)."),
+    ] = None
 
 
 class SemanticStats(msgspec.Struct):
     entries: int
     categories: dict[str, CategoryStats]
+    classification: ClassificationStats | None = None
