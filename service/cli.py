@@ -103,7 +103,10 @@ def reference_table() -> str:
     default = CategoryTable().resolve(None)
     for key, meaning in CATEGORY_FIELD_HELP.items():
         value = getattr(default, key)
-        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        if isinstance(value, tuple):
+            shown = "[" + ", ".join(f'"{x}"' for x in value) + "]"
+        else:
+            shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         rows.append(f"| `categories.<name>.{key}` | (TOML only) | `{shown}` | {meaning} |")
     return "\n".join(rows)
 
