@@ -43,6 +43,7 @@ class ClientApi:
     delete = command(commands.delete_entry)
     purge = command(commands.purge)
     stats = command(commands.stats)
+    classification = command(commands.classification)
 
     # -- chunk KV cache --------------------------------------------------------------
     put_chunk = flow(kv_flows.put_chunk)

@@ -19,16 +19,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.clients.request import Reply, Request
-from semcached.protocol.semantic import CategoryStats, SemanticStats
+from semcached.protocol.semantic import CategoryStats, ClassificationStats, SemanticStats
 
 __all__ = [
     "CategoryStats",
+    "ClassificationStats",
     "Entry",
     "InsertResult",
     "LookupQuery",
     "LookupResult",
     "Readiness",
     "VectorLike",
+    "classification",
     "delete_entry",
     "get_config",
     "get_entry",
@@ -134,7 +136,12 @@ def _decode_response(value: Any, response_format: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class LookupResult:
-    """A semantic lookup's answer. ``response`` is the cached JSON value (or bytes)."""
+    """A semantic lookup's answer. ``response`` is the cached JSON value (or bytes).
+
+    ``category_source`` says how ``category`` was chosen: ``given`` (the request named
+    it), ``inferred`` (classified by the categories' example prompts, with
+    ``category_confidence``), ``default`` (named none; unsure or classification off) or
+    ``entry`` (an exact match's stored entry)."""
 
     hit: bool
     category: str
@@ -143,13 +150,20 @@ class LookupResult:
     age_s: float | None = None
     strategy: str | None = None
     response: Any = None
+    category_source: str = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class InsertResult:
+    """Where an entry was stored; ``category_source`` and ``category_confidence`` as in
+    :class:`LookupResult`."""
+
     entry_id: int
     category: str
     expires_at: float
+    category_source: str = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +217,8 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
         age_s=doc.get("age_s"),
         strategy=doc.get("strategy"),
         response=_decode_response(doc.get("response"), doc.get("response_format", "json")),
+        category_source=str(doc.get("category_source", "given")),
+        category_confidence=doc.get("category_confidence"),
     )
 
 
@@ -238,7 +254,13 @@ def lookup_many(queries: Sequence[LookupQuery]) -> Request[list[LookupResult]]:
 
 def _inserted(reply: Reply) -> InsertResult:
     doc = reply.json()
-    return InsertResult(int(doc["entry_id"]), str(doc["category"]), float(doc["expires_at"]))
+    return InsertResult(
+        int(doc["entry_id"]),
+        str(doc["category"]),
+        float(doc["expires_at"]),
+        str(doc.get("category_source", "given")),
+        doc.get("category_confidence"),
+    )
 
 
 def insert(
@@ -335,3 +357,14 @@ def _category_stats(reply: Reply) -> dict[str, CategoryStats]:
 def stats() -> Request[dict[str, CategoryStats]]:
     """Counters per category (``GET /v1/semantic/stats``)."""
     return Request("GET", "/v1/semantic/stats", _category_stats, idempotent=True)
+
+
+def _classification(reply: Reply) -> ClassificationStats | None:
+    return msgspec.json.decode(reply.body, type=SemanticStats).classification
+
+
+def classification() -> Request[ClassificationStats | None]:
+    """Whether requests that name no category are classified, why not, with which
+    example prompts, and the counts (``GET /v1/semantic/stats``; None from a daemon
+    that does not classify)."""
+    return Request("GET", "/v1/semantic/stats", _classification, idempotent=True)

@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "auth.tokens_file"
         )
     try:
-        return run(settings)
+        return run(settings, reread_settings=lambda: _settings_from(args))
     except ConfigError as exc:  # found while building the app (e.g. a missing extra)
         print(f"semcached: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.classify import Source
 from semcached.index.docstore import Document
 
 __all__ = [
@@ -47,6 +48,9 @@ class LookupResult:
     age_s: float | None = None
     strategy: Strategy | None = None
     document: Document | None = None
+    # How ``category`` was chosen; the classifier's confidence when it was inferred.
+    category_source: Source = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,8 @@ class InsertResult:
     entry_id: int
     category: str
     expires_at: float
+    category_source: Source = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(slots=True)

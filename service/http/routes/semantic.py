@@ -27,6 +27,7 @@ from semcached.protocol.headers import (
 )
 from semcached.protocol.semantic import (
     CategoryStats,
+    ClassificationStats,
     Namespace,
     SemanticEntry,
     SemanticInsert,
@@ -47,6 +48,7 @@ from semcached.service.http.jsonio import struct_response
 from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup, error_reply
 from semcached.service.http.tenancy import namespace, semantic_quota
 from semcached.service.http.validation import to_vector
+from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.component import install_semantic_cache
 from semcached.service.semantic.engine import Insert, Lookup, LookupResult
 
@@ -185,6 +187,8 @@ def _result(result: LookupResult) -> SemanticLookupResult:
         strategy=result.strategy,
         response=msgspec.UNSET if document is None else _response(document),
         response_format=msgspec.UNSET if document is None else document.response_format,
+        category_source=result.category_source,
+        category_confidence=result.category_confidence,
     )
 
 
@@ -280,7 +284,13 @@ async def lookup_batch(request: web.Request) -> web.Response:
 async def insert(request: web.Request) -> web.Response:
     parsed = _insert(request, await INSERT.read(request))
     result = await request.app[SEMANTIC].get().insert(parsed)
-    reply = SemanticInsertResult(result.entry_id, result.category, result.expires_at)
+    reply = SemanticInsertResult(
+        result.entry_id,
+        result.category,
+        result.expires_at,
+        result.category_source,
+        result.category_confidence,
+    )
     return struct_response(reply, status=201)
 
 
@@ -352,13 +362,15 @@ async def purge(request: web.Request) -> web.Response:
 @group.route(
     "GET",
     "/v1/semantic/stats",
-    summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations.",
+    summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations, "
+    "classifications; and the state of category classification.",
     description="Over every namespace (every tenant's): an operator's view, hence the admin scope.",
     responses={200: Reply("Statistics.", SemanticStats)},
     scope=Scope.ADMIN,
 )
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[SEMANTIC].get()
+    classified = engine.classifier.stats
     categories = {
         name: CategoryStats(
             entries=s.entries,
@@ -368,7 +380,26 @@ async def stats(request: web.Request) -> web.Response:
             inserts=s.inserts,
             evictions=s.evictions,
             expirations=s.expirations,
+            inferred=classified.inferred[name],
+            below_floor=classified.below_floor[name],
         )
         for name, s in engine.stats().items()
     }
-    return struct_response(SemanticStats(len(engine), categories))
+    return struct_response(
+        SemanticStats(len(engine), categories, _classification(engine.classifier))
+    )
+
+
+def _classification(classifier: CategoryClassifier) -> ClassificationStats:
+    current, counts = classifier.current, classifier.stats
+    return ClassificationStats(
+        enabled=current is not None,
+        reason=classifier.off_reason,
+        model=classifier.model,
+        min_confidence=current.min_confidence if current is not None else 0.0,
+        examples=dict(current.example_counts) if current is not None else {},
+        unclassified=counts.unclassified,
+        reloads=counts.reloads,
+        reload_failures=counts.reload_failures,
+        last_error=classifier.last_error,
+    )
