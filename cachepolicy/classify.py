@@ -34,6 +34,7 @@ Pure: vectors and numbers in, a decision out; no I/O, no clock, no model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -116,9 +117,20 @@ class ExampleClassifier:
         )
         counts = [len(r) for r in kept.values()]
         self.example_counts: dict[str, int] = dict(zip(self.categories, counts, strict=True))
-        # Row ranges of each category in the stacked matrix.
-        ends = np.cumsum(counts, dtype=np.int64)
-        self._bounds = list(zip((ends - counts).tolist(), ends.tolist(), strict=True))
+        # Category c's similarities gathered into row c of a (categories, most examples)
+        # grid; short rows point at a -inf sentinel past the last example. One gather, one
+        # partial sort and one sum score every category (a numpy call per category costs
+        # more than the arithmetic).
+        width = max(counts, default=0)
+        sentinel = sum(counts)
+        self._gather = np.full((len(counts), width), sentinel, dtype=np.intp)
+        start = 0
+        for row, n in enumerate(counts):
+            self._gather[row, :n] = np.arange(start, start + n)
+            start += n
+        self._k = min(neighbours, width)
+        self._short = any(n < self._k for n in counts)  # some rows hold sentinels in the top k
+        self._divisor = np.minimum(np.asarray(counts, dtype=np.float64), neighbours)
 
     @property
     def enabled(self) -> bool:
@@ -127,27 +139,32 @@ class ExampleClassifier:
 
     def scores(self, query: Matrix) -> dict[str, float]:
         """Each category's score: the mean of its ``neighbours`` best cosine similarities."""
-        sims = self._matrix @ np.asarray(query, dtype=np.float32)
-        out: dict[str, float] = {}
-        for name, (start, end) in zip(self.categories, self._bounds, strict=True):
-            row = sims[start:end]
-            k = min(self.neighbours, len(row))
-            top = np.partition(row, len(row) - k)[len(row) - k :]
-            out[name] = float(top.mean())
-        return out
+        return dict(zip(self.categories, self._scores(query).tolist(), strict=True))
+
+    def _scores(self, query: Matrix) -> NDArray[np.float64]:
+        sims = np.empty(len(self._matrix) + 1, dtype=np.float64)
+        sims[:-1] = self._matrix @ np.asarray(query, dtype=np.float32)
+        sims[-1] = -np.inf
+        grid = sims[self._gather]
+        width = grid.shape[1]
+        top = np.partition(grid, width - self._k, axis=1)[:, width - self._k :]
+        if self._short:  # a category with fewer than k examples: its own only
+            top[np.isneginf(top)] = 0.0
+        scores: NDArray[np.float64] = top.sum(axis=1) / self._divisor
+        return scores
 
     def classify(self, query: Matrix) -> Classification:
         """The category for a unit ``query`` vector of the examples' dimension."""
         if not self.categories:
             return Classification(self.default, "default", 0.0, self.default)
-        scores = self.scores(query)
-        values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
-        best = int(values.argmax())  # the first of equal maxima: names are sorted
+        # The categories are few: plain floats beat numpy calls here.
+        values = self._scores(query).tolist()
+        top = max(values)
+        best = values.index(top)  # the first of equal maxima: names are sorted
         # Shifted by the maximum: exp never overflows, whatever the scale.
-        weights = np.exp(self.scale * (values - values[best]))
-        confidence = float(1.0 / weights.sum())
+        confidence = 1.0 / sum(math.exp(self.scale * (v - top)) for v in values)
         nearest = self.categories[best]
-        tied = int(np.count_nonzero(values == values[best])) > 1
+        tied = values.count(top) > 1
         if tied or confidence < self.min_confidence:
             return Classification(self.default, "default", confidence, nearest)
         return Classification(nearest, "inferred", confidence, nearest)

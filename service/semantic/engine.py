@@ -7,7 +7,9 @@ in :mod:`~semcached.service.semantic.entries`, vectors in
 
 A lookup tries the exact tier first (a hash of the normalised prompt within the
 namespace and partition), then embeds the prompt if no vector came with it and
-searches the HNSW index of its (namespace, category); candidates from another
+searches the HNSW index of its (namespace, category), the category being the request's
+or, when it names none, the one that vector is classified into
+(:mod:`~semcached.service.semantic.classification`); candidates from another
 partition or past their expiry are dropped, and the best remaining one answers
 the lookup if the category's policy says its similarity is high enough.
 
