@@ -26,8 +26,9 @@ The rule, per category ``c`` with examples ``E_c`` (unit rows) and query ``q``:
    applies a wrong threshold and TTL, while the default's are the safe middle.
 
 Cost: one matrix-vector product over all N examples (``O(N·d)``: 256 examples of
-384 dimensions is about 100k multiply-adds, tens of microseconds) and a partial sort
-per category (``O(N)`` together); memory ``O(N·d)`` floats.
+384 dimensions is about 100k multiply-adds, tens of microseconds) and one partial sort
+of a (categories x most examples) grid (``O(C·n_max)``, ``O(N)`` when categories have
+similar counts); memory ``O(N·d)`` floats.
 
 Pure: vectors and numbers in, a decision out; no I/O, no clock, no model.
 """
