@@ -24,6 +24,8 @@ __all__ = [
     "CATEGORY_FIELD_HELP",
     "DEFAULT_CATEGORIES",
     "DEFAULT_CATEGORY",
+    "MAX_EXAMPLES",
+    "MAX_EXAMPLE_CHARS",
     "CategoryPolicy",
     "CategoryTable",
     "UnknownCategoryError",
@@ -35,6 +37,12 @@ _MINUTE = 60.0
 _HOUR = 60 * _MINUTE
 _DAY = 24 * _HOUR
 _MiB = 1 << 20
+
+MAX_EXAMPLES = 64
+"""Most example prompts per category: enough to span a category's phrasings; each is
+embedded at start and on reload, and scanned on every classified request."""
+MAX_EXAMPLE_CHARS = 1000
+"""Longest example prompt: examples are short typical prompts, not documents."""
 
 
 class UnknownCategoryError(BadRequestError):
@@ -66,6 +74,9 @@ class CategoryPolicy:
     # 0: the threshold stays as configured. Else feedback recalibrates it
     # (semcached.cachepolicy.calibration) within [min_threshold, max_threshold].
     max_false_hit_rate: float = 0.0
+    # Typical prompts of the category, for classifying requests that name none
+    # (cachepolicy/classify.py).
+    examples: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -79,6 +90,7 @@ class CategoryPolicy:
             problems.append("need 0 <= max_false_hit_rate < 1")
         if self.max_entries < 1 or self.max_bytes < 1:
             problems.append("max_entries and max_bytes must be positive")
+        problems.extend(_example_problems(self.examples))
         if problems:
             raise ValueError(f"category {self.name!r}: " + "; ".join(problems))
 
@@ -110,6 +122,23 @@ class CategoryPolicy:
         return entries > self.max_entries or nbytes > self.max_bytes
 
 
+def _example_problems(examples: tuple[str, ...]) -> list[str]:
+    """What is wrong with a category's example prompts (nothing: an empty list)."""
+    if len(examples) > MAX_EXAMPLES:
+        return [f"examples: at most {MAX_EXAMPLES}, got {len(examples)}"]
+    problems = []
+    for i, text in enumerate(examples):
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"examples[{i}]: must be a non-blank string")
+        elif len(text) > MAX_EXAMPLE_CHARS:
+            problems.append(
+                f"examples[{i}]: at most {MAX_EXAMPLE_CHARS} characters, got {len(text)}"
+            )
+    if len(set(examples)) < len(examples):
+        problems.append("examples: each may appear only once")
+    return problems
+
+
 # What each field of a ``[categories.<name>]`` table means (the reference table).
 CATEGORY_FIELD_HELP: dict[str, str] = {
     "threshold": "Cosine similarity a cached entry needs to answer a lookup.",
@@ -127,6 +156,9 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
     "max_false_hit_rate": "Budget of wrong hits among served semantic hits (e.g. 0.02); "
     "feedback then recalibrates the threshold within its min/max (0: the threshold "
     "stays as configured; see Feedback and calibration).",
+    "examples": f"Typical prompts of the category (at most {MAX_EXAMPLES}, each at most "
+    f"{MAX_EXAMPLE_CHARS} characters): a lookup or insert that names no category is given "
+    "the one whose examples its vector is nearest (see Category classification).",
 }
 
 # Defaults follow the paper's observations. Thresholds are cosine similarities for
@@ -204,12 +236,14 @@ class CategoryTable:
     def with_overrides(self, overrides: Mapping[str, Mapping[str, object]]) -> CategoryTable:
         """A new table where each named category has the given fields replaced.
 
-        A name that is not yet in the table starts from the default category's values.
+        A name that is not yet in the table starts from the default category's values
+        (its examples excepted).
         Raises ``ValueError`` / ``TypeError`` naming the category and field on bad input.
         """
         policies = dict(self.policies)
         for name, fields in overrides.items():
-            base = policies.get(name) or replace(policies[DEFAULT_CATEGORY], name=name)
+            # A new category starts from the default's values, but not its examples.
+            base = policies.get(name) or replace(policies[DEFAULT_CATEGORY], name=name, examples=())
             unknown = set(fields) - (set(CategoryPolicy.__dataclass_fields__) - {"name"})
             if unknown:
                 raise ValueError(f"category {name!r}: unknown field {sorted(unknown)[0]!r}")

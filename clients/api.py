@@ -44,6 +44,7 @@ class ClientApi:
     purge = command(commands.purge)
     stats = command(commands.stats)
     feedback = command(commands.feedback)
+    classification = command(commands.classification)
 
     # -- chunk KV cache --------------------------------------------------------------
     put_chunk = flow(kv_flows.put_chunk)

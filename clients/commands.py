@@ -22,6 +22,7 @@ from semcached.clients.request import Reply, Request
 from semcached.protocol.semantic import (
     CategoryCalibration,
     CategoryStats,
+    ClassificationStats,
     SemanticFeedbackResult,
     SemanticStats,
 )
@@ -29,6 +30,7 @@ from semcached.protocol.semantic import (
 __all__ = [
     "CategoryCalibration",
     "CategoryStats",
+    "ClassificationStats",
     "Entry",
     "FeedbackResult",
     "InsertResult",
@@ -36,6 +38,7 @@ __all__ = [
     "LookupResult",
     "Readiness",
     "VectorLike",
+    "classification",
     "delete_entry",
     "feedback",
     "get_config",
@@ -142,7 +145,12 @@ def _decode_response(value: Any, response_format: str) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class LookupResult:
-    """A semantic lookup's answer. ``response`` is the cached JSON value (or bytes)."""
+    """A semantic lookup's answer. ``response`` is the cached JSON value (or bytes).
+
+    ``category_source`` says how ``category`` was chosen: ``given`` (the request named
+    it), ``inferred`` (classified by the categories' example prompts, with
+    ``category_confidence``), ``default`` (named none; unsure or classification off) or
+    ``entry`` (an exact match's stored entry)."""
 
     hit: bool
     category: str
@@ -152,13 +160,20 @@ class LookupResult:
     strategy: str | None = None
     response: Any = None
     lookup_id: str | None = None  # on a hit: pass it to feedback()
+    category_source: str = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class InsertResult:
+    """Where an entry was stored; ``category_source`` and ``category_confidence`` as in
+    :class:`LookupResult`."""
+
     entry_id: int
     category: str
     expires_at: float
+    category_source: str = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +228,8 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
         strategy=doc.get("strategy"),
         response=_decode_response(doc.get("response"), doc.get("response_format", "json")),
         lookup_id=doc.get("lookup_id"),
+        category_source=str(doc.get("category_source", "given")),
+        category_confidence=doc.get("category_confidence"),
     )
 
 
@@ -248,7 +265,13 @@ def lookup_many(queries: Sequence[LookupQuery]) -> Request[list[LookupResult]]:
 
 def _inserted(reply: Reply) -> InsertResult:
     doc = reply.json()
-    return InsertResult(int(doc["entry_id"]), str(doc["category"]), float(doc["expires_at"]))
+    return InsertResult(
+        int(doc["entry_id"]),
+        str(doc["category"]),
+        float(doc["expires_at"]),
+        str(doc.get("category_source", "given")),
+        doc.get("category_confidence"),
+    )
 
 
 def insert(
@@ -378,3 +401,14 @@ def feedback(
     return Request(
         "POST", "/v1/semantic/feedback", _feedback, idempotent=lookup_id is not None, json=body
     )
+
+
+def _classification(reply: Reply) -> ClassificationStats | None:
+    return msgspec.json.decode(reply.body, type=SemanticStats).classification
+
+
+def classification() -> Request[ClassificationStats | None]:
+    """Whether requests that name no category are classified, why not, with which
+    example prompts, and the counts (``GET /v1/semantic/stats``; None from a daemon
+    that does not classify)."""
+    return Request("GET", "/v1/semantic/stats", _classification, idempotent=True)

@@ -34,7 +34,9 @@ __all__ = [
     "NAME_PATTERN",
     "CalibrationSource",
     "CategoryCalibration",
+    "CategorySource",
     "CategoryStats",
+    "ClassificationStats",
     "ResponseFormat",
     "SemanticEntry",
     "SemanticFeedback",
@@ -63,6 +65,11 @@ MAX_REASON_CHARS = 1024
 ResponseFormat = Literal["json", "bytes"]
 Strategy = Literal["exact", "semantic"]
 CalibrationSource = Literal["off", "configured", "calibrated", "budget_unmet"]
+CategorySource = Literal["given", "inferred", "default", "entry"]
+"""How a request's category was chosen: named by the caller (``given``), classified by
+the categories' example prompts (``inferred``), the default category because the
+request named none and classification was unsure or off (``default``), or an exact
+match's stored entry (``entry``: nothing was classified)."""
 
 Name = Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
 Namespace = Annotated[
@@ -74,8 +81,15 @@ Namespace = Annotated[
 Category = Annotated[
     str,
     msgspec.Meta(
-        pattern=NAME_PATTERN, description="Category policy to apply; the default when absent."
+        pattern=NAME_PATTERN,
+        description="Category policy to apply; when absent, classified by the categories' "
+        "example prompts (the default category if unsure).",
     ),
+]
+Source = Annotated[CategorySource, msgspec.Meta(description="How the category was chosen.")]
+Confidence = Annotated[
+    float | None,
+    msgspec.Meta(description="The classifier's confidence, when the category was inferred."),
 ]
 Partition = Annotated[
     str,
@@ -148,6 +162,8 @@ class SemanticLookupResult(msgspec.Struct, kw_only=True):
         str | msgspec.UnsetType,
         msgspec.Meta(description="Only on a hit: names it in POST /v1/semantic/feedback."),
     ] = msgspec.UNSET
+    category_source: Source = "given"
+    category_confidence: Confidence = None
 
 
 class SemanticLookupResults(msgspec.Struct):
@@ -183,6 +199,8 @@ class SemanticInsertResult(msgspec.Struct):
     entry_id: int
     category: str
     expires_at: Annotated[float, msgspec.Meta(description="Unix time.")]
+    category_source: Source = "given"
+    category_confidence: Confidence = None
 
 
 class SemanticEntry(msgspec.Struct):
@@ -253,6 +271,16 @@ class CategoryStats(msgspec.Struct):
     inserts: int
     evictions: int
     expirations: int
+    inferred: Annotated[
+        int, msgspec.Meta(description="Requests naming no category classified into this one.")
+    ] = 0
+    below_floor: Annotated[
+        int,
+        msgspec.Meta(
+            description="Requests naming no category nearest to this one but below the "
+            "confidence floor (served under default)."
+        ),
+    ] = 0
     calibration: CategoryCalibration | None = None
 
 
@@ -300,6 +328,33 @@ class SemanticFeedbackResult(msgspec.Struct):
     calibration: CategoryCalibration
 
 
+class ClassificationStats(msgspec.Struct):
+    """Category classification of requests that name no category."""
+
+    enabled: bool
+    reason: Annotated[
+        str | None, msgspec.Meta(description="Why classification is off (null when on).")
+    ] = None
+    model: Annotated[
+        str, msgspec.Meta(description="The embedding model the examples were embedded with.")
+    ] = ""
+    min_confidence: float = 0.0
+    examples: Annotated[
+        dict[str, int], msgspec.Meta(description="Example prompts in force, per category.")
+    ] = {}
+    unclassified: Annotated[
+        int,
+        msgspec.Meta(description="Requests naming no category while classification was off."),
+    ] = 0
+    reloads: int = 0
+    reload_failures: int = 0
+    last_error: Annotated[
+        str | None,
+        msgspec.Meta(description="Why the last load of the examples failed (null: it did not)."),
+    ] = None
+
+
 class SemanticStats(msgspec.Struct):
     entries: int
     categories: dict[str, CategoryStats]
+    classification: ClassificationStats | None = None

@@ -103,7 +103,10 @@ def reference_table() -> str:
     default = CategoryTable().resolve(None)
     for key, meaning in CATEGORY_FIELD_HELP.items():
         value = getattr(default, key)
-        shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
+        if isinstance(value, tuple):
+            shown = "[" + ", ".join(f'"{x}"' for x in value) + "]"
+        else:
+            shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         rows.append(f"| `categories.<name>.{key}` | (TOML only) | `{shown}` | {meaning} |")
     return "\n".join(rows)
 
@@ -155,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "auth.tokens_file"
         )
     try:
-        return run(settings)
+        return run(settings, reread_settings=lambda: _settings_from(args))
     except ConfigError as exc:  # found while building the app (e.g. a missing extra)
         print(f"semcached: configuration error: {exc}", file=sys.stderr)
         return 2

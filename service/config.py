@@ -32,6 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
+from semcached.cachepolicy.classify import (
+    DEFAULT_MIN_CONFIDENCE,
+    DEFAULT_NEIGHBOURS,
+    DEFAULT_SCALE,
+)
 from semcached.errors import ConfigError
 from semcached.index.kv_meta import ModelSpec
 
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_KV_MODELS",
     "ENV_PREFIX",
     "AuthSettings",
+    "ClassificationSettings",
     "EmbeddingSettings",
     "IndexSettings",
     "KvSettings",
@@ -240,6 +246,33 @@ class SemanticSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ClassificationSettings:
+    """Category classification of requests that name no category, from the categories'
+    example prompts (see Category classification)."""
+
+    min_confidence: float = _setting(
+        DEFAULT_MIN_CONFIDENCE,
+        "Confidence a classified category needs; below it the request goes to the "
+        "`default` category.",
+        min=0,
+        max=1,
+    )
+    neighbours: int = _setting(
+        DEFAULT_NEIGHBOURS,
+        "Nearest examples of each category whose similarities are averaged into its score.",
+        min=1,
+        max=64,
+    )
+    scale: float = _setting(
+        DEFAULT_SCALE,
+        "Inverse temperature turning the categories' scores into a confidence (20 suits "
+        "sentence-transformers models such as MiniLM; larger: more confident).",
+        min=0.1,
+        max=1000,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KvSettings:
     """The RAG chunk KV cache: tiers, blob and lease limits."""
 
@@ -367,6 +400,7 @@ class Settings:
     index: IndexSettings = field(default_factory=IndexSettings)
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
+    classification: ClassificationSettings = field(default_factory=ClassificationSettings)
     kv: KvSettings = field(default_factory=KvSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models
@@ -588,6 +622,11 @@ def _categories_from_toml(doc: Mapping[str, Any], source: str) -> CategoryTable:
         for key, raw in table.items():
             if key == "name" or key not in hints:
                 raise ConfigError(f"{source}: unknown key '{where}.{key}'")
+            if key == "examples":  # prompts: a TOML list, never split at commas
+                if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                    raise ConfigError(f"{source}: {where}.examples: expected a list of strings")
+                overrides.setdefault(name, {})[key] = tuple(raw)
+                continue
             spec = SettingSpec(where, key, hints[key], None, "", None, None)
             overrides.setdefault(name, {})[key] = _convert(spec, raw, source, typed=True)
     try:

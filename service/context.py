@@ -10,13 +10,14 @@ from. So the feature packages never import the HTTP layer above them.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
 from semcached.index.datadir import DataDirectory
 from semcached.service.config import Settings
 from semcached.service.lifecycle import Components
+from semcached.service.reloads import Reloads
 
 __all__ = ["DaemonContext"]
 
@@ -24,10 +25,12 @@ __all__ = ["DaemonContext"]
 @dataclass(frozen=True, slots=True)
 class DaemonContext:
     """The daemon's shared pieces: settings, the data directory (opened by the time a
-    component opens), the worker threads, and where components and metrics register."""
+    component opens), the worker threads, and where components, metrics and reload
+    hooks register."""
 
     settings: Settings
     data_dir: DataDirectory
     executor: ThreadPoolExecutor
     components: Components
     registry: CollectorRegistry
+    reloads: Reloads = field(default_factory=Reloads)

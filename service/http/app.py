@@ -6,10 +6,12 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from semcached.errors import ConfigError
 from semcached.index.datadir import DataDirectory
 from semcached.service.auth.authenticator import Authenticator
 from semcached.service.blocking import run_blocking
@@ -24,6 +26,8 @@ from semcached.service.http.appkeys import (
     METRICS,
     OPENAPI,
     READINESS,
+    RELOAD_SETTINGS,
+    RELOADS,
     SETTINGS,
     SHUTDOWN,
 )
@@ -34,16 +38,25 @@ from semcached.service.http.routes import DEFAULT_GROUPS
 from semcached.service.http.routing import RouteGroup
 from semcached.service.lifecycle import Components, FunctionComponent, Readiness, ShutdownRequest
 from semcached.service.metrics import Metrics
+from semcached.service.reloads import Reloads
 
-__all__ = ["create_app", "reload_tokens"]
+__all__ = ["create_app", "on_sighup", "reload_settings", "reload_tokens"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 def create_app(
-    settings: Settings, *, groups: Sequence[RouteGroup] = DEFAULT_GROUPS
+    settings: Settings,
+    *,
+    groups: Sequence[RouteGroup] = DEFAULT_GROUPS,
+    reread_settings: Callable[[], Settings] | None = None,
 ) -> web.Application:
-    """Build the daemon's application; nothing is opened until it starts."""
+    """Build the daemon's application; nothing is opened until it starts.
+
+    ``reread_settings`` loads the settings again from the sources they came from, for
+    a reload (:func:`reload_settings`); by default a reload re-applies ``settings``."""
     metrics = Metrics()
     authenticator = Authenticator(settings, metrics.registry)  # ConfigError: a bad tokens file
     log.info("%s", authenticator.table.describe())
@@ -66,6 +79,8 @@ def create_app(
     app[READINESS] = readiness
     app[SHUTDOWN] = shutdown
     app[LISTEN_URLS] = []
+    app[RELOADS] = Reloads()
+    app[RELOAD_SETTINGS] = reread_settings or (lambda: settings)
     app[COMPONENTS] = Components(readiness, shutdown)
     app[CONNECTIONS] = connections
     app[EXECUTOR] = ThreadPoolExecutor(
@@ -116,7 +131,7 @@ async def _close_components(app: web.Application) -> None:
     app[EXECUTOR].shutdown(wait=True)
 
 
-_reloads: set[asyncio.Task[None]] = set()  # referenced until done (the loop keeps weak refs)
+_reloads: set[asyncio.Task[Any]] = set()  # referenced until done (the loop keeps weak refs)
 
 
 def reload_tokens(app: web.Application) -> None:
@@ -128,6 +143,35 @@ def reload_tokens(app: web.Application) -> None:
         if table is not None:
             authenticator.install(table)
 
-    task = asyncio.get_running_loop().create_task(reload(), name="reload tokens")
+    _keep(asyncio.get_running_loop().create_task(reload(), name="reload tokens"))
+
+
+def reload_settings(app: web.Application) -> asyncio.Task[bool]:
+    """Reread the settings and hand them to the reload hooks (SIGHUP): the task's result
+    is whether every hook took them. A configuration that no longer loads changes
+    nothing and is logged."""
+
+    async def reload() -> bool:
+        try:
+            settings = await run_blocking(app[EXECUTOR], app[RELOAD_SETTINGS])
+        except ConfigError as exc:
+            log.error("configuration not reloaded, the running one stays in force: %s", exc)
+            return False
+        failed = await app[RELOADS].apply(settings)
+        log.info("configuration reloaded (%s)", ", ".join(app[RELOADS].names) or "nothing to do")
+        return failed == 0
+
+    return _keep(asyncio.get_running_loop().create_task(reload(), name="reload settings"))
+
+
+def on_sighup(app: web.Application) -> None:
+    """SIGHUP: reread the tokens file and the settings."""
+    reload_tokens(app)
+    reload_settings(app)
+
+
+def _keep(task: asyncio.Task[T]) -> asyncio.Task[T]:
+    """Reference ``task`` until it is done (the loop keeps only weak references)."""
     _reloads.add(task)
     task.add_done_callback(_reloads.discard)
+    return task

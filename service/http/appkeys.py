@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +17,7 @@ from semcached.service.http.bodies import UploadBudget
 from semcached.service.http.connections import ConnectionTable
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
+from semcached.service.reloads import Reloads
 
 __all__ = [
     "AUTH",
@@ -29,6 +31,8 @@ __all__ = [
     "OPENAPI",
     "PRINCIPAL",
     "READINESS",
+    "RELOADS",
+    "RELOAD_SETTINGS",
     "SEMANTIC",
     "SETTINGS",
     "SHUTDOWN",
@@ -45,6 +49,9 @@ EXECUTOR = web.AppKey("executor", ThreadPoolExecutor)
 DATA_DIR = web.AppKey("data_dir", DataDirectory)
 # The client connections of the daemon's listeners, and the drain at shutdown.
 CONNECTIONS = web.AppKey("connections", ConnectionTable)
+# What a configuration reload (SIGHUP) re-applies, and how the settings are reread.
+RELOADS = web.AppKey("reloads", Reloads)
+RELOAD_SETTINGS: web.AppKey[Callable[[], Settings]] = web.AppKey("reload_settings")
 # Who may call what: the token table, rate limits, reloads.
 AUTH = web.AppKey("auth", Authenticator)
 # The principal a /v1/ request acts as (set by the auth middleware before the handler).
@@ -71,4 +78,5 @@ def daemon_context(app: web.Application) -> DaemonContext:
         executor=app[EXECUTOR],
         components=app[COMPONENTS],
         registry=app[METRICS].registry,
+        reloads=app[RELOADS],
     )

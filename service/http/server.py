@@ -1,6 +1,7 @@
 """Running the daemon: listen, serve until a signal, then shut down in order.
 
-SIGHUP rereads the tokens file (``auth.tokens_file``).
+SIGHUP rereads the tokens file (``auth.tokens_file``) and the settings, and hands them
+to the features' reload hooks (the categories' example prompts).
 
 Shutdown sequence on SIGTERM or SIGINT (or a component failing to open):
 1. ``/readyz`` turns 503 at once, and stays so for ``server.drain_delay_s`` while
@@ -36,7 +37,7 @@ from aiohttp import web
 
 from semcached._version import __version__
 from semcached.service.config import Settings
-from semcached.service.http.app import create_app, reload_tokens
+from semcached.service.http.app import create_app, on_sighup
 from semcached.service.http.appkeys import CONNECTIONS, LISTEN_URLS, READINESS, SHUTDOWN
 from semcached.service.http.connections import PROBE_CONNECTIONS
 from semcached.service.logs import AccessLogger, access_logger
@@ -83,10 +84,16 @@ def default_max_connections(open_files: int) -> int:
     return max(1, min(MAX_DEFAULT_CONNECTIONS, open_files - open_files // 4))
 
 
-async def serve(settings: Settings, app: web.Application | None = None) -> int:
-    """Serve ``app`` (by default the daemon's) until asked to stop; return the exit code."""
+async def serve(
+    settings: Settings,
+    app: web.Application | None = None,
+    *,
+    reread_settings: Callable[[], Settings] | None = None,
+) -> int:
+    """Serve ``app`` (by default the daemon's, rereading its settings on SIGHUP with
+    ``reread_settings``) until asked to stop; return the exit code."""
     if app is None:
-        app = create_app(settings)
+        app = create_app(settings, reread_settings=reread_settings)
     server = settings.server
     open_files = raise_open_file_limit()
     cap = server.max_connections or default_max_connections(open_files)
@@ -106,7 +113,7 @@ async def serve(settings: Settings, app: web.Application | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.request, signal.Signals(sig).name)
-    loop.add_signal_handler(signal.SIGHUP, reload_tokens, app)
+    loop.add_signal_handler(signal.SIGHUP, on_sighup, app)
     listeners: list[asyncio.Server] = []
     try:
         main_listener = connections.listener("main", cap)
@@ -164,10 +171,11 @@ def _urls(listener: asyncio.Server) -> list[str]:
     return [f"http://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listener.sockets]
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, *, reread_settings: Callable[[], Settings] | None = None) -> int:
     """Run :func:`serve` on uvloop when it is installed, else on asyncio's loop."""
+    main = serve(settings, reread_settings=reread_settings)
     try:
         import uvloop
     except ImportError:
-        return asyncio.run(serve(settings))
-    return uvloop.run(serve(settings))
+        return asyncio.run(main)
+    return uvloop.run(main)

@@ -4,8 +4,9 @@ At set-up (:func:`install_semantic_cache`, called by the ``semantic`` route grou
 the daemon's :class:`~semcached.service.context.DaemonContext`) two components are
 registered behind the core's data directory: the embedding model (slow to load) and
 the engine (loads its indexes from ``<data_dir>/snapshots`` and reconciles them with
-LMDB). Handlers reach the engine through a :class:`Slot`, which answers 503 until the
-engine is open.
+LMDB, and embeds the categories' example prompts). Handlers reach the engine through
+a :class:`Slot`, which answers 503 until the engine is open. A configuration reload
+(SIGHUP) re-embeds the example prompts (:mod:`.classification`).
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from semcached.index.docstore import DocumentStore
 from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.vector_index import VectorIndex
+from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
 from semcached.service.lifecycle import FunctionComponent, Slot
+from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
 from semcached.service.semantic.feedback import FeedbackBook
@@ -78,6 +81,7 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             feedback=FeedbackBook(
                 settings.categories, FeedbackStore(daemon.data_dir.env, bands=BANDS)
             ),
+            classifier=CategoryClassifier(embedder, settings.categories, settings.classification),
         )
         await engine.open()
         # The restored bookkeeping lives as long as the daemon: move it out of the
@@ -92,6 +96,12 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
         await engine.close()
         searches.shutdown(wait=True)
 
+    async def reload_examples(new: Settings) -> bool:
+        if not slot.is_set:  # the engine embeds them when it opens
+            return True
+        return await slot.get().classifier.reload(new.categories, new.classification)
+
+    daemon.reloads.add("category examples", reload_examples)
     daemon.components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
     daemon.components.add(FunctionComponent("semantic cache", open_engine, close_engine))
     daemon.components.readiness.watch_storage(
@@ -155,6 +165,7 @@ class SemanticCollector(Collector):
         queries.add_metric([], searches.queries)
         yield from (calls, queries)
         yield from self._feedback_metrics(self._slot.get())
+        yield from self._classification_metrics(self._slot.get())
         yield from self._restart_metrics(self._slot.get())
 
     @staticmethod
@@ -194,6 +205,39 @@ class SemanticCollector(Collector):
         for (name, correct), count in sorted(engine.feedback_reports().items()):
             reports.add_metric([name, "true" if correct else "false"], count)
         yield from (threshold, estimate, upper, observations, reports)
+
+    @staticmethod
+    def _classification_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        c = engine.classifier.stats
+        classified = CounterMetricFamily(
+            "semcached_semantic_classified",
+            "Requests that named no category, by the nearest category by its examples and "
+            "outcome: inferred (served under it) or below_floor (too unsure: served under "
+            "default).",
+            labels=["category", "outcome"],
+        )
+        for name, count in c.inferred.items():
+            classified.add_metric([name, "inferred"], count)
+        for name, count in c.below_floor.items():
+            classified.add_metric([name, "below_floor"], count)
+        unclassified = CounterMetricFamily(
+            "semcached_semantic_unclassified",
+            "Requests that named no category while classification was off (served under default).",
+        )
+        unclassified.add_metric([], c.unclassified)
+        enabled = GaugeMetricFamily(
+            "semcached_semantic_classification_enabled",
+            "1 while requests that name no category are classified by example prompts.",
+        )
+        enabled.add_metric([], 1.0 if engine.classifier.current is not None else 0.0)
+        reloads = CounterMetricFamily(
+            "semcached_semantic_classification_reloads",
+            "Reloads of the category examples, by outcome.",
+            labels=["outcome"],
+        )
+        reloads.add_metric(["ok"], c.reloads - c.reload_failures)
+        reloads.add_metric(["error"], c.reload_failures)
+        yield from (classified, unclassified, enabled, reloads)
 
     @staticmethod
     def _restart_metrics(engine: SemanticCache) -> Iterator[Metric]:

@@ -8,7 +8,9 @@ modules.)
 
 A lookup tries the exact tier first (a hash of the normalised prompt within the
 namespace and partition), then embeds the prompt if no vector came with it and
-searches the HNSW index of its (namespace, category); candidates from another
+searches the HNSW index of its (namespace, category), the category being the request's
+or, when it names none, the one that vector is classified into
+(:mod:`~semcached.service.semantic.classification`); candidates from another
 partition or past their expiry are dropped, and the best remaining one answers
 the lookup if the category's policy says its similarity is high enough.
 
@@ -52,6 +54,7 @@ from semcached.index.lmdb_env import StoreFullError
 from semcached.index.vector_index import VectorIndex
 from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
+from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.embedding.base import Embedder
 from semcached.service.semantic.entries import EntryTable
 from semcached.service.semantic.feedback import FeedbackBook
@@ -114,17 +117,21 @@ class SemanticCache:
         snapshots: SnapshotDirectory | None = None,
         snapshot_interval_s: float = 0.0,
         feedback: FeedbackBook | None = None,
+        classifier: CategoryClassifier | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
         background (0: only at close); ``search_executor``: where index searches run
         (default ``executor``), batched per index by :class:`SearchBatcher`, with up to
         ``search_batches_in_flight`` batches of one index searching at once;
-        ``feedback``: calibrated thresholds and lookup ids (default: kept in memory)."""
+        ``feedback``: calibrated thresholds and lookup ids (default: kept in memory);
+        ``classifier``: chooses the category of requests that name none (default: one
+        over ``categories``' examples with default settings), loaded at open."""
         self._store = store
         self._index_factory = index_factory
         self._vectors = VectorSource(embedder, dim)
         self._categories = categories
+        self.classifier = classifier or CategoryClassifier(embedder, categories)
         self.dim = dim
         self._executor = executor
         self._searches = SearchBatcher(
@@ -196,6 +203,7 @@ class SemanticCache:
             report.expired,
         )
         await self._feedback.open(self._executor, self._entries.__contains__)
+        await self.classifier.load()
         self._stopping.clear()
         self._table.seal_restore()
         self._backlog_filler = asyncio.create_task(self._fill_backlog(), name="semantic-backlog")
@@ -237,8 +245,7 @@ class SemanticCache:
     # -- lookups -----------------------------------------------------------------------
 
     async def lookup(self, request: Lookup) -> LookupResult:
-        policy = self._categories.resolve(request.category)
-        counters = self._table.counters(policy.name)
+        given = self.classifier.given(request.category)
         if request.text is None and request.vector is None:
             raise BadRequestError(
                 ErrorCode.MISSING_FIELD, "give text, vector or both", field="text"
@@ -252,6 +259,11 @@ class SemanticCache:
                 return exact
 
         vector = await self._vectors.for_query(request.text, request.vector)
+        # Only now, with the vector: the exact tier needs no category, and an unnamed
+        # request is classified by the vector it had to compute anyway.
+        choice = self.classifier.choose(given, vector)
+        policy = choice.policy
+        counters = self._table.counters(policy.name)
         index = self._indexes.get((request.namespace, policy.name))
         best: tuple[int, float] | None = None
         if index is not None and len(index):
@@ -277,10 +289,16 @@ class SemanticCache:
                             request.namespace, policy.name, best[0], best[1], False, int(now)
                         )
                     ),
+                    category_source=choice.source,
+                    category_confidence=choice.confidence,
                 )
         counters.misses += 1
         return LookupResult(
-            hit=False, category=policy.name, similarity=None if best is None else best[1]
+            hit=False,
+            category=policy.name,
+            similarity=None if best is None else best[1],
+            category_source=choice.source,
+            category_confidence=choice.confidence,
         )
 
     async def lookup_many(self, requests: Sequence[Lookup]) -> list[LookupResult]:
@@ -312,6 +330,7 @@ class SemanticCache:
             lookup_id=self._feedback.issue(
                 SignedLookup(request.namespace, entry.category, entry_id, 1.0, True, int(now))
             ),
+            category_source="entry",
         )
 
     async def _best_candidate(
@@ -342,7 +361,7 @@ class SemanticCache:
         return (await self.insert_many([request]))[0]
 
     async def insert_many(self, requests: Sequence[Insert]) -> list[InsertResult]:
-        policies = [self._categories.resolve(r.category) for r in requests]
+        given = [self.classifier.given(r.category) for r in requests]
         for r in requests:
             if not r.prompt:
                 raise BadRequestError(
@@ -353,9 +372,11 @@ class SemanticCache:
                     ErrorCode.INVALID_FIELD, "ttl_s must be positive", field="ttl_s"
                 )
         vectors = await self._vectors.for_inserts(requests)
+        choices = [self.classifier.choose(g, v) for g, v in zip(given, vectors, strict=True)]
         now = self._clock()
         items: list[tuple[Document, Vector]] = []
-        for request, policy, vector in zip(requests, policies, vectors, strict=True):
+        for request, choice, vector in zip(requests, choices, vectors, strict=True):
+            policy = choice.policy
             entry_id = self._new_id()
             document = Document(
                 entry_id=entry_id,
@@ -395,7 +416,10 @@ class SemanticCache:
                 await self._enforce_tenant_quota(quota)
         except StoreFullError as exc:  # a full disk; the inserts are durable all the same
             log.warning("could not remove entries after an insert: %s", exc)
-        return [InsertResult(d.entry_id, d.category, d.expires_at) for d, _ in items]
+        return [
+            InsertResult(d.entry_id, d.category, d.expires_at, c.source, c.confidence)
+            for (d, _), c in zip(items, choices, strict=True)
+        ]
 
     async def _put_durably(self, items: Sequence[tuple[Document, Vector]]) -> None:
         """Commit ``items`` to LMDB, evicting to make room while the store is full.

@@ -10,6 +10,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.cachepolicy.calibration import Calibration
+from semcached.cachepolicy.classify import Source
 from semcached.index.docstore import Document
 
 __all__ = [
@@ -51,6 +52,9 @@ class LookupResult:
     strategy: Strategy | None = None
     document: Document | None = None
     lookup_id: str | None = None  # on a hit: names it in a feedback report
+    # How ``category`` was chosen; the classifier's confidence when it was inferred.
+    category_source: Source = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,8 @@ class InsertResult:
     entry_id: int
     category: str
     expires_at: float
+    category_source: Source = "given"
+    category_confidence: float | None = None
 
 
 @dataclass(slots=True)

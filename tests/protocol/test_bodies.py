@@ -54,6 +54,8 @@ def test_a_miss_has_no_response_keys_and_a_hit_embeds_the_json_as_it_is() -> Non
         "age_s": None,
         "category": "default",
         "strategy": None,
+        "category_source": "given",
+        "category_confidence": None,
     }
     hit = SemanticLookupResult(
         hit=True, category="c", strategy="exact", response=msgspec.Raw(b'{"t": [1]}')

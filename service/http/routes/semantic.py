@@ -29,6 +29,7 @@ from semcached.protocol.headers import (
 from semcached.protocol.semantic import (
     CategoryCalibration,
     CategoryStats,
+    ClassificationStats,
     Namespace,
     SemanticEntry,
     SemanticFeedback,
@@ -51,6 +52,7 @@ from semcached.service.http.jsonio import struct_response
 from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup, error_reply
 from semcached.service.http.tenancy import namespace, principal, semantic_quota
 from semcached.service.http.validation import to_vector
+from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.component import install_semantic_cache
 from semcached.service.semantic.engine import FeedbackReport, Insert, Lookup, LookupResult
 
@@ -191,6 +193,8 @@ def _result(result: LookupResult) -> SemanticLookupResult:
         response=msgspec.UNSET if document is None else _response(document),
         response_format=msgspec.UNSET if document is None else document.response_format,
         lookup_id=msgspec.UNSET if result.lookup_id is None else result.lookup_id,
+        category_source=result.category_source,
+        category_confidence=result.category_confidence,
     )
 
 
@@ -301,7 +305,13 @@ async def lookup_batch(request: web.Request) -> web.Response:
 async def insert(request: web.Request) -> web.Response:
     parsed = _insert(request, await INSERT.read(request))
     result = await request.app[SEMANTIC].get().insert(parsed)
-    reply = SemanticInsertResult(result.entry_id, result.category, result.expires_at)
+    reply = SemanticInsertResult(
+        result.entry_id,
+        result.category,
+        result.expires_at,
+        result.category_source,
+        result.category_confidence,
+    )
     return struct_response(reply, status=201)
 
 
@@ -423,7 +433,8 @@ async def feedback(request: web.Request) -> web.Response:
     "GET",
     "/v1/semantic/stats",
     summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations, "
-    "and the threshold feedback calibrated with its false-hit estimate.",
+    "classifications, and the threshold feedback calibrated with its false-hit estimate; "
+    "and the state of category classification.",
     description="Over every namespace (every tenant's): an operator's view, hence the admin scope.",
     responses={200: Reply("Statistics.", SemanticStats)},
     scope=Scope.ADMIN,
@@ -431,6 +442,7 @@ async def feedback(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[SEMANTIC].get()
     calibrations = engine.calibrations()
+    classified = engine.classifier.stats
     categories = {
         name: CategoryStats(
             entries=s.entries,
@@ -445,7 +457,26 @@ async def stats(request: web.Request) -> web.Response:
                 if name in calibrations
                 else None
             ),
+            inferred=classified.inferred[name],
+            below_floor=classified.below_floor[name],
         )
         for name, s in engine.stats().items()
     }
-    return struct_response(SemanticStats(len(engine), categories))
+    return struct_response(
+        SemanticStats(len(engine), categories, _classification(engine.classifier))
+    )
+
+
+def _classification(classifier: CategoryClassifier) -> ClassificationStats:
+    current, counts = classifier.current, classifier.stats
+    return ClassificationStats(
+        enabled=current is not None,
+        reason=classifier.off_reason,
+        model=classifier.model,
+        min_confidence=current.min_confidence if current is not None else 0.0,
+        examples=dict(current.example_counts) if current is not None else {},
+        unclassified=counts.unclassified,
+        reloads=counts.reloads,
+        reload_failures=counts.reload_failures,
+        last_error=classifier.last_error,
+    )

@@ -1,6 +1,6 @@
 """Embedding: micro-batching, the LRU cache, the http backend, the real MiniLM model.
 
-The batching and cache tests use a hashed bag-of-words "model" written here: they test
+The batching and cache tests use a hashed bag-of-words "model" (in the kit): they test
 the batcher and the cache, which must behave the same whatever the model. The http
 tests run a real aiohttp server on 127.0.0.1; the MiniLM tests (marker ``model``) run
 the real model wherever the ``embed`` extra is installed.
@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-import xxhash
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from numpy.typing import NDArray
@@ -45,25 +44,11 @@ from semcached.service.semantic.embedding.http import (
     embeddings_url,
     parse_embeddings_response,
 )
+from tests.service.semantic.kit import bow, bows
 
 Matrix = NDArray[np.float32]
 ServerFactory = Callable[..., Awaitable[TestServer]]
 DIM = 16
-
-
-def bow(text: str, dim: int = DIM) -> Matrix:
-    """A deterministic unit vector: hashed bag of words (plus a bias so none is zero)."""
-    v = np.zeros(dim, dtype=np.float32)
-    v[0] = 0.5
-    for word in text.lower().split():
-        h = xxhash.xxh64_intdigest(word.encode())
-        v[h % dim] += 1.0 if (h >> 32) & 1 else -1.0
-    out: Matrix = v / np.linalg.norm(v)
-    return out
-
-
-def bows(texts: list[str]) -> Matrix:
-    return np.stack([bow(t) for t in texts]) if texts else np.empty((0, DIM), np.float32)
 
 
 class RecordingBackend:
