@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import sys
 import tempfile
 import time
@@ -51,6 +50,7 @@ import numpy as np
 import orjson
 import xxhash
 from _datasets import require
+from _stsb import load_stsb as read_stsb
 
 from semcached.cachepolicy.calibration import BANDS
 from semcached.cachepolicy.categories import CategoryTable
@@ -79,24 +79,13 @@ class Pair:
 
 
 def load_stsb(folder: Path, splits: list[str]) -> list[Pair]:
-    pairs = []
-    for split in splits:
-        path = require(folder / f"sts-{split}.csv", "an STS-B split", WHERE)
-        with path.open(encoding="utf-8") as f:
-            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-                if len(row) < 7:
-                    continue
-                score = float(row[4])
-                if score >= 4.0:
-                    kind = "positive"
-                elif 2.0 <= score < 3.5:
-                    kind = "hard"
-                elif score < 2.0:
-                    kind = "easy"
-                else:
-                    continue  # the grey band: neither label holds
-                pairs.append(Pair(row[5], row[6], kind == "positive", kind))
-    return pairs
+    """The labelled pairs of ``splits``; the ambiguous band [3.5, 4.0) left out."""
+    return [
+        Pair(p.stored, p.asked, p.kind == "positive", p.kind)
+        for split in splits
+        for p in read_stsb(folder, split)
+        if p.kind != "ambiguous"
+    ]
 
 
 def load_pairs(path: Path) -> list[Pair]:
