@@ -38,6 +38,8 @@ __all__ = [
     "EmbeddingError",
     "EmbeddingUnavailableError",
     "Matrix",
+    "TokenBackend",
+    "TokenSource",
     "embedding_cache_key",
     "normalize_rows",
 ]
@@ -137,6 +139,35 @@ class EmbeddingBackend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class TokenBackend(Protocol):
+    """A backend that can also return each text's token embeddings from the same call
+    (for the hit verifier); only in-process models can."""
+
+    async def embed_batch_with_tokens(
+        self, texts: list[str], max_tokens: int
+    ) -> tuple[Matrix, list[bytes]]:
+        """Raw rows, as :meth:`EmbeddingBackend.embed_batch`, and each text's token
+        embeddings packed by :func:`~semcached.cachepolicy.token_codec.pack_tokens`."""
+        ...
+
+
+@runtime_checkable
+class TokenSource(Protocol):
+    """An embedder that keeps recent texts' token embeddings, packed
+    (:mod:`~semcached.cachepolicy.token_codec`), for the hit verifier."""
+
+    @property
+    def keeps_tokens(self) -> bool:
+        """Whether :meth:`tokens` can answer (the backend gives token embeddings)."""
+        ...
+
+    async def tokens(self, texts: Sequence[str]) -> list[bytes | None]:
+        """Each text's packed token embeddings, computing those not kept; None where
+        the backend gives none."""
+        ...
 
 
 # --- helpers ------------------------------------------------------------------------

@@ -13,16 +13,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.service.semantic.embedding.base import (
     EmbeddingBackend,
+    EmbeddingError,
     EmbeddingUnavailableError,
     Matrix,
+    TokenBackend,
     embedding_cache_key,
     normalize_rows,
 )
 from semcached.service.semantic.embedding.batch import MicroBatcher
 
-__all__ = ["BatchingEmbedder", "EmbeddingCache", "EmbeddingStats"]
+__all__ = ["BatchingEmbedder", "EmbeddingCache", "EmbeddingStats", "TokenCache"]
 
 
 @dataclass(slots=True)
@@ -84,12 +87,49 @@ class EmbeddingCache:
             self._rows.popitem(last=False)
 
 
+class TokenCache:
+    """A bounded LRU map from cache key to packed token embeddings, at most
+    ``max_bytes`` of them (0: off). Loop-only, like :class:`EmbeddingCache`."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._packed: OrderedDict[bytes, bytes] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def get(self, key: bytes) -> bytes | None:
+        packed = self._packed.get(key)
+        if packed is not None:
+            self._packed.move_to_end(key)
+        return packed
+
+    def put(self, key: bytes, packed: bytes) -> None:
+        if len(packed) > self.max_bytes:
+            return
+        old = self._packed.pop(key, None)
+        if old is not None:
+            self.nbytes -= len(old)
+        self._packed[key] = packed
+        self.nbytes += len(packed)
+        while self.nbytes > self.max_bytes:
+            _, dropped = self._packed.popitem(last=False)
+            self.nbytes -= len(dropped)
+
+
 class BatchingEmbedder:
     """An :class:`Embedder` over a backend: LRU cache first, then micro-batched calls.
 
     Texts already cached, and repeats within one call or one batch, never reach the
     backend. The backend's rows are validated and L2-normalised here, once for all
     backends. Until :meth:`open` has finished, :meth:`embed` answers 503.
+
+    With ``token_cache_bytes`` > 0 and a backend that gives token embeddings
+    (:class:`~semcached.service.semantic.embedding.base.TokenBackend`), every model
+    call also keeps each text's packed token embeddings (its first ``max_tokens``)
+    for :meth:`tokens`: the hit verifier reads the query's, and an insert stores its
+    prompt's, without another model call.
     """
 
     def __init__(
@@ -101,10 +141,17 @@ class BatchingEmbedder:
         cache_entries: int = 10_000,
         max_queued: int | None = None,
         stats: EmbeddingStats | None = None,
+        token_cache_bytes: int = 0,
+        max_tokens: int = DEFAULT_MAX_TOKENS,
     ) -> None:
         self.backend = backend
         self.stats = stats if stats is not None else EmbeddingStats()
         self.cache = EmbeddingCache(cache_entries)
+        self.token_cache = TokenCache(token_cache_bytes)
+        self.max_tokens = max_tokens
+        self._token_backend = (
+            backend if token_cache_bytes > 0 and isinstance(backend, TokenBackend) else None
+        )
         self._batcher: MicroBatcher | None = None
         self._batcher_args = (max_batch, max_wait_s, max_queued)
         self._open = False
@@ -164,21 +211,55 @@ class BatchingEmbedder:
                 out[missing[text]] = row
         return out
 
+    @property
+    def keeps_tokens(self) -> bool:
+        return self._token_backend is not None
+
+    async def tokens(self, texts: Sequence[str]) -> list[bytes | None]:
+        """Packed token embeddings of ``texts``, in order: kept ones from the cache, the
+        rest from one more (batched) model call. All None when tokens are not kept."""
+        if self._token_backend is None:
+            return [None] * len(texts)
+        if not self._open or self._batcher is None:
+            raise EmbeddingUnavailableError("the embedding model is not loaded (yet)")
+        name = self.name
+        keys = [embedding_cache_key(name, text) for text in texts]
+        out = [self.token_cache.get(key) for key in keys]
+        missing = list(dict.fromkeys(t for t, p in zip(texts, out, strict=True) if p is None))
+        if missing:
+            await self._batcher.submit(missing)  # the batch's model call keeps their tokens
+            out = [
+                p if p is not None else self.token_cache.get(k)
+                for p, k in zip(out, keys, strict=True)
+            ]
+        return out
+
     async def _embed_batch(self, texts: list[str]) -> Matrix:
         # Concurrent callers may have sent the same text: embed each distinct text once.
         distinct = list(dict.fromkeys(texts))
         started = time.perf_counter()
         ok = False
+        packed: list[bytes] | None = None
         try:
-            raw = await self.backend.embed_batch(distinct)
+            if self._token_backend is not None:
+                raw, packed = await self._token_backend.embed_batch_with_tokens(
+                    distinct, self.max_tokens
+                )
+            else:
+                raw = await self.backend.embed_batch(distinct)
             rows = normalize_rows(raw, len(distinct), self.dim)
+            if packed is not None and len(packed) != len(distinct):
+                raise EmbeddingError(f"{len(packed)} token sets for {len(distinct)} texts")
             ok = True
         finally:
             self.stats.record_batch(len(distinct), time.perf_counter() - started, ok)
         # Filled here, not by the callers, so a cancelled caller's texts still warm it.
         name = self.name
-        for text, row in zip(distinct, rows, strict=True):
-            self.cache.put(embedding_cache_key(name, text), row)
+        for i, (text, row) in enumerate(zip(distinct, rows, strict=True)):
+            key = embedding_cache_key(name, text)
+            self.cache.put(key, row)
+            if packed is not None:
+                self.token_cache.put(key, packed[i])
         if len(distinct) == len(texts):
             return rows
         where = {text: i for i, text in enumerate(distinct)}

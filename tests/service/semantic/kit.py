@@ -7,6 +7,8 @@ import numpy as np
 import xxhash
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.token_codec import pack_tokens
+from semcached.cachepolicy.verify_features import TokenEmbeddings
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.vector_index import VectorIndex
 
@@ -78,3 +80,25 @@ class BowBackend:
             raise self.fail
         self.texts.extend(texts)
         return bows(texts, self.dim)
+
+
+def bow_tokens(text: str, dim: int = DIM) -> TokenEmbeddings:
+    """One token per word: the word's own bag-of-words vector, its hash as the id."""
+    words = text.lower().split() or [""]
+    ids = np.array([xxhash.xxh32_intdigest(w.encode()) % 30_000 for w in words], np.int32)
+    return TokenEmbeddings(ids, bows(words, dim))
+
+
+class BowTokenBackend(BowBackend):
+    """:class:`BowBackend` that also gives token embeddings (one per word), like MiniLM."""
+
+    def __init__(self, dim: int = DIM) -> None:
+        super().__init__(dim)
+        self.token_calls = 0
+
+    async def embed_batch_with_tokens(
+        self, texts: list[str], max_tokens: int
+    ) -> tuple[Matrix, list[bytes]]:
+        rows = await self.embed_batch(texts)
+        self.token_calls += 1
+        return rows, [pack_tokens(bow_tokens(t, self.dim), max_tokens) for t in texts]

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.token_codec import pack_tokens, unpack_tokens
 from semcached.errors import BadRequestError, ConfigError
 from semcached.service.config import EmbeddingSettings
 from semcached.service.semantic.embedding import create_embedder
@@ -44,7 +45,7 @@ from semcached.service.semantic.embedding.http import (
     embeddings_url,
     parse_embeddings_response,
 )
-from tests.service.semantic.kit import bow, bows
+from tests.service.semantic.kit import BowTokenBackend, bow, bow_tokens, bows
 
 Matrix = NDArray[np.float32]
 ServerFactory = Callable[..., Awaitable[TestServer]]
@@ -791,3 +792,55 @@ async def test_minilm_throughput(minilm: EmbeddingSettings) -> None:
         f"128 concurrent single-text callers {concurrent:.0f} texts/s in {merged_calls} model calls"
     )
     assert merged_calls < 128
+
+
+# --- token embeddings for the verifier ------------------------------------------------
+
+
+async def test_tokens_come_from_the_embedding_call_itself() -> None:
+    backend = BowTokenBackend()
+    embedder = await opened(backend, token_cache_bytes=1 << 20)
+    assert embedder.keeps_tokens
+    await embedder.embed(["a cat sat", "a dog ran"])
+    packed = await embedder.tokens(["a dog ran", "a cat sat"])
+    assert backend.token_calls == 1  # no second model call
+    assert [unpack_tokens(p).ids.tolist() for p in packed if p is not None] == [
+        bow_tokens("a dog ran").ids.tolist(),
+        bow_tokens("a cat sat").ids.tolist(),
+    ]
+
+
+async def test_tokens_of_a_text_not_kept_cost_one_batched_call() -> None:
+    backend = BowTokenBackend()
+    embedder = await opened(backend, token_cache_bytes=1 << 20)
+    packed = await embedder.tokens(["never seen", "never seen", "also new"])
+    assert backend.token_calls == 1
+    assert sorted(backend.texts) == ["also new", "never seen"]
+    assert all(p is not None for p in packed)
+    assert packed[0] == packed[1]
+
+
+async def test_the_token_cache_is_bounded_by_bytes() -> None:
+    one = len(pack_tokens(bow_tokens("w0 x")))
+    backend = BowTokenBackend()
+    embedder = await opened(backend, token_cache_bytes=3 * one)
+    await embedder.embed([f"w{i} x" for i in range(10)])
+    assert len(embedder.token_cache) == 3
+    assert embedder.token_cache.nbytes <= 3 * one
+    await embedder.tokens(["w9 x"])
+    assert backend.token_calls == 1  # the newest are kept
+
+
+async def test_tokens_truncate_to_max_tokens() -> None:
+    embedder = await opened(BowTokenBackend(), token_cache_bytes=1 << 20, max_tokens=2)
+    (packed,) = await embedder.tokens(["one two three four"])
+    assert packed is not None
+    assert len(unpack_tokens(packed).ids) == 2
+
+
+@pytest.mark.parametrize("token_backend", [False, True])
+async def test_no_tokens_without_a_capable_backend_or_a_cache(token_backend: bool) -> None:
+    backend = BowTokenBackend() if token_backend else RecordingBackend()
+    embedder = await opened(backend, token_cache_bytes=0 if token_backend else 1 << 20)
+    assert not embedder.keeps_tokens
+    assert await embedder.tokens(["a b"]) == [None]
