@@ -1,9 +1,9 @@
 """The semantic cache's durable document store on LMDB.
 
 (About 600 lines, over the house's 400: the record formats and the transactions
-that keep the four LMDB databases consistent must be read together.)
+that keep its LMDB databases consistent must be read together.)
 
-Three named databases in one :class:`LmdbEnvironment`:
+The named databases in one :class:`LmdbEnvironment`:
 
 - ``sem.docs``: entry id (8 bytes, big-endian, so key order is id order) -> document;
 - ``sem.vectors``: entry id -> the vector as little-endian float32 bytes;
@@ -13,7 +13,10 @@ Three named databases in one :class:`LmdbEnvironment`:
   every entry's bookkeeping as one array (:meth:`DocumentStore.scan_columns`) instead
   of decoding every document;
 - ``sem.groups``: group (xxh3-64 of namespace, category and partition) -> those three
-  strings. A store holds few distinct groups; they are never deleted.
+  strings. A store holds few distinct groups; they are never deleted;
+- ``sem.tokens``: entry id -> the prompt's packed token embeddings
+  (:mod:`~semcached.cachepolicy.token_codec`), for entries that have them (the hit
+  verifier reads them); a store written before they existed simply has none.
 
 An insert writes all of them in one durable transaction; concurrent ``put_many`` calls
 are merged by a :class:`GroupCommitter` into one transaction and one fsync.
@@ -22,7 +25,7 @@ Deletes may use the environment's reserve (:attr:`LmdbEnvironment.reserve_bytes`
 that eviction and purge work when the map is at its cap. The reserve holds only if no
 one transaction frees or allocates much of it, so every batch here is sized by it:
 insert groups (each item may copy a page of ``sem.exact``), delete batches (each entry
-copies up to four pages) and hit-count rewrites (each frees its document's old pages).
+copies up to five pages) and hit-count rewrites (each frees its document's old pages).
 
 Document encoding (version 1), little-endian::
 
@@ -107,17 +110,21 @@ class Document:
     hit_count: int
     last_hit_at: float
     vector_dim: int = 0
+    tokens: bytes = b""
+    """The prompt's packed token embeddings (empty: none), stored in ``sem.tokens``."""
 
     @property
     def size_bytes(self) -> int:
         """What quotas count: the encoded document (strings, prompt, response, header),
-        the vector's float32 bytes, and :data:`ENTRY_OVERHEAD_BYTES`. O(len(prompt))."""
+        the vector's float32 bytes, the packed tokens and :data:`ENTRY_OVERHEAD_BYTES`.
+        O(len(prompt))."""
         strings = (self.namespace, self.category, self.partition, self.model, self.prompt)
         return (
             _HEADER.size
             + sum(len(s.encode("utf-8")) for s in strings)
             + len(self.response)
             + 4 * self.vector_dim
+            + len(self.tokens)
             + ENTRY_OVERHEAD_BYTES
         )
 
@@ -185,7 +192,9 @@ def _fields(value: bytes | memoryview) -> tuple[tuple[Any, ...], list[str], int]
     return header, strings, offset
 
 
-def _decode(entry_id: int, value: bytes | memoryview) -> Document:
+def _decode(
+    entry_id: int, value: bytes | memoryview, tokens: bytes | memoryview | None = None
+) -> Document:
     value = _bytes(value)
     header, (namespace, category, partition, model, prompt), offset = _fields(value)
     return Document(
@@ -202,6 +211,7 @@ def _decode(entry_id: int, value: bytes | memoryview) -> Document:
         hit_count=header[6],
         last_hit_at=header[5],
         vector_dim=header[2],
+        tokens=b"" if tokens is None else _bytes(tokens),
     )
 
 
@@ -256,8 +266,9 @@ def _decode_group(value: bytes) -> tuple[str, str, str]:
     return ns, cat, part
 
 
-def _meta_of(entry_id: int, doc: bytes) -> tuple[bytes, bytes, bytes]:
-    """(meta record, group key, group value) of an encoded document."""
+def _meta_of(entry_id: int, doc: bytes, token_bytes: int) -> tuple[bytes, bytes, bytes]:
+    """(meta record, group key, group value) of an encoded document with
+    ``token_bytes`` of packed tokens."""
     header = _HEADER.unpack_from(doc)
     o = _HEADER.size
     n_ns, n_cat, n_part = header[7:10]
@@ -265,7 +276,7 @@ def _meta_of(entry_id: int, doc: bytes) -> tuple[bytes, bytes, bytes]:
     category = doc[o + n_ns : o + n_ns + n_cat]
     partition = doc[o + n_ns + n_cat : o + n_ns + n_cat + n_part]
     gkey, gvalue = _group(namespace, category, partition)
-    size = len(doc) + 4 * header[2] + ENTRY_OVERHEAD_BYTES  # = Document.size_bytes
+    size = len(doc) + 4 * header[2] + token_bytes + ENTRY_OVERHEAD_BYTES  # = .size_bytes
     record = _META.pack(entry_id, header[3], header[4], size, int.from_bytes(gkey, "little"))
     return record, gkey, gvalue
 
@@ -279,6 +290,7 @@ class _Put:
     meta: bytes
     group_key: bytes
     group: bytes
+    tokens: bytes
 
 
 class DocumentStore:
@@ -303,6 +315,7 @@ class DocumentStore:
         self._exact = env.database(b"sem.exact")
         self._meta = env.database(b"sem.meta")
         self._groups = env.database(b"sem.groups")
+        self._tokens = env.database(b"sem.tokens")
         reserve_pages = env.reserve_bytes // env.page_bytes
         self._delete_batch = max(1, min(1024, reserve_pages // 8))
         self._page_bytes = env.page_bytes
@@ -341,7 +354,7 @@ class DocumentStore:
         if self._committer is None:
             self._commit(puts)
         else:
-            size = sum(len(p.doc) + len(p.vector) for p in puts)
+            size = sum(len(p.doc) + len(p.vector) + len(p.tokens) for p in puts)
             self._committer.submit(puts, size)
 
     @staticmethod
@@ -357,7 +370,7 @@ class DocumentStore:
         if not np.isfinite(array).all() or not array.any():
             raise ValueError(f"vector of entry {doc.entry_id} is zero or not finite")
         encoded = _encode(doc)
-        meta, group_key, group = _meta_of(doc.entry_id, encoded)
+        meta, group_key, group = _meta_of(doc.entry_id, encoded, len(doc.tokens))
         return _Put(
             key=_id_key(doc.entry_id),
             doc=encoded,
@@ -366,6 +379,7 @@ class DocumentStore:
             meta=meta,
             group_key=group_key,
             group=group,
+            tokens=doc.tokens,
         )
 
     def _commit(self, puts: list[_Put]) -> None:
@@ -383,6 +397,10 @@ class DocumentStore:
             txn.put(put.exact, put.key, db=self._exact)
             txn.put(put.key, put.meta, db=self._meta)
             txn.put(put.group_key, put.group, db=self._groups, overwrite=False)
+            if put.tokens:
+                txn.put(put.key, put.tokens, db=self._tokens)
+            elif old is not None:
+                txn.delete(put.key, db=self._tokens)
 
     def _drop_exact(self, txn: lmdb.Transaction, exact: bytes, key: bytes) -> None:
         """Delete the exact mapping only if it still points at ``key``."""
@@ -409,7 +427,7 @@ class DocumentStore:
                 value = txn.pop(key, db=self._docs)
                 if value is None:
                     continue
-                doc = _decode(int.from_bytes(key, "big"), value)
+                doc = _decode(int.from_bytes(key, "big"), value, txn.pop(key, db=self._tokens))
                 txn.delete(key, db=self._vectors)
                 txn.delete(key, db=self._meta)
                 self._drop_exact(txn, exact_key(doc.namespace, doc.partition, doc.prompt), key)
@@ -480,13 +498,24 @@ class DocumentStore:
     # -- reads ----------------------------------------------------------------------
 
     def get(self, entry_id: int) -> Document | None:
-        value = self._env.read(lambda txn: txn.get(_id_key(entry_id), db=self._docs))
-        return None if value is None else _decode(entry_id, value)
+        return self.get_many([entry_id])[0]
 
     def get_many(self, ids: Sequence[int]) -> list[Document | None]:
         """Documents in the order of ``ids`` (None where absent), from one snapshot."""
-        values = self._env.read(lambda txn: [txn.get(_id_key(i), db=self._docs) for i in ids])
-        return [None if v is None else _decode(i, v) for i, v in zip(ids, values, strict=True)]
+
+        def run(txn: lmdb.Transaction) -> list[Document | None]:
+            out: list[Document | None] = []
+            for entry_id in ids:
+                key = _id_key(entry_id)
+                value = txn.get(key, db=self._docs)
+                out.append(
+                    None
+                    if value is None
+                    else _decode(entry_id, value, txn.get(key, db=self._tokens))
+                )
+            return out
+
+        return self._env.read(run)
 
     def vector(self, entry_id: int) -> Vector | None:
         return self.vectors([entry_id])[0]
@@ -533,7 +562,7 @@ class DocumentStore:
         entries inserted during a scan usually appear in a later batch.
         """
         for batch in self._scan_raw(batch_size, with_vectors=True):
-            yield [(_decode(i, v), _vector(vec)) for i, v, vec in batch]
+            yield [(_decode(i, v, tok), _vector(vec)) for i, v, vec, tok in batch]
 
     def scan_columns(
         self, batch_size: int = 65_536
@@ -593,7 +622,9 @@ class DocumentStore:
 
             def run(txn: lmdb.Transaction, batch: list[Any] = batch) -> None:
                 for entry_id, value in batch:
-                    record, group_key, group = _meta_of(entry_id, _bytes(value))
+                    tokens = txn.get(_id_key(entry_id), db=self._tokens)
+                    size = 0 if tokens is None else len(tokens)
+                    record, group_key, group = _meta_of(entry_id, _bytes(value), size)
                     txn.put(_id_key(entry_id), record, db=self._meta)
                     txn.put(group_key, group, db=self._groups, overwrite=False)
 
@@ -617,7 +648,7 @@ class DocumentStore:
                     vec = txn.get(key, db=self._vectors)
                     if vec is None:  # written together; only a bug could split them
                         raise RuntimeError(f"entry {entry_id} has no vector")
-                    out.append((entry_id, value, vec))
+                    out.append((entry_id, value, vec, txn.get(key, db=self._tokens)))
                 else:
                     out.append((entry_id, value))
                 if len(out) == batch_size:

@@ -86,8 +86,9 @@ def store(env: LmdbEnvironment, request: pytest.FixtureRequest) -> DocumentStore
         ),
         make_doc(3, response=bytes(range(256)) * 20_000, response_format="bytes"),  # ~5 MB
         make_doc((1 << 64) - 1, prompt="", created_at=-1.5, expires_at=float("inf")),
+        make_doc(4, tokens=b"packed token embeddings"),
     ],
-    ids=["plain", "unicode-empty-response", "large-response", "extremes"],
+    ids=["plain", "unicode-empty-response", "large-response", "extremes", "tokens"],
 )
 def test_every_field_round_trips(store: DocumentStore, doc: Document) -> None:
     vector = vec(doc.entry_id % 1000)
@@ -104,6 +105,25 @@ def test_size_bytes_counts_strings_payload_vector_and_overhead() -> None:
     strings = len(b"tenant") + len(b"factual") + len(b"gpt-x|sys=1") + len(b"gpt-x") + 20
     assert doc.size_bytes == 50 + strings + 100 + 4 * 384 + ENTRY_OVERHEAD_BYTES
     assert dataclasses.replace(doc, vector_dim=0).size_bytes == doc.size_bytes - 4 * 384
+
+
+def test_tokens_count_in_the_size_and_in_the_meta_record(store: DocumentStore) -> None:
+    doc = make_doc(1, tokens=b"t" * 1000)
+    assert doc.size_bytes == dataclasses.replace(doc, tokens=b"").size_bytes + 1000
+    store.put_many([(doc, vec(1))])
+    records, _ = store.scan_columns()
+    assert int(records["size"][0]) == doc.size_bytes
+
+
+def test_tokens_follow_their_entry_through_overwrite_scan_and_delete(
+    store: DocumentStore,
+) -> None:
+    store.put_many([(make_doc(1, tokens=b"old"), vec(1)), (make_doc(2, tokens=b"two"), vec(2))])
+    store.put_many([(make_doc(1), vec(1))])  # rewritten without tokens: none left behind
+    assert [d.tokens for d, _ in next(store.scan())] == [b"", b"two"]
+    assert [d.tokens for d in store.delete_many([2])] == [b"two"]
+    store.put_many([(make_doc(2), vec(2))])
+    assert store.get(2) == make_doc(2)
 
 
 def test_document_is_frozen() -> None:
