@@ -77,6 +77,10 @@ class CategoryPolicy:
     # Typical prompts of the category, for classifying requests that name none
     # (cachepolicy/classify.py).
     examples: tuple[str, ...] = ()
+    # Whether candidates in the verifier's grey band are verified (cachepolicy/verify.py)
+    # when the daemon runs a verifier, and the probability they need (0: the model's).
+    verify: bool = True
+    verify_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +92,8 @@ class CategoryPolicy:
             problems.append("need 0 < min_ttl_s <= ttl_s <= max_ttl_s, all finite")
         if not 0.0 <= self.max_false_hit_rate < 1.0:
             problems.append("need 0 <= max_false_hit_rate < 1")
+        if not 0.0 <= self.verify_threshold <= 1.0:
+            problems.append("need 0 <= verify_threshold <= 1")
         if self.max_entries < 1 or self.max_bytes < 1:
             problems.append("max_entries and max_bytes must be positive")
         problems.extend(_example_problems(self.examples))

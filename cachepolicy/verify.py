@@ -42,6 +42,7 @@ from semcached.errors import ConfigError
 __all__ = [
     "DEFAULT_VERIFIER_MODEL",
     "VERIFIER_FORMAT",
+    "VERIFIER_MIN_THRESHOLD",
     "Candidate",
     "TokenEmbeddings",
     "TreeVerifier",
@@ -50,6 +51,9 @@ __all__ = [
 ]
 
 VERIFIER_FORMAT = "semcached-verifier/1"
+VERIFIER_MIN_THRESHOLD = 0.5
+"""Feedback never calibrates a verifier threshold below this: a candidate the model
+thinks more likely wrong than right is not served."""
 DEFAULT_VERIFIER_MODEL = "verifier-minilm-v1.json"
 
 
@@ -86,6 +90,12 @@ class Verifier(Protocol):
         """The probability from which a grey-band candidate is a hit by default."""
         ...
 
+    @property
+    def band(self) -> tuple[float, float]:
+        """The grey band ``[low, high)`` of cosine similarity it was trained for: below
+        ``low`` a candidate is a miss, from ``high`` a hit, in between it is verified."""
+        ...
+
     def verify(self, candidates: Sequence[Candidate]) -> npt.NDArray[np.float64]:
         """The probability, per candidate, that its cached answer serves its query."""
         ...
@@ -99,6 +109,7 @@ class TreeVerifier:
     name: str
     embedding_model: str
     threshold: float
+    band: tuple[float, float]
     trees: TreeEnsemble
     stop_ids: frozenset[int]
 
@@ -139,13 +150,17 @@ class TreeVerifier:
                 name=str(doc["name"]),
                 embedding_model=str(doc["embedding_model"]),
                 threshold=float(doc["threshold"]),
+                band=(float(doc["band"][0]), float(doc["band"][1])),
                 trees=trees,
                 stop_ids=frozenset(int(i) for i in doc.get("stop_token_ids", ())),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise VerifierModelError(f"{where} is incomplete or damaged: {exc!r}") from None
         if trees.features != len(FEATURE_NAMES) or trees.sigmoid is None:
             raise VerifierModelError(f"{where} is not a binary model of these features")
+        low, high = verifier.band
+        if not (-1.0 <= low <= high <= 1.0 and 0.0 <= verifier.threshold <= 1.0):
+            raise VerifierModelError(f"{where} has a band or threshold out of range")
         return verifier
 
     def features(self, candidates: Sequence[Candidate]) -> npt.NDArray[np.float64]:

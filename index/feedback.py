@@ -7,7 +7,9 @@ One named database, ``sem.feedback``, in the data directory's
 - ``b"secret"`` -> 32 random bytes, created at the first open: the HMAC key of lookup
   ids, so that ids handed out before a restart still verify after it;
 - ``b"c:" + category`` -> the category's (right, wrong) counts per score band, as
-  little-endian int64 (``2 * bands`` values);
+  little-endian int64 (``2 * bands`` values), for hits decided on the cosine;
+- ``b"v:" + category`` -> the same for hits the verifier decided (its probability is
+  the score: the two are calibrated apart);
 - ``b"e:" + entry id (8 bytes, big-endian)`` -> ``u32 confirmations | f64 lowest
   confirmed score``.
 
@@ -19,6 +21,7 @@ report must survive ``kill -9`` like an acknowledged insert.
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 import struct
 from collections.abc import Callable, Mapping
@@ -34,6 +37,7 @@ __all__ = ["BandCounts", "FeedbackState", "FeedbackStore"]
 
 _SECRET = b"secret"
 _CATEGORY = b"c:"
+_VERIFIED = b"v:"
 _ENTRY = b"e:"
 _ENTRY_RECORD = struct.Struct("<Id")
 _SECRET_BYTES = 32
@@ -48,6 +52,8 @@ class FeedbackState:
 
     categories: Mapping[str, BandCounts]
     entries: Mapping[int, tuple[int, float]]  # id -> (confirmations, lowest score)
+    verified: Mapping[str, BandCounts] = dataclasses.field(default_factory=dict)
+    """The counts of verified hits (scored by the verifier), by category."""
 
 
 def _entry_key(entry_id: int) -> bytes:
@@ -84,16 +90,18 @@ class FeedbackStore:
 
         def run(txn: lmdb.Transaction) -> FeedbackState:
             categories: dict[str, BandCounts] = {}
+            verified: dict[str, BandCounts] = {}
             entries: dict[int, tuple[int, float]] = {}
             for raw, value in txn.cursor(db=self._db):
                 key = bytes(raw)
-                if key.startswith(_CATEGORY) and len(value) == 2 * width:
+                kind = {_CATEGORY: categories, _VERIFIED: verified}.get(key[:2])
+                if kind is not None and len(value) == 2 * width:
                     both = np.frombuffer(bytes(value), dtype="<i8").astype(np.int64)
-                    categories[key[2:].decode("utf-8")] = (both[: self._bands], both[self._bands :])
+                    kind[key[2:].decode("utf-8")] = (both[: self._bands], both[self._bands :])
                 elif key.startswith(_ENTRY):
                     count, lowest = _ENTRY_RECORD.unpack(bytes(value))
                     entries[int.from_bytes(key[2:], "big")] = (count, lowest)
-            return FeedbackState(categories, entries)
+            return FeedbackState(categories, entries, verified)
 
         return self._env.read(run)
 
@@ -103,9 +111,11 @@ class FeedbackStore:
         category: tuple[str, BandCounts] | None = None,
         entry: tuple[int, int, float] | None = None,
         forget_entry: int | None = None,
+        verified: bool = False,
     ) -> None:
-        """In one durable transaction: replace a category's counts, set an entry's
-        (id, confirmations, lowest score), and/or drop an entry's record."""
+        """In one durable transaction: replace a category's counts (of verified hits
+        when ``verified``), set an entry's (id, confirmations, lowest score), and/or
+        drop an entry's record."""
         value = None
         if category is not None:
             right, wrong = category[1]
@@ -115,7 +125,8 @@ class FeedbackStore:
 
         def run(txn: lmdb.Transaction) -> None:
             if category is not None and value is not None:
-                txn.put(_CATEGORY + category[0].encode("utf-8"), value, db=self._db)
+                prefix = _VERIFIED if verified else _CATEGORY
+                txn.put(prefix + category[0].encode("utf-8"), value, db=self._db)
             if entry is not None:
                 entry_id, count, lowest = entry
                 txn.put(_entry_key(entry_id), _ENTRY_RECORD.pack(count, lowest), db=self._db)

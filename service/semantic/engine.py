@@ -12,7 +12,11 @@ searches the HNSW index of its (namespace, category), the category being the req
 or, when it names none, the one that vector is classified into
 (:mod:`~semcached.service.semantic.classification`); candidates from another
 partition or past their expiry are dropped, and the best remaining one answers
-the lookup if the category's policy says its similarity is high enough.
+the lookup if the category's policy says its similarity is high enough. With a
+:class:`~semcached.cachepolicy.verify.Verifier`, a candidate in its grey band of
+similarity is a hit only if the verifier, reading both prompts and their token
+embeddings (kept with each entry, :mod:`~semcached.cachepolicy.token_codec`), says
+so (:meth:`SemanticCache._decide`).
 
 An insert is acknowledged only after its LMDB transaction has committed; the
 in-memory structures (indexes, expiry order, eviction order, quota counts) are
@@ -42,11 +46,14 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import numpy as np
 
 from semcached.cachepolicy.calibration import Calibration
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
+from semcached.cachepolicy.token_codec import unpack_tokens
+from semcached.cachepolicy.verify import Candidate, Verifier
 from semcached.errors import BadRequestError, InsufficientStorageError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.eviction import EvictionPolicy
@@ -55,7 +62,7 @@ from semcached.index.vector_index import VectorIndex
 from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
 from semcached.service.semantic.classification import CategoryClassifier
-from semcached.service.semantic.embedding.base import Embedder
+from semcached.service.semantic.embedding.base import Embedder, TokenSource
 from semcached.service.semantic.entries import EntryTable
 from semcached.service.semantic.feedback import FeedbackBook
 from semcached.service.semantic.lookup_ids import SignedLookup
@@ -94,6 +101,35 @@ log = logging.getLogger(__name__)
 IndexFactory = Callable[[int], VectorIndex]  # dim -> a new empty index
 
 
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """A hit decision: ``document`` is the hit (None: a miss); ``score`` is what was
+    compared with the threshold (the cosine, or the verifier's probability)."""
+
+    similarity: float
+    score: float
+    document: Document | None
+    verifier_score: float | None = None
+
+
+def _verify_one(
+    verifier: Verifier,
+    cached: Document,
+    query: str,
+    similarity: float,
+    query_tokens: bytes | None,
+) -> float:
+    """The verifier's probability for one candidate (runs on a worker thread)."""
+    candidate = Candidate(
+        cached=cached.prompt,
+        query=query,
+        cosine=similarity,
+        cached_tokens=unpack_tokens(cached.tokens) if cached.tokens else None,
+        query_tokens=None if query_tokens is None else unpack_tokens(query_tokens),
+    )
+    return float(verifier.verify([candidate])[0])
+
+
 class SemanticCache:
     """The engine. Construct, ``await open()``, use, ``await close()``."""
 
@@ -118,6 +154,7 @@ class SemanticCache:
         snapshot_interval_s: float = 0.0,
         feedback: FeedbackBook | None = None,
         classifier: CategoryClassifier | None = None,
+        verifier: Verifier | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
@@ -126,7 +163,17 @@ class SemanticCache:
         ``search_batches_in_flight`` batches of one index searching at once;
         ``feedback``: calibrated thresholds and lookup ids (default: kept in memory);
         ``classifier``: chooses the category of requests that name none (default: one
-        over ``categories``' examples with default settings), loaded at open."""
+        over ``categories``' examples with default settings), loaded at open;
+        ``verifier``: decides grey-band candidates (None: the threshold alone decides).
+        It must have been built for ``embedder``'s model (ValueError otherwise): its
+        scores mean nothing for another model's cosines."""
+        if verifier is not None and verifier.embedding_model != embedder.name:
+            raise ValueError(
+                f"the verifier {verifier.name} was built for {verifier.embedding_model}, "
+                f"not {embedder.name}"
+            )
+        self.verifier = verifier
+        self._tokens = embedder if isinstance(embedder, TokenSource) else None
         self._store = store
         self._index_factory = index_factory
         self._vectors = VectorSource(embedder, dim)
@@ -268,30 +315,34 @@ class SemanticCache:
         best: tuple[int, float] | None = None
         if index is not None and len(index):
             best = await self._best_candidate(index, vector, request, policy.name, now)
-        # The hit decision: the score against the threshold feedback calibrated.
-        if best is not None and best[1] >= self._feedback.threshold(
-            policy, best[0], request.threshold
-        ):
-            document = self._store.get(best[0])
-            if document is not None:
-                counters.hits += 1
-                self._table.record_hit(best[0], policy.name, now)
-                return LookupResult(
-                    hit=True,
-                    category=policy.name,
-                    similarity=best[1],
-                    entry_id=best[0],
-                    age_s=now - document.created_at,
-                    strategy="semantic",
-                    document=document,
-                    lookup_id=self._feedback.issue(
-                        SignedLookup(
-                            request.namespace, policy.name, best[0], best[1], False, int(now)
-                        )
-                    ),
-                    category_source=choice.source,
-                    category_confidence=choice.confidence,
-                )
+        decision = None if best is None else await self._decide(request, policy, *best)
+        if decision is not None and decision.document is not None:
+            document = decision.document
+            counters.hits += 1
+            self._table.record_hit(document.entry_id, policy.name, now)
+            return LookupResult(
+                hit=True,
+                category=policy.name,
+                similarity=decision.similarity,
+                entry_id=document.entry_id,
+                age_s=now - document.created_at,
+                strategy="semantic",
+                document=document,
+                lookup_id=self._feedback.issue(
+                    SignedLookup(
+                        request.namespace,
+                        policy.name,
+                        document.entry_id,
+                        decision.score,
+                        False,
+                        int(now),
+                        verified=decision.verifier_score is not None,
+                    )
+                ),
+                category_source=choice.source,
+                category_confidence=choice.confidence,
+                verifier_score=decision.verifier_score,
+            )
         counters.misses += 1
         return LookupResult(
             hit=False,
@@ -299,7 +350,62 @@ class SemanticCache:
             similarity=None if best is None else best[1],
             category_source=choice.source,
             category_confidence=choice.confidence,
+            verifier_score=None if decision is None else decision.verifier_score,
         )
+
+    async def _decide(
+        self, request: Lookup, policy: CategoryPolicy, entry_id: int, similarity: float
+    ) -> _Decision:
+        """Whether the best candidate answers the lookup.
+
+        Without verification (no verifier, the category opts out, or the request
+        brings its own vector or threshold: those are cosines of the caller's making),
+        its similarity must reach the threshold feedback calibrated. With it, the
+        verifier's grey band ``[low, high)`` splits the similarity: from ``high`` (at
+        least that threshold, so a strict category stays strict) it is a hit
+        unverified, below ``low`` a miss, and in between a hit only if the verifier's
+        probability reaches the category's verified threshold, also calibrated by
+        feedback (on verified hits, apart from the others).
+        """
+        threshold = self._feedback.threshold(policy, entry_id, request.threshold)
+        verifier = self.verifier
+        if (
+            verifier is None
+            or not policy.verify
+            or request.threshold is not None
+            or request.vector is not None
+            or request.text is None
+        ):
+            hit = similarity >= threshold
+            return _Decision(similarity, similarity, self._store.get(entry_id) if hit else None)
+        low, high = verifier.band
+        if similarity >= max(high, threshold):
+            return _Decision(similarity, similarity, self._store.get(entry_id))
+        if similarity < max(low, policy.min_threshold):
+            return _Decision(similarity, similarity, None)
+        document = self._store.get(entry_id)
+        if document is None:
+            return _Decision(similarity, similarity, None)
+        query_tokens = (
+            None if self._tokens is None else (await self._tokens.tokens([request.text]))[0]
+        )
+        started = time.perf_counter()
+        probability = await run_blocking(
+            self._executor,
+            _verify_one,
+            verifier,
+            document,
+            request.text,
+            similarity,
+            query_tokens,
+        )
+        counters = self._table.counters(policy.name)
+        counters.verified += 1
+        counters.verify_seconds += time.perf_counter() - started
+        if probability < self._feedback.verified_threshold(policy):
+            return _Decision(similarity, probability, None, verifier_score=probability)
+        counters.verified_hits += 1
+        return _Decision(similarity, probability, document, verifier_score=probability)
 
     async def lookup_many(self, requests: Sequence[Lookup]) -> list[LookupResult]:
         """Several lookups; text-only ones share model calls through the embedder's batching."""
@@ -372,10 +478,11 @@ class SemanticCache:
                     ErrorCode.INVALID_FIELD, "ttl_s must be positive", field="ttl_s"
                 )
         vectors = await self._vectors.for_inserts(requests)
+        tokens = await self._tokens_for(requests)
         choices = [self.classifier.choose(g, v) for g, v in zip(given, vectors, strict=True)]
         now = self._clock()
         items: list[tuple[Document, Vector]] = []
-        for request, choice, vector in zip(requests, choices, vectors, strict=True):
+        for request, choice, vector, packed in zip(requests, choices, vectors, tokens, strict=True):
             policy = choice.policy
             entry_id = self._new_id()
             document = Document(
@@ -392,6 +499,7 @@ class SemanticCache:
                 hit_count=0,
                 last_hit_at=0.0,
                 vector_dim=self.dim,
+                tokens=packed or b"",
             )
             items.append((document, vector))
         replaced = [
@@ -420,6 +528,19 @@ class SemanticCache:
             InsertResult(d.entry_id, d.category, d.expires_at, c.source, c.confidence)
             for (d, _), c in zip(items, choices, strict=True)
         ]
+
+    async def _tokens_for(self, requests: Sequence[Insert]) -> list[bytes | None]:
+        """The packed token embeddings to keep with each new entry, for the verifier:
+        those of prompts the daemon embedded (the embedder kept them from that call),
+        none while there is no verifier or for prompts that came with a vector."""
+        wanted = [i for i, r in enumerate(requests) if r.vector is None]
+        out: list[bytes | None] = [None] * len(requests)
+        if self.verifier is None or self._tokens is None or not wanted:
+            return out
+        found = await self._tokens.tokens([requests[i].prompt for i in wanted])
+        for i, packed in zip(wanted, found, strict=True):
+            out[i] = packed
+        return out
 
     async def _put_durably(self, items: Sequence[tuple[Document, Vector]]) -> None:
         """Commit ``items`` to LMDB, evicting to make room while the store is full.
@@ -606,11 +727,12 @@ class SemanticCache:
         record. An entry reported wrong is deleted at once, durably.
         """
         score: float | None = None
+        verified = False
         if report.lookup_id is not None:
             signed = self._feedback.resolve(report.lookup_id)
             if signed is None or not owns(signed.namespace):
                 return None
-            entry_id, name = signed.entry_id, signed.category
+            entry_id, name, verified = signed.entry_id, signed.category, signed.verified
             if not signed.exact and self._feedback.first_report(report.lookup_id):
                 score = signed.score
         else:
@@ -627,7 +749,7 @@ class SemanticCache:
         policy = self._categories.policies.get(name) or self._categories.resolve(None)
         removed = not report.correct and await self.delete(entry_id)
         try:
-            await self._feedback.record(policy, entry_id, score, report.correct)
+            await self._feedback.record(policy, entry_id, score, report.correct, verified=verified)
         except StoreFullError as exc:  # counted in memory; the next report persists it
             raise self._refuse("record feedback", "no room for the report", exc) from None
         if report.reason:
@@ -638,12 +760,16 @@ class SemanticCache:
             correct=report.correct,
             counted=score is not None,
             removed=removed,
-            calibration=self._feedback.calibration(policy),
+            calibration=self._feedback.calibration(policy, verified=verified),
         )
 
     def calibrations(self) -> dict[str, Calibration]:
         """Each enabled category's calibrated threshold and the evidence behind it."""
         return self._feedback.calibrations()
+
+    def verified_calibrations(self) -> dict[str, Calibration]:
+        """The same for verified hits (their score is the verifier's probability)."""
+        return self._feedback.verified_calibrations()
 
     @property
     def feedback_confidence(self) -> float:

@@ -4,10 +4,11 @@ A lookup id is a signed token, not a server-side record: no memory grows per loo
 and an id issued before a restart still resolves after it (the key is in LMDB,
 :meth:`~semcached.index.feedback.FeedbackStore.secret`). It carries what the feedback
 needs and what must not be forged: the namespace (the tenant check), the category,
-the entry, the score the hit decision used, whether the hit was exact, and when it
-was served. Layout (little-endian), then base64url without padding::
+the entry, the score the hit decision used and which kind it was (a cosine, or the
+verifier's probability for a verified hit: they are calibrated apart), whether the hit
+was exact, and when it was served. Layout (little-endian), then base64url without padding::
 
-    u8 version | u8 flags (1: exact) | u64 entry id | f64 score | u32 issued (unix s)
+    u8 version | u8 flags (1: exact, 2: verified) | u64 entry id | f64 score | u32 issued (unix s)
     | u64 nonce | u16 len | namespace | u16 len | category
     | 16 bytes of HMAC-SHA256 over the rest
 
@@ -35,6 +36,7 @@ _HEAD = struct.Struct("<BBQdIQ")
 _LEN = struct.Struct("<H")
 _MAC_BYTES = 16
 _EXACT = 1
+_VERIFIED = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,8 @@ class SignedLookup:
     score: float
     exact: bool
     issued_at: int
+    verified: bool = False
+    """The score is the verifier's probability, not the cosine."""
 
 
 class LookupIdSigner:
@@ -67,7 +71,7 @@ class LookupIdSigner:
             (
                 _HEAD.pack(
                     _VERSION,
-                    _EXACT if hit.exact else 0,
+                    (_EXACT if hit.exact else 0) | (_VERIFIED if hit.verified else 0),
                     hit.entry_id,
                     hit.score,
                     max(0, min(hit.issued_at, 0xFFFFFFFF)),
@@ -102,7 +106,15 @@ class LookupIdSigner:
             return None
         if offset != len(body):
             return None
-        return SignedLookup(namespace, category, entry_id, score, bool(flags & _EXACT), issued)
+        return SignedLookup(
+            namespace,
+            category,
+            entry_id,
+            score,
+            bool(flags & _EXACT),
+            issued,
+            verified=bool(flags & _VERIFIED),
+        )
 
 
 def _string(body: bytes, offset: int) -> tuple[str, int]:

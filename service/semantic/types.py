@@ -55,6 +55,9 @@ class LookupResult:
     # How ``category`` was chosen; the classifier's confidence when it was inferred.
     category_source: Source = "given"
     category_confidence: float | None = None
+    # The verifier's probability that the best candidate answers the query, when its
+    # similarity fell in the grey band and a verifier decided.
+    verifier_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +131,9 @@ class CategoryStats:
     inserts: int = 0
     evictions: int = 0
     expirations: int = 0
+    verified: int = 0
+    """Lookups whose best candidate was in the grey band and went to the verifier."""
+    verified_hits: int = 0
+    """Of those, the ones the verifier accepted."""
+    verify_seconds: float = 0.0
+    """Time spent verifying (features and model), summed."""

@@ -76,6 +76,7 @@ def test_the_shipped_model_loads_and_separates_a_paraphrase_from_a_swap() -> Non
     verifier = TreeVerifier.load()
     assert verifier.embedding_model == "all-MiniLM-L6-v2"
     assert 0.0 < verifier.threshold < 1.0
+    assert 0.0 < verifier.band[0] < verifier.band[1] < 1.0
     same = Candidate("How do I reset my password?", "How can I reset my password?", 0.95)
     other = Candidate("Revenue of Acme in 2019", "Revenue of Acme in 2021", 0.95)
     p_same, p_other = verifier.verify([same, other])
@@ -98,6 +99,9 @@ def _model_doc() -> dict[str, object]:
         ({"features": ["cosine"]}, "other features"),
         ({"trees": {"tree_info": "nope"}}, "damaged"),
         ({"threshold": None}, "damaged"),
+        ({"band": [0.9]}, "damaged"),
+        ({"band": [0.9, 0.5]}, "out of range"),
+        ({"threshold": 1.5}, "out of range"),
     ],
 )
 def test_a_model_file_of_another_version_or_damaged_is_refused(

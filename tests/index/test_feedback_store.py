@@ -29,6 +29,7 @@ def test_what_is_recorded_is_loaded_after_reopening(tmp_path: Path) -> None:
     store.record(category=("code", (right, wrong)), entry=(7, 3, 0.88))
     store.record(entry=(9, 1, 0.95))
     store.record(forget_entry=9)
+    store.record(category=("code", (wrong, right)), verified=True)
     env.close()
 
     env = open_env(tmp_path / "lmdb")
@@ -38,6 +39,8 @@ def test_what_is_recorded_is_loaded_after_reopening(tmp_path: Path) -> None:
     np.testing.assert_array_equal(state.categories["code"][0], right)
     np.testing.assert_array_equal(state.categories["code"][1], wrong)
     assert state.entries == {7: (3, 0.88)}
+    assert list(state.verified) == ["code"]  # kept apart from the cosine counts
+    np.testing.assert_array_equal(state.verified["code"][0], wrong)
     assert store.prune_entries(lambda entry_id: entry_id != 7) == 1
     assert store.load().entries == {}
     with pytest.raises(ValueError, match="bands"):

@@ -18,6 +18,8 @@ def test_an_issued_id_verifies_to_what_was_signed_and_is_unique() -> None:
     assert set(first) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
     exact = SignedLookup("é", "default", 1, 1.0, True, 0)
     assert signer.verify(signer.issue(exact)) == exact
+    verified = SignedLookup("acme", "code", 7, 0.88, False, 5, verified=True)
+    assert signer.verify(signer.issue(verified)) == verified
 
 
 def test_another_key_a_changed_byte_or_a_cut_id_resolve_to_nothing() -> None:
