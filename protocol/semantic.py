@@ -51,6 +51,7 @@ __all__ = [
     "SemanticPurgeResult",
     "SemanticStats",
     "Strategy",
+    "VerificationStats",
 ]
 
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
@@ -164,6 +165,14 @@ class SemanticLookupResult(msgspec.Struct, kw_only=True):
     ] = msgspec.UNSET
     category_source: Source = "given"
     category_confidence: Confidence = None
+    verifier_score: Annotated[
+        float | None,
+        msgspec.Meta(
+            description="The verifier's probability that the best candidate's answer "
+            "serves this prompt, when its similarity fell in the verifier's grey band "
+            "(null: the similarity alone decided)."
+        ),
+    ] = None
 
 
 class SemanticLookupResults(msgspec.Struct):
@@ -282,6 +291,21 @@ class CategoryStats(msgspec.Struct):
         ),
     ] = 0
     calibration: CategoryCalibration | None = None
+    verified: Annotated[
+        int,
+        msgspec.Meta(description="Lookups whose best candidate the verifier judged."),
+    ] = 0
+    verified_hits: Annotated[int, msgspec.Meta(description="Of those, the ones it accepted.")] = 0
+    verify_seconds: Annotated[
+        float, msgspec.Meta(description="Time spent verifying them, summed.")
+    ] = 0.0
+    verified_calibration: Annotated[
+        CategoryCalibration | None,
+        msgspec.Meta(
+            description="The verifier probability a grey-band candidate needs, as feedback "
+            "on verified hits calibrated it (null: no verified hit yet)."
+        ),
+    ] = None
 
 
 class SemanticFeedback(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -354,7 +378,32 @@ class ClassificationStats(msgspec.Struct):
     ] = None
 
 
+class VerificationStats(msgspec.Struct):
+    """The hit verifier: whether it runs, which model, and its grey band."""
+
+    enabled: bool
+    reason: Annotated[
+        str | None, msgspec.Meta(description="Why verification is off (null when on).")
+    ] = None
+    model: str = ""
+    embedding_model: str = ""
+    band: Annotated[
+        list[float],
+        msgspec.Meta(
+            description="[low, high): candidates below low miss, from high (or the "
+            "category's threshold, if higher) hit unverified, in between are verified."
+        ),
+    ] = []
+    threshold: Annotated[
+        float, msgspec.Meta(description="The model's own verifier-probability threshold.")
+    ] = 0.0
+    token_cache_bytes: Annotated[
+        int, msgspec.Meta(description="Bytes of recent prompts' token embeddings held.")
+    ] = 0
+
+
 class SemanticStats(msgspec.Struct):
     entries: int
     categories: dict[str, CategoryStats]
     classification: ClassificationStats | None = None
+    verification: VerificationStats | None = None

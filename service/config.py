@@ -37,6 +37,7 @@ from semcached.cachepolicy.classify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_SCALE,
 )
+from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.errors import ConfigError
 from semcached.index.kv_meta import ModelSpec
 
@@ -55,6 +56,7 @@ __all__ = [
     "SettingSpec",
     "Settings",
     "StorageSettings",
+    "VerificationSettings",
     "iter_setting_specs",
     "load_settings",
     "read_toml",
@@ -273,6 +275,35 @@ class ClassificationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class VerificationSettings:
+    """The hit verifier, which judges candidates in its grey band of similarity (see
+    Hit verification)."""
+
+    enabled: bool = _setting(
+        True,
+        "Verify grey-band candidates (needs the `minilm` embedding backend, whose model the "
+        "shipped verifier was trained for).",
+    )
+    model: str = _setting(
+        "",
+        "Path of a verifier model file (from bench/train_verifier.py); empty: the one "
+        "shipped in the package.",
+    )
+    max_tokens: int = _setting(
+        DEFAULT_MAX_TOKENS,
+        "Token embeddings kept per prompt (the first ones), int8: about 392 bytes each.",
+        min=1,
+        max=512,
+    )
+    token_cache_bytes: int = _setting(
+        64 * MiB,
+        "Memory for recent prompts' token embeddings, so that verifying a lookup and "
+        "storing an insert's need no second model call.",
+        min=1 * MiB,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KvSettings:
     """The RAG chunk KV cache: tiers, blob and lease limits."""
 
@@ -401,6 +432,7 @@ class Settings:
     embedding: EmbeddingSettings = field(default_factory=EmbeddingSettings)
     semantic: SemanticSettings = field(default_factory=SemanticSettings)
     classification: ClassificationSettings = field(default_factory=ClassificationSettings)
+    verification: VerificationSettings = field(default_factory=VerificationSettings)
     kv: KvSettings = field(default_factory=KvSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models

@@ -67,8 +67,9 @@ class Readiness:
     """What ``/readyz`` reports: ready once every component is open, until shutdown.
 
     It also names the stores that are full (they refuse inserts with 507 because
-    nothing is left to evict). That does not make the daemon unready: a full cache
-    still serves every hit, so a load balancer should keep sending it traffic.
+    nothing is left to evict), and the features off by a fault (``degraded``: e.g. hit
+    verification without its model file). Neither makes the daemon unready: it still
+    serves every hit, so a load balancer should keep sending it traffic.
     """
 
     def __init__(self) -> None:
@@ -76,6 +77,7 @@ class Readiness:
         self._failed: dict[str, str] = {}
         self._shutting_down = False
         self._stores: dict[str, Callable[[], bool]] = {}
+        self._degraded: dict[str, str] = {}
 
     def expect(self, name: str) -> None:
         self._waiting.append(name)
@@ -85,6 +87,10 @@ class Readiness:
 
     def failed(self, name: str, reason: str) -> None:
         self._failed[name] = reason
+
+    def degrade(self, feature: str, reason: str) -> None:
+        """Report ``feature`` as off by a fault; the daemon serves (and is ready) without it."""
+        self._degraded[feature] = reason
 
     def begin_shutdown(self) -> None:
         self._shutting_down = True
@@ -124,6 +130,8 @@ class Readiness:
         full = [store for store, is_full in self._stores.items() if is_full()]
         if full:
             body["storage_full"] = full
+        if self._degraded:
+            body["degraded"] = dict(self._degraded)
         return body
 
 

@@ -21,6 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from semcached.cachepolicy.calibration import BANDS
+from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD
 from semcached.index.docstore import DocumentStore
 from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
@@ -33,6 +34,7 @@ from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
 from semcached.service.semantic.feedback import FeedbackBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
+from semcached.service.semantic.verification import choose_verifier
 
 __all__ = ["SemanticCollector", "install_semantic_cache"]
 
@@ -42,7 +44,17 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
     settings = daemon.settings
     slot: Slot[SemanticCache] = Slot("semantic cache")
     embedding_stats = EmbeddingStats()
-    embedder = create_embedder(settings.embedding, daemon.executor, stats=embedding_stats)
+    verification = settings.verification
+    embedder = create_embedder(
+        settings.embedding,
+        daemon.executor,
+        stats=embedding_stats,
+        token_cache_bytes=verification.token_cache_bytes if verification.enabled else 0,
+        max_tokens=verification.max_tokens,
+    )
+    choice = choose_verifier(verification, settings.embedding, embedder.name)
+    if choice.degraded and choice.reason is not None:
+        daemon.components.readiness.degrade("verification", choice.reason)
     index_settings = settings.index
 
     def new_index(dim: int) -> VectorIndex:
@@ -79,9 +91,15 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             snapshots=SnapshotDirectory(daemon.data_dir.path / "snapshots", load_index),
             snapshot_interval_s=index_settings.snapshot_interval_s,
             feedback=FeedbackBook(
-                settings.categories, FeedbackStore(daemon.data_dir.env, bands=BANDS)
+                settings.categories,
+                FeedbackStore(daemon.data_dir.env, bands=BANDS),
+                verifier_threshold=(
+                    VERIFIER_MIN_THRESHOLD if choice.verifier is None else choice.verifier.threshold
+                ),
             ),
             classifier=CategoryClassifier(embedder, settings.categories, settings.classification),
+            verifier=choice.verifier,
+            verification_off_reason=choice.reason,
         )
         await engine.open()
         # The restored bookkeeping lives as long as the daemon: move it out of the
@@ -166,6 +184,7 @@ class SemanticCollector(Collector):
         yield from (calls, queries)
         yield from self._feedback_metrics(self._slot.get())
         yield from self._classification_metrics(self._slot.get())
+        yield from self._verification_metrics(self._slot.get())
         yield from self._restart_metrics(self._slot.get())
 
     @staticmethod
@@ -205,6 +224,45 @@ class SemanticCollector(Collector):
         for (name, correct), count in sorted(engine.feedback_reports().items()):
             reports.add_metric([name, "true" if correct else "false"], count)
         yield from (threshold, estimate, upper, observations, reports)
+
+    @staticmethod
+    def _verification_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        enabled = GaugeMetricFamily(
+            "semcached_semantic_verification_enabled",
+            "1 while grey-band candidates are judged by the hit verifier.",
+        )
+        enabled.add_metric([], 0.0 if engine.verifier is None else 1.0)
+        verdicts = CounterMetricFamily(
+            "semcached_semantic_verifications",
+            "Grey-band candidates the verifier judged, by category and verdict.",
+            labels=["category", "verdict"],
+        )
+        seconds = CounterMetricFamily(
+            "semcached_semantic_verify_seconds",
+            "Time spent verifying candidates, by category.",
+            labels=["category"],
+        )
+        for name, s in engine.stats().items():
+            verdicts.add_metric([name, "hit"], s.verified_hits)
+            verdicts.add_metric([name, "miss"], s.verified - s.verified_hits)
+            seconds.add_metric([name], s.verify_seconds)
+        threshold = GaugeMetricFamily(
+            "semcached_semantic_verified_threshold",
+            "Verifier probability a grey-band candidate needs, by category, as feedback "
+            "on verified hits calibrated it.",
+            labels=["category"],
+        )
+        upper = GaugeMetricFamily(
+            "semcached_semantic_verified_false_hit_rate_upper_bound",
+            f"Clopper-Pearson upper bound ({engine.feedback_confidence:.0%}) of the "
+            "false-hit rate among verified hits above that threshold.",
+            labels=["category"],
+        )
+        for name, c in engine.verified_calibrations().items():
+            threshold.add_metric([name], c.threshold)
+            if c.upper_bound is not None:
+                upper.add_metric([name], c.upper_bound)
+        yield from (enabled, verdicts, seconds, threshold, upper)
 
     @staticmethod
     def _classification_metrics(engine: SemanticCache) -> Iterator[Metric]:

@@ -155,6 +155,7 @@ class SemanticCache:
         feedback: FeedbackBook | None = None,
         classifier: CategoryClassifier | None = None,
         verifier: Verifier | None = None,
+        verification_off_reason: str | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
@@ -166,13 +167,15 @@ class SemanticCache:
         over ``categories``' examples with default settings), loaded at open;
         ``verifier``: decides grey-band candidates (None: the threshold alone decides).
         It must have been built for ``embedder``'s model (ValueError otherwise): its
-        scores mean nothing for another model's cosines."""
+        scores mean nothing for another model's cosines; ``verification_off_reason``:
+        why there is none, for the stats."""
         if verifier is not None and verifier.embedding_model != embedder.name:
             raise ValueError(
                 f"the verifier {verifier.name} was built for {verifier.embedding_model}, "
                 f"not {embedder.name}"
             )
         self.verifier = verifier
+        self.verification_off_reason = None if verifier is not None else verification_off_reason
         self._tokens = embedder if isinstance(embedder, TokenSource) else None
         self._store = store
         self._index_factory = index_factory
@@ -766,6 +769,11 @@ class SemanticCache:
     def calibrations(self) -> dict[str, Calibration]:
         """Each enabled category's calibrated threshold and the evidence behind it."""
         return self._feedback.calibrations()
+
+    @property
+    def token_bytes_held(self) -> int:
+        """Bytes of recent prompts' token embeddings the embedder holds for the verifier."""
+        return 0 if self._tokens is None else self._tokens.token_bytes_held
 
     def verified_calibrations(self) -> dict[str, Calibration]:
         """The same for verified hits (their score is the verifier's probability)."""

@@ -57,5 +57,5 @@ def test_only_the_first_max_tokens_are_kept() -> None:
 )
 def test_damaged_bytes_are_refused(damage: object) -> None:
     packed = pack_tokens(_tokens(5))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="packed tokens"):
         unpack_tokens(damage(packed))  # type: ignore[operator]

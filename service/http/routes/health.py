@@ -28,6 +28,12 @@ _READINESS = group.schema(
                 "are full and nothing is left to evict; reads still work, so the daemon "
                 "stays ready.",
             },
+            "degraded": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Features off by a fault, with the reason (e.g. hit "
+                "verification without a usable model file); the daemon serves without them.",
+            },
         },
     },
 )

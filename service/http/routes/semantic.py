@@ -43,6 +43,7 @@ from semcached.protocol.semantic import (
     SemanticPurge,
     SemanticPurgeResult,
     SemanticStats,
+    VerificationStats,
 )
 from semcached.service.auth.scopes import Scope
 from semcached.service.config import Settings
@@ -54,7 +55,13 @@ from semcached.service.http.tenancy import namespace, principal, semantic_quota
 from semcached.service.http.validation import to_vector
 from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.component import install_semantic_cache
-from semcached.service.semantic.engine import FeedbackReport, Insert, Lookup, LookupResult
+from semcached.service.semantic.engine import (
+    FeedbackReport,
+    Insert,
+    Lookup,
+    LookupResult,
+    SemanticCache,
+)
 
 __all__ = ["group"]
 
@@ -195,6 +202,7 @@ def _result(result: LookupResult) -> SemanticLookupResult:
         lookup_id=msgspec.UNSET if result.lookup_id is None else result.lookup_id,
         category_source=result.category_source,
         category_confidence=result.category_confidence,
+        verifier_score=result.verifier_score,
     )
 
 
@@ -442,6 +450,8 @@ async def feedback(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     engine = request.app[SEMANTIC].get()
     calibrations = engine.calibrations()
+    verified = engine.verified_calibrations()
+    confidence = engine.feedback_confidence
     classified = engine.classifier.stats
     categories = {
         name: CategoryStats(
@@ -453,17 +463,40 @@ async def stats(request: web.Request) -> web.Response:
             evictions=s.evictions,
             expirations=s.expirations,
             calibration=(
-                _calibration(calibrations[name], engine.feedback_confidence)
-                if name in calibrations
-                else None
+                _calibration(calibrations[name], confidence) if name in calibrations else None
             ),
             inferred=classified.inferred[name],
             below_floor=classified.below_floor[name],
+            verified=s.verified,
+            verified_hits=s.verified_hits,
+            verify_seconds=s.verify_seconds,
+            verified_calibration=(
+                _calibration(verified[name], confidence) if name in verified else None
+            ),
         )
         for name, s in engine.stats().items()
     }
     return struct_response(
-        SemanticStats(len(engine), categories, _classification(engine.classifier))
+        SemanticStats(
+            len(engine),
+            categories,
+            _classification(engine.classifier),
+            _verification(engine),
+        )
+    )
+
+
+def _verification(engine: SemanticCache) -> VerificationStats:
+    verifier = engine.verifier
+    if verifier is None:
+        return VerificationStats(enabled=False, reason=engine.verification_off_reason)
+    return VerificationStats(
+        enabled=True,
+        model=verifier.name,
+        embedding_model=verifier.embedding_model,
+        band=list(verifier.band),
+        threshold=verifier.threshold,
+        token_cache_bytes=engine.token_bytes_held,
     )
 
 

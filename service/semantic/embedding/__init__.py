@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 from concurrent.futures import Executor
 
+from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.errors import ConfigError
 from semcached.service.config import EmbeddingSettings
 from semcached.service.semantic.embedding.base import INSTALL_HINT, Embedder, EmbeddingBackend
@@ -29,11 +30,15 @@ def create_embedder(
     executor: Executor,
     *,
     stats: EmbeddingStats | None = None,
+    token_cache_bytes: int = 0,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> Embedder:
     """The embedder ``settings`` describe; nothing is loaded until its ``open()``.
 
     Missing pieces (the ``embed`` extra for ``minilm``, the URL for ``http``) are a
     :class:`ConfigError` here, so the daemon stops at start-up with the fix in the message.
+    ``token_cache_bytes`` > 0 keeps recent texts' token embeddings (their first
+    ``max_tokens``) for the hit verifier, where the backend gives them.
     """
     backend: EmbeddingBackend
     if settings.backend == "none":
@@ -60,4 +65,6 @@ def create_embedder(
         max_wait_s=settings.max_wait_ms / 1000.0,
         cache_entries=settings.cache_entries,
         stats=stats,
+        token_cache_bytes=token_cache_bytes,
+        max_tokens=max_tokens,
     )

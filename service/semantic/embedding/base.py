@@ -164,6 +164,11 @@ class TokenSource(Protocol):
         """Whether :meth:`tokens` can answer (the backend gives token embeddings)."""
         ...
 
+    @property
+    def token_bytes_held(self) -> int:
+        """Bytes of packed token embeddings held in memory now."""
+        ...
+
     async def tokens(self, texts: Sequence[str]) -> list[bytes | None]:
         """Each text's packed token embeddings, computing those not kept; None where
         the backend gives none."""

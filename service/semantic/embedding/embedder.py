@@ -215,6 +215,10 @@ class BatchingEmbedder:
     def keeps_tokens(self) -> bool:
         return self._token_backend is not None
 
+    @property
+    def token_bytes_held(self) -> int:
+        return self.token_cache.nbytes
+
     async def tokens(self, texts: Sequence[str]) -> list[bytes | None]:
         """Packed token embeddings of ``texts``, in order: kept ones from the cache, the
         rest from one more (batched) model call. All None when tokens are not kept."""
