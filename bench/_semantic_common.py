@@ -29,16 +29,20 @@ from pathlib import Path
 import numpy as np
 from _synthetic import CHUNK, DIM, Matrix
 
+from semcached.cachepolicy.calibration import BANDS
 from semcached.cachepolicy.categories import CategoryTable
+from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD, Verifier
 from semcached.index.datadir import DataDirectory
 from semcached.index.docstore import Document, DocumentStore
+from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import SNAPSHOT_KIND, HnswlibIndex
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.snapshot import read_snapshot
 from semcached.index.vector_index import VectorIndex
-from semcached.service.config import EmbeddingSettings
+from semcached.service.config import EmbeddingSettings, VerificationSettings
 from semcached.service.semantic.embedding import create_embedder
 from semcached.service.semantic.engine import SemanticCache
+from semcached.service.semantic.feedback import FeedbackBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
 
 NAMESPACE = "bench"
@@ -150,13 +154,24 @@ def cache_key(size: int, *, texts: int, seed: int, centroids: int, m: int, efc: 
 
 @contextlib.asynccontextmanager
 async def minilm_engine(
-    workdir: Path, categories: CategoryTable, *, threads: int = 2
+    workdir: Path,
+    categories: CategoryTable,
+    *,
+    threads: int = 2,
+    verifier: Verifier | None = None,
 ) -> AsyncIterator[SemanticCache]:
     """An open in-process :class:`SemanticCache` embedding with MiniLM, its LMDB under
-    ``workdir``, HNSW at M=16, ef_construction 200, ef_search 128; closed on exit."""
+    ``workdir``, HNSW at M=16, ef_construction 200, ef_search 128, and ``verifier``
+    judging its grey band (with the daemon's default token settings); closed on exit."""
     executor = ThreadPoolExecutor(threads, thread_name_prefix="bench")
     env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
-    embedder = create_embedder(EmbeddingSettings(backend="minilm"), executor)
+    tokens = VerificationSettings()
+    embedder = create_embedder(
+        EmbeddingSettings(backend="minilm"),
+        executor,
+        token_cache_bytes=tokens.token_cache_bytes if verifier is not None else 0,
+        max_tokens=tokens.max_tokens,
+    )
     await embedder.open()
 
     def new_index(dim: int) -> VectorIndex:
@@ -169,6 +184,12 @@ async def minilm_engine(
         categories=categories,
         dim=embedder.dim,
         executor=executor,
+        verifier=verifier,
+        feedback=FeedbackBook(
+            categories,
+            FeedbackStore(env, bands=BANDS),
+            verifier_threshold=VERIFIER_MIN_THRESHOLD if verifier is None else verifier.threshold,
+        ),
     )
     await engine.open()
     try:

@@ -162,6 +162,10 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
     "max_false_hit_rate": "Budget of wrong hits among served semantic hits (e.g. 0.02); "
     "feedback then recalibrates the threshold within its min/max (0: the threshold "
     "stays as configured; see Feedback and calibration).",
+    "verify": "Whether candidates in the verifier's grey band of similarity are judged by "
+    "the hit verifier (when the daemon runs one; see Hit verification).",
+    "verify_threshold": "Verifier probability a grey-band candidate needs (0: the model's "
+    "own); feedback on verified hits recalibrates it to max_false_hit_rate.",
     "examples": f"Typical prompts of the category (at most {MAX_EXAMPLES}, each at most "
     f"{MAX_EXAMPLE_CHARS} characters): a lookup or insert that names no category is given "
     "the one whose examples its vector is nearest (see Category classification).",
