@@ -36,7 +36,7 @@ import numpy.typing as npt
 import orjson
 
 from semcached.cachepolicy.trees import TreeEnsemble
-from semcached.cachepolicy.verify_features import FEATURE_NAMES, TokenEmbeddings, pair_features
+from semcached.cachepolicy.verify_features import FEATURE_NAMES, TokenEmbeddings, feature_rows
 from semcached.errors import ConfigError
 
 __all__ = [
@@ -150,17 +150,7 @@ class TreeVerifier:
 
     def features(self, candidates: Sequence[Candidate]) -> npt.NDArray[np.float64]:
         """The feature rows of ``candidates`` (len(candidates) x len(FEATURE_NAMES))."""
-        rows = np.empty((len(candidates), len(FEATURE_NAMES)))
-        for i, c in enumerate(candidates):
-            rows[i] = pair_features(
-                c.cached,
-                c.query,
-                c.cosine,
-                cached_tokens=c.cached_tokens,
-                query_tokens=c.query_tokens,
-                stop_ids=self.stop_ids,
-            )
-        return rows
+        return feature_rows(candidates, self.stop_ids)
 
     def verify(self, candidates: Sequence[Candidate]) -> npt.NDArray[np.float64]:
         if not candidates:
