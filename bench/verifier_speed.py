@@ -8,9 +8,10 @@ query against 8 cached prompts: a lookup's grey-band candidates share its query)
 the best of ``--repeat`` passes over every call (the least disturbed by other work on
 the machine) and their median.
 
-Pairs are STS-B test pairs whose both sides have at least ``--min-words`` words (about
-15 MiniLM tokens each: a typical short prompt), embedded with the real MiniLM; a
-batch's other 7 candidates are the cached prompts of other pairs closest to the query.
+Pairs are STS-B test pairs whose both sides have at least ``--min-words`` words
+(default 10: about 15 MiniLM tokens a prompt, a typical short one), embedded with the
+real MiniLM; a batch's other 7 candidates are the cached prompts of other pairs
+closest to the query.
 Without ``--stsb``, a few built-in prompts stand in. Data (never vendored; see
 bench/data/README.md):
 
@@ -110,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--stsb", type=Path, help="STS-B folder (sts-test.csv)")
     parser.add_argument("--pairs", type=int, default=128, help="pairs to time (default 128)")
-    parser.add_argument("--min-words", type=int, default=12, help="shortest prompt, in words")
+    parser.add_argument("--min-words", type=int, default=10, help="shortest prompt, in words")
     parser.add_argument("--repeat", type=int, default=15, help="passes per measurement")
     args = parser.parse_args()
 

@@ -6,12 +6,12 @@ call). Here the trees are flattened into arrays once, at load, and walked two wa
 
 * compiled (:mod:`semcached.ext.treewalk`, the default when built): each row follows
   each tree from root to leaf in C, without the GIL. For the shipped 110-tree,
-  depth-11 verifier model, measured 4.4 us for one row and 1.9 us per row in
-  batches of 8 (2-core machine, busy with other work; bench/verifier_speed.py);
+  depth-11 verifier model, measured 7 us for one row and 2.4 us per row in batches
+  of 8 (bench/verifier_speed.py, 2-core machine busy with other work: load average 3);
 * numpy, its pure-Python twin: the trees level by level for all rows at once,
   O(depth) vectorised steps over (rows x trees). Measured 0.57 ms for one row and
-  0.12 ms per row in batches of 8 on the same machine (numpy's per-call overhead
-  times ~10 operations per level).
+  0.11 ms per row in batches of 8 in the same run (numpy's per-call overhead times
+  ~10 operations per level).
 
 Both implement LightGBM's missing values (types None, Zero and NaN, and each
 split's default direction); tests run both in the same run against

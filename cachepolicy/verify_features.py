@@ -12,7 +12,13 @@ features here look at what the vector averages away:
   names that differ, content words on one side only, length.
 
 Pure and cheap: for prompts of m and n tokens the alignment is one (m x n) matrix
-product, O(m n d) with d = 384 for MiniLM, and the lexical part is O(length). Token
+product, O(m n d) with d = 384 for MiniLM, and the lexical part is O(length); the
+statistics of a few dozen numbers are computed on Python floats, cheaper than numpy
+calls on arrays that small. Measured 0.14 ms per pair of ~15-token prompts, 0.10 ms
+per pair in batches of 8 sharing their query (whose analysis is done once); see
+bench/verifier_speed.py. The product goes to numpy's BLAS, which may run it on
+several threads for long prompts (OpenBLAS from about 27 x 27 tokens): on a busy
+2-core machine a 40 x 40 product measured 0.17 ms at best, 0.57 ms median. Token
 data is optional; without it the alignment features are NaN, which the tree model
 was trained to read as "missing".
 """
