@@ -60,7 +60,7 @@ PACKAGES = {
     "semcached.ext",
     "semcached.clients",
 }
-COMPILED = {"semcached.ext.bskiplist"}
+COMPILED = {"semcached.ext.bskiplist", "semcached.ext.treewalk"}
 # Benchmark loaders and baselines that once lived in the product folders.
 BENCH_ONLY = {"hf_models", "_smollm2", "classic_skiplist", "_classic_skiplist"}
 
