@@ -79,7 +79,7 @@ class Seen:
 
     kind: str
     hit: bool
-    right: bool  # the hit answered with this pair's own entry
+    right: bool  # a hit here answers (would answer) with this pair's own entry
     similarity: float  # the best candidate's (1.0 for an exact hit)
     verifier_score: float | None
     exact: bool
@@ -147,7 +147,8 @@ async def lookup_pairwise(
         # One at a time, as one client would: the time verification adds is then its
         # own, not a queue behind a burst of embedding calls.
         result = await engine.lookup(Lookup(f"{tag}{i}", text=pair.asked))
-        seen.append(_seen(pair, result.hit, result.hit, result))
+        # Its namespace holds only this pair's entry: any hit would be that one.
+        seen.append(_seen(pair, result.hit, True, result))
         if feedback and result.hit and result.lookup_id and pair.kind != "ambiguous":
             report = FeedbackReport(correct=pair.kind == "positive", lookup_id=result.lookup_id)
             await engine.feedback(report, lambda namespace: True)
