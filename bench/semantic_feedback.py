@@ -54,6 +54,7 @@ from _stsb import load_stsb as read_stsb
 
 from semcached.cachepolicy.calibration import BANDS
 from semcached.cachepolicy.categories import CategoryTable
+from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD, TreeVerifier
 from semcached.index.docstore import DocumentStore
 from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
@@ -129,7 +130,7 @@ class Tally:
 
 @dataclass(slots=True)
 class Run:
-    windows: list[dict[str, tuple[Tally, float]]] = field(default_factory=list)
+    windows: list[dict[str, tuple[Tally, str]]] = field(default_factory=list)
     last_pass: dict[str, Tally] = field(default_factory=dict)
     reports: dict[str, int] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
@@ -182,9 +183,16 @@ async def simulate(pairs: list[Pair], args: argparse.Namespace, workdir: Path) -
     table = categories(args.threshold, args.budgets)
     executor = ThreadPoolExecutor(2, thread_name_prefix="bench")
     env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=8 << 30)
-    embedder = create_embedder(EmbeddingSettings(backend="minilm", cache_entries=0), executor)
-    await embedder.open()
     texts = sorted({p.text_a for p in pairs} | {p.text_b for p in pairs})
+    verifier = TreeVerifier.load() if args.verify else None
+    # With the verifier, lookups and inserts send text (verification is for prompts
+    # the daemon embeds): keep every text's embedding and tokens after the first call.
+    embedder = create_embedder(
+        EmbeddingSettings(backend="minilm", cache_entries=len(texts) + 1 if args.verify else 0),
+        executor,
+        token_cache_bytes=(len(texts) + 1) * 16 << 10 if args.verify else 0,
+    )
+    await embedder.open()
     vectors = dict(zip(texts, await embed(embedder, texts, args.cache), strict=True))
     engine = SemanticCache(
         store=DocumentStore(env),
@@ -193,7 +201,12 @@ async def simulate(pairs: list[Pair], args: argparse.Namespace, workdir: Path) -
         categories=table,
         dim=embedder.dim,
         executor=executor,
-        feedback=FeedbackBook(table, FeedbackStore(env, bands=BANDS)),
+        feedback=FeedbackBook(
+            table,
+            FeedbackStore(env, bands=BANDS),
+            verifier_threshold=VERIFIER_MIN_THRESHOLD if verifier is None else verifier.threshold,
+        ),
+        verifier=verifier,
     )
     await engine.open()
     run = Run()
@@ -202,7 +215,7 @@ async def simulate(pairs: list[Pair], args: argparse.Namespace, workdir: Path) -
         for name in names:
             inserts = [
                 Insert(where(i), p.text_a, b"0", category=name, partition=f"{name}:{i}",
-                       vector=vectors[p.text_a])
+                       vector=None if args.verify else vectors[p.text_a])
                 for i, p in enumerate(pairs)
             ]  # fmt: skip
             for lo in range(0, len(inserts), 1024):
@@ -245,7 +258,9 @@ async def stream(
                 run.best.append((best.similarity or -1.0, pair.positive))
             for name in names:
                 result = await engine.lookup(
-                    Lookup(space, vector=vector, category=name, partition=f"{name}:{index}")
+                    Lookup(space, text=pair.text_b, category=name, partition=f"{name}:{index}")
+                    if args.verify
+                    else Lookup(space, vector=vector, category=name, partition=f"{name}:{index}")
                 )
                 right = result.hit and pair.positive
                 window[name].add(pair, result.hit, right)
@@ -260,13 +275,22 @@ async def stream(
                         if args.reinsert:  # a fresh answer for the prompt, as a gateway's
                             await engine.insert(
                                 Insert(space, pair.text_a, b"0", category=name,
-                                       partition=f"{name}:{index}", vector=vectors[pair.text_a])
+                                       partition=f"{name}:{index}",
+                                       vector=None if args.verify else vectors[pair.text_a])
                             )  # fmt: skip
             if (turn * len(pairs) + step + 1) % args.window == 0:
-                cal = engine.calibrations()
-                run.windows.append({n: (window[n], cal[n].threshold) for n in names})
+                run.windows.append({n: (window[n], rule(engine, n)) for n in names})
                 window = {n: Tally() for n in names}
     return time.perf_counter() - started
+
+
+def rule(engine: SemanticCache, name: str) -> str:
+    """The category's threshold in force, and its verifier threshold once calibrated."""
+    text = f"{engine.calibrations()[name].threshold:.3f}"
+    verified = engine.verified_calibrations().get(name)
+    if verified is not None and verified.source != "off":
+        text += f" (p {verified.threshold:.2f})"
+    return text
 
 
 def hindsight(best: list[tuple[float, bool]], positives: int, budget: float) -> tuple[float, Tally]:
@@ -291,7 +315,7 @@ def print_tables(run: Run, pairs: list[Pair], args: argparse.Namespace) -> None:
     print("| lookups | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for w, row in enumerate(run.windows):
-        cells = [f"{t.false_hit_rate:.3f} / {t.recall:.2f} / {th:.3f}" for t, th in row.values()]
+        cells = [f"{t.false_hit_rate:.3f} / {t.recall:.2f} / {th}" for t, th in row.values()]
         print(f"| {(w + 1) * args.window} | " + " | ".join(cells) + " |")
     positives = sum(p.positive for p in pairs)
     print(f"\nLast pass ({len(pairs)} lookups per category, {positives} positives):\n")
@@ -304,8 +328,8 @@ def print_tables(run: Run, pairs: list[Pair], args: argparse.Namespace) -> None:
         budget = next((b for b in args.budgets if budget_name(b) == name), None)
         ok = "" if budget is None else ("yes" if abs(t.false_hit_rate - budget) <= 0.01 or
                                         t.false_hit_rate <= budget else "no")  # fmt: skip
-        threshold = ends[name][1] if name in ends else float("nan")
-        print(f"| {name} | {'-' if budget is None else budget} | {threshold:.3f} | "
+        threshold = ends[name][1] if name in ends else ""
+        print(f"| {name} | {'-' if budget is None else budget} | {threshold} | "
               f"{t.false_hit_rate:.3f} | {ok} | {t.recall:.3f} | {run.reports[name]} | "
               f"{run.removed[name]} |")  # fmt: skip
     for budget in args.budgets:
@@ -326,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--passes", type=int, default=3, help="times the pairs are streamed")
     parser.add_argument("--window", type=int, default=2000, help="lookups per table row")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="run the shipped hit verifier (lookups and inserts then send text, which the "
+        "engine embeds; feedback calibrates the verified and the unverified rule apart)",
+    )
     parser.add_argument(
         "--no-reinsert",
         dest="reinsert",
