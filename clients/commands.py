@@ -150,7 +150,8 @@ class LookupResult:
     ``category_source`` says how ``category`` was chosen: ``given`` (the request named
     it), ``inferred`` (classified by the categories' example prompts, with
     ``category_confidence``), ``default`` (named none; unsure or classification off) or
-    ``entry`` (an exact match's stored entry)."""
+    ``entry`` (an exact match's stored entry). ``verifier_score``: the hit verifier's
+    probability that the best candidate answers the prompt, when it judged it."""
 
     hit: bool
     category: str
@@ -162,6 +163,7 @@ class LookupResult:
     lookup_id: str | None = None  # on a hit: pass it to feedback()
     category_source: str = "given"
     category_confidence: float | None = None
+    verifier_score: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +232,7 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
         lookup_id=doc.get("lookup_id"),
         category_source=str(doc.get("category_source", "given")),
         category_confidence=doc.get("category_confidence"),
+        verifier_score=doc.get("verifier_score"),
     )
 
 
