@@ -11,6 +11,9 @@ into a daemon's state, and an in-process engine:
   snapshot, so the daemon starts from it instead of rebuilding; the snapshot's hnswlib
   file also serves the bare baseline (one build, where an index of 1M entries takes
   tens of minutes on two cores);
+- :func:`embed_with_tokens` — MiniLM vectors and packed token embeddings of prompts
+  through the daemon's own embedder, for stores whose entries the hit verifier reads
+  (what an insert keeps in ``sem.tokens`` when verification is on);
 - :func:`minilm_engine` — an in-process engine with MiniLM, for the benchmarks that
   need real embeddings but no HTTP (semantic_quality.py, the eviction trace).
 
@@ -31,6 +34,7 @@ from _synthetic import CHUNK, DIM, Matrix
 
 from semcached.cachepolicy.calibration import BANDS
 from semcached.cachepolicy.categories import CategoryTable
+from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD, Verifier
 from semcached.index.datadir import DataDirectory
 from semcached.index.docstore import Document, DocumentStore
@@ -41,6 +45,7 @@ from semcached.index.snapshot import read_snapshot
 from semcached.index.vector_index import VectorIndex
 from semcached.service.config import EmbeddingSettings, VerificationSettings
 from semcached.service.semantic.embedding import create_embedder
+from semcached.service.semantic.embedding.base import TokenSource
 from semcached.service.semantic.engine import SemanticCache
 from semcached.service.semantic.feedback import FeedbackBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
@@ -58,15 +63,24 @@ def response_bytes(entry_id: int) -> bytes:
     return b'{"answer":"cached answer %d"}' % entry_id
 
 
-def populate(data_dir: Path, vectors: Matrix, prompts: Sequence[str], batch: int = 8192) -> float:
+def populate(
+    data_dir: Path,
+    vectors: Matrix,
+    prompts: Sequence[str],
+    batch: int = 8192,
+    *,
+    tokens: Sequence[bytes] = (),
+) -> float:
     """Write ``len(vectors)`` entries (ids 1..n; row i is id i + 1) with the engine's store.
 
     The first ``len(prompts)`` entries carry those prompts; the rest ``synthetic prompt
-    <id>``. Returns the seconds taken.
+    <id>``. The first ``len(tokens)`` entries also carry those packed token embeddings
+    (:func:`embed_with_tokens`), as a daemon with verification on keeps them at insert;
+    the rest none, as a daemon with it off. Returns the seconds taken.
     """
     started = time.perf_counter()
     n = len(vectors)
-    per_entry = 4 * DIM + 512
+    per_entry = 4 * DIM + 512 + (sum(map(len, tokens)) // n if n else 0)
     initial = max(64 << 20, 1 << math.ceil(math.log2(n * per_entry * 1.5)))
     directory = DataDirectory(data_dir, initial_map_bytes=initial, max_map_bytes=64 * GiB)
     directory.open()
@@ -94,6 +108,7 @@ def populate(data_dir: Path, vectors: Matrix, prompts: Sequence[str], batch: int
                     hit_count=0,
                     last_hit_at=0.0,
                     vector_dim=DIM,
+                    tokens=tokens[row] if row < len(tokens) else b"",
                 )
                 items.append((doc, block[row - lo]))
             store.put_many(items)
@@ -145,6 +160,39 @@ def snapshot_hnsw_file(data_dir: Path) -> Path:
     path = _snapshots(data_dir).path_for((NAMESPACE, CATEGORY))
     _, parts = read_snapshot(path, kind=SNAPSHOT_KIND)
     return parts["hnsw"]
+
+
+async def embed_with_tokens(
+    texts: Sequence[str], *, max_tokens: int = DEFAULT_MAX_TOKENS, chunk: int = 256
+) -> tuple[Matrix, list[bytes]]:
+    """Unit MiniLM vectors of ``texts`` and their packed token embeddings (the first
+    ``max_tokens``), both from one forward pass per text through the daemon's own
+    embedder with its token cache on, as a daemon with verification on embeds them."""
+    rows: list[Matrix] = []
+    packed: list[bytes] = []
+    with ThreadPoolExecutor(2) as executor:
+        embedder = create_embedder(
+            EmbeddingSettings(backend="minilm"),
+            executor,
+            token_cache_bytes=1 << 30,
+            max_tokens=max_tokens,
+        )
+        if not isinstance(embedder, TokenSource):
+            raise RuntimeError("the MiniLM embedder keeps no token embeddings")
+        await embedder.open()
+        try:
+            for lo in range(0, len(texts), chunk):
+                part = texts[lo : lo + chunk]
+                rows.append(await embedder.embed(part))
+                found = await embedder.tokens(part)  # kept by the call above: no second pass
+                if any(p is None for p in found):
+                    raise RuntimeError("the MiniLM embedder kept no token embeddings")
+                packed += [p for p in found if p is not None]
+        finally:
+            await embedder.close()
+    vectors = np.concatenate(rows) if rows else np.empty((0, DIM), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32), packed
 
 
 def cache_key(size: int, *, texts: int, seed: int, centroids: int, m: int, efc: int) -> str:

@@ -3,13 +3,15 @@
     python bench/semantic_http.py                      # 10k, 100k, 1M entries
     python bench/semantic_http.py --quick              # a smoke run at 5k entries
     python bench/semantic_http.py --sizes 10000 100000 --concurrency 1 16 --duration-s 10
+    python bench/semantic_http.py --sizes 10000 --verification both   # issue #15's check
 
-Why one file of about 740 lines: it is one run's script, in sections (load generation,
+Why one file of about 870 lines: it is one run's script, in sections (load generation,
 recall, one size, output, command line) that all read one ``Options`` and fill one
 ``Report``; the parts other benches share live beside it: the synthetic data in
 bench/_synthetic.py, data directories and snapshots in bench/_semantic_common.py, the
 child servers and /metrics parsing in bench/_server.py, the baseline server in
-bench/_bare_server.py and the aiohttp load generator in bench/_loadgen.py.
+bench/_bare_server.py, the aiohttp load generator in bench/_loadgen.py and the hit
+verifier's comparison (counters and its table) in bench/_http_verification.py.
 
 For each size the script writes a data directory in-process with the engine's own
 DocumentStore (``put_many`` in large batches) and the engine's HNSW index of it as the
@@ -40,14 +42,26 @@ Measured, per size:
   concurrency over hnswlib's mean query time;
 - recall of the hit decision against exact brute-force search (numpy over the same
   vectors): a query counts as right when "best similarity >= threshold" agrees with
-  brute force and, on a hit, the entry id is brute force's (goal >= 0.99).
+  brute force and, on a hit, the entry id is brute force's (goal >= 0.99);
+- text-in, the hit verifier's cost (issue #15: at most +10% on the mean server-side
+  lookup time at the default configuration): ``--verification both`` (the default)
+  runs two daemons side by side with the bare server, one with ``verification.enabled
+  = false`` and one at the default configuration (verification on) on a copy of the
+  data directory whose MiniLM entries carry their packed token embeddings (as its
+  inserts would store them; the query's come from the lookup's own model call). For
+  each: hit rate, share of lookups verified and mean time per verification (from the
+  daemon's /metrics counters over the measured run), server-side mean / p50 / p99,
+  client-side p50 / p99, and the added % of the mean over verification off.
 
 Inputs: *vector-in* requests carry the vector (a JSON list, or base64 with ``--vector-
 format base64``) to a daemon with embedding backend ``none``; *text-in* requests carry a
 paraphrased or unseen prompt to a daemon with MiniLM and its embedding cache off (every
 request runs the model; the baseline embeds one text per call in its thread pool). Text-
 in runs the model on every request, so by default it runs only at sizes up to 100k
-(``--text-sizes`` to change). The data set — clustered synthetic vectors and template
+(``--text-sizes`` to change). The load generators take the request bodies in turn
+from the first, and a text-in run gets through a few hundred, so the body file is
+shuffled (seeded): any prefix holds paraphrases and unseen prompts in equal parts. The
+data set — clustered synthetic vectors and template
 prompts — is described in bench/_semantic_common.py; each store holds ``--text-entries``
 MiniLM-embedded prompts (ids 1..T) and synthetic vectors after them. Caveat: in one
 index the MiniLM prompts form a small island far from the synthetic vectors (cosine ~0),
@@ -86,10 +100,19 @@ from pathlib import Path
 import hnswlib
 import numpy as np
 import orjson
+from _http_verification import (
+    VERIFY_OFF,
+    VERIFY_ON,
+    Counts,
+    LatencyRow,
+    print_verification,
+    variants,
+)
 from _semantic_common import (
     CATEGORY,
     NAMESPACE,
     cache_key,
+    embed_with_tokens,
     populate,
     snapshot_hnsw_file,
     write_config,
@@ -101,13 +124,13 @@ from _synthetic import (
     MAX_TEXT_COMBOS,
     Matrix,
     Mixture,
-    embed_texts,
     synthetic_vectors,
     text_prompts,
     vector_queries,
 )
 from numpy.typing import NDArray
 
+from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.service.config import IndexSettings, SemanticSettings
 
 ROUTE = "/v1/semantic/lookup"
@@ -146,6 +169,7 @@ class Load:
     server_p50_ms: float
     server_p99_ms: float
     server_mean_ms: float
+    counts: Counts | None = None  # semcached's lookups and verifications in the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +185,7 @@ class Row:
 class Report:
     rows: list[Row] = field(default_factory=list)
     overhead: list[tuple[int, str, NDArray[np.float64]]] = field(default_factory=list)
-    recall: list[tuple[int, str, int, int, float, float]] = field(default_factory=list)
+    recall: list[tuple[int, str, str, int, int, float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -249,6 +273,7 @@ def measure(server: Server, bodies: Path, concurrency: int, opts: Options) -> Lo
         server.http.request("POST", server.url + "/bench/reset")
     else:
         before = server.get("/metrics").decode()
+    counts = None
     rps, p50, p99, errors = generate_load(
         opts.client,
         server.url,
@@ -268,7 +293,8 @@ def measure(server: Server, bodies: Path, concurrency: int, opts: Options) -> Lo
         sp99 = histogram_quantile(0.99, h0, h1) * 1e3
         (s0, c0), (s1, c1) = _sum_count(before), _sum_count(after)
         mean = (s1 - s0) / max(c1 - c0, 1) * 1e3
-    return Load(rps, p50, p99, errors, sp50, sp99, mean)
+        counts = Counts.between(before, after, CATEGORY)
+    return Load(rps, p50, p99, errors, sp50, sp99, mean, counts)
 
 
 # -- recall ------------------------------------------------------------------------------------
@@ -337,6 +363,7 @@ class Options:
     ef_search: int
     candidates: int
     vector_format: str
+    verification: str
     access_log: bool
     client: str
     seed: int
@@ -350,6 +377,7 @@ class Texts:
     asked: list[str]
     stored_vectors: Matrix
     asked_vectors: Matrix
+    stored_tokens: list[bytes]  # packed token embeddings of the stored prompts
 
 
 def vector_body(vector: Matrix, fmt: str) -> bytes:
@@ -379,7 +407,7 @@ def query_times_us(index: hnswlib.Index, queries: Matrix, k: int) -> NDArray[np.
     return out
 
 
-def daemon_settings(opts: Options, *, text: bool) -> dict[str, object]:
+def daemon_settings(opts: Options, *, text: bool, verification: bool = True) -> dict[str, object]:
     settings: dict[str, object] = {
         "embedding.backend": "minilm" if text else "none",
         "embedding.dim": DIM,
@@ -392,19 +420,21 @@ def daemon_settings(opts: Options, *, text: bool) -> dict[str, object]:
     }
     if text:
         settings["embedding.cache_entries"] = 0  # every request runs the model
+        settings["verification.enabled"] = verification  # the rest at their defaults
     return settings
 
 
 def load_rows(
     size: int, mode: str, servers: Sequence[Server], bodies: Path, opts: Options
 ) -> list[Row]:
-    """Every (concurrency, server) pair ``opts.rounds`` times, round-robin, order
-    alternating; each pair keeps its run with the highest req/s (the least disturbed
-    by the rest of a shared machine)."""
+    """Every (concurrency, server) pair ``opts.rounds`` times, round-robin, which server
+    goes first rotating; each pair keeps its run with the highest req/s (the least
+    disturbed by the rest of a shared machine)."""
     best: dict[tuple[int, str], Load] = {}
     for round_ in range(opts.rounds):
         for i, concurrency in enumerate(opts.concurrency):
-            for server in list(reversed(servers)) if (round_ + i) % 2 else servers:
+            first = (round_ + i) % len(servers)
+            for server in [*servers[first:], *servers[:first]]:
                 log(f"{size} {mode}: {server.name} at concurrency {concurrency}")
                 load = measure(server, bodies, concurrency, opts)
                 key = (concurrency, server.name)
@@ -413,6 +443,39 @@ def load_rows(
     return [
         Row(size, mode, c, s.name, best[(c, s.name)]) for c in opts.concurrency for s in servers
     ]
+
+
+def start_servers(
+    stack: contextlib.ExitStack,
+    mode: str,
+    data: tuple[Path, Path, Path],
+    token_dir: Path | None,
+    opts: Options,
+) -> list[Server]:
+    """The daemons of ``mode`` and the bare server, started at once, each stopped when
+    ``stack`` closes. Text-in runs one daemon per ``--verification`` variant: with it
+    on, on ``token_dir`` (the same entries, carrying their token embeddings)."""
+    data_dir, config, index_file = data
+    text = mode == "text-in"
+    servers = []
+    for name, verification in variants(opts.verification) if text else [("semcached", True)]:
+        directory = token_dir if text and verification else data_dir
+        if directory is None:
+            raise RuntimeError("verification on needs the data directory with tokens")
+        settings = daemon_settings(opts, text=text, verification=verification)
+        server = stack.enter_context(running(Server.semcached(directory, config, settings)))
+        server.name = name
+        servers.append(server)
+    bare = Server.bare(
+        index_file,
+        dim=DIM,
+        ef=opts.ef_search,
+        k=opts.candidates,
+        threshold=opts.threshold,
+        minilm=text,
+    )
+    servers.append(stack.enter_context(running(bare)))
+    return servers
 
 
 def run_mode(
@@ -424,36 +487,53 @@ def run_mode(
     exact: tuple[Matrix, NDArray[np.int64]],
     opts: Options,
     report: Report,
+    token_dir: Path | None = None,
 ) -> None:
-    data_dir, config, index_file = data
-    text = mode == "text-in"
-    body_file = write_bodies(opts.work / f"{mode}.jsonl", bodies)
-    semcached = Server.semcached(data_dir, config, daemon_settings(opts, text=text))
-    with running(semcached):
-        bare = Server.bare(
-            index_file,
-            dim=DIM,
-            ef=opts.ef_search,
-            k=opts.candidates,
-            threshold=opts.threshold,
-            minilm=text,
-        )
-        with running(bare):
-            with ThreadPoolExecutor(2) as pool:  # both start at once; time each on its own
-                ready, bare_ready = pool.map(Server.wait_ready, (semcached, bare))
-            loaded = [x for x in semcached.lines if "semantic cache:" in x]
-            report.notes.append(
-                f"{size} {mode}: semcached ready in {ready:.1f} s "
-                f"({loaded[-1].split('semantic cache: ')[-1] if loaded else 'no load line'}); "
-                f"bare server ready in {bare_ready:.1f} s"
-            )
-            report.rows += load_rows(size, mode, [semcached, bare], body_file, opts)
-            log(f"{size} {mode}: recall passes")
-            got = [answers(s, bodies) for s in (semcached, bare)]
+    # The load generators take the bodies in turn from the first, and a run at MiniLM's
+    # speed gets through only a prefix: shuffled, so that any prefix holds hit and miss
+    # queries in their proportions (the query sets list the hit-like ones first).
+    order = np.random.default_rng([opts.seed, 4]).permutation(len(bodies))
+    body_file = write_bodies(opts.work / f"{mode}.jsonl", [bodies[i] for i in order])
+    with contextlib.ExitStack() as stack:
+        servers = start_servers(stack, mode, data, token_dir, opts)
+        with ThreadPoolExecutor(len(servers)) as pool:  # all start at once; time each
+            ready = list(pool.map(Server.wait_ready, servers))
+        for server, seconds in zip(servers, ready, strict=True):
+            loaded = [x for x in server.lines if "semantic cache:" in x]
+            detail = f" ({loaded[-1].split('semantic cache: ')[-1]})" if loaded else ""
+            report.notes.append(f"{size} {mode}: {server.name} ready in {seconds:.1f} s{detail}")
+        report.rows += load_rows(size, mode, servers, body_file, opts)
+        log(f"{size} {mode}: recall passes")
+        got = {s.name: answers(s, bodies) for s in servers}
     best, ids = exact
     hits = int((best >= opts.threshold).sum())
-    ours, theirs = (recall(g, best, ids, opts.threshold) for g in got)
-    report.recall.append((size, mode, len(bodies), hits, ours, theirs))
+    theirs = recall(got.pop("bare"), best, ids, opts.threshold)
+    for name, g in got.items():
+        ours = recall(g, best, ids, opts.threshold)
+        report.recall.append((size, mode, name, len(bodies), hits, ours, theirs))
+
+
+def prepare_tokens_dir(work: Path, vectors: Matrix, texts: Texts, report: Report) -> Path:
+    """``work``'s data directory again with the MiniLM entries carrying their packed
+    token embeddings (as a daemon with verification on stores them) and the same index
+    snapshot: built now, or reused."""
+    size = len(vectors)
+    target = work / f"data-tokens{DEFAULT_MAX_TOKENS}"
+    ready = work / f"READY-tokens{DEFAULT_MAX_TOKENS}"
+    if ready.exists():
+        report.notes.append(f"{size}: data directory with tokens reused from {target}")
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    log(f"{size}: writing the data directory with token embeddings")
+    seconds = populate(target, vectors, texts.stored, tokens=texts.stored_tokens)
+    shutil.copytree(work / "data" / "snapshots", target / "snapshots")
+    kib = sum(map(len, texts.stored_tokens)) / max(len(texts.stored_tokens), 1) / 1024
+    report.notes.append(
+        f"{size}: data directory with token embeddings written in {seconds:.1f} s "
+        f"({len(texts.stored_tokens)} entries carry them, {kib:.1f} KiB each on average)"
+    )
+    ready.write_text("complete\n")
+    return target
 
 
 def prepare_size(
@@ -514,13 +594,25 @@ def run_size(size: int, texts: Texts, mixture: Mixture, opts: Options, report: R
         log(f"{size}: brute force")
         exact_v = brute_force(vectors, queries)
         exact_t = brute_force(vectors, texts.asked_vectors) if len(texts.asked) else None
+        token_dir = None
+        if size in opts.text_sizes and any(on for _, on in variants(opts.verification)):
+            token_dir = prepare_tokens_dir(work, vectors, texts, report)
         del vectors
         data = (work / "data", config, index_file)
         vbodies = [vector_body(q, opts.vector_format) for q in queries]
         run_mode(size, "vector-in", data, vbodies, exact=exact_v, opts=opts, report=report)
         if size in opts.text_sizes and exact_t is not None:
             tbodies = [text_body(x) for x in texts.asked]
-            run_mode(size, "text-in", data, tbodies, exact=exact_t, opts=opts, report=report)
+            run_mode(
+                size,
+                "text-in",
+                data,
+                tbodies,
+                exact=exact_t,
+                opts=opts,
+                report=report,
+                token_dir=token_dir,
+            )
         elif len(texts.asked):
             report.notes.append(f"{size}: text-in skipped (not in --text-sizes)")
         report.notes.append(
@@ -555,10 +647,10 @@ def print_report(report: Report, opts: Options) -> None:
         )
     low = min(opts.concurrency)
     print(
-        f"\n| entries | input | hnswlib alone p50 / mean µs | server mean µs at conc. {low}: "
-        "semcached / bare | overhead vs hnswlib: semcached / bare |"
+        f"\n| entries | input | server | hnswlib alone p50 / mean µs | server mean µs at conc. "
+        f"{low}: server / bare | overhead vs hnswlib: server / bare |"
     )
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     means = {
         (r.size, r.mode, r.server): r.load.server_mean_ms * 1e3
         for r in report.rows
@@ -568,19 +660,45 @@ def print_report(report: Report, opts: Options) -> None:
         if (size, mode, "bare") not in means:
             continue
         mean = float(times.mean())
-        ours, theirs = means[(size, mode, "semcached")], means[(size, mode, "bare")]
-        print(
-            f"| {size} | {mode} | {np.median(times):.0f} / {mean:.0f} | {ours:.0f} / "
-            f"{theirs:.0f} | {ours / mean:.1f}x / {theirs / mean:.1f}x |"
-        )
+        theirs = means[(size, mode, "bare")]
+        for (s, m, server), ours in means.items():
+            if (s, m) != (size, mode) or server == "bare":
+                continue
+            print(
+                f"| {size} | {mode} | {server} | {np.median(times):.0f} / {mean:.0f} "
+                f"| {ours:.0f} / {theirs:.0f} | {ours / mean:.1f}x / {theirs / mean:.1f}x |"
+            )
     print(
-        f"\n| entries | input | queries | brute-force hits (>= {opts.threshold}) "
-        "| recall semcached | recall bare |"
+        f"\n| entries | input | server | queries | brute-force hits (>= {opts.threshold}) "
+        "| recall server | recall bare |"
     )
-    print("|---|---|---|---|---|---|")
-    for size, mode, n, hits, ours, theirs in report.recall:
-        print(f"| {size} | {mode} | {n} | {hits} | {ours:.4f} | {theirs:.4f} |")
+    print("|---|---|---|---|---|---|---|")
+    for size, mode, server, n, hits, ours, theirs in report.recall:
+        print(f"| {size} | {mode} | {server} | {n} | {hits} | {ours:.4f} | {theirs:.4f} |")
+    print(
+        "\n(With verification on, the verifier decides grey-band candidates, so its "
+        "recall against the brute-force threshold is not a recall: a verified miss above "
+        "or a verified hit below the threshold counts as wrong.)"
+    )
     print_goals(report)
+    print_verification(
+        [
+            LatencyRow(
+                r.size,
+                r.concurrency,
+                r.server,
+                r.load.counts,
+                r.load.rps,
+                r.load.p50_ms,
+                r.load.p99_ms,
+                r.load.server_mean_ms,
+                r.load.server_p50_ms,
+                r.load.server_p99_ms,
+            )
+            for r in report.rows
+            if r.server in (VERIFY_OFF, VERIFY_ON) and r.load.counts is not None
+        ]
+    )
     print("\nNotes:")
     for note in report.notes:
         print(f"- {note}")
@@ -601,10 +719,12 @@ def print_goals(report: Report) -> None:
                 f"- throughput >= 0.8x bare, vector-in, {r.size} entries, concurrency "
                 f"{top}: {ratio:.2f}x, {verdict}"
             )
-    for size, mode, _, _, ours, theirs in report.recall:
+    for size, mode, server, _, _, ours, theirs in report.recall:
+        if server == VERIFY_ON:
+            continue  # not a threshold decision (see the recall table)
         print(
-            f"- recall >= 0.99, {mode}, {size} entries: {ours:.4f} (bare: {theirs:.4f}), "
-            f"{'met' if ours >= 0.99 else 'missed'}"
+            f"- recall >= 0.99, {mode}, {server}, {size} entries: {ours:.4f} "
+            f"(bare: {theirs:.4f}), {'met' if ours >= 0.99 else 'missed'}"
         )
     largest = max(r.size for r in vector)
     for r in vector:
@@ -645,6 +765,13 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
     p.add_argument("--ef-search", type=int, default=index.hnsw_ef_search)
     p.add_argument("--candidates", type=int, default=semantic.candidates, help="k of both")
     p.add_argument("--vector-format", choices=["list", "base64"], default="list")
+    p.add_argument(
+        "--verification",
+        choices=["off", "on", "both"],
+        default="both",
+        help="text-in daemons: hit verification off, on (the default configuration, on "
+        "entries with token embeddings) or both side by side (issue #15's comparison)",
+    )
     p.add_argument("--access-log", action="store_true", help="keep the daemon's access log")
     p.add_argument("--client", choices=["auto", "wrk", "aiohttp"], default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -680,6 +807,7 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
         ef_search=a.ef_search,
         candidates=a.candidates,
         vector_format=a.vector_format,
+        verification=a.verification,
         access_log=a.access_log,
         client=_client(a.client),
         seed=a.seed,
@@ -692,13 +820,15 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path | None]:
 def make_texts(opts: Options) -> Texts:
     if not opts.text_entries:
         empty = np.empty((0, DIM), dtype=np.float32)
-        return Texts([], [], empty, empty)
+        return Texts([], [], empty, empty, [])
     import asyncio
 
     stored, asked, _ = text_prompts(opts.text_entries, opts.text_queries, opts.seed)
-    log(f"embedding {len(stored) + len(asked)} prompts with MiniLM")
-    vectors = asyncio.run(embed_texts(stored + asked))
-    return Texts(stored, asked, vectors[: len(stored)], vectors[len(stored) :])
+    log(f"embedding {len(stored) + len(asked)} prompts with MiniLM (with token embeddings)")
+    vectors, tokens = asyncio.run(embed_with_tokens(stored + asked))
+    return Texts(
+        stored, asked, vectors[: len(stored)], vectors[len(stored) :], tokens[: len(stored)]
+    )
 
 
 @contextlib.contextmanager
@@ -719,7 +849,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# semantic lookup over HTTP: {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}, "
         f"client {opts.client}, M={opts.m} ef_construction={opts.ef_construction} "
         f"ef_search={opts.ef_search} k={opts.candidates}, threshold {opts.threshold}, best of "
-        f"{opts.rounds} x {opts.duration_s:g} s per run, vectors as {opts.vector_format}"
+        f"{opts.rounds} x {opts.duration_s:g} s per run, vectors as {opts.vector_format}, "
+        f"text-in verification {opts.verification}"
     )
     with scratch(workdir) as work:
         opts.work = work
