@@ -394,10 +394,12 @@ def plot(
         xs = [r[key] for _, r in curve]
         ys = [r["recall"] for _, r in curve]
         ax.plot(xs, ys, label=label)
-    for run in runs:
+    for k, run in enumerate(runs):
         r = rates(run.seen, [s.hit for s in run.seen])
         ax.scatter([r[key]], [r["recall"]], zorder=3)
-        ax.annotate(run.name, (r[key] or 0.0, r["recall"] or 0.0), fontsize=8)
+        at = (r[key] or 0.0, r["recall"] or 0.0)
+        # Modes may land on one point: stack their labels.
+        ax.annotate(run.name, at, xytext=(6, -12 * k), textcoords="offset points", fontsize=8)
     ax.axvline(limit, linestyle=":", color="grey")
     ax.set_xlabel(f"false-hit rate on {key} negatives")
     ax.set_ylabel("recall (positives answered)")
