@@ -159,8 +159,8 @@ class SemanticCache:
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
-        background (0: only at close); ``search_executor``: where index searches run
-        (default ``executor``), batched per index by :class:`SearchBatcher`, with up to
+        background (0: only at close); ``search_executor``: where index searches and
+        verifications run (default ``executor``), searches batched per index by :class:`SearchBatcher`, with up to
         ``search_batches_in_flight`` batches of one index searching at once;
         ``feedback``: calibrated thresholds and lookup ids (default: kept in memory);
         ``classifier``: chooses the category of requests that name none (default: one
@@ -184,8 +184,11 @@ class SemanticCache:
         self.classifier = classifier or CategoryClassifier(embedder, categories)
         self.dim = dim
         self._executor = executor
+        # Index searches and verification: short work on the lookup path that must not
+        # queue behind model calls and LMDB commits in the shared pool.
+        self._lookup_executor = search_executor or executor
         self._searches = SearchBatcher(
-            search_executor or executor, max_in_flight=search_batches_in_flight
+            self._lookup_executor, max_in_flight=search_batches_in_flight
         )
         self._clock = clock
         self._candidates = candidates
@@ -394,7 +397,7 @@ class SemanticCache:
         )
         started = time.perf_counter()
         probability = await run_blocking(
-            self._executor,
+            self._lookup_executor,
             _verify_one,
             verifier,
             document,
