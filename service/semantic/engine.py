@@ -58,6 +58,7 @@ from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.embedding.base import Embedder
 from semcached.service.semantic.entries import EntryTable
 from semcached.service.semantic.feedback import FeedbackBook
+from semcached.service.semantic.load import LoadBook
 from semcached.service.semantic.lookup_ids import SignedLookup
 from semcached.service.semantic.restore import OpenReport, restore
 from semcached.service.semantic.search_batch import SearchBatcher, SearchStats
@@ -118,6 +119,7 @@ class SemanticCache:
         snapshot_interval_s: float = 0.0,
         feedback: FeedbackBook | None = None,
         classifier: CategoryClassifier | None = None,
+        load: LoadBook | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
@@ -126,7 +128,9 @@ class SemanticCache:
         ``search_batches_in_flight`` batches of one index searching at once;
         ``feedback``: calibrated thresholds and lookup ids (default: kept in memory);
         ``classifier``: chooses the category of requests that name none (default: one
-        over ``categories``' examples with default settings), loaded at open."""
+        over ``categories``' examples with default settings), loaded at open;
+        ``load``: downstream models' reported load, which relaxes the hit rule and
+        lengthens TTLs (default: with default settings)."""
         self._store = store
         self._index_factory = index_factory
         self._vectors = VectorSource(embedder, dim)
@@ -143,6 +147,7 @@ class SemanticCache:
         self._sweep_batch = sweep_batch
         self._hit_flush_interval_s = hit_flush_interval_s
         self._feedback = feedback or FeedbackBook(categories)
+        self.load = load or LoadBook(clock=clock)
 
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._table = EntryTable(categories, eviction_factory)
@@ -251,6 +256,7 @@ class SemanticCache:
                 ErrorCode.MISSING_FIELD, "give text, vector or both", field="text"
             )
         now = self._clock()
+        level = self.load.level(request.namespace, request.model, now)
 
         if request.text is not None:
             exact = self._exact(request, now)
@@ -268,9 +274,15 @@ class SemanticCache:
         best: tuple[int, float] | None = None
         if index is not None and len(index):
             best = await self._best_candidate(index, vector, request, policy.name, now)
-        # The hit decision: the score against the threshold feedback calibrated.
-        if best is not None and best[1] >= self._feedback.threshold(
-            policy, best[0], request.threshold
+        # The hit decision: the score against the threshold feedback calibrated,
+        # relaxed while the request's model is under load.
+        if best is not None and best[1] >= self.load.threshold(
+            policy,
+            self._feedback.threshold(policy, best[0], request.threshold),
+            level,
+            self._feedback.calibrator(policy),
+            requested=request.threshold,
+            score=best[1],
         ):
             document = self._store.get(best[0])
             if document is not None:
@@ -291,6 +303,7 @@ class SemanticCache:
                     ),
                     category_source=choice.source,
                     category_confidence=choice.confidence,
+                    load_level=level,
                 )
         counters.misses += 1
         return LookupResult(
@@ -299,6 +312,7 @@ class SemanticCache:
             similarity=None if best is None else best[1],
             category_source=choice.source,
             category_confidence=choice.confidence,
+            load_level=level,
         )
 
     async def lookup_many(self, requests: Sequence[Lookup]) -> list[LookupResult]:
@@ -388,7 +402,10 @@ class SemanticCache:
                 response=request.response,
                 response_format=request.response_format,
                 created_at=now,
-                expires_at=policy.expires_at(now, request.ttl_s),
+                expires_at=now
+                + self.load.ttl(
+                    policy, request.ttl_s, self.load.level(request.namespace, request.model, now)
+                ),
                 hit_count=0,
                 last_hit_at=0.0,
                 vector_dim=self.dim,

@@ -40,6 +40,7 @@ class Lookup:
     category: str | None = None
     partition: str = ""
     threshold: float | None = None
+    model: str = ""  # the downstream model: its reported load may relax the threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class LookupResult:
     # How ``category`` was chosen; the classifier's confidence when it was inferred.
     category_source: Source = "given"
     category_confidence: float | None = None
+    load_level: float = 0.0  # how far the model's load relaxed the hit rule (0 to 1)
 
 
 @dataclass(frozen=True, slots=True)
