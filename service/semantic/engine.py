@@ -256,7 +256,7 @@ class SemanticCache:
                 ErrorCode.MISSING_FIELD, "give text, vector or both", field="text"
             )
         now = self._clock()
-        level = self.load.level(request.namespace, request.model, now)
+        level = self.load.level(request.namespace, request.model)
 
         if request.text is not None:
             exact = self._exact(request, now)
@@ -404,7 +404,7 @@ class SemanticCache:
                 created_at=now,
                 expires_at=now
                 + self.load.ttl(
-                    policy, request.ttl_s, self.load.level(request.namespace, request.model, now)
+                    policy, request.ttl_s, self.load.level(request.namespace, request.model)
                 ),
                 hit_count=0,
                 last_hit_at=0.0,

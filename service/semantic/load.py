@@ -24,6 +24,7 @@ recomputation after new feedback (O(bands)).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -149,6 +150,7 @@ class LoadBook:
                 f"model: at most {self._max_models} models' load tracked at once "
                 "(load.max_models); one not reported for load.stale_s gives its place up",
                 field="model",
+                headers={"Retry-After": str(max(1, math.ceil(self._settings.stale_s)))},
             )
         owned[key] = None
         self._owner_of[key] = owner
@@ -167,13 +169,15 @@ class LoadBook:
 
     # -- what a lookup or insert uses ----------------------------------------------------
 
-    def level(self, namespace: str, model: str | None, now: float) -> float:
+    def level(self, namespace: str, model: str | None, now: float | None = None) -> float:
         """The relaxation level for a request of ``namespace`` naming ``model`` (0 with no
         model, or none reported lately)."""
         if not model:
             return 0.0
         tracker = self._trackers.get(namespace)
-        return 0.0 if tracker is None else tracker.level(model, now)
+        return (
+            0.0 if tracker is None else tracker.level(model, self.clock() if now is None else now)
+        )
 
     def threshold(
         self,
