@@ -81,6 +81,14 @@ class CategoryPolicy:
     # when the daemon runs a verifier, and the probability they need (0: the model's).
     verify: bool = True
     verify_threshold: float = 0.0
+    # Load adaptation (cachepolicy/load.py): while the downstream model is busy the
+    # threshold may fall to ``load_min_threshold`` (None: it never relaxes) and the
+    # default TTL grow by up to ``load_ttl_factor``, both at full load. A positive
+    # ``load_max_false_hit_rate`` lets the threshold relax only as far as feedback
+    # certifies that rate (cachepolicy/load.py, certified_floor); 0: no such check.
+    load_min_threshold: float | None = None
+    load_ttl_factor: float = 1.0
+    load_max_false_hit_rate: float = 0.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -94,6 +102,14 @@ class CategoryPolicy:
             problems.append("need 0 <= max_false_hit_rate < 1")
         if not 0.0 <= self.verify_threshold <= 1.0:
             problems.append("need 0 <= verify_threshold <= 1")
+        if self.load_min_threshold is not None and not (
+            self.min_threshold <= self.load_min_threshold <= self.threshold
+        ):
+            problems.append("need min_threshold <= load_min_threshold <= threshold")
+        if not (self.load_ttl_factor >= 1.0 and math.isfinite(self.load_ttl_factor)):
+            problems.append("need a finite load_ttl_factor >= 1")
+        if not 0.0 <= self.load_max_false_hit_rate < 1.0:
+            problems.append("need 0 <= load_max_false_hit_rate < 1")
         if self.max_entries < 1 or self.max_bytes < 1:
             problems.append("max_entries and max_bytes must be positive")
         problems.extend(_example_problems(self.examples))
@@ -123,6 +139,15 @@ class CategoryPolicy:
     def is_expired(expires_at: float, now: float) -> bool:
         """Expired entries are never served, whether or not the sweeper removed them yet."""
         return now >= expires_at
+
+    @property
+    def load_floor(self) -> float:
+        """The lowest threshold load may relax to (the threshold itself when off)."""
+        return self.threshold if self.load_min_threshold is None else self.load_min_threshold
+
+    @property
+    def adapts_to_load(self) -> bool:
+        return self.load_floor < self.threshold or self.load_ttl_factor > 1.0
 
     def over_quota(self, entries: int, nbytes: int) -> bool:
         return entries > self.max_entries or nbytes > self.max_bytes
@@ -166,6 +191,14 @@ CATEGORY_FIELD_HELP: dict[str, str] = {
     "the hit verifier (when the daemon runs one; see Hit verification).",
     "verify_threshold": "Verifier probability a grey-band candidate needs (0: the model's "
     "own); feedback on verified hits recalibrates it to max_false_hit_rate.",
+    "load_min_threshold": "Lowest the threshold may relax to while the downstream model "
+    "is fully loaded (within [min_threshold, threshold]; unset: it never relaxes; see "
+    "Load adaptation).",
+    "load_ttl_factor": "How much longer a new entry's default TTL is at full load "
+    "(at least 1; within max_ttl_s).",
+    "load_max_false_hit_rate": "Budget of wrong hits while relaxed: the threshold relaxes "
+    "only as far as feedback certifies this rate among served hits (0: no check, down "
+    "to load_min_threshold).",
     "examples": f"Typical prompts of the category (at most {MAX_EXAMPLES}, each at most "
     f"{MAX_EXAMPLE_CHARS} characters): a lookup or insert that names no category is given "
     "the one whose examples its vector is nearest (see Category classification).",

@@ -17,8 +17,11 @@ the boundary:
   never leaves the cache relaxed.
 
 :func:`relaxed_threshold` and :func:`relaxed_ttl` apply a level to a category's
-threshold and TTL within bounds the operator sets. Pure: numbers and times in,
-numbers out; O(1) per report and per query.
+threshold and TTL within bounds the operator sets; :func:`certified_floor` narrows
+those bounds to what the category's feedback shows keeps wrong hits within a budget.
+A :class:`LoadTarget` says what a model's numbers mean (queue depth, latency).
+Pure: numbers and times in, numbers out; O(1) per report and per query
+(:func:`certified_floor`: O(bands), once per change of feedback).
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-__all__ = ["LoadSettings", "LoadTracker", "relaxed_threshold", "relaxed_ttl"]
+import numpy as np
+from numpy.typing import NDArray
+
+from semcached.cachepolicy.calibration import BANDS, band_of, clopper_pearson_upper
+
+__all__ = [
+    "LoadSettings",
+    "LoadTarget",
+    "LoadTracker",
+    "certified_floor",
+    "relaxed_threshold",
+    "relaxed_ttl",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +59,37 @@ class LoadSettings:
             raise ValueError("need 0 <= release < engage <= saturate, all finite")
         if not (self.half_life_s > 0 and self.stale_s > 0):
             raise ValueError("half_life_s and stale_s must be positive")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadTarget:
+    """What a model's reports are measured against: the queue depth and the latency (ms)
+    at which it counts as fully busy (pressure 1; 0: that signal is not accepted)."""
+
+    model: str
+    queue_depth: float = 16.0
+    latency_ms: float = 2000.0
+
+    def __post_init__(self) -> None:
+        if not all(math.isfinite(t) and t >= 0 for t in (self.queue_depth, self.latency_ms)):
+            raise ValueError(f"model {self.model!r}: targets must be finite and >= 0")
+
+    def pressure(self, queue_depth: float | None, latency_ms: float | None) -> float:
+        """The report over its target; with both signals the busier one. Raises
+        ValueError naming the signal when it is negative, not finite, or has no target."""
+        worst = 0.0
+        for name, value, target in (
+            ("queue_depth", queue_depth, self.queue_depth),
+            ("latency_ms", latency_ms, self.latency_ms),
+        ):
+            if value is None:
+                continue
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name}: must be a finite number >= 0")
+            if target <= 0:
+                raise ValueError(f"{name}: model {self.model!r} has no {name} target")
+            worst = max(worst, value / target)
+        return worst
 
 
 @dataclass(slots=True)
@@ -102,6 +148,20 @@ class LoadTracker:
     def models(self) -> list[str]:
         return sorted(self._models)
 
+    def engaged(self, model: str, now: float) -> bool:
+        """Whether relaxing is on (pressure reached ``engage`` and has not yet fallen
+        below ``release``, and the last report is not stale)."""
+        state = self._models.get(model)
+        return state is not None and state.engaged and now - state.at <= self.settings.stale_s
+
+    def is_stale(self, model: str, now: float) -> bool:
+        """True for a model never or not lately reported (it counts as no load)."""
+        state = self._models.get(model)
+        return state is None or now - state.at > self.settings.stale_s
+
+    def forget(self, model: str) -> None:
+        self._models.pop(model, None)
+
 
 def relaxed_threshold(threshold: float, floor: float, level: float) -> float:
     """``threshold`` lowered toward ``floor`` (the lowest the operator allows under
@@ -114,3 +174,45 @@ def relaxed_ttl(ttl_s: float, factor: float, max_ttl_s: float, level: float) -> 
     """``ttl_s`` lengthened by up to ``factor`` (>= 1) at full ``level``, within ``max_ttl_s``."""
     longer = ttl_s * (1.0 + min(1.0, max(0.0, level)) * (max(1.0, factor) - 1.0))
     return min(max(ttl_s, longer), max(ttl_s, max_ttl_s))
+
+
+def certified_floor(
+    right: NDArray[np.int64],
+    wrong: NDArray[np.int64],
+    *,
+    threshold: float,
+    floor: float,
+    budget: float,
+    alpha: float,
+) -> float:
+    """How far below ``threshold`` load may take it when wrong hits must stay within
+    ``budget``: the lowest of ``floor`` and the band edges in between such that, for it
+    and every edge above it, the one-sided Clopper-Pearson bound (confidence
+    ``1 - alpha``) of the false-hit rate among reported hits scored at or above it is
+    within ``budget``. Tested from the top down, stopping at the first failure (the
+    fixed sequence of :mod:`~semcached.cachepolicy.calibration`); ``right`` and
+    ``wrong`` are a calibrator's counts per band. With too few reports to pass the
+    first test, ``threshold``: no relaxation. ``budget`` 0: ``floor``, unchecked.
+
+    The rate is of every reported hit at or above the edge, so hits served while
+    relaxed count in it as soon as they are reported: wrong ones there stop the
+    relaxation where they push the bound past the budget. O(BANDS).
+    """
+    floor = min(floor, threshold)
+    if budget <= 0.0 or floor >= threshold:
+        return floor
+    top = band_of(threshold)
+    if top / BANDS >= threshold:  # the threshold is an edge: start one band lower
+        top -= 1
+    bottom = band_of(floor)
+    if top < bottom:
+        return threshold
+    n = np.cumsum((right + wrong)[::-1])[::-1]
+    k = np.cumsum(wrong[::-1])[::-1]
+    bounds = clopper_pearson_upper(k[bottom : top + 1], n[bottom : top + 1], alpha)
+    chosen = threshold
+    for band in range(top, bottom - 1, -1):
+        if bounds[band - bottom] > budget:
+            break
+        chosen = max(floor, band / BANDS)
+    return chosen

@@ -13,13 +13,14 @@ from __future__ import annotations
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, assert_type
 
-from semcached.clients import commands, kv, kv_flows
+from semcached.clients import commands, kv, kv_flows, load
 from semcached.clients.base import command, flow
 
 if TYPE_CHECKING:
     from semcached.clients.aio import AsyncSemcachedClient
     from semcached.clients.commands import FeedbackResult, LookupQuery, LookupResult
     from semcached.clients.kv import ChunkMeta, KvChunk, put_meta
+    from semcached.clients.load import ModelLoad
     from semcached.clients.sync import SemcachedClient
 
 __all__ = ["ClientApi"]
@@ -45,6 +46,7 @@ class ClientApi:
     stats = command(commands.stats)
     feedback = command(commands.feedback)
     classification = command(commands.classification)
+    report_load = command(load.report_load)
 
     # -- chunk KV cache --------------------------------------------------------------
     put_chunk = flow(kv_flows.put_chunk)
@@ -68,6 +70,8 @@ if TYPE_CHECKING:  # checked by mypy --strict (scripts/typecheck), never run
         await assert_type(
             aio.feedback(entry_id=1, correct=False), Coroutine[Any, Any, FeedbackResult]
         )
+        assert_type(sync.report_load("ns", "m", queue_depth=3), ModelLoad)
+        await assert_type(aio.report_load("ns", "m", latency_ms=9), Coroutine[Any, Any, ModelLoad])
         meta = put_meta("m", "float32", [1] * 5)
         await assert_type(aio.put_chunk(b"k", b"", meta), Coroutine[Any, Any, ChunkMeta])
         assert_type(sync.get_chunk(b"k", transfer="http"), KvChunk)

@@ -164,6 +164,7 @@ class LookupResult:
     category_source: str = "given"
     category_confidence: float | None = None
     verifier_score: float | None = None
+    load_level: float = 0.0  # how far the model's reported load relaxed the hit rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +207,7 @@ class LookupQuery:
     category: str | None = None
     partition: str | None = None
     threshold: float | None = None
+    model: str | None = None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"namespace": self.namespace}
@@ -213,7 +215,7 @@ class LookupQuery:
             body["text"] = self.text
         if self.vector is not None:
             body["vector"] = _encode_vector(self.vector)
-        for name in ("category", "partition", "threshold"):
+        for name in ("category", "partition", "threshold", "model"):
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
@@ -233,6 +235,7 @@ def _lookup_result(doc: Mapping[str, Any]) -> LookupResult:
         category_source=str(doc.get("category_source", "given")),
         category_confidence=doc.get("category_confidence"),
         verifier_score=doc.get("verifier_score"),
+        load_level=float(doc.get("load_level", 0.0)),
     )
 
 
@@ -248,10 +251,13 @@ def lookup(
     category: str | None = None,
     partition: str | None = None,
     threshold: float | None = None,
+    model: str | None = None,
 ) -> Request[LookupResult]:
     """Find a cached response to a prompt meaning the same thing (text and/or vector),
-    ``POST /v1/semantic/lookup``. Safe to retry: a lookup changes nothing but hit counts."""
-    query = LookupQuery(namespace, text, vector, category, partition, threshold)
+    ``POST /v1/semantic/lookup``; ``model``: the downstream model, whose reported load
+    (:func:`~semcached.clients.load.report_load`) may relax the hit rule. Safe to retry:
+    a lookup changes nothing but hit counts."""
+    query = LookupQuery(namespace, text, vector, category, partition, threshold, model)
     return Request("POST", "/v1/semantic/lookup", _lookup, idempotent=True, json=query.body())
 
 

@@ -40,6 +40,7 @@ class ErrorCode(StrEnum):
     EMBEDDING_TIMEOUT = "embedding_timeout"
     EMBEDDING_FAILED = "embedding_failed"
     EMBEDDING_UNAVAILABLE = "embedding_unavailable"  # the model could not be loaded
+    TOO_MANY_MODELS = "too_many_models"  # 429: the tenant reports load of load.max_models
     # Chunk KV cache
     KV_DISABLED = "kv_disabled"
     BAD_KEY = "bad_key"  # a chunk or variant key is not 32 lower-case hex digits

@@ -12,6 +12,7 @@ __all__ = [
     "KV_META_HEADER",
     "KV_SOURCE_HEADER",
     "KV_STAGED_PREFIX",
+    "MODEL_LOAD_HEADER",
     "OCTET_STREAM",
     "SIMILARITY_HEADER",
 ]
@@ -25,6 +26,11 @@ CACHE_STATUS_HIT: Final = "HIT"
 CACHE_STATUS_MISS: Final = "MISS"
 SIMILARITY_HEADER: Final = "X-Semcached-Similarity"
 """The best candidate's cosine similarity, six decimals, when there was one."""
+
+MODEL_LOAD_HEADER: Final = "X-Semcached-Model-Load"
+"""On a lookup: a load report for the lookup's namespace, ``model=<name>`` then
+``queue_depth=<n>`` and/or ``latency_ms=<ms>``, separated by ``;`` (e.g.
+``model=gpt-4o; queue_depth=12``). Its model is the lookup's when the body names none."""
 
 KV_META_HEADER: Final = "X-Semcached-KV-Meta"
 """A chunk put's metadata (JSON of :class:`~semcached.protocol.kv.ChunkPutMeta`), and a

@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PROMPT_CHARS",
     "MAX_REASON_CHARS",
     "MAX_TTL_S",
+    "MODEL_PATTERN",
     "NAME_PATTERN",
     "CalibrationSource",
     "CategoryCalibration",
@@ -43,6 +44,8 @@ __all__ = [
     "SemanticFeedbackResult",
     "SemanticInsert",
     "SemanticInsertResult",
+    "SemanticLoadReport",
+    "SemanticLoadResult",
     "SemanticLookup",
     "SemanticLookupBatch",
     "SemanticLookupResult",
@@ -57,6 +60,9 @@ __all__ = [
 NAME_PATTERN = r"^[A-Za-z0-9_.:\-]{1,128}$"
 """Namespaces and categories: printable, short, no separator that could collide in
 composite keys or metric labels."""
+MODEL_PATTERN = r"^[A-Za-z0-9_.:/@\-]{1,256}$"
+"""Downstream model names as gateways spell them (``gpt-4o``, ``meta-llama/Llama-3-8B``)."""
+MAX_LOAD = 1e12
 MAX_PROMPT_CHARS = 1 << 20
 MAX_PARTITION_CHARS = 1024
 MAX_TTL_S = 10 * 365 * 86400.0
@@ -85,6 +91,14 @@ Category = Annotated[
         pattern=NAME_PATTERN,
         description="Category policy to apply; when absent, classified by the categories' "
         "example prompts (the default category if unsure).",
+    ),
+]
+Model = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=MODEL_PATTERN,
+        description="The downstream model the prompt is for: its reported load (POST "
+        "/v1/semantic/load) may relax the category's threshold and lengthen TTLs.",
     ),
 ]
 Source = Annotated[CategorySource, msgspec.Meta(description="How the category was chosen.")]
@@ -135,6 +149,7 @@ class SemanticLookup(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
         ]
         | None
     ) = None
+    model: Model | None = None
 
 
 class SemanticLookupBatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -173,6 +188,13 @@ class SemanticLookupResult(msgspec.Struct, kw_only=True):
             "(null: the similarity alone decided)."
         ),
     ] = None
+    load_level: Annotated[
+        float,
+        msgspec.Meta(
+            description="How far the model's reported load relaxed the hit rule: 0 (not at "
+            "all) to 1 (to the category's load_min_threshold)."
+        ),
+    ] = 0.0
 
 
 class SemanticLookupResults(msgspec.Struct):
@@ -282,6 +304,12 @@ class CategoryStats(msgspec.Struct):
     expirations: int
     inferred: Annotated[
         int, msgspec.Meta(description="Requests naming no category classified into this one.")
+    ] = 0
+    relaxed_lookups: Annotated[
+        int, msgspec.Meta(description="Lookups whose threshold a model's load lowered.")
+    ] = 0
+    relaxed_hits: Annotated[
+        int, msgspec.Meta(description="Hits among them that the unrelaxed threshold would miss.")
     ] = 0
     below_floor: Annotated[
         int,
@@ -402,8 +430,44 @@ class VerificationStats(msgspec.Struct):
     ] = 0
 
 
+LoadValue = Annotated[float, msgspec.Meta(ge=0.0, le=MAX_LOAD)]
+
+
+class SemanticLoadReport(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A downstream model's load, as the gateway sees it: its queue depth, its latency,
+    or both (the busier one counts), each over the model's configured target."""
+
+    namespace: Namespace
+    model: Model
+    queue_depth: (
+        Annotated[LoadValue, msgspec.Meta(description="Requests waiting for the model.")] | None
+    ) = None
+    latency_ms: (
+        Annotated[LoadValue, msgspec.Meta(description="The model's recent latency.")] | None
+    ) = None
+
+
+class SemanticLoadResult(msgspec.Struct):
+    """A model's load in a namespace after the report."""
+
+    namespace: str
+    model: str
+    pressure: Annotated[
+        float, msgspec.Meta(description="Smoothed load over target (0 when stale).")
+    ]
+    level: Annotated[float, msgspec.Meta(description="Relaxation: 0 (none) to 1 (full).")]
+    engaged: Annotated[
+        bool,
+        msgspec.Meta(description="Relaxing: pressure reached load.engage, not yet below release."),
+    ]
+
+
 class SemanticStats(msgspec.Struct):
     entries: int
     categories: dict[str, CategoryStats]
     classification: ClassificationStats | None = None
     verification: VerificationStats | None = None
+    load: Annotated[
+        list[SemanticLoadResult],
+        msgspec.Meta(description="Every model whose load is tracked, by namespace."),
+    ] = []

@@ -105,6 +105,8 @@ def reference_table() -> str:
         value = getattr(default, key)
         if isinstance(value, tuple):
             shown = "[" + ", ".join(f'"{x}"' for x in value) + "]"
+        elif value is None:
+            shown = "unset"
         else:
             shown = f'"{value}"' if isinstance(value, str) else str(value).lower()
         rows.append(f"| `categories.<name>.{key}` | (TOML only) | `{shown}` | {meaning} |")

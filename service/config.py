@@ -37,6 +37,7 @@ from semcached.cachepolicy.classify import (
     DEFAULT_NEIGHBOURS,
     DEFAULT_SCALE,
 )
+from semcached.cachepolicy.load import LoadSettings, LoadTarget
 from semcached.cachepolicy.token_codec import DEFAULT_MAX_TOKENS
 from semcached.errors import ConfigError
 from semcached.index.kv_meta import ModelSpec
@@ -50,6 +51,7 @@ __all__ = [
     "EmbeddingSettings",
     "IndexSettings",
     "KvSettings",
+    "LoadAdaptationSettings",
     "LogSettings",
     "SemanticSettings",
     "ServerSettings",
@@ -69,7 +71,8 @@ _NON_SETTING_ENV = frozenset({CONFIG_ENV, "SEMCACHED_NATIVE"})
 
 _CATEGORIES = "categories"
 _KV_MODELS = "kv_models"
-_TABLE_SECTIONS = frozenset({_CATEGORIES, _KV_MODELS})
+_LOAD_MODELS = "load_models"
+_TABLE_SECTIONS = frozenset({_CATEGORIES, _KV_MODELS, _LOAD_MODELS})
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -304,6 +307,60 @@ class VerificationSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadAdaptationSettings:
+    """How downstream model load reports relax the categories that allow it (see Load
+    adaptation); per-model targets in ``[load_models."<model>"]`` tables."""
+
+    engage: float = _setting(
+        1.0, "Smoothed load over target at which relaxing starts.", min=0.001, max=1000
+    )
+    release: float = _setting(
+        0.7, "Load over target below which relaxing stops (below `load.engage`).", min=0, max=1000
+    )
+    saturate: float = _setting(
+        2.0,
+        "Load over target at which relaxing is full (at least `load.engage`).",
+        min=0.001,
+        max=1000,
+    )
+    half_life_s: float = _setting(
+        10.0, "Half-life of the exponential smoothing of a model's reports.", min=0.001
+    )
+    stale_s: float = _setting(
+        60.0, "A model not reported for this long counts as unloaded.", min=0.001
+    )
+    queue_depth_target: float = _setting(
+        16.0,
+        "Queue depth at which a model counts as fully busy (load 1), unless its "
+        "`load_models` table says otherwise (0: queue depths are refused).",
+        min=0,
+    )
+    latency_ms_target: float = _setting(
+        2000.0,
+        "Latency (ms) at which a model counts as fully busy, unless its `load_models` "
+        "table says otherwise (0: latencies are refused).",
+        min=0,
+    )
+    max_models: int = _setting(
+        64,
+        "Models whose load a tenant may report at once, over all its namespaces; a "
+        "model not reported for `load.stale_s` gives its place up.",
+        min=1,
+        max=100_000,
+    )
+
+    def tracker(self) -> LoadSettings:
+        """The pure policy's settings (raises ValueError on an inconsistent set)."""
+        return LoadSettings(
+            engage=self.engage,
+            release=self.release,
+            saturate=self.saturate,
+            half_life_s=self.half_life_s,
+            stale_s=self.stale_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class KvSettings:
     """The RAG chunk KV cache: tiers, blob and lease limits."""
 
@@ -435,10 +492,19 @@ class Settings:
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     kv: KvSettings = field(default_factory=KvSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
-    # Only the TOML file sets categories (``[categories.<name>]`` tables) and KV models
-    # (``[kv_models."<id>"]`` tables).
+    load: LoadAdaptationSettings = field(default_factory=LoadAdaptationSettings)
+    # Only the TOML file sets categories (``[categories.<name>]`` tables), KV models
+    # (``[kv_models."<id>"]``) and load targets (``[load_models."<model>"]``).
     categories: CategoryTable = field(default_factory=CategoryTable)
     kv_models: tuple[ModelSpec, ...] = DEFAULT_KV_MODELS
+    load_models: tuple[LoadTarget, ...] = ()
+
+    def load_target(self, model: str) -> LoadTarget:
+        """What ``model``'s load reports are measured against."""
+        for target in self.load_models:
+            if target.model == model:
+                return target
+        return LoadTarget(model, self.load.queue_depth_target, self.load.latency_ms_target)
 
     def redacted(self) -> dict[str, dict[str, Any]]:
         """The settings as plain data, with secrets replaced, for logs and the admin API."""
@@ -454,6 +520,7 @@ class Settings:
             out.setdefault(spec.section, {})[spec.key] = value
         out["categories"] = {p.name: dataclasses.asdict(p) for p in self.categories}
         out["kv_models"] = {m.name: dataclasses.asdict(m) for m in self.kv_models}
+        out["load_models"] = {t.model: dataclasses.asdict(t) for t in self.load_models}
         return out
 
 
@@ -640,6 +707,14 @@ def _from_toml(
     return values
 
 
+def _optional_of(hint: Any) -> Any:
+    """``float`` for ``float | None`` (TOML has no null: a key set is a value), else ``hint``."""
+    args = typing.get_args(hint)
+    if type(None) in args and len(args) == 2:
+        return next(a for a in args if a is not type(None))
+    return hint
+
+
 def _categories_from_toml(doc: Mapping[str, Any], source: str) -> CategoryTable:
     """``[categories.<name>]`` tables override built-in categories or add new ones."""
     tables = doc.get(_CATEGORIES, {})
@@ -659,7 +734,7 @@ def _categories_from_toml(doc: Mapping[str, Any], source: str) -> CategoryTable:
                     raise ConfigError(f"{source}: {where}.examples: expected a list of strings")
                 overrides.setdefault(name, {})[key] = tuple(raw)
                 continue
-            spec = SettingSpec(where, key, hints[key], None, "", None, None)
+            spec = SettingSpec(where, key, _optional_of(hints[key]), None, "", None, None)
             overrides.setdefault(name, {})[key] = _convert(spec, raw, source, typed=True)
     try:
         return CategoryTable().with_overrides(overrides)
@@ -692,6 +767,29 @@ def _kv_models_from_toml(doc: Mapping[str, Any], source: str) -> tuple[ModelSpec
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
     return tuple(models.values())
+
+
+_LOAD_MODEL_KEYS = {"queue_depth_target": "queue_depth", "latency_ms_target": "latency_ms"}
+
+
+def _load_models_from_toml(doc: Mapping[str, Any], source: str) -> dict[str, dict[str, float]]:
+    """``[load_models."<model>"]`` tables: a model's own load targets, by target field
+    (the others keep ``load.queue_depth_target`` and ``load.latency_ms_target``)."""
+    tables = doc.get(_LOAD_MODELS, {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f'{source}: load_models: expected [load_models."<model>"] tables')
+    targets: dict[str, dict[str, float]] = {}
+    for name, table in tables.items():
+        where = f"{_LOAD_MODELS}.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {where}: expected a [{where}] table")
+        values = targets[name] = {}
+        for key, raw in table.items():
+            if key not in _LOAD_MODEL_KEYS:
+                raise ConfigError(f"{source}: unknown key '{where}.{key}'")
+            spec = SettingSpec(where, key, float, None, "", 0, None)
+            values[_LOAD_MODEL_KEYS[key]] = _convert(spec, raw, source, typed=True)
+    return targets
 
 
 def _from_env(environ: Mapping[str, str], specs: Mapping[str, SettingSpec]) -> dict[str, Any]:
@@ -736,6 +834,7 @@ def load_settings(
     merged: dict[str, Any] = {}
     categories = CategoryTable()
     kv_models = DEFAULT_KV_MODELS
+    load_models: dict[str, dict[str, float]] = {}
     path = config_file if config_file is not None else env.get(CONFIG_ENV) or None
     if path is not None:
         doc = read_toml(Path(path))
@@ -743,6 +842,7 @@ def load_settings(
         merged.update(_from_toml(doc, source, specs))
         categories = _categories_from_toml(doc, source)
         kv_models = _kv_models_from_toml(doc, source)
+        load_models = _load_models_from_toml(doc, source)
     merged.update(_from_env(env, specs))
     merged.update(_from_overrides(overrides or {}, specs))
 
@@ -751,16 +851,29 @@ def load_settings(
         section, key = name.split(".", 1)
         sections.setdefault(section, {})[key] = value
     hints = typing.get_type_hints(Settings)
+    built = {s: hints[s](**kv) for s, kv in sections.items()}
+    load = built.get("load", LoadAdaptationSettings())
+    assert isinstance(load, LoadAdaptationSettings)
+    defaults = {"queue_depth": load.queue_depth_target, "latency_ms": load.latency_ms_target}
     settings = Settings(
-        **{s: hints[s](**kv) for s, kv in sections.items()},
+        **built,
         categories=categories,
         kv_models=kv_models,
+        load_models=tuple(LoadTarget(m, **{**defaults, **v}) for m, v in load_models.items()),
     )
     _check_cross_field(settings)
     return settings
 
 
 def _check_cross_field(settings: Settings) -> None:
+    try:
+        settings.load.tracker()
+    except ValueError:
+        load = settings.load
+        raise ConfigError(
+            "load: need load.release < load.engage <= load.saturate "
+            f"(got {load.release:g}, {load.engage:g}, {load.saturate:g})"
+        ) from None
     storage = settings.storage
     if storage.lmdb_initial_map_bytes > storage.lmdb_max_map_bytes:
         raise ConfigError(

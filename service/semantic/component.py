@@ -33,6 +33,7 @@ from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.embedding import EmbeddingStats, create_embedder
 from semcached.service.semantic.engine import SemanticCache
 from semcached.service.semantic.feedback import FeedbackBook
+from semcached.service.semantic.load import LoadBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
 from semcached.service.semantic.verification import choose_verifier
 
@@ -100,6 +101,11 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             classifier=CategoryClassifier(embedder, settings.categories, settings.classification),
             verifier=choice.verifier,
             verification_off_reason=choice.reason,
+            load=LoadBook(
+                settings.load.tracker(),
+                targets=settings.load_target,
+                max_models=settings.load.max_models,
+            ),
         )
         await engine.open()
         # The restored bookkeeping lives as long as the daemon: move it out of the
@@ -119,7 +125,13 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             return True
         return await slot.get().classifier.reload(new.categories, new.classification)
 
+    async def reload_load(new: Settings) -> bool:
+        if slot.is_set:  # else the engine opens with the new settings
+            slot.get().load.configure(new.load.tracker(), new.load_target, new.load.max_models)
+        return True
+
     daemon.reloads.add("category examples", reload_examples)
+    daemon.reloads.add("load adaptation", reload_load)
     daemon.components.add(FunctionComponent("embedding model", embedder.open, embedder.close))
     daemon.components.add(FunctionComponent("semantic cache", open_engine, close_engine))
     daemon.components.readiness.watch_storage(
@@ -185,6 +197,7 @@ class SemanticCollector(Collector):
         yield from self._feedback_metrics(self._slot.get())
         yield from self._classification_metrics(self._slot.get())
         yield from self._verification_metrics(self._slot.get())
+        yield from self._load_metrics(self._slot.get())
         yield from self._restart_metrics(self._slot.get())
 
     @staticmethod
@@ -296,6 +309,36 @@ class SemanticCollector(Collector):
         reloads.add_metric(["ok"], c.reloads - c.reload_failures)
         reloads.add_metric(["error"], c.reload_failures)
         yield from (classified, unclassified, enabled, reloads)
+
+    @staticmethod
+    def _load_metrics(engine: SemanticCache) -> Iterator[Metric]:
+        level = GaugeMetricFamily(
+            "semcached_semantic_load_level",
+            "How far a downstream model's reported load relaxes its namespace's lookups (0 to 1).",
+            labels=["namespace", "model"],
+        )
+        pressure = GaugeMetricFamily(
+            "semcached_semantic_load_pressure",
+            "A downstream model's smoothed load over its target (0 when stale).",
+            labels=["namespace", "model"],
+        )
+        for m in engine.load.models():
+            level.add_metric([m.namespace, m.model], m.level)
+            pressure.add_metric([m.namespace, m.model], m.pressure)
+        relaxed = CounterMetricFamily(
+            "semcached_semantic_relaxed_lookups",
+            "Lookups whose threshold a model's load lowered, by category.",
+            labels=["category"],
+        )
+        hits = CounterMetricFamily(
+            "semcached_semantic_relaxed_hits",
+            "Hits that only the relaxed threshold made, by category.",
+            labels=["category"],
+        )
+        for name, counts in sorted(engine.load.counts.items()):
+            relaxed.add_metric([name], counts.relaxed_lookups)
+            hits.add_metric([name], counts.relaxed_hits)
+        yield from (level, pressure, relaxed, hits)
 
     @staticmethod
     def _restart_metrics(engine: SemanticCache) -> Iterator[Metric]:

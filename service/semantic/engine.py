@@ -65,6 +65,7 @@ from semcached.service.semantic.classification import CategoryClassifier
 from semcached.service.semantic.embedding.base import Embedder, TokenSource
 from semcached.service.semantic.entries import EntryTable
 from semcached.service.semantic.feedback import FeedbackBook
+from semcached.service.semantic.load import LoadBook
 from semcached.service.semantic.lookup_ids import SignedLookup
 from semcached.service.semantic.restore import OpenReport, restore
 from semcached.service.semantic.search_batch import SearchBatcher, SearchStats
@@ -156,19 +157,23 @@ class SemanticCache:
         classifier: CategoryClassifier | None = None,
         verifier: Verifier | None = None,
         verification_off_reason: str | None = None,
+        load: LoadBook | None = None,
     ) -> None:
         """``snapshots``: where index snapshots go (None: none, every start rebuilds);
         ``snapshot_interval_s``: how often changed indexes are snapshotted in the
         background (0: only at close); ``search_executor``: where index searches and
-        verifications run (default ``executor``), searches batched per index by :class:`SearchBatcher`, with up to
-        ``search_batches_in_flight`` batches of one index searching at once;
+        verifications run (default ``executor``), searches batched per index by
+        :class:`SearchBatcher`, with up to ``search_batches_in_flight`` batches of one
+        index searching at once;
         ``feedback``: calibrated thresholds and lookup ids (default: kept in memory);
         ``classifier``: chooses the category of requests that name none (default: one
         over ``categories``' examples with default settings), loaded at open;
         ``verifier``: decides grey-band candidates (None: the threshold alone decides).
         It must have been built for ``embedder``'s model (ValueError otherwise): its
         scores mean nothing for another model's cosines; ``verification_off_reason``:
-        why there is none, for the stats."""
+        why there is none, for the stats; ``load``: downstream models' reported load,
+        which relaxes the similarity threshold and lengthens TTLs (default: with
+        default settings)."""
         if verifier is not None and verifier.embedding_model != embedder.name:
             raise ValueError(
                 f"the verifier {verifier.name} was built for {verifier.embedding_model}, "
@@ -196,6 +201,7 @@ class SemanticCache:
         self._sweep_batch = sweep_batch
         self._hit_flush_interval_s = hit_flush_interval_s
         self._feedback = feedback or FeedbackBook(categories)
+        self.load = load or LoadBook(clock=clock)
 
         self._indexes: dict[tuple[str, str], VectorIndex] = {}
         self._table = EntryTable(categories, eviction_factory)
@@ -304,6 +310,7 @@ class SemanticCache:
                 ErrorCode.MISSING_FIELD, "give text, vector or both", field="text"
             )
         now = self._clock()
+        level = self.load.level(request.namespace, request.model)
 
         if request.text is not None:
             exact = self._exact(request, now)
@@ -321,7 +328,7 @@ class SemanticCache:
         best: tuple[int, float] | None = None
         if index is not None and len(index):
             best = await self._best_candidate(index, vector, request, policy.name, now)
-        decision = None if best is None else await self._decide(request, policy, *best)
+        decision = None if best is None else await self._decide(request, policy, *best, level)
         if decision is not None and decision.document is not None:
             document = decision.document
             counters.hits += 1
@@ -348,6 +355,7 @@ class SemanticCache:
                 category_source=choice.source,
                 category_confidence=choice.confidence,
                 verifier_score=decision.verifier_score,
+                load_level=level,
             )
         counters.misses += 1
         return LookupResult(
@@ -357,10 +365,16 @@ class SemanticCache:
             category_source=choice.source,
             category_confidence=choice.confidence,
             verifier_score=None if decision is None else decision.verifier_score,
+            load_level=level,
         )
 
     async def _decide(
-        self, request: Lookup, policy: CategoryPolicy, entry_id: int, similarity: float
+        self,
+        request: Lookup,
+        policy: CategoryPolicy,
+        entry_id: int,
+        similarity: float,
+        level: float,
     ) -> _Decision:
         """Whether the best candidate answers the lookup.
 
@@ -371,9 +385,18 @@ class SemanticCache:
         least that threshold, so a strict category stays strict) it is a hit
         unverified, below ``low`` a miss, and in between a hit only if the verifier's
         probability reaches the category's verified threshold, also calibrated by
-        feedback (on verified hits, apart from the others).
+        feedback (on verified hits, apart from the others). Under load (``level``) the
+        similarity threshold relaxes (:class:`LoadBook`); the grey band and the
+        verifier's threshold do not.
         """
-        threshold = self._feedback.threshold(policy, entry_id, request.threshold)
+        threshold = self.load.threshold(
+            policy,
+            self._feedback.threshold(policy, entry_id, request.threshold),
+            level,
+            self._feedback.calibrator(policy),
+            requested=request.threshold,
+            score=similarity,
+        )
         verifier = self.verifier
         if (
             verifier is None
@@ -501,7 +524,10 @@ class SemanticCache:
                 response=request.response,
                 response_format=request.response_format,
                 created_at=now,
-                expires_at=policy.expires_at(now, request.ttl_s),
+                expires_at=now
+                + self.load.ttl(
+                    policy, request.ttl_s, self.load.level(request.namespace, request.model)
+                ),
                 hit_count=0,
                 last_hit_at=0.0,
                 vector_dim=self.dim,

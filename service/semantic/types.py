@@ -40,6 +40,7 @@ class Lookup:
     category: str | None = None
     partition: str = ""
     threshold: float | None = None
+    model: str = ""  # the downstream model: its reported load may relax the threshold
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class LookupResult:
     # The verifier's probability that the best candidate answers the query, when its
     # similarity fell in the grey band and a verifier decided.
     verifier_score: float | None = None
+    load_level: float = 0.0  # how far the model's load relaxed the hit rule (0 to 1)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,11 @@ def test_over_quota() -> None:
         {"ttl_s": 0},
         {"max_ttl_s": float("inf")},
         {"max_entries": 0},
+        {"load_min_threshold": 0.95},  # above the threshold
+        {"load_min_threshold": 0.4},  # below min_threshold
+        {"load_ttl_factor": 0.5},
+        {"load_ttl_factor": float("inf")},
+        {"load_max_false_hit_rate": 1.0},
     ],
 )
 def test_invalid_policies_are_rejected(kwargs: dict[str, float]) -> None:
@@ -112,6 +117,22 @@ def test_categories_from_toml(tmp_path: Path) -> None:
     assert categories.resolve("legal").max_entries == 5
 
 
+def test_load_fields_default_to_off_and_read_from_toml(tmp_path: Path) -> None:
+    default = CategoryTable().resolve(None)
+    assert default.load_min_threshold is None
+    assert default.load_floor == default.threshold
+    assert not default.adapts_to_load
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[categories.factual]\nload_min_threshold = 0.8\nload_ttl_factor = 3.0\n"
+        "load_max_false_hit_rate = 0.05\n"
+    )
+    factual = load_settings(config_file=config, environ={}).categories.resolve("factual")
+    assert (factual.load_floor, factual.load_ttl_factor) == (0.8, 3.0)
+    assert factual.load_max_false_hit_rate == 0.05
+    assert factual.adapts_to_load
+
+
 @pytest.mark.parametrize(
     ("toml", "fragment"),
     [
@@ -119,6 +140,8 @@ def test_categories_from_toml(tmp_path: Path) -> None:
         ('[categories.code]\nthreshold = "high"\n', "categories.code.threshold: expected"),
         ("[categories.code]\nthreshold = 1.5\n", "category 'code'"),
         ("[categories.code]\nmax_entries = 1.5\n", "expected an integer"),
+        ("[categories.code]\nload_min_threshold = 0.8\n", "min_threshold <= load_min_thr"),
+        ('[categories.code]\nload_min_threshold = "x"\n', "load_min_threshold: expected a fin"),
         ("categories = 3\n", "expected [categories.<name>] tables"),
         ("[categories]\ncode = 1\n", "expected a [categories.code] table"),
     ],

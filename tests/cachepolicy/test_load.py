@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from semcached.cachepolicy.load import LoadSettings, LoadTracker, relaxed_threshold, relaxed_ttl
+from semcached.cachepolicy.calibration import BANDS, band_of
+from semcached.cachepolicy.load import (
+    LoadSettings,
+    LoadTarget,
+    LoadTracker,
+    certified_floor,
+    relaxed_threshold,
+    relaxed_ttl,
+)
 
 # A half-life so short that the smoothed pressure is the last report.
 FOLLOW = LoadSettings(engage=1.0, release=0.7, saturate=2.0, half_life_s=1e-6, stale_s=60)
@@ -102,3 +111,76 @@ def test_levels_and_relaxed_values_stay_in_bounds(
         assert 0.0 <= level <= 1.0
         relaxed = relaxed_threshold(threshold, floor, level)
         assert min(floor, threshold) - 1e-12 <= relaxed <= threshold + 1e-12
+
+
+def test_a_target_turns_reports_into_pressure() -> None:
+    target = LoadTarget("m", queue_depth=10.0, latency_ms=1000.0)
+    assert target.pressure(20.0, None) == 2.0
+    assert target.pressure(None, 500.0) == 0.5
+    assert target.pressure(5.0, 3000.0) == 3.0  # both: the busier signal
+    assert target.pressure(None, None) == 0.0
+    with pytest.raises(ValueError, match="queue_depth"):
+        target.pressure(-1.0, None)
+    with pytest.raises(ValueError, match="latency_ms"):
+        target.pressure(None, math.inf)
+    with pytest.raises(ValueError, match="latency_ms: model 'q' has no latency_ms target"):
+        LoadTarget("q", latency_ms=0.0).pressure(1.0, 1.0)
+    with pytest.raises(ValueError, match="targets"):
+        LoadTarget("bad", queue_depth=-1.0)
+
+
+def test_stale_models_can_be_told_and_forgotten() -> None:
+    tracker = LoadTracker(FOLLOW)
+    assert tracker.is_stale("m", 0.0)
+    tracker.report("m", 30.0, 10.0, now=0.0)
+    assert tracker.engaged("m", 1.0)
+    assert not tracker.is_stale("m", 60.0)
+    assert tracker.is_stale("m", 61.0)
+    assert not tracker.engaged("m", 61.0)
+    tracker.forget("m")
+    assert tracker.models() == []
+    assert tracker.level("m", 1.0) == 0.0
+
+
+def _counts(*hits: tuple[float, bool]) -> tuple[np.ndarray, np.ndarray]:
+    right = np.zeros(BANDS, dtype=np.int64)
+    wrong = np.zeros(BANDS, dtype=np.int64)
+    for score, correct in hits:
+        (right if correct else wrong)[band_of(score)] += 1
+    return right, wrong
+
+
+def test_the_floor_without_a_budget_is_the_operators() -> None:
+    right, wrong = _counts()
+    args = {"threshold": 0.9, "floor": 0.8, "alpha": 0.05}
+    assert certified_floor(right, wrong, budget=0.0, **args) == 0.8
+    # A budget and no feedback: nothing certified, no relaxation.
+    assert certified_floor(right, wrong, budget=0.05, **args) == 0.9
+    assert certified_floor(right, wrong, budget=0.05, threshold=0.9, floor=0.95, alpha=0.05) == 0.9
+
+
+def test_the_floor_stops_where_wrong_hits_push_the_bound_past_the_budget() -> None:
+    # 400 right hits at 0.95; wrong ones pile up at 0.82 (served while relaxed).
+    right, wrong = _counts(*[(0.95, True)] * 400, *[(0.82, False)] * 30)
+    floor = certified_floor(right, wrong, threshold=0.9, floor=0.8, budget=0.05, alpha=0.05)
+    assert floor == pytest.approx(0.825)  # just above the band of the wrong hits
+    # Fewer wrong hits fit a looser budget: all the way down.
+    right, wrong = _counts(*[(0.95, True)] * 400, *[(0.82, False)] * 3)
+    assert certified_floor(right, wrong, threshold=0.9, floor=0.8, budget=0.05, alpha=0.05) == 0.8
+    # Too many wrong hits even at the top: the threshold stays.
+    right, wrong = _counts(*[(0.95, True)] * 100, *[(0.95, False)] * 20)
+    assert certified_floor(right, wrong, threshold=0.9, floor=0.8, budget=0.05, alpha=0.05) == 0.9
+
+
+@given(
+    hits=st.lists(st.tuples(st.floats(0, 1), st.booleans()), max_size=300),
+    threshold=st.floats(0, 1),
+    floor=st.floats(0, 1),
+    budget=st.floats(0, 0.5),
+)
+def test_the_certified_floor_lies_between_floor_and_threshold(
+    hits: list[tuple[float, bool]], threshold: float, floor: float, budget: float
+) -> None:
+    right, wrong = _counts(*hits)
+    got = certified_floor(right, wrong, threshold=threshold, floor=floor, budget=budget, alpha=0.05)
+    assert min(floor, threshold) <= got <= threshold

@@ -57,6 +57,7 @@ def test_a_miss_has_no_response_keys_and_a_hit_embeds_the_json_as_it_is() -> Non
         "category_source": "given",
         "category_confidence": None,
         "verifier_score": None,
+        "load_level": 0.0,
     }
     hit = SemanticLookupResult(
         hit=True, category="c", strategy="exact", response=msgspec.Raw(b'{"t": [1]}')

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from semcached.cachepolicy.load import LoadTarget
 from semcached.errors import ConfigError
 from semcached.service.cli import main, reference_table
 from semcached.service.config import Settings, iter_setting_specs, load_settings
@@ -211,3 +213,36 @@ def test_category_eviction_setting(tmp_path: Path) -> None:
         ConfigError, match=r"categories.code.*eviction.*one of 'lru', 's3fifo', 'onebit'"
     ):
         load_settings(config_file=path, environ={})
+
+
+def test_load_section_and_per_model_targets(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[load]\nqueue_depth_target = 8\n[load_models."gpt-4o"]\nlatency_ms_target = 500\n'
+        "[load_models.small]\nqueue_depth_target = 2\nlatency_ms_target = 0\n"
+    )
+    settings = load_settings(
+        config_file=config, environ={"SEMCACHED_LOAD_LATENCY_MS_TARGET": "900"}
+    )
+    assert settings.load_target("gpt-4o") == LoadTarget("gpt-4o", 8.0, 500.0)
+    assert settings.load_target("small") == LoadTarget("small", 2.0, 0.0)
+    assert settings.load_target("other") == LoadTarget("other", 8.0, 900.0)
+    assert settings.load.tracker().engage == 1.0
+    assert settings.redacted()["load_models"]["small"]["queue_depth"] == 2.0
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ("[load]\nengage = 0.5\nrelease = 0.6\n", "load.release < load.engage"),
+        ("[load]\nsaturate = 0.5\n", "load.engage <= load.saturate"),
+        ('[load_models."m"]\nqueue_depth = 3\n', "unknown key 'load_models.m.queue_depth'"),
+        ('[load_models."m"]\nqueue_depth_target = -1\n', "must be >= 0"),
+        ("load_models = 1\n", "expected [load_models"),
+    ],
+)
+def test_bad_load_settings(tmp_path: Path, toml: str, fragment: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_settings(config_file=config, environ={})

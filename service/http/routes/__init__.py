@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from semcached.service.http.routes import admin, health, kv, meta, semantic
+from semcached.service.http.routes import admin, health, kv, meta, semantic, semantic_load
 from semcached.service.http.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
+
+del semantic_load  # imported for its routes, which join the semantic group
 
 DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     health.group,

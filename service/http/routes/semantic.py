@@ -24,6 +24,7 @@ from semcached.protocol.headers import (
     CACHE_STATUS_HEADER,
     CACHE_STATUS_HIT,
     CACHE_STATUS_MISS,
+    MODEL_LOAD_HEADER,
     SIMILARITY_HEADER,
 )
 from semcached.protocol.semantic import (
@@ -50,6 +51,7 @@ from semcached.service.config import Settings
 from semcached.service.http.appkeys import SEMANTIC, SETTINGS, daemon_context
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
+from semcached.service.http.model_load import HeaderReport, header_report, load_result, record
 from semcached.service.http.routing import STORE_FULL_REPLY, Reply, RouteGroup, error_reply
 from semcached.service.http.tenancy import namespace, principal, semantic_quota
 from semcached.service.http.validation import to_vector
@@ -101,20 +103,32 @@ ENTRY_QUERY = Decoder(EntryQuery)
 MAX_RESPONSE_DEPTH = 254
 """orjson, which stores and serves responses, encodes at most this many nested levels."""
 _ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+LOAD_HEADER_PARAM = {
+    "name": MODEL_LOAD_HEADER,
+    "in": "header",
+    "required": False,
+    "description": "A load report: `model=<name>` and `queue_depth=<n>` and/or "
+    "`latency_ms=<ms>`, separated by `;`.",
+    "schema": {"type": "string"},
+}
 
 
 # --- decoding ----------------------------------------------------------------------------
 
 
-def _lookup(request: web.Request, body: SemanticLookup) -> Lookup:
+def _lookup(request: web.Request, body: SemanticLookup, load: HeaderReport | None) -> Lookup:
     vector = None if body.vector is None else to_vector(body.vector)
+    space = namespace(request, body.namespace)
+    if load is not None:  # a report of the load header, for this lookup's namespace
+        record(request, space, load)
     return Lookup(
-        namespace=namespace(request, body.namespace),
+        namespace=space,
         text=body.text,
         vector=vector,
         category=body.category,
         partition=body.partition,
         threshold=body.threshold,
+        model=body.model or (load.model if load is not None else ""),
     )
 
 
@@ -203,6 +217,7 @@ def _result(result: LookupResult) -> SemanticLookupResult:
         category_source=result.category_source,
         category_confidence=result.category_confidence,
         verifier_score=result.verifier_score,
+        load_level=result.load_level,
     )
 
 
@@ -253,13 +268,20 @@ def _entry(document: Document) -> SemanticEntry:
     "POST",
     "/v1/semantic/lookup",
     summary="Find a cached response to a prompt that means the same thing.",
+    description="A lookup naming its downstream `model` is decided with that model's "
+    "reported load (POST /v1/semantic/load), which may relax the category's threshold. "
+    f"The optional {MODEL_LOAD_HEADER} header (e.g. `model=gpt-4o; queue_depth=12`) is "
+    "such a report for the lookup's namespace (it needs semantic:write), and names the "
+    "lookup's model when the body names none.",
+    parameters=[LOAD_HEADER_PARAM],
     body=LOOKUP,
     body_description="The prompt.",
     responses={200: Reply("Hit or miss (also in X-Cache-Status).", SemanticLookupResult)},
     scope=Scope.SEMANTIC_READ,
 )
 async def lookup(request: web.Request) -> web.Response:
-    parsed = _lookup(request, await LOOKUP.read(request))
+    body = await LOOKUP.read(request)
+    parsed = _lookup(request, body, header_report(request))
     result = await request.app[SEMANTIC].get().lookup(parsed)
     return struct_response(_result(result), headers=_cache_headers(result))
 
@@ -268,6 +290,9 @@ async def lookup(request: web.Request) -> web.Response:
     "POST",
     "/v1/semantic/lookup:batch",
     summary="Several lookups in one request.",
+    description=f"The {MODEL_LOAD_HEADER} header, if any, is recorded for each lookup's "
+    "namespace, as on a single lookup.",
+    parameters=[LOAD_HEADER_PARAM],
     body=LOOKUP_BATCH,
     body_description="The prompts.",
     responses={200: Reply("One result per lookup, in order.", SemanticLookupResults)},
@@ -280,7 +305,8 @@ async def lookup_batch(request: web.Request) -> web.Response:
         raise BadRequestError(
             ErrorCode.INVALID_FIELD, f"lookups: at most {limit} per batch", field="lookups"
         )
-    parsed = [_lookup(request, item) for item in body.lookups]
+    load = header_report(request)
+    parsed = [_lookup(request, item, load) for item in body.lookups]
     results = await request.app[SEMANTIC].get().lookup_many(parsed)
     return struct_response(SemanticLookupResults([_result(r) for r in results]))
 
@@ -441,8 +467,9 @@ async def feedback(request: web.Request) -> web.Response:
     "GET",
     "/v1/semantic/stats",
     summary="Per category: entries, bytes, hits, misses, inserts, evictions, expirations, "
-    "classifications, and the threshold feedback calibrated with its false-hit estimate; "
-    "and the state of category classification.",
+    "classifications, lookups relaxed by load, and the threshold feedback calibrated with "
+    "its false-hit estimate; the state of category classification; each tracked model's "
+    "load.",
     description="Over every namespace (every tenant's): an operator's view, hence the admin scope.",
     responses={200: Reply("Statistics.", SemanticStats)},
     scope=Scope.ADMIN,
@@ -473,15 +500,21 @@ async def stats(request: web.Request) -> web.Response:
             verified_calibration=(
                 _calibration(verified[name], confidence) if name in verified else None
             ),
+            relaxed_lookups=engine.load.counts[name].relaxed_lookups
+            if name in engine.load.counts
+            else 0,
+            relaxed_hits=engine.load.counts[name].relaxed_hits if name in engine.load.counts else 0,
         )
         for name, s in engine.stats().items()
     }
+    loads = [load_result(m) for m in engine.load.models()]
     return struct_response(
         SemanticStats(
             len(engine),
             categories,
             _classification(engine.classifier),
             _verification(engine),
+            loads,
         )
     )
 

@@ -9,6 +9,7 @@ of acme is acme's resource, ``other`` bobco's. What the table says, in words:
 - a namespace outside the token's: 403 (``namespace_forbidden``), whatever it holds;
 - another tenant's entry id named in the caller's own namespace: 404, as if absent;
 - feedback on another tenant's hit (its lookup id) or entry (its id): 404, never 403;
+- a load report for a namespace outside the token's: 403, like any namespace it names;
 - another tenant's chunk key or lease: 404, a plan misses it, a put makes the caller's
   own copy (201) instead of overwriting (200);
 - a route whose scope the token lacks: 403 (``insufficient_scope``);
@@ -82,6 +83,10 @@ EXPECTED: dict[str, dict[str | None, tuple[str, str]]] = {
     },
     "semantic feedback, by entry id": {
         "acme_ro": ("403", "403"), "acme_rw": ("200", "404"), "bob": ("404", "200"),
+        "ops": ("200", "200"),
+    },
+    "semantic load": {
+        "acme_ro": ("403", "403"), "acme_rw": ("200", "403"), "bob": ("403", "200"),
         "ops": ("200", "200"),
     },
     "semantic stats": {
@@ -246,6 +251,11 @@ async def feedback_by_entry(c: Client, h: dict[str, str], owner: str, home: str,
     return _status(await c.post("/v1/semantic/feedback", json=body, headers=h))
 
 
+async def load(c: Client, h: dict[str, str], owner: str, home: str, w: World) -> str:
+    body = {"namespace": NAMESPACE[owner], "model": "m", "queue_depth": 3}
+    return _status(await c.post("/v1/semantic/load", json=body, headers=h))
+
+
 def plain(method: str, path: str, json: Any = None) -> Probe:
     async def probe(c: Client, h: dict[str, str], owner: str, home: str, w: World) -> str:
         return _status(await c.request(method, path, json=json, headers=h))
@@ -291,6 +301,7 @@ PROBES: dict[str, Probe] = {
     "semantic purge": purge,
     "semantic feedback": feedback,
     "semantic feedback, by entry id": feedback_by_entry,
+    "semantic load": load,
     "semantic stats": plain("GET", "/v1/semantic/stats"),
     "chunk put": chunk_put,
     "chunk get": chunk_route("GET"),
@@ -331,6 +342,7 @@ def test_the_matrix_covers_every_v1_route(tmp_path: Path) -> None:
         ("POST", "/v1/semantic/entries"), ("GET", "/v1/semantic/entries/{id}"),
         ("DELETE", "/v1/semantic/entries/{id}"), ("POST", "/v1/semantic/purge"),
         ("GET", "/v1/semantic/stats"), ("POST", "/v1/semantic/feedback"),
+        ("POST", "/v1/semantic/load"),
         ("PUT", "/v1/kv/chunks/{key}"),
         ("GET", "/v1/kv/chunks/{key}"), ("HEAD", "/v1/kv/chunks/{key}"),
         ("DELETE", "/v1/kv/chunks/{key}"), ("POST", "/v1/kv/plan"),
