@@ -3,8 +3,10 @@
 The disk tier (LMDB) is the system of record: every acknowledged put is written
 through to it, so it bounds what the cache holds. The host tier keeps the hot
 subset in a shared-memory arena, from which a same-host client reads without a
-copy. A GPU tier (device memory, CUDA IPC handles) is meant to sit above the host
-tier through the same :class:`KvTier` interface.
+copy. A device tier per GPU keeps the hottest chunks in device memory
+(:class:`~semcached.index.device_arena.DeviceArena`), which a same-host engine opens
+through CUDA IPC, again without a copy. Host and device tiers are both an
+:class:`ArenaTier`: extents reserved, filled, published, pinned by readers.
 
 Tiers know variants by the engine's integer ids and keep their own eviction policy
 (:class:`~semcached.index.eviction.EvictionPolicy`): a tier over budget asks
@@ -15,13 +17,25 @@ own lock and copies bytes outside it (see :meth:`HostTier.reserve`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from semcached.index.device_arena import CudaHandle, DeviceArena, DeviceInfo
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.shm_arena import ShmArena
 
-__all__ = ["DiskTier", "HostTier", "KvTier", "ShmHandle", "TierStats"]
+__all__ = [
+    "Arena",
+    "ArenaTier",
+    "CudaHandle",
+    "DeviceTier",
+    "DiskTier",
+    "HostTier",
+    "KvTier",
+    "ShmHandle",
+    "TierStats",
+]
 
 
 @dataclass(slots=True)
@@ -45,6 +59,11 @@ class ShmHandle:
     segment: str
     offset: int
     length: int
+
+    @property
+    def extent(self) -> int:
+        """The blob's offset in the arena (what the daemon's pin names)."""
+        return self.offset
 
 
 class KvTier(Protocol):
@@ -149,6 +168,23 @@ class DiskTier:
         return chosen
 
 
+class Arena(Protocol):
+    """The space an :class:`ArenaTier` keeps blobs in (shared memory, device slabs)."""
+
+    name: str
+    capacity: int
+
+    def allocate(self, nbytes: int) -> int | None: ...
+
+    def free(self, offset: int) -> None: ...
+
+    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+    def _check(self) -> None: ...
+
+
 @dataclass(slots=True)
 class _Extent:
     offset: int
@@ -157,8 +193,8 @@ class _Extent:
     live: bool = False  # published: readable and handed out; False while being filled
 
 
-class HostTier:
-    """Hot blobs in a shared-memory arena; its budget is the arena's capacity.
+class ArenaTier:
+    """Hot blobs in an arena; its budget is the arena's capacity.
 
     A blob is *reserved* (an extent allocated, invisible), filled by the engine
     outside its lock, then *published*. Handles pin their extent: a pinned extent
@@ -166,9 +202,8 @@ class HostTier:
     until its last pin goes, so a client reading it never sees other bytes.
     """
 
-    name = "host"
-
-    def __init__(self, arena: ShmArena, policy: EvictionPolicy) -> None:
+    def __init__(self, name: str, arena: Arena, policy: EvictionPolicy) -> None:
+        self.name = name
         self.arena = arena
         self.budget_bytes = arena.capacity
         self.stats = TierStats()
@@ -180,8 +215,11 @@ class HostTier:
         extent = self._extents.get(vid)
         return extent is not None and extent.live
 
-    def reserve(self, vid: int, nbytes: int) -> list[int] | None:
-        """Allocate an invisible extent for ``vid``, demoting victims to make room.
+    def reserve(
+        self, vid: int, nbytes: int, on_demote: Callable[[int], None] | None = None
+    ) -> list[int] | None:
+        """Allocate an invisible extent for ``vid``, demoting victims to make room
+        (``on_demote`` sees each victim while its bytes are still readable).
 
         Returns the demoted ids, or None when the blob cannot fit (bigger than the
         arena, or every candidate victim is pinned). Fill it with :meth:`write`, then
@@ -194,6 +232,8 @@ class HostTier:
             victim = self._policy.choose_victim()
             if victim is None:
                 return None
+            if on_demote is not None:
+                on_demote(victim)
             self.remove(victim)
             self.stats.demotions += 1
             demoted.append(victim)
@@ -219,15 +259,11 @@ class HostTier:
         if self.holds(vid):
             self._policy.set_cost(vid, saved_tokens)
 
-    def read(self, vid: int) -> memoryview:
-        """The published blob (valid while pinned or until the next removal)."""
-        extent = self._extents[vid]
-        return self.arena.view(extent.offset, extent.length)
-
-    def pin(self, vid: int) -> ShmHandle:
+    def pin_extent(self, vid: int) -> int:
+        """Pin the variant's extent; its offset, which :meth:`unpin` takes back."""
         extent = self._extents[vid]
         extent.pins += 1
-        return ShmHandle(self.arena.name, extent.offset, extent.length)
+        return extent.offset
 
     def unpin(self, vid: int, offset: int) -> None:
         """Drop one pin of the extent at ``offset`` (the live one or a zombie)."""
@@ -260,12 +296,16 @@ class HostTier:
         else:
             self.arena.free(extent.offset)
 
+    def _extent(self, vid: int) -> _Extent:
+        return self._extents[vid]
+
     def _check(self, live: set[int]) -> None:
         """Invariants, given the engine's live variant ids."""
         published = {vid: e for vid, e in self._extents.items() if e.live}
         assert set(published) <= live
         assert self.stats.entries == len(published) == len(self._policy)
         assert self.stats.bytes == sum(e.length for e in published.values())
+        assert self.stats.bytes <= self.budget_bytes
         for zombies in self._zombies.values():
             assert zombies
             assert all(z.pins > 0 for z in zombies)
@@ -276,3 +316,52 @@ class HostTier:
         self._extents.clear()
         self._zombies.clear()
         self.arena.close()
+
+
+class HostTier(ArenaTier):
+    """Hot blobs in a shared-memory arena that same-host clients map read-only."""
+
+    arena: ShmArena
+
+    def __init__(self, arena: ShmArena, policy: EvictionPolicy) -> None:
+        super().__init__("host", arena, policy)
+
+    def read(self, vid: int) -> memoryview:
+        """The published blob (valid while pinned or until the next removal)."""
+        extent = self._extent(vid)
+        return self.arena.view(extent.offset, extent.length)
+
+    def pin(self, vid: int) -> ShmHandle:
+        offset = self.pin_extent(vid)
+        return ShmHandle(self.arena.name, offset, self._extent(vid).length)
+
+
+class DeviceTier(ArenaTier):
+    """The hottest blobs in one GPU's memory, handed out as CUDA IPC handles.
+
+    Its name is the arena's (``gpu0``, ``gpu1``...): one tier per device, each with
+    its own budget and eviction policy.
+    """
+
+    arena: DeviceArena
+
+    def __init__(self, arena: DeviceArena, policy: EvictionPolicy) -> None:
+        super().__init__(arena.name, arena, policy)
+
+    @property
+    def device(self) -> DeviceInfo:
+        return self.arena.device
+
+    def read(self, vid: int) -> bytes:
+        """A copy of the published blob on the host (device to host)."""
+        extent = self._extent(vid)
+        return self.arena.read(extent.offset, extent.length)
+
+    def extent_of(self, vid: int) -> tuple[int, int]:
+        """(offset, length) of the variant's extent, to read it while pinned."""
+        extent = self._extent(vid)
+        return extent.offset, extent.length
+
+    def pin(self, vid: int) -> CudaHandle:
+        offset = self.pin_extent(vid)
+        return self.arena.handle(offset, self._extent(vid).length)

@@ -5,11 +5,8 @@ process on the same host can map the same file read-only and read a blob without
 copy (see :mod:`semcached.clients.shm`). The daemon tells the client the segment
 name, an offset and a length.
 
-Space management is a best-fit allocator over whole pages. Free extents live in two
-B-skiplists: by offset (to find the neighbours to coalesce with on ``free``) and by
-``size_pages << 32 | offset_pages`` (so ``successor(pages << 32)`` is the smallest
-extent that fits, lowest offset first among equals). Allocated extents are a dict.
-Every call is O(log n) in the number of extents, independent of their sizes.
+Space management is :class:`~semcached.index.extents.ExtentAllocator` over whole
+pages (best fit, O(log n) per call).
 
 Memory is reserved when an extent is handed out (``posix_fallocate``) and given back
 to the tmpfs when it is freed (``MADV_REMOVE`` punches a hole). Writing into a sparse
@@ -37,7 +34,7 @@ from types import TracebackType
 from typing import Final, Self
 
 from semcached.errors import SemcachedError
-from semcached.ext.bskiplist import BSkipList
+from semcached.index.extents import MAX_UNITS, ExtentAllocator
 
 __all__ = ["PAGE_SIZE", "ArenaError", "ShmArena"]
 
@@ -45,9 +42,6 @@ log = logging.getLogger(__name__)
 
 #: Extent granularity: offsets and sizes are multiples of it (4096, or the OS page if larger).
 PAGE_SIZE: Final[int] = max(4096, mmap.PAGESIZE)
-# Sizes and offsets in pages share one 64-bit key in the by-size index.
-_SHIFT: Final[int] = 32
-_LOW: Final[int] = (1 << _SHIFT) - 1
 
 
 class ArenaError(SemcachedError):
@@ -93,8 +87,8 @@ class ShmArena:
         pages = capacity // PAGE_SIZE
         if pages < 1:
             raise ValueError(f"capacity {capacity} is below one page ({PAGE_SIZE} bytes)")
-        if pages > _LOW:
-            raise ValueError(f"capacity {capacity} exceeds {_LOW} pages")
+        if pages > MAX_UNITS:
+            raise ValueError(f"capacity {capacity} exceeds {MAX_UNITS} pages")
         if "/" in prefix or not prefix:
             raise ValueError(f"bad segment prefix {prefix!r}")
         self.capacity = pages * PAGE_SIZE
@@ -113,23 +107,19 @@ class ShmArena:
             self._finalizer()
             raise ArenaError(f"cannot map shared-memory segment {self.path}: {e}") from e
         self._fd = fd
-        self._free_by_offset = BSkipList()  # offset_pages -> size_pages
-        self._free_by_size = BSkipList()  # size_pages << 32 | offset_pages -> 0
-        self._allocated: dict[int, int] = {}  # offset (bytes) -> size (bytes)
-        self._used = 0
-        self._insert_free(0, pages)
+        self._extents = ExtentAllocator(self.capacity, PAGE_SIZE)
 
     # -- accounting ----------------------------------------------------------------
 
     @property
     def used_bytes(self) -> int:
         """Bytes in allocated extents (each rounded up to whole pages)."""
-        return self._used
+        return self._extents.used_bytes
 
     @property
     def free_bytes(self) -> int:
         """Bytes not allocated, whether contiguous or not."""
-        return self.capacity - self._used
+        return self._extents.free_bytes
 
     @property
     def closed(self) -> bool:
@@ -137,13 +127,14 @@ class ShmArena:
 
     def largest_free(self) -> int:
         """Bytes in the largest free extent (the largest allocation that can succeed). O(log n)."""
-        if not self._free_by_size:
-            return 0
-        return (self._free_by_size.max() >> _SHIFT) * PAGE_SIZE
+        return self._extents.largest_free()
 
     def extent_size(self, offset: int) -> int:
         """Size in bytes of the allocated extent at ``offset``; KeyError if there is none. O(1)."""
-        return self._allocated[offset]
+        size = self._extents.size_of(offset)
+        if size is None:
+            raise KeyError(f"no allocated extent at offset {offset}")
+        return size
 
     # -- allocation ----------------------------------------------------------------
 
@@ -156,21 +147,11 @@ class ShmArena:
         :class:`ArenaError` when the tmpfs cannot back the extent. O(log n).
         """
         mapped = self._require_open()
-        if nbytes <= 0:
-            raise ValueError(f"allocation size must be positive, not {nbytes}")
-        pages = -(-nbytes // PAGE_SIZE)
-        if pages > _LOW:
+        offset = self._extents.allocate(nbytes)
+        if offset is None:
             return None
-        key = self._free_by_size.successor(pages << _SHIFT)
-        if key is None:
-            return None
-        size_pages, offset_pages = key >> _SHIFT, key & _LOW
-        self._remove_free(offset_pages, size_pages)
-        if size_pages > pages:
-            self._insert_free(offset_pages + pages, size_pages - pages)
-        offset, size = offset_pages * PAGE_SIZE, pages * PAGE_SIZE
-        self._allocated[offset] = size
-        self._used += size
+        size = self._extents.size_of(offset)
+        assert size is not None
         try:
             os.posix_fallocate(self._fd, offset, size)
         except OSError as e:
@@ -191,35 +172,11 @@ class ShmArena:
         self._free(self._require_open(), offset)
 
     def _free(self, mapped: mmap.mmap, offset: int) -> None:
-        size = self._allocated.pop(offset, None)
-        if size is None:
-            raise KeyError(f"no allocated extent at offset {offset}")
-        self._used -= size
+        size = self._extents.free(offset)
         # Punch a hole so the tmpfs pages are released; a file system without hole
         # punching merely keeps them (the next allocate reuses them).
         with contextlib.suppress(OSError):
             mapped.madvise(mmap.MADV_REMOVE, offset, size)
-        start, pages = offset // PAGE_SIZE, size // PAGE_SIZE
-        before = self._free_by_offset.predecessor(start - 1) if start else None
-        if before is not None:
-            before_pages = self._free_by_offset.get(before)
-            assert before_pages is not None
-            if before + before_pages == start:
-                self._remove_free(before, before_pages)
-                start, pages = before, pages + before_pages
-        after_pages = self._free_by_offset.get(start + pages)
-        if after_pages is not None:
-            self._remove_free(start + pages, after_pages)
-            pages += after_pages
-        self._insert_free(start, pages)
-
-    def _insert_free(self, offset_pages: int, size_pages: int) -> None:
-        self._free_by_offset.insert(offset_pages, size_pages)
-        self._free_by_size.insert(size_pages << _SHIFT | offset_pages, 0)
-
-    def _remove_free(self, offset_pages: int, size_pages: int) -> None:
-        self._free_by_offset.delete(offset_pages)
-        self._free_by_size.delete(size_pages << _SHIFT | offset_pages)
 
     # -- access --------------------------------------------------------------------
 
@@ -230,7 +187,7 @@ class ShmArena:
         negative or larger than the extent. Release views before :meth:`close`.
         """
         mapped = self._require_open()
-        size = self._allocated.get(offset)
+        size = self._extents.size_of(offset)
         if size is None:
             raise KeyError(f"no allocated extent at offset {offset}")
         if not 0 <= nbytes <= size:
@@ -245,7 +202,7 @@ class ShmArena:
         page. KeyError / ValueError as for :meth:`view`. O(len(data)).
         """
         self._require_open()
-        size = self._allocated.get(offset)
+        size = self._extents.size_of(offset)
         if size is None:
             raise KeyError(f"no allocated extent at offset {offset}")
         source = memoryview(data).cast("B")
@@ -323,30 +280,8 @@ class ShmArena:
     # -- checking ------------------------------------------------------------------
 
     def _check(self) -> None:
-        """Invariants: free and allocated extents tile [0, capacity) exactly, no two free
-        extents are adjacent, the two free indexes agree, used + free == capacity. O(n)."""
-        free = [(off * PAGE_SIZE, size * PAGE_SIZE) for off, size in self._free_by_offset.items()]
-        self._free_by_offset._check()
-        self._free_by_size._check()
-        by_size = {key for key, _ in self._free_by_size.items()}
-        assert len(by_size) == len(free) == len(self._free_by_size)
-        assert by_size == {(size << _SHIFT | off) for off, size in self._free_by_offset.items()}
-        assert all(size > 0 for _, size in free)
-        assert sum(self._allocated.values()) == self._used
-        assert self._used + sum(size for _, size in free) == self.capacity
-        extents = sorted(
-            [(off, size, True) for off, size in free]
-            + [(off, size, False) for off, size in self._allocated.items()]
-        )
-        position, previous_free = 0, False
-        for off, size, is_free in extents:
-            assert off == position, f"gap or overlap at {position}: next extent at {off}"
-            assert off % PAGE_SIZE == 0
-            assert size % PAGE_SIZE == 0
-            assert size > 0
-            assert not (is_free and previous_free), f"adjacent free extents at {off}"
-            position, previous_free = off + size, is_free
-        assert position == self.capacity
+        """Invariants of the allocator (extents tile the segment exactly). O(n)."""
+        self._extents._check()
 
 
 def _alive(pid: int) -> bool:

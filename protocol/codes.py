@@ -57,6 +57,8 @@ class ErrorCode(StrEnum):
     BAD_SOURCE = "bad_source"  # the staged-put header names no acceptable file
     SHM_SOURCE_UNAVAILABLE = "shm_source_unavailable"
     SHM_DISABLED = "shm_disabled"
+    GPU_TIER_OFF = "gpu_tier_off"  # device handles asked for, but the daemon has no GPU tier
+    UNKNOWN_DEVICE = "unknown_device"  # a device that is not one of the GPU tier's
     BAD_TRANSFER = "bad_transfer"
     BAD_CHUNK_TOKENS = "bad_chunk_tokens"
     BAD_LEASE = "bad_lease"

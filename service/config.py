@@ -73,6 +73,9 @@ _CATEGORIES = "categories"
 _KV_MODELS = "kv_models"
 _LOAD_MODELS = "load_models"
 _TABLE_SECTIONS = frozenset({_CATEGORIES, _KV_MODELS, _LOAD_MODELS})
+# Sections that are tables inside another section: their keys are named "kv.gpu.devices"
+# (flag --kv.gpu.devices, variable SEMCACHED_KV_GPU_DEVICES, TOML table [kv.gpu]).
+_NESTED_SECTIONS = {"kv_gpu": "kv.gpu"}
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -419,6 +422,37 @@ class KvSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class KvGpuSettings:
+    """The chunk KV cache's device tier: hot chunks in GPU memory, handed to a same-host
+    engine through CUDA IPC (TOML table ``[kv.gpu]``)."""
+
+    devices: str = _setting(
+        "auto",
+        "GPUs for the device tier: `auto` (every visible CUDA device), `none`, or a "
+        "comma-separated list of CUDA device indexes. Without a CUDA device or a CUDA "
+        "build of torch the tier is off, as /v1/kv/stats says.",
+    )
+    max_bytes: int = _setting(
+        2 * GiB,
+        "Device tier budget per GPU; memory is taken in slabs as chunks are promoted "
+        "(0: no device tier). A budget above a device's memory stops the daemon at start.",
+        min=0,
+    )
+    slab_bytes: int = _setting(
+        256 * MiB,
+        "Size of each device allocation the tier carves chunks from (a chunk larger "
+        "than a slab is never promoted to the device).",
+        min=MiB,
+    )
+    promote_after_hits: int = _setting(
+        2,
+        "A chunk is promoted to a GPU when a client asks for device handles and the "
+        "chunk has been read at least this often (1: on its first device read).",
+        min=1,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class AuthSettings:
     """Tenants and tokens: the tokens file, and the limits a tenant has unless its table
     in that file says otherwise (they apply only with a tokens file)."""
@@ -491,6 +525,7 @@ class Settings:
     classification: ClassificationSettings = field(default_factory=ClassificationSettings)
     verification: VerificationSettings = field(default_factory=VerificationSettings)
     kv: KvSettings = field(default_factory=KvSettings)
+    kv_gpu: KvGpuSettings = field(default_factory=KvGpuSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     load: LoadAdaptationSettings = field(default_factory=LoadAdaptationSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables), KV models
@@ -510,7 +545,7 @@ class Settings:
         """The settings as plain data, with secrets replaced, for logs and the admin API."""
         out: dict[str, dict[str, Any]] = {}
         for spec in iter_setting_specs():
-            value = getattr(getattr(self, spec.section), spec.key)
+            value = spec.value_in(self)
             if spec.secret and value:
                 value = "***"
             elif isinstance(value, Path):
@@ -528,7 +563,7 @@ class Settings:
 class SettingSpec:
     """What the loader knows about one key: where it lives, its type and bounds."""
 
-    section: str
+    section: str  # dotted where a table nests in another: "kv.gpu"
     key: str
     type: Any
     default: Any
@@ -539,6 +574,14 @@ class SettingSpec:
     @property
     def name(self) -> str:
         return f"{self.section}.{self.key}"
+
+    @property
+    def attribute(self) -> str:
+        """The section's attribute of :class:`Settings` ("kv.gpu" -> ``kv_gpu``)."""
+        return self.section.replace(".", "_")
+
+    def value_in(self, settings: Settings) -> Any:
+        return getattr(getattr(settings, self.attribute), self.key)
 
     @property
     def env(self) -> str:
@@ -568,7 +611,7 @@ def iter_setting_specs() -> Iterator[SettingSpec]:
         hints = typing.get_type_hints(section_cls)
         for f in dataclasses.fields(section_cls):
             yield SettingSpec(
-                section=section.name,
+                section=_NESTED_SECTIONS.get(section.name, section.name),
                 key=f.name,
                 type=hints[f.name],
                 default=f.default,
@@ -700,6 +743,9 @@ def _from_toml(
             raise ConfigError(f"{source}: {section}: expected a [{section}] table")
         for key, raw in table.items():
             name = f"{section}.{key}"
+            if isinstance(raw, dict) and name in _NESTED_SECTIONS.values():
+                values.update(_from_toml({name: raw}, source, specs))
+                continue
             spec = specs.get(name)
             if spec is None:
                 raise ConfigError(f"{source}: unknown key {name!r}")
@@ -848,8 +894,8 @@ def load_settings(
 
     sections: dict[str, dict[str, Any]] = {}
     for name, value in merged.items():
-        section, key = name.split(".", 1)
-        sections.setdefault(section, {})[key] = value
+        section, key = name.rsplit(".", 1)
+        sections.setdefault(section.replace(".", "_"), {})[key] = value
     hints = typing.get_type_hints(Settings)
     built = {s: hints[s](**kv) for s, kv in sections.items()}
     load = built.get("load", LoadAdaptationSettings())

@@ -26,9 +26,12 @@ it, in their own write; until that write returns, the key is *being removed* and
 put of the same key waits for it, so that the store applies a removal and a later
 put in the order memory saw them (else the late delete would erase the new put).
 
-Read paths: :meth:`get` copies the bytes out (from the host tier, else from disk,
-promoting them); :meth:`lease` and :meth:`plan` with ``shm`` hand out shared-memory
-handles pinned by a :class:`Lease` until it is released or times out.
+Read paths: :meth:`get` copies the bytes out (from the host tier, else a device
+tier, else from disk, promoting them); :meth:`lease` and :meth:`plan` with ``shm``
+hand out shared-memory handles pinned by a :class:`Lease` until it is released or
+times out, and with ``device`` CUDA IPC handles to the chunks that the promotion
+policy calls hot (copied into that GPU's tier first), shared-memory handles to the
+others.
 
 Tenants (a :class:`KvTenant` on every call): a chunk key is stored under its
 tenant's *scope* (:func:`~semcached.index.kv_meta.scope_key`), so the same client
@@ -48,6 +51,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from semcached.cachepolicy.promotion import HitCountPromotion, PromotionPolicy
 from semcached.cachepolicy.reuse import (
     VariantStats,
     context_impact,
@@ -66,12 +70,20 @@ from semcached.errors import (
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.kv_disk import BlobWrite, KvDiskStore
 from semcached.index.kv_meta import DTYPE_BYTES, ModelSpec, VariantMeta, expected_shape
-from semcached.index.kv_tiers import DiskTier, HostTier, ShmHandle, TierStats
+from semcached.index.kv_tiers import (
+    ArenaTier,
+    CudaHandle,
+    DeviceTier,
+    DiskTier,
+    HostTier,
+    ShmHandle,
+    TierStats,
+)
 from semcached.index.lmdb_env import StoreFullError
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.keys import variant_key
 from semcached.service.kv.leases import LeaseTable
-from semcached.service.kv.placement import HostPlacement
+from semcached.service.kv.placement import DevicePlacement, HostPlacement
 from semcached.service.kv.types import (
     UNSCOPED,
     ChunkPlan,
@@ -103,8 +115,9 @@ class KvCache:
     """The chunk KV cache. Open with :meth:`open`, close with :meth:`close`.
 
     ``disk_budget_bytes`` bounds the blobs on disk (the system of record);
-    ``host`` (optional) keeps hot blobs in shared memory. ``eviction`` makes each
-    tier's policy. Leases last ``lease_timeout_s`` unless the caller asks for another
+    ``host`` (optional) keeps hot blobs in shared memory, ``devices`` (optional) the
+    hottest in GPU memory, promoted by ``promotion`` (default: from the second read).
+    ``eviction`` makes the disk tier's policy. Leases last ``lease_timeout_s`` unless the caller asks for another
     time up to ``max_lease_s``; at most ``max_leases`` are live at once.
     """
 
@@ -116,6 +129,8 @@ class KvCache:
         disk_budget_bytes: int,
         host: HostTier | None,
         eviction: Callable[[], EvictionPolicy],
+        devices: Sequence[DeviceTier] = (),
+        promotion: PromotionPolicy | None = None,
         max_blob_bytes: int,
         lease_timeout_s: float = 30.0,
         max_lease_s: float = 300.0,
@@ -148,6 +163,19 @@ class KvCache:
             if host is None
             else HostPlacement(host, store, self._lock, lambda v: self._by_id.get(v.vid) is v)
         )
+        self.devices = list(devices)
+        self._devices = {
+            tier.name: DevicePlacement(
+                tier,
+                store,
+                self._lock,
+                lambda v: self._by_id.get(v.vid) is v,
+                host=self._placement,
+                promotion=promotion or HitCountPromotion(),
+                variant_of=self._by_id.get,
+            )
+            for tier in self.devices
+        }
         self._leases = LeaseTable(
             timeout_s=lease_timeout_s,
             max_lease_s=max_lease_s,
@@ -196,6 +224,8 @@ class KvCache:
             log.exception("could not save chunk access counts")
         if self.host is not None:
             self.host.close()
+        for device in self.devices:
+            device.close()
         self.opened = False
 
     # -- writes ----------------------------------------------------------------------------
@@ -413,6 +443,9 @@ class KvCache:
             finally:
                 with self._lock:
                     host.unpin(v.vid, pin.offset)
+        from_device = self._read_device(v)
+        if from_device is not None:
+            return v.meta, from_device
         data = self.store.read_blob(v.meta.key)
         if data is None:  # evicted between the lookup and the read
             raise NotFoundError(ErrorCode.NOT_FOUND, "the chunk variant was evicted")
@@ -432,29 +465,32 @@ class KvCache:
         variant: bytes | None = None,
         *,
         ttl_s: float | None = None,
+        device: str | None = None,
         tenant: KvTenant = UNSCOPED,
     ) -> LeasedBlob:
-        """Pin one variant in shared memory (promoting it) and hand out its handle.
+        """Pin one variant in shared memory (promoting it) and hand out its handle;
+        with ``device`` (a GPU's UUID or the daemon's index of it), in that GPU's tier
+        when the variant is hot enough (else in shared memory).
 
         429 when ``tenant`` holds its most leases or its leases pin its most bytes.
         """
-        if self.host is None:
+        gpu = None if device is None else self.device_placement(device)
+        if self.host is None and gpu is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         ttl = self._leases.ttl(ttl_s)
         with self._lock:
             v = self._find(tenant.scope + chunk, variant)
             self._count_access(v)
         with self._lock:
-            lease = self._leases.new(ttl, self.host, tenant)
+            lease = self._leases.new(ttl, tenant)
             if not self._leases.charge(lease, v.meta.nbytes, tenant.max_pinned_bytes):
-                self._leases.release(lease.id, self.host)
+                self._leases.release(lease.id)
                 raise TooManyRequestsError(
                     ErrorCode.PIN_QUOTA_EXCEEDED,
                     f"the tenant's leases would pin more than {tenant.max_pinned_bytes} "
                     "bytes; release some and retry",
                 )
-        assert self._placement is not None
-        handle = self._placement.ensure(v, lease)
+        handle = self._ensure(v, lease, gpu)
         if handle is None:
             self.release(lease.id)
             with self._lock:
@@ -469,7 +505,7 @@ class KvCache:
         """End a lease early; False if it had ended already or, with ``owner``, is
         another owner's."""
         with self._lock:
-            return self._leases.release(lease_id, self.host, owner)
+            return self._leases.release(lease_id, owner)
 
     def sweep(self) -> int:
         """End the leases whose time is up (and release the pins of reply views that
@@ -477,7 +513,7 @@ class KvCache:
         with self._lock:
             if self._placement is not None:
                 self._placement.drain_unpins()
-            return self._leases.expire(self.host)
+            return self._leases.expire()
 
     # -- planning --------------------------------------------------------------------------
 
@@ -489,6 +525,7 @@ class KvCache:
         chunk_tokens: Sequence[int] | None = None,
         start: int = 0,
         shm: bool = False,
+        device: str | None = None,
         lease_ttl_s: float | None = None,
         tenant: KvTenant = UNSCOPED,
     ) -> Plan:
@@ -499,6 +536,8 @@ class KvCache:
         places chunks after a miss (without it, positions after a miss are unknown).
         With ``shm`` the hits are pinned in shared memory under one lease of
         ``tenant``'s; hits past its pinned-bytes cap get no handle (fetch them over HTTP).
+        With ``device`` (a GPU's UUID or index; implies a lease) the hot hits are
+        pinned in that GPU's tier (promoted there first) and the others in shared memory.
         """
         spec = self.models.get(model)
         if spec is None:
@@ -509,9 +548,11 @@ class KvCache:
             raise BadRequestError(
                 ErrorCode.BAD_CHUNK_TOKENS, "chunk_tokens must give one length per chunk"
             )
-        if shm and self.host is None:
+        gpu = None if device is None else self.device_placement(device)
+        if shm and self.host is None and gpu is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
-        ttl = self._leases.ttl(lease_ttl_s) if shm else 0.0
+        leased = shm or gpu is not None
+        ttl = self._leases.ttl(lease_ttl_s) if leased else 0.0
         scope = tenant.scope
         with self._lock:
             chosen: dict[bytes, Variant] = {}
@@ -534,13 +575,13 @@ class KvCache:
                     self.disk.stats.misses += 1
                     if self.host is not None:
                         self.host.stats.misses += 1
-            lease = self._leases.new(ttl, self.host, tenant) if shm else None
-        handles: dict[int, ShmHandle | None] = {}
+            lease = self._leases.new(ttl, tenant) if leased else None
+        handles: dict[int, ShmHandle | CudaHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
-            tiers[v.vid] = "host" if self.host is not None and self.host.holds(v.vid) else "disk"
-            if lease is not None and self._placement is not None:
-                handles[v.vid] = self._pin_for_plan(v, lease, tenant)
+            tiers[v.vid] = self._tier_of(v.vid)
+            if lease is not None:
+                handles[v.vid] = self._pin_for_plan(v, lease, tenant, gpu)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
@@ -566,9 +607,10 @@ class KvCache:
     def stats(self) -> dict[str, TierStats]:
         """A copy of each tier's counters."""
         with self._lock:
-            tiers: list[DiskTier | HostTier] = [self.disk]
+            tiers: list[DiskTier | ArenaTier] = [*self.devices]
             if self.host is not None:
-                tiers.insert(0, self.host)
+                tiers.append(self.host)
+            tiers.append(self.disk)
             return {t.name: TierStats(**_fields(t.stats)) for t in tiers}
 
     @property
@@ -617,6 +659,8 @@ class KvCache:
                 assert self.disk.stats.bytes <= self.disk.budget_bytes
             if self.host is not None:
                 self.host._check(set(self._by_id))
+            for device in self.devices:
+                device._check(set(self._by_id))
 
     def _place(
         self, v: Variant, data: bytes | bytearray | memoryview, *, promotion: bool = False
@@ -654,6 +698,8 @@ class KvCache:
         self.disk.remove(vid)
         if self.host is not None:
             self.host.remove(vid)
+        for device in self.devices:
+            device.remove(vid)
         return v
 
     def _remove(self, vids: Iterable[int]) -> list[Variant]:
@@ -688,18 +734,80 @@ class KvCache:
             excess -= self._by_id[vid].meta.nbytes
         return victims
 
-    def _pin_for_plan(self, v: Variant, lease: Lease, tenant: KvTenant) -> ShmHandle | None:
+    def _pin_for_plan(
+        self, v: Variant, lease: Lease, tenant: KvTenant, gpu: DevicePlacement | None
+    ) -> ShmHandle | CudaHandle | None:
         """A handle to ``v`` under the plan's lease, within the tenant's pinned bytes."""
-        assert self._placement is not None
         nbytes = v.meta.nbytes
         with self._lock:
             if not self._leases.charge(lease, nbytes, tenant.max_pinned_bytes):
                 return None
-        handle = self._placement.ensure(v, lease)
+        handle = self._ensure(v, lease, gpu)
         if handle is None:
             with self._lock:
                 self._leases.refund(lease, nbytes)
         return handle
+
+    def _ensure(
+        self, v: Variant, lease: Lease, gpu: DevicePlacement | None
+    ) -> ShmHandle | CudaHandle | None:
+        """``v`` pinned under ``lease``: on the GPU when asked and hot, else in shared
+        memory; None when neither can hold it (no lock held)."""
+        if gpu is not None:
+            handle = gpu.ensure(v, lease)
+            with self._lock:
+                stats = gpu.device.stats
+                if handle is None:
+                    stats.misses += 1
+                else:
+                    stats.hits += 1
+            if handle is not None:
+                return handle
+        return None if self._placement is None else self._placement.ensure(v, lease)
+
+    def device_placement(self, device: str) -> DevicePlacement:
+        """The GPU tier named by ``device``: its UUID, or the daemon's CUDA index of it.
+        400 when the daemon has no GPU tier or no such device. Never blocks."""
+        if not self._devices:
+            raise BadRequestError(
+                ErrorCode.GPU_TIER_OFF,
+                "device handles need the GPU tier, which is off (see /v1/kv/stats: gpu)",
+                field="device",
+            )
+        for placement in self._devices.values():
+            info = placement.device.device
+            if device in (info.uuid, str(info.index)):
+                return placement
+        known = ", ".join(
+            f"{p.device.device.index} ({p.device.device.uuid})" for p in self._devices.values()
+        )
+        raise BadRequestError(
+            ErrorCode.UNKNOWN_DEVICE,
+            f"device {device!r} is not in the GPU tier; it has {known}",
+            field="device",
+        )
+
+    def _tier_of(self, vid: int) -> str:
+        """The fastest tier holding ``vid`` (lock not needed: a hint for the reply)."""
+        for device in self.devices:
+            if device.holds(vid):
+                return device.name
+        return "host" if self.host is not None and self.host.holds(vid) else "disk"
+
+    def _read_device(self, v: Variant) -> bytes | None:
+        """A copy of ``v`` from a GPU tier holding it (pinned meanwhile), else None."""
+        for device in self.devices:
+            with self._lock:
+                if not device.holds(v.vid):
+                    continue
+                offset = device.pin_extent(v.vid)
+                device.stats.hits += 1
+            try:  # the pinned extent stays allocated even if the tier drops it meanwhile
+                return device.arena.read(offset, v.meta.nbytes)
+            finally:
+                with self._lock:
+                    device.unpin(v.vid, offset)
+        return None
 
     def _find(self, chunk: bytes, variant: bytes | None) -> Variant:
         variants = self._variants_of(chunk, variant)
@@ -721,6 +829,9 @@ class KvCache:
         v.meta.hits += 1
         v.meta.last_access = self._clock()
         self.disk.touch(v.vid)
+        for device in self.devices:
+            if device.holds(v.vid):
+                device.touch(v.vid)
         if self.host is not None and self.host.holds(v.vid):
             self.host.touch(v.vid)
             self.host.stats.hits += 1
@@ -735,6 +846,8 @@ class KvCache:
         self.disk.set_cost(v.vid, v.saved_tokens)
         if self.host is not None:
             self.host.set_cost(v.vid, v.saved_tokens)
+        for device in self.devices:
+            device.set_cost(v.vid, v.saved_tokens)
 
 
 def _planner_stats(meta: VariantMeta) -> VariantStats:

@@ -1,6 +1,6 @@
-"""Leases: what pins shared-memory extents of the host tier for a client.
+"""Leases: what pins extents of the host and device tiers for a client.
 
-A lease holds pins ``(variant id, offset)`` on the host tier until it is released or
+A lease holds pins ``(tier, variant id, offset)`` until it is released or
 its deadline (monotonic clock) passes; while pinned, an extent is never reused, even if
 its variant is demoted or deleted. At most ``max_leases`` live at once (503: the
 daemon's bound), and each owner (tenant) at most its own ``max_leases`` and
@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 
 from semcached.errors import BadRequestError, ServiceUnavailableError, TooManyRequestsError
-from semcached.index.kv_tiers import HostTier
 from semcached.protocol.codes import ErrorCode
 from semcached.service.kv.types import KvTenant, Lease
 
@@ -68,10 +67,10 @@ class LeaseTable:
         """Every owner holding leases: (leases, pinned bytes)."""
         return {owner: (c, b) for owner, (c, b) in self._held.items()}
 
-    def new(self, ttl: float, host: HostTier | None, tenant: KvTenant) -> Lease:
+    def new(self, ttl: float, tenant: KvTenant) -> Lease:
         """A new lease of ``ttl`` seconds for ``tenant``; 503 while ``max_leases`` are
         live, 429 while the tenant holds its own most."""
-        self.expire(host)
+        self.expire()
         if len(self._leases) >= self.max_leases:
             raise ServiceUnavailableError(
                 ErrorCode.TOO_MANY_LEASES,
@@ -109,16 +108,16 @@ class LeaseTable:
         if self._leases.get(lease.id) is lease:  # else its end settled the owner's count
             self._held[lease.owner][1] -= nbytes
 
-    def release(self, lease_id: str, host: HostTier | None, owner: str | None = None) -> bool:
+    def release(self, lease_id: str, owner: str | None = None) -> bool:
         """End a lease now, unpinning its extents; False if it had ended already or,
         with ``owner``, belongs to someone else (who must not learn it exists)."""
         lease = self._leases.get(lease_id)
         if lease is None or (owner is not None and lease.owner != owner):
             return False
-        self._end(self._leases.pop(lease_id), host)
+        self._end(self._leases.pop(lease_id))
         return True
 
-    def expire(self, host: HostTier | None) -> int:
+    def expire(self) -> int:
         """End every lease past its deadline; how many ended."""
         now = self._monotonic()
         ended = 0
@@ -126,7 +125,7 @@ class LeaseTable:
             _, lease_id = heapq.heappop(self._deadlines)
             lease = self._leases.pop(lease_id, None)
             if lease is not None:
-                self._end(lease, host)
+                self._end(lease)
                 ended += 1
         return ended
 
@@ -136,16 +135,12 @@ class LeaseTable:
         self._deadlines.clear()
         self._held.clear()
 
-    def _end(self, lease: Lease, host: HostTier | None) -> None:
-        _unpin(lease, host)
+    def _end(self, lease: Lease) -> None:
+        for tier, vid, offset in lease.pins:
+            tier.unpin(vid, offset)
         held = self._held[lease.owner]
         held[0] -= 1
         held[1] -= lease.pinned_bytes
         if not held[0]:
             del self._held[lease.owner]
 
-
-def _unpin(lease: Lease, host: HostTier | None) -> None:
-    assert host is not None  # only the host tier hands out leases
-    for vid, offset in lease.pins:
-        host.unpin(vid, offset)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from semcached.cachepolicy.reuse import ChunkDecision, VariantStats
 from semcached.index.kv_meta import VariantMeta
-from semcached.index.kv_tiers import ShmHandle
+from semcached.index.kv_tiers import ArenaTier, CudaHandle, ShmHandle
 
 __all__ = [
     "UNSCOPED",
@@ -58,21 +58,22 @@ UNSCOPED = KvTenant()
 
 @dataclass(slots=True)
 class Lease:
-    """Pins shared-memory extents until released or until ``deadline`` (monotonic)."""
+    """Pins extents of the host and device tiers until released or until ``deadline``
+    (monotonic)."""
 
     id: str
     deadline: float
     expires_at: float  # the same moment as wall-clock time, for clients
     ttl_s: float
     owner: str = ""  # only its owner may release it
-    pins: list[tuple[int, int]] = field(default_factory=list)  # (variant id, offset)
+    pins: list[tuple[ArenaTier, int, int]] = field(default_factory=list)  # tier, vid, offset
     pinned_bytes: int = 0  # counted against the owner's max_pinned_bytes
 
 
 @dataclass(frozen=True, slots=True)
 class LeasedBlob:
     meta: VariantMeta
-    handle: ShmHandle
+    handle: ShmHandle | CudaHandle
     lease: Lease
 
 
@@ -85,8 +86,8 @@ class ChunkPlan:
     position: int | None  # where the chunk starts in the new prompt (None after an
     # unknown-length miss)
     meta: VariantMeta | None
-    tier: str | None  # where the bytes were found: "host" or "disk"
-    handle: ShmHandle | None  # set when shared memory was asked for and granted
+    tier: str | None  # where the bytes were found: "gpu<N>", "host" or "disk"
+    handle: ShmHandle | CudaHandle | None  # set when a lease was asked for and granted
 
     @property
     def rope_shift(self) -> int | None:

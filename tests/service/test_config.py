@@ -181,7 +181,7 @@ def test_every_setting_type_is_supported() -> None:
         else:
             text = str(spec.default)
         settings = load_settings(environ={}, overrides={spec.name: text})
-        assert getattr(getattr(settings, spec.section), spec.key) == spec.default
+        assert spec.value_in(settings) == spec.default
 
 
 def test_cli_rejects_bad_config_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
