@@ -191,6 +191,7 @@ class _Extent:
     length: int
     pins: int = 0
     live: bool = False  # published: readable and handed out; False while being filled
+    saved_tokens: float = 0.0  # the eviction policy's cost, to re-admit it
 
 
 class ArenaTier:
@@ -222,21 +223,33 @@ class ArenaTier:
         (``on_demote`` sees each victim while its bytes are still readable).
 
         Returns the demoted ids, or None when the blob cannot fit (bigger than the
-        arena, or every candidate victim is pinned). Fill it with :meth:`write`, then
-        :meth:`publish` it. O(victims · log n).
+        arena, or not enough unpinned victims). Pinned blobs are passed over: demoting
+        one would free nothing until its readers are done. Fill the extent with
+        :meth:`write`, then :meth:`publish` it. O(victims · log n).
         """
         if vid in self._extents or nbytes > self.budget_bytes or nbytes == 0:
             return None
         demoted: list[int] = []
-        while (offset := self.arena.allocate(nbytes)) is None:
-            victim = self._policy.choose_victim()
-            if victim is None:
-                return None
-            if on_demote is not None:
-                on_demote(victim)
-            self.remove(victim)
-            self.stats.demotions += 1
-            demoted.append(victim)
+        passed: list[int] = []  # pinned: set aside, then back (as the newest: in use)
+        try:
+            while (offset := self.arena.allocate(nbytes)) is None:
+                victim = self._policy.choose_victim()
+                if victim is None:
+                    return None
+                if self._extents[victim].pins:
+                    self._policy.forget(victim)
+                    passed.append(victim)
+                    continue
+                if on_demote is not None:
+                    on_demote(victim)
+                self.remove(victim)
+                self.stats.demotions += 1
+                demoted.append(victim)
+        finally:
+            for pinned in passed:
+                extent = self._extents[pinned]
+                self._policy.admit(pinned, extent.length)
+                self._policy.set_cost(pinned, extent.saved_tokens)
         self._extents[vid] = _Extent(offset, nbytes)
         return demoted
 
@@ -247,6 +260,7 @@ class ArenaTier:
     def publish(self, vid: int, saved_tokens: float) -> None:
         extent = self._extents[vid]
         extent.live = True
+        extent.saved_tokens = saved_tokens
         self._policy.admit(vid, extent.length)
         self._policy.set_cost(vid, saved_tokens)
         self.stats.bytes += extent.length
@@ -257,6 +271,7 @@ class ArenaTier:
 
     def set_cost(self, vid: int, saved_tokens: float) -> None:
         if self.holds(vid):
+            self._extents[vid].saved_tokens = saved_tokens
             self._policy.set_cost(vid, saved_tokens)
 
     def pin_extent(self, vid: int) -> int:

@@ -33,9 +33,12 @@ __all__ = [
     "ChunkPutMeta",
     "Floats",
     "HexKey",
+    "KvCudaHandle",
     "KvDeleted",
     "KvDtype",
     "KvFetch",
+    "KvGpu",
+    "KvGpuDevice",
     "KvLease",
     "KvLeasedChunk",
     "KvModel",
@@ -56,7 +59,7 @@ __all__ = [
 
 KvDtype = Literal["float16", "bfloat16", "float32"]
 KV_DTYPES: tuple[str, ...] = ("float16", "bfloat16", "float32")
-Transfer = Literal["http", "shm"]
+Transfer = Literal["http", "shm", "cuda"]
 MAX_LEASE_S = 1e9
 
 HexKey = Annotated[str, msgspec.Meta(pattern=KEY_PATTERN, description="32 lower-case hex digits.")]
@@ -68,6 +71,15 @@ ModelName = Annotated[
         max_length=256,
         pattern=r"\S",
         description="A model the daemon knows (kv_models; GET /v1/kv/models).",
+    ),
+]
+DeviceName = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        description="A GPU of the daemon's GPU tier: its UUID (GPU-...) or the daemon's "
+        "CUDA index of it. Hot chunks come as CUDA IPC handles on it, others in shm.",
     ),
 ]
 LeaseSeconds = Annotated[
@@ -157,6 +169,19 @@ class KvShmHandle(msgspec.Struct, frozen=True):
     length: int
 
 
+class KvCudaHandle(msgspec.Struct, frozen=True):
+    """Where a blob lies in a daemon GPU's memory: open ``ipc_handle`` with CUDA IPC on
+    the GPU ``device`` (same host only) and read ``length`` bytes at ``offset`` from the
+    mapping's start. Valid while the lease lasts; one handle maps a whole slab, so
+    clients open each distinct handle once."""
+
+    device: Annotated[str, msgspec.Meta(description="The GPU's UUID (GPU-...).")]
+    device_index: Annotated[int, msgspec.Meta(description="The daemon's CUDA index of it.")]
+    ipc_handle: Annotated[str, msgspec.Meta(description="Base64 of the 64-byte CUDA IPC handle.")]
+    offset: int
+    length: int
+
+
 class KvLease(msgspec.Struct, frozen=True):
     """Pins handed-out shared memory until released (DELETE /v1/kv/leases/{id}) or expired."""
 
@@ -166,10 +191,12 @@ class KvLease(msgspec.Struct, frozen=True):
 
 
 class KvLeasedChunk(ChunkMeta, frozen=True):
-    """A read with transfer=shm: the metadata and a pinned shared-memory handle."""
+    """A read with transfer=shm or cuda: the metadata, the lease and one pinned handle:
+    ``cuda`` when the chunk is in the asked GPU's tier, else ``shm``."""
 
-    shm: KvShmHandle
     lease: KvLease
+    shm: KvShmHandle | None = None
+    cuda: KvCudaHandle | None = None
 
 
 class KvPlanRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -185,18 +212,20 @@ class KvPlanRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
         int, msgspec.Meta(ge=0, description="Position of the first chunk (system prompt).")
     ] = 0
     shm: Annotated[bool, msgspec.Meta(description="Hand out pinned shared-memory handles.")] = False
+    device: DeviceName | None = None
     lease_s: LeaseSeconds | None = None
 
 
 class KvFetch(msgspec.Struct):
     """How to fetch a hit's bytes."""
 
-    tier: Annotated[str, msgspec.Meta(description="Where they were found: host or disk.")]
+    tier: Annotated[str, msgspec.Meta(description="Where they were found: gpu<N>, host or disk.")]
     http: Annotated[str, msgspec.Meta(description="The GET URL of the variant.")]
     nbytes: int
     dtype: str
     shape: tuple[int, ...]
     shm: KvShmHandle | None
+    cuda: KvCudaHandle | None = None
 
 
 class KvPlanChunk(msgspec.Struct):
@@ -241,10 +270,31 @@ class KvTierStats(msgspec.Struct):
     evictions: int
 
 
+class KvGpuDevice(msgspec.Struct):
+    index: int
+    uuid: str
+    name: str
+    total_bytes: int
+    slabs: Annotated[int, msgspec.Meta(description="Slabs allocated so far.")]
+    slab_bytes: int
+    allocated_bytes: Annotated[int, msgspec.Meta(description="Device memory held in slabs.")]
+
+
+class KvGpu(msgspec.Struct):
+    """The GPU tier: on with its devices, or off and why."""
+
+    enabled: bool
+    reason: str | None
+    devices: list[KvGpuDevice]
+
+
 class KvStats(msgspec.Struct):
-    tiers: Annotated[dict[str, KvTierStats], msgspec.Meta(description="By tier: host, disk.")]
+    tiers: Annotated[
+        dict[str, KvTierStats], msgspec.Meta(description="By tier: gpu<N>, host, disk.")
+    ]
     variants: int
     leases: Annotated[int, msgspec.Meta(description="Live leases.")]
+    gpu: KvGpu
 
 
 class KvModel(msgspec.Struct):

@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from semcached.index.kv_meta import VariantMeta
-from semcached.index.kv_tiers import ShmHandle
+from semcached.index.kv_tiers import CudaHandle, ShmHandle
 from semcached.protocol.headers import KV_META_HEADER
-from semcached.protocol.kv import ChunkMeta, KvFetch, KvLease, KvPlan, KvPlanChunk, KvShmHandle
+from semcached.protocol.kv import (
+    ChunkMeta,
+    KvCudaHandle,
+    KvFetch,
+    KvLease,
+    KvLeasedChunk,
+    KvPlan,
+    KvPlanChunk,
+    KvShmHandle,
+)
 from semcached.service.http.jsonio import encode
-from semcached.service.kv.engine import ChunkPlan, Lease, Plan
+from semcached.service.kv.engine import ChunkPlan, Lease, LeasedBlob, Plan
 
-__all__ = ["lease_reply", "meta_fields", "meta_header", "plan_reply", "shm_handle"]
+__all__ = [
+    "cuda_handle",
+    "lease_reply",
+    "leased_reply",
+    "meta_fields",
+    "meta_header",
+    "plan_reply",
+    "shm_handle",
+]
 
 
 def meta_fields(meta: VariantMeta) -> dict[str, Any]:
@@ -41,8 +59,28 @@ def shm_handle(handle: ShmHandle) -> KvShmHandle:
     return KvShmHandle(handle.segment, handle.offset, handle.length)
 
 
+def cuda_handle(handle: CudaHandle) -> KvCudaHandle:
+    return KvCudaHandle(
+        device=handle.device,
+        device_index=handle.device_index,
+        ipc_handle=base64.b64encode(handle.ipc_handle).decode(),
+        offset=handle.offset,
+        length=handle.length,
+    )
+
+
 def lease_reply(lease: Lease) -> KvLease:
     return KvLease(lease.id, lease.expires_at, lease.ttl_s)
+
+
+def leased_reply(leased: LeasedBlob) -> KvLeasedChunk:
+    handle = leased.handle
+    return KvLeasedChunk(
+        **meta_fields(leased.meta),
+        lease=lease_reply(leased.lease),
+        shm=shm_handle(handle) if isinstance(handle, ShmHandle) else None,
+        cuda=cuda_handle(handle) if isinstance(handle, CudaHandle) else None,
+    )
 
 
 def _plan_chunk(c: ChunkPlan) -> KvPlanChunk:
@@ -50,13 +88,15 @@ def _plan_chunk(c: ChunkPlan) -> KvPlanChunk:
     fetch = None
     if meta is not None:
         assert c.tier is not None  # a hit was found in a tier
+        handle = c.handle
         fetch = KvFetch(
             tier=c.tier,
             http=f"/v1/kv/chunks/{meta.chunk.hex()}?variant={meta.variant.hex()}",
             nbytes=meta.nbytes,
             dtype=meta.dtype,
             shape=meta.shape,
-            shm=None if c.handle is None else shm_handle(c.handle),
+            shm=shm_handle(handle) if isinstance(handle, ShmHandle) else None,
+            cuda=cuda_handle(handle) if isinstance(handle, CudaHandle) else None,
         )
     return KvPlanChunk(
         key=d.key.hex(),

@@ -7,6 +7,11 @@ core's data directory. It opens the KV cache's own LMDB environment at ``<data_d
 left by a daemon that was killed, creates a fresh arena for the host tier (so the
 host tier is cold after a restart and can never serve stale bytes), and loads the
 metadata of every stored variant.
+
+The device tier is set up at start (:func:`device_tiers`): with ``kv.gpu.devices``
+``auto`` it uses every visible CUDA device, and without one (no driver, no device,
+no torch) it is off, logged once and reported by ``/v1/kv/stats``. A budget larger
+than a device's memory, or a device index that does not exist, stops the daemon.
 """
 
 from __future__ import annotations
@@ -21,17 +26,21 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from semcached.cachepolicy.policies import eviction_factory
+from semcached.cachepolicy.promotion import HitCountPromotion
+from semcached.errors import ConfigError
+from semcached.index.cuda_memory import DeviceProbe, TorchCudaMemory, probe_devices
+from semcached.index.device_arena import DeviceArena
 from semcached.index.kv_disk import KvDiskStore
-from semcached.index.kv_tiers import HostTier
+from semcached.index.kv_tiers import DeviceTier, HostTier
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shm_arena import ShmArena
 from semcached.service.blocking import run_blocking
-from semcached.service.config import KvSettings
+from semcached.service.config import KvGpuSettings, KvSettings
 from semcached.service.context import DaemonContext
 from semcached.service.kv.engine import KvCache
 from semcached.service.lifecycle import FunctionComponent, Slot
 
-__all__ = ["KvCollector", "install_kv_cache", "kv_map_cap"]
+__all__ = ["KvCollector", "device_tiers", "install_kv_cache", "kv_map_cap"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,39 @@ def kv_map_cap(kv: KvSettings) -> int:
     return kv.disk_max_map_bytes or kv.disk_bytes + kv.disk_bytes // 4 + 64 * _MiB
 
 
+def probe_gpu(gpu: KvGpuSettings) -> DeviceProbe:
+    """The devices of the GPU tier, or why it is off; ConfigError for a selection or
+    budget the devices cannot honour."""
+    if not gpu.max_bytes:
+        return DeviceProbe((), "kv.gpu.max_bytes is 0")
+    try:
+        probe = probe_devices(gpu.devices)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    for device in probe.devices:
+        if gpu.max_bytes > device.total_bytes:
+            raise ConfigError(
+                f"kv.gpu.max_bytes is {gpu.max_bytes} bytes, more than GPU {device.index} "
+                f"({device.name}) has: {device.total_bytes} bytes"
+            )
+    if gpu.slab_bytes > gpu.max_bytes:
+        raise ConfigError(
+            f"kv.gpu.slab_bytes ({gpu.slab_bytes}) is larger than kv.gpu.max_bytes "
+            f"({gpu.max_bytes})"
+        )
+    return probe
+
+
+def device_tiers(gpu: KvGpuSettings, probe: DeviceProbe, eviction: str) -> list[DeviceTier]:
+    """One device tier per probed GPU, each with its own budget and policy."""
+    new_policy = eviction_factory(eviction)
+    slab = gpu.slab_bytes - gpu.slab_bytes % 4096
+    return [
+        DeviceTier(DeviceArena(TorchCudaMemory(info), gpu.max_bytes, slab), new_policy())
+        for info in probe.devices
+    ]
+
+
 def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
     """Register the engine as a component (unless ``kv.enabled`` is off); its slot."""
     settings = daemon.settings
@@ -52,6 +94,15 @@ def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
     if not kv.enabled:
         return slot
     sweeper: asyncio.Task[None] | None = None
+    gpu = probe_gpu(settings.kv_gpu)
+    if gpu.devices:
+        log.info(
+            "GPU tier on: %s, %d bytes each",
+            ", ".join(f"{d.index} {d.name} ({d.uuid})" for d in gpu.devices),
+            settings.kv_gpu.max_bytes,
+        )
+    else:
+        log.info("GPU tier off: %s", gpu.reason)
 
     def open_blocking() -> KvCache:
         data_dir = daemon.data_dir.path
@@ -81,6 +132,9 @@ def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
             lease_timeout_s=kv.lease_timeout_s,
             max_lease_s=kv.max_lease_s,
             max_leases=kv.max_leases,
+            devices=device_tiers(settings.kv_gpu, gpu, kv.eviction),
+            promotion=HitCountPromotion(settings.kv_gpu.promote_after_hits),
+            gpu_off_reason=gpu.reason,
         )
         try:
             count = engine.open()
@@ -152,9 +206,7 @@ class KvCollector(Collector):
                 ("evictions", "Variants removed from the cache by this tier's policy."),
             )
         }
-        budgets = {"disk": engine.disk.budget_bytes}
-        if engine.host is not None:
-            budgets["host"] = engine.host.budget_bytes
+        budgets = engine.budgets()
         for tier, s in tiers.items():
             size.add_metric([tier], s.bytes)
             entries.add_metric([tier], s.entries)

@@ -117,8 +117,9 @@ class KvCache:
     ``disk_budget_bytes`` bounds the blobs on disk (the system of record);
     ``host`` (optional) keeps hot blobs in shared memory, ``devices`` (optional) the
     hottest in GPU memory, promoted by ``promotion`` (default: from the second read).
-    ``eviction`` makes the disk tier's policy. Leases last ``lease_timeout_s`` unless the caller asks for another
-    time up to ``max_lease_s``; at most ``max_leases`` are live at once.
+    ``eviction`` makes the disk tier's policy. Leases last ``lease_timeout_s`` unless
+    the caller asks for another time up to ``max_lease_s``; at most ``max_leases`` are
+    live at once.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class KvCache:
         eviction: Callable[[], EvictionPolicy],
         devices: Sequence[DeviceTier] = (),
         promotion: PromotionPolicy | None = None,
+        gpu_off_reason: str | None = None,
         max_blob_bytes: int,
         lease_timeout_s: float = 30.0,
         max_lease_s: float = 300.0,
@@ -164,6 +166,7 @@ class KvCache:
             else HostPlacement(host, store, self._lock, lambda v: self._by_id.get(v.vid) is v)
         )
         self.devices = list(devices)
+        self.gpu_off_reason = None if self.devices else gpu_off_reason or "no GPU tier"
         self._devices = {
             tier.name: DevicePlacement(
                 tier,
@@ -612,6 +615,14 @@ class KvCache:
                 tiers.append(self.host)
             tiers.append(self.disk)
             return {t.name: TierStats(**_fields(t.stats)) for t in tiers}
+
+    def budgets(self) -> dict[str, int]:
+        """Each tier's byte budget, by name."""
+        budgets = {device.name: device.budget_bytes for device in self.devices}
+        if self.host is not None:
+            budgets["host"] = self.host.budget_bytes
+        budgets["disk"] = self.disk.budget_bytes
+        return budgets
 
     @property
     def live_leases(self) -> int:

@@ -143,4 +143,3 @@ class LeaseTable:
         held[1] -= lease.pinned_bytes
         if not held[0]:
             del self._held[lease.owner]
-

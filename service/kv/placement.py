@@ -25,7 +25,7 @@ import numpy as np
 from semcached.cachepolicy.promotion import PromotionPolicy
 from semcached.index.device_arena import DeviceMemoryError
 from semcached.index.kv_disk import KvDiskStore
-from semcached.index.kv_tiers import ArenaTier, CudaHandle, DeviceTier, HostTier, ShmHandle
+from semcached.index.kv_tiers import CudaHandle, DeviceTier, HostTier, ShmHandle
 from semcached.service.kv.types import Lease, Variant
 
 __all__ = ["DevicePlacement", "HostPlacement", "Promoter"]
@@ -48,7 +48,7 @@ class Promoter(Generic[_Tier, _Handle]):
         lock: threading.Lock,
         is_live: Callable[[Variant], bool],
     ) -> None:
-        self.tier = tier
+        self.tier: _Tier = tier
         self._store = store
         self._lock = lock
         self._is_live = is_live

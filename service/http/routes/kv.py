@@ -26,8 +26,11 @@ from semcached.protocol.headers import (
 from semcached.protocol.kv import (
     ChunkMeta,
     ChunkPutMeta,
+    DeviceName,
     HexKey,
     KvDeleted,
+    KvGpu,
+    KvGpuDevice,
     KvLeasedChunk,
     KvModel,
     KvModels,
@@ -59,13 +62,7 @@ from semcached.service.http.kv_puts import (
     put_from_staged_file,
     read_blob,
 )
-from semcached.service.http.kv_replies import (
-    lease_reply,
-    meta_fields,
-    meta_header,
-    plan_reply,
-    shm_handle,
-)
+from semcached.service.http.kv_replies import leased_reply, meta_fields, meta_header, plan_reply
 from semcached.service.http.routing import (
     ERROR_SCHEMA_REF,
     STORE_FULL_REPLY,
@@ -120,8 +117,13 @@ class VariantQuery(msgspec.Struct):
 class ReadQuery(msgspec.Struct):
     variant: VariantKey | None = None
     transfer: Annotated[
-        Transfer, msgspec.Meta(description="shm: a shared-memory handle (same host only).")
+        Transfer,
+        msgspec.Meta(
+            description="shm: a shared-memory handle (same host only); cuda: a CUDA IPC "
+            "handle on `device` when the chunk is hot, else a shared-memory one."
+        ),
     ] = "http"
+    device: DeviceName | None = None
     lease_s: LeaseSeconds | None = None
 
 
@@ -249,12 +251,14 @@ async def put_chunk(request: web.Request) -> web.Response:
     summary="Read one variant's KV",
     description=f"transfer=http (default): the bytes as the body, metadata (ChunkMeta) in "
     f"{KV_META_HEADER}. transfer=shm: JSON with a shared-memory handle pinned by a lease "
-    "(same host only).",
+    "(same host only). transfer=cuda with device: a CUDA IPC handle in that GPU's tier "
+    "when the chunk is hot enough to be promoted there, else a shared-memory handle.",
     parameters=[_KEY_PARAM],
     query=READ_QUERY,
     responses={
         200: {
-            "description": "The blob (octet-stream), or the handle (JSON) for transfer=shm.",
+            "description": "The blob (octet-stream), or the handle (JSON) for transfer=shm "
+            "or cuda.",
             "headers": _META_REPLY_HEADER,
             "content": {
                 OCTET_STREAM: {"schema": {"type": "string"}},
@@ -273,15 +277,21 @@ async def get_chunk(request: web.Request) -> web.Response:
     variant = _variant(query.variant)
     executor = request.app[EXECUTOR]
     tenant = kv_tenant(request)
-    if query.transfer == "shm":
+    if query.transfer == "cuda" and query.device is None:
+        raise BadRequestError(
+            ErrorCode.BAD_TRANSFER,
+            "transfer=cuda needs device (a GPU UUID or index)",
+            field="device",
+        )
+    if query.transfer != "http":
+        device = query.device if query.transfer == "cuda" else None
+        if device is not None:
+            engine.device_placement(device)  # 400 before any work when it is not ours
         leased = await run_blocking(
-            executor, lambda: engine.lease(chunk, variant, ttl_s=query.lease_s, tenant=tenant)
+            executor,
+            lambda: engine.lease(chunk, variant, ttl_s=query.lease_s, device=device, tenant=tenant),
         )
-        fields = meta_fields(leased.meta)
-        reply = KvLeasedChunk(
-            **fields, shm=shm_handle(leased.handle), lease=lease_reply(leased.lease)
-        )
-        return struct_response(reply)
+        return struct_response(leased_reply(leased))
     # Without a copy from the host tier: the view pins the blob until it is sent.
     meta, data = await run_blocking(
         executor, lambda: engine.get(chunk, variant, copy=False, tenant=tenant)
@@ -396,6 +406,7 @@ async def plan(request: web.Request) -> web.Response:
             chunk_tokens=body.chunk_tokens,
             start=body.start,
             shm=body.shm,
+            device=body.device,
             lease_ttl_s=body.lease_s,
             tenant=tenant,
         )
@@ -403,7 +414,9 @@ async def plan(request: web.Request) -> web.Response:
     # Without shm a plan touches memory only (no LMDB, no copies): about 30 us a chunk,
     # less than the two thread wake-ups a hand-off to the pool costs. Small plans run
     # here; large ones and shm plans (which may promote blobs from disk) go to the pool.
-    if not body.shm and len(keys) <= _INLINE_PLAN_CHUNKS:
+    if body.device is not None:
+        engine.device_placement(body.device)  # 400 before any work when it is not ours
+    if not body.shm and body.device is None and len(keys) <= _INLINE_PLAN_CHUNKS:
         result = make_plan()
     else:
         result = await run_blocking(request.app[EXECUTOR], make_plan)
@@ -420,9 +433,7 @@ async def plan(request: web.Request) -> web.Response:
 )
 async def kv_stats(request: web.Request) -> web.Response:
     engine = _engine(request)
-    budgets = {"disk": engine.disk.budget_bytes}
-    if engine.host is not None:
-        budgets["host"] = engine.host.budget_bytes
+    budgets = engine.budgets()
     tiers = {
         name: KvTierStats(
             bytes=s.bytes,
@@ -436,7 +447,20 @@ async def kv_stats(request: web.Request) -> web.Response:
         )
         for name, s in engine.stats().items()
     }
-    return struct_response(KvStats(tiers, engine.variants, engine.live_leases))
+    devices = [
+        KvGpuDevice(
+            index=d.device.index,
+            uuid=d.device.uuid,
+            name=d.device.name,
+            total_bytes=d.device.total_bytes,
+            slabs=d.arena.slabs,
+            slab_bytes=d.arena.slab_bytes,
+            allocated_bytes=d.arena.allocated_bytes,
+        )
+        for d in engine.devices
+    ]
+    gpu = KvGpu(enabled=bool(devices), reason=engine.gpu_off_reason, devices=devices)
+    return struct_response(KvStats(tiers, engine.variants, engine.live_leases, gpu))
 
 
 @group.route(

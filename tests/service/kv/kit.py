@@ -8,14 +8,17 @@ from pathlib import Path
 import numpy as np
 
 from semcached.cachepolicy.lru import LruPolicy
+from semcached.cachepolicy.promotion import HitCountPromotion
+from semcached.index.device_arena import DeviceArena
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.kv_disk import KvDiskStore
 from semcached.index.kv_meta import ModelSpec, VariantMeta
-from semcached.index.kv_tiers import HostTier
+from semcached.index.kv_tiers import DeviceTier, HostTier
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shm_arena import ShmArena
 from semcached.protocol.keys import chunk_key, variant_key
 from semcached.service.kv.engine import KvCache
+from tests.index.device_standin import HostDeviceMemory
 
 MiB = 1 << 20
 TINY = ModelSpec("tiny", layers=2, kv_heads=2, head_dim=8, alpha=1.0, tokenizer="tiny-tok")
@@ -86,7 +89,12 @@ class Engines:
         max_leases: int = 100,
         eviction: Callable[[], EvictionPolicy] = LruPolicy,
         max_map_bytes: int = 256 * MiB,
+        gpus: Sequence[HostDeviceMemory] = (),
+        gpu_bytes: int = 4 * PAGE,
+        slab_bytes: int = 2 * PAGE,
+        promote_after_hits: int = 1,
     ) -> KvCache:
+        """An engine over this directory; ``gpus``: device tiers on host stand-ins."""
         env = LmdbEnvironment(
             self.root / "kv-lmdb", initial_map_bytes=MiB, max_map_bytes=max_map_bytes
         )
@@ -105,6 +113,11 @@ class Engines:
             max_lease_s=60.0,
             max_leases=max_leases,
             monotonic=self.monotonic,
+            devices=[
+                DeviceTier(DeviceArena(memory, gpu_bytes, slab_bytes), eviction())
+                for memory in gpus
+            ],
+            promotion=HitCountPromotion(promote_after_hits),
         )
         engine.open()
         self.engines.append(engine)
