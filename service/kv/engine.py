@@ -582,9 +582,10 @@ class KvCache:
         handles: dict[int, ShmHandle | CudaHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
-            tiers[v.vid] = self._tier_of(v.vid)
             if lease is not None:
                 handles[v.vid] = self._pin_for_plan(v, lease, tenant, gpu)
+            # After the pin: a chunk promoted to the GPU for this plan is found there.
+            tiers[v.vid] = self._tier_of(v.vid, None if gpu is None else gpu.device)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
@@ -798,8 +799,11 @@ class KvCache:
             field="device",
         )
 
-    def _tier_of(self, vid: int) -> str:
-        """The fastest tier holding ``vid`` (lock not needed: a hint for the reply)."""
+    def _tier_of(self, vid: int, asked: DeviceTier | None = None) -> str:
+        """The fastest tier holding ``vid``, the asked GPU's first (lock not needed: a
+        hint for the reply)."""
+        if asked is not None and asked.holds(vid):
+            return asked.name
         for device in self.devices:
             if device.holds(vid):
                 return device.name
