@@ -81,9 +81,13 @@ def probe_devices(selection: str) -> DeviceProbe:
             f"kv.gpu.devices names device {missing[0]}, but {count} CUDA device(s) are visible"
         )
     try:
-        __import__("torch")
+        import torch
     except ImportError:
         return DeviceProbe((), "torch is not installed (pip install 'semcached[embed]')")
+    if not torch.cuda.is_available():
+        return DeviceProbe(
+            (), f"torch {torch.__version__} cannot use CUDA here (a CPU-only build?)"
+        )
     devices = tuple(
         DeviceInfo(i, driver.uuid(i), driver.name(i), driver.total_bytes(i)) for i in indexes
     )

@@ -766,7 +766,11 @@ class KvCache:
         """``v`` pinned under ``lease``: on the GPU when asked and hot, else in shared
         memory; None when neither can hold it (no lock held)."""
         if gpu is not None:
-            handle = gpu.ensure(v, lease)
+            try:
+                handle = gpu.ensure(v, lease)
+            except Exception:  # a CUDA error: serve from the host tier, say why in the log
+                log.exception("could not place a chunk on %s", gpu.device.name)
+                handle = None
             with self._lock:
                 stats = gpu.device.stats
                 if handle is None:

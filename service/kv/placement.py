@@ -245,6 +245,9 @@ class DevicePlacement(Promoter[DeviceTier, CudaHandle]):
         except DeviceMemoryError as exc:  # the device refused a new slab: stay on the host
             log.warning("%s: no device memory for a chunk: %s", self.device.name, exc)
             return False
+        except Exception:
+            log.exception("could not reserve device memory on %s", self.device.name)
+            return False
 
     def _copy_down(self, vid: int) -> None:
         """A demoted chunk keeps its bytes in the host tier (lock held); best effort:

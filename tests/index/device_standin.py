@@ -19,7 +19,8 @@ _numbers = itertools.count(1)
 
 
 class HostSlab:
-    def __init__(self, nbytes: int) -> None:
+    def __init__(self, nbytes: int, owner: HostDeviceMemory | None = None) -> None:
+        self.owner = owner
         self.memory = bytearray(nbytes)
         self.number = next(_numbers)
         self.released = False
@@ -32,6 +33,8 @@ class HostSlab:
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
         assert not self.released
+        if self.owner is not None and self.owner.broken:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
         source = memoryview(data).cast("B")
         assert offset + len(source) <= len(self.memory)
         self.memory[offset : offset + len(source)] = source
@@ -61,6 +64,7 @@ class HostDeviceMemory:
             index, f"GPU-00000000-0000-0000-0000-{index:012x}", "stand-in", total_bytes
         )
         self.max_slabs = max_slabs
+        self.broken = False  # True: copies fail as after a CUDA error
         self.slabs: list[HostSlab] = []
 
     @property
@@ -70,7 +74,7 @@ class HostDeviceMemory:
     def allocate_slab(self, nbytes: int) -> HostSlab:
         if self.max_slabs is not None and len(self.slabs) >= self.max_slabs:
             raise DeviceMemoryError(f"stand-in GPU {self._info.index} is out of memory")
-        slab = HostSlab(nbytes)
+        slab = HostSlab(nbytes, self)
         self.slabs.append(slab)
         return slab
 

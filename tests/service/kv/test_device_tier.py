@@ -223,6 +223,20 @@ def test_a_device_out_of_memory_falls_back_to_shared_memory(engines: Engines) ->
     engine._check()
 
 
+def test_a_failing_device_copy_falls_back_to_shared_memory(engines: Engines) -> None:
+    gpu = HostDeviceMemory()
+    engine = engines.open(gpus=[gpu])
+    blobs = put_chunks(engine, 2)
+    gpu.broken = True
+    plan = engine.plan(TINY.name, list(blobs), device="0")
+    assert [type(c.handle) for c in plan.chunks] == [ShmHandle, ShmHandle]
+    engine._check()
+    assert engine.devices[0].arena.used_bytes == 0  # the reserved extents went back
+    gpu.broken = False
+    plan = engine.plan(TINY.name, list(blobs), device="0")
+    assert [type(c.handle) for c in plan.chunks] == [CudaHandle, CudaHandle]
+
+
 def test_a_chunk_larger_than_a_slab_stays_in_host_memory(engines: Engines) -> None:
     engine = engines.open(gpus=[HostDeviceMemory()], slab_bytes=PAGE, gpu_bytes=4 * PAGE)
     meta, blob = variant(key_of(1), tokens=32)  # two pages
