@@ -1,10 +1,12 @@
 """The RAG chunk KV cache engine: variants of chunk KV, tiers, leases and reuse plans.
 
-(About 500 lines, over the house's 400: one lock guards the three variant indexes and
-both tiers, and every public method is a short critical section over them; splitting
-the class would spread that lock's invariant over modules. Results and records are in
-:mod:`~semcached.service.kv.types`, leases in :mod:`~semcached.service.kv.leases`,
-host-tier copies and pins in :mod:`~semcached.service.kv.placement`.)
+(About 840 lines with its docstrings, over the house's 400: one lock guards the three
+variant indexes and every tier, and every public method is a short critical section
+over them; splitting the class would spread that lock's invariant over modules.
+Results and records are in :mod:`~semcached.service.kv.types`, leases in
+:mod:`~semcached.service.kv.leases`, host and GPU copies and pins in
+:mod:`~semcached.service.kv.placement`, the GPU tiers as a whole in
+:mod:`~semcached.service.kv.devices`.)
 
 A plain object usable in-process (benchmarks, a co-located inference engine); the
 HTTP layer only decodes, calls it and encodes.
@@ -82,6 +84,7 @@ from semcached.index.kv_tiers import (
 from semcached.index.lmdb_env import StoreFullError
 from semcached.protocol.codes import ErrorCode
 from semcached.protocol.keys import variant_key
+from semcached.service.kv.devices import GpuTiers
 from semcached.service.kv.leases import LeaseTable
 from semcached.service.kv.placement import DevicePlacement, HostPlacement
 from semcached.service.kv.types import (
@@ -165,20 +168,15 @@ class KvCache:
             if host is None
             else HostPlacement(host, store, self._lock, lambda v: self._by_id.get(v.vid) is v)
         )
-        self.devices = list(devices)
-        self.gpu_off_reason = None if self.devices else gpu_off_reason or "no GPU tier"
-        self._devices = {
-            tier.name: DevicePlacement(
-                tier,
-                store,
-                self._lock,
-                lambda v: self._by_id.get(v.vid) is v,
-                host=self._placement,
-                promotion=promotion or HitCountPromotion(),
-                variant_of=self._by_id.get,
-            )
-            for tier in self.devices
-        }
+        self.gpus = GpuTiers(
+            devices,
+            store,
+            self._lock,
+            self._by_id.get,
+            host=self._placement,
+            promotion=promotion or HitCountPromotion(),
+            off_reason=gpu_off_reason,
+        )
         self._leases = LeaseTable(
             timeout_s=lease_timeout_s,
             max_lease_s=max_lease_s,
@@ -227,8 +225,7 @@ class KvCache:
             log.exception("could not save chunk access counts")
         if self.host is not None:
             self.host.close()
-        for device in self.devices:
-            device.close()
+        self.gpus.close()
         self.opened = False
 
     # -- writes ----------------------------------------------------------------------------
@@ -446,7 +443,7 @@ class KvCache:
             finally:
                 with self._lock:
                     host.unpin(v.vid, pin.offset)
-        from_device = self._read_device(v)
+        from_device = self.gpus.read(v)
         if from_device is not None:
             return v.meta, from_device
         data = self.store.read_blob(v.meta.key)
@@ -477,7 +474,7 @@ class KvCache:
 
         429 when ``tenant`` holds its most leases or its leases pin its most bytes.
         """
-        gpu = None if device is None else self.device_placement(device)
+        gpu = None if device is None else self.gpus.resolve(device)
         if self.host is None and gpu is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         ttl = self._leases.ttl(ttl_s)
@@ -551,7 +548,7 @@ class KvCache:
             raise BadRequestError(
                 ErrorCode.BAD_CHUNK_TOKENS, "chunk_tokens must give one length per chunk"
             )
-        gpu = None if device is None else self.device_placement(device)
+        gpu = None if device is None else self.gpus.resolve(device)
         if shm and self.host is None and gpu is None:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         leased = shm or gpu is not None
@@ -585,7 +582,7 @@ class KvCache:
             if lease is not None:
                 handles[v.vid] = self._pin_for_plan(v, lease, tenant, gpu)
             # After the pin: a chunk promoted to the GPU for this plan is found there.
-            tiers[v.vid] = self._tier_of(v.vid, None if gpu is None else gpu.device)
+            tiers[v.vid] = self._tier_of(v.vid, gpu)
         chunks: list[ChunkPlan] = []
         position: int | None = start
         for i, d in enumerate(decisions):
@@ -611,7 +608,7 @@ class KvCache:
     def stats(self) -> dict[str, TierStats]:
         """A copy of each tier's counters."""
         with self._lock:
-            tiers: list[DiskTier | ArenaTier] = [*self.devices]
+            tiers: list[DiskTier | ArenaTier] = [*self.gpus]
             if self.host is not None:
                 tiers.append(self.host)
             tiers.append(self.disk)
@@ -619,11 +616,24 @@ class KvCache:
 
     def budgets(self) -> dict[str, int]:
         """Each tier's byte budget, by name."""
-        budgets = {device.name: device.budget_bytes for device in self.devices}
+        budgets = {device.name: device.budget_bytes for device in self.gpus}
         if self.host is not None:
             budgets["host"] = self.host.budget_bytes
         budgets["disk"] = self.disk.budget_bytes
         return budgets
+
+    @property
+    def devices(self) -> list[DeviceTier]:
+        """The GPU tiers (empty when the GPU tier is off)."""
+        return self.gpus.tiers
+
+    @property
+    def gpu_off_reason(self) -> str | None:
+        return self.gpus.off_reason
+
+    def device_placement(self, device: str) -> DevicePlacement:
+        """The GPU tier named by ``device`` (UUID or index); 400 if none. Never blocks."""
+        return self.gpus.resolve(device)
 
     @property
     def live_leases(self) -> int:
@@ -671,8 +681,7 @@ class KvCache:
                 assert self.disk.stats.bytes <= self.disk.budget_bytes
             if self.host is not None:
                 self.host._check(set(self._by_id))
-            for device in self.devices:
-                device._check(set(self._by_id))
+            self.gpus.check(set(self._by_id))
 
     def _place(
         self, v: Variant, data: bytes | bytearray | memoryview, *, promotion: bool = False
@@ -710,8 +719,7 @@ class KvCache:
         self.disk.remove(vid)
         if self.host is not None:
             self.host.remove(vid)
-        for device in self.devices:
-            device.remove(vid)
+        self.gpus.remove(vid)
         return v
 
     def _remove(self, vids: Iterable[int]) -> list[Variant]:
@@ -766,67 +774,17 @@ class KvCache:
         """``v`` pinned under ``lease``: on the GPU when asked and hot, else in shared
         memory; None when neither can hold it (no lock held)."""
         if gpu is not None:
-            try:
-                handle = gpu.ensure(v, lease)
-            except Exception:  # a CUDA error: serve from the host tier, say why in the log
-                log.exception("could not place a chunk on %s", gpu.device.name)
-                handle = None
-            with self._lock:
-                stats = gpu.device.stats
-                if handle is None:
-                    stats.misses += 1
-                else:
-                    stats.hits += 1
+            handle = self.gpus.ensure(gpu, v, lease)
             if handle is not None:
                 return handle
         return None if self._placement is None else self._placement.ensure(v, lease)
 
-    def device_placement(self, device: str) -> DevicePlacement:
-        """The GPU tier named by ``device``: its UUID, or the daemon's CUDA index of it.
-        400 when the daemon has no GPU tier or no such device. Never blocks."""
-        if not self._devices:
-            raise BadRequestError(
-                ErrorCode.GPU_TIER_OFF,
-                "device handles need the GPU tier, which is off (see /v1/kv/stats: gpu)",
-                field="device",
-            )
-        for placement in self._devices.values():
-            info = placement.device.device
-            if device in (info.uuid, str(info.index)):
-                return placement
-        known = ", ".join(
-            f"{p.device.device.index} ({p.device.device.uuid})" for p in self._devices.values()
-        )
-        raise BadRequestError(
-            ErrorCode.UNKNOWN_DEVICE,
-            f"device {device!r} is not in the GPU tier; it has {known}",
-            field="device",
-        )
-
-    def _tier_of(self, vid: int, asked: DeviceTier | None = None) -> str:
-        """The fastest tier holding ``vid``, the asked GPU's first (lock not needed: a
-        hint for the reply)."""
-        if asked is not None and asked.holds(vid):
-            return asked.name
-        for device in self.devices:
-            if device.holds(vid):
-                return device.name
+    def _tier_of(self, vid: int, asked: DevicePlacement | None = None) -> str:
+        """The fastest tier holding ``vid``, the asked GPU's first (a hint for the reply)."""
+        on_gpu = self.gpus.holder(vid, asked)
+        if on_gpu is not None:
+            return on_gpu
         return "host" if self.host is not None and self.host.holds(vid) else "disk"
-
-    def _read_device(self, v: Variant) -> bytes | None:
-        """A copy of ``v`` from a GPU tier holding it (pinned meanwhile), else None."""
-        for device in self.devices:
-            with self._lock:
-                if not device.holds(v.vid):
-                    continue
-                offset = device.pin_extent(v.vid)
-                device.stats.hits += 1
-            try:  # the pinned extent stays allocated even if the tier drops it meanwhile
-                return device.arena.read(offset, v.meta.nbytes)
-            finally:
-                with self._lock:
-                    device.unpin(v.vid, offset)
-        return None
 
     def _find(self, chunk: bytes, variant: bytes | None) -> Variant:
         variants = self._variants_of(chunk, variant)
@@ -848,9 +806,7 @@ class KvCache:
         v.meta.hits += 1
         v.meta.last_access = self._clock()
         self.disk.touch(v.vid)
-        for device in self.devices:
-            if device.holds(v.vid):
-                device.touch(v.vid)
+        self.gpus.touch(v.vid)
         if self.host is not None and self.host.holds(v.vid):
             self.host.touch(v.vid)
             self.host.stats.hits += 1
@@ -865,8 +821,7 @@ class KvCache:
         self.disk.set_cost(v.vid, v.saved_tokens)
         if self.host is not None:
             self.host.set_cost(v.vid, v.saved_tokens)
-        for device in self.devices:
-            device.set_cost(v.vid, v.saved_tokens)
+        self.gpus.set_cost(v.vid, v.saved_tokens)
 
 
 def _planner_stats(meta: VariantMeta) -> VariantStats:
