@@ -59,7 +59,7 @@ from typing import Any, Self
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from semcached.errors import SemcachedError
+from semcached.errors import ConfigError
 from semcached.index.rwlock import SharedExclusiveLock
 from semcached.index.snapshot import SnapshotError, read_snapshot, write_snapshot
 from semcached.index.vector_index import (
@@ -87,11 +87,11 @@ GPU_MAX_DEAD = 1024
 faiss's GPU k-selection returns at most 2048."""
 
 
-class FaissUnavailableError(SemcachedError):
-    """faiss is not installed (the ``faiss`` or ``faiss-gpu`` extra)."""
+class FaissUnavailableError(ConfigError):
+    """faiss is not installed (the ``faiss`` or ``faiss-gpu`` extra): fix the install."""
 
 
-class GpuUnavailableError(SemcachedError):
+class GpuUnavailableError(ConfigError):
     """A GPU index was asked for, but faiss has no GPU support or sees no such device."""
 
 
@@ -135,10 +135,10 @@ class FaissIndex:
     :class:`GpuUnavailableError` when faiss has no GPU support or no such device
     (never a silent fall back to the CPU). ``max_capacity``: most live entries
     (:class:`IndexFullError` beyond). ``omp_threads``: OpenMP threads per call (None:
-    faiss's default, one per core; see the module notes for why 1 is the default). ``overfetch_dead``: filter tombstones by over-fetching
-    and compact beyond this many (the GPU's way, 1024 there; on the CPU None uses a
-    selector and ``compact_fraction``); ``compact_min``: no compaction below this many
-    tombstones.
+    faiss's default, one per core; the module notes say why 1 is the default).
+    ``overfetch_dead``: filter tombstones by over-fetching and compact beyond this
+    many (the GPU's way, 1024 there; on the CPU None uses a selector and
+    ``compact_fraction``); ``compact_min``: no compaction below this many tombstones.
     """
 
     def __init__(
