@@ -58,10 +58,10 @@ class Mixture:
     spread: NDArray[np.float32]  # per topic s
 
     @classmethod
-    def create(cls, centroids: int, seed: int) -> Mixture:
+    def create(cls, centroids: int, seed: int, dim: int = DIM) -> Mixture:
         rng = np.random.default_rng([seed, 0])
-        mu = normalise(rng.standard_normal(DIM).astype(np.float32))
-        g = rng.standard_normal((centroids, DIM)).astype(np.float32) / math.sqrt(DIM)
+        mu = normalise(rng.standard_normal(dim).astype(np.float32))
+        g = rng.standard_normal((centroids, dim)).astype(np.float32) / math.sqrt(dim)
         centres = normalise(ANISOTROPY * mu + g)
         weights = 1.0 / np.arange(1, centroids + 1, dtype=np.float64) ** ZIPF
         rng.shuffle(weights)
@@ -70,7 +70,8 @@ class Mixture:
 
     def draw(self, n: int, rng: np.random.Generator) -> Matrix:
         topic = rng.choice(len(self.weights), size=n, p=self.weights)
-        noise = rng.standard_normal((n, DIM), dtype=np.float32) / np.float32(math.sqrt(DIM))
+        dim = self.centres.shape[1]
+        noise = rng.standard_normal((n, dim), dtype=np.float32) / np.float32(math.sqrt(dim))
         return normalise(self.centres[topic] + self.spread[topic, None] * noise)
 
 
@@ -90,7 +91,8 @@ def vector_queries(
     copies = count // 2
     rows = np.sort(rng.choice(np.arange(first, len(vectors)), size=copies, replace=False))
     t = np.sqrt(rng.uniform(*HIT_NOISE, size=copies)).astype(np.float32)
-    noise = rng.standard_normal((copies, DIM), dtype=np.float32) / np.float32(math.sqrt(DIM))
+    dim = vectors.shape[1]
+    noise = rng.standard_normal((copies, dim), dtype=np.float32) / np.float32(math.sqrt(dim))
     hits = normalise(np.asarray(vectors[rows]) + t[:, None] * noise)
     return np.concatenate([hits, mixture.draw(count - copies, rng)]), copies
 

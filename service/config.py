@@ -186,7 +186,12 @@ class StorageSettings:
 class IndexSettings:
     """Vector index backend and its HNSW parameters."""
 
-    backend: Literal["hnswlib"] = _setting("hnswlib", "Vector index library.")
+    backend: Literal["hnswlib", "faiss", "faiss-gpu"] = _setting(
+        "hnswlib",
+        "Vector index library: `hnswlib` (approximate HNSW, CPU); `faiss` (exact flat "
+        "search, CPU: the `faiss` extra); `faiss-gpu` (exact flat search on CUDA device 0: "
+        "the `faiss-gpu` extra). Changing it rebuilds the indexes from LMDB at the next start.",
+    )
     hnsw_m: int = _setting(
         16, "HNSW links per node (M): more is better recall, more memory.", min=2, max=128
     )

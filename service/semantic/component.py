@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,11 +22,12 @@ from prometheus_client.registry import Collector
 
 from semcached.cachepolicy.calibration import BANDS
 from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD
+from semcached.errors import ConfigError
 from semcached.index.docstore import DocumentStore
 from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.vector_index import VectorIndex
-from semcached.service.config import Settings
+from semcached.service.config import IndexSettings, Settings
 from semcached.service.context import DaemonContext
 from semcached.service.lifecycle import FunctionComponent, Slot
 from semcached.service.semantic.classification import CategoryClassifier
@@ -37,7 +38,56 @@ from semcached.service.semantic.load import LoadBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
 from semcached.service.semantic.verification import choose_verifier
 
-__all__ = ["SemanticCollector", "install_semantic_cache"]
+__all__ = ["SemanticCollector", "index_backend", "install_semantic_cache"]
+
+
+def index_backend(
+    settings: IndexSettings,
+) -> tuple[Callable[[int], VectorIndex], Callable[[Path, int], VectorIndex]]:
+    """The (new index, load snapshot) pair of ``settings.backend``.
+
+    faiss is imported here, at start, so that a missing extra or a missing GPU is a
+    startup error naming what to install (:class:`FaissUnavailableError`,
+    :class:`GpuUnavailableError`), never a failure at the first insert. A snapshot
+    written by another backend is refused by its kind, and that index is rebuilt
+    from LMDB (:mod:`.restore`), so switching backends loses no entry.
+    """
+    if settings.backend == "hnswlib":
+
+        def new_hnsw(dim: int) -> VectorIndex:
+            return HnswlibIndex(
+                dim,
+                m=settings.hnsw_m,
+                ef_construction=settings.hnsw_ef_construction,
+                ef_search=settings.hnsw_ef_search,
+                # Adds (a rebuild at start, insert_many) use every core; searches run
+                # on one thread each and the search pool runs several at once.
+                num_threads=max(1, os.cpu_count() or 1),
+            )
+
+        def load_hnsw(path: Path, dim: int) -> VectorIndex:
+            return HnswlibIndex.load(path, dim=dim, ef_search=settings.hnsw_ef_search)
+
+        return new_hnsw, load_hnsw
+    from semcached.index.faiss_index import FaissIndex, import_faiss
+
+    gpu = settings.backend == "faiss-gpu"
+    try:
+        import_faiss()
+        if gpu:
+            FaissIndex(1, gpu=True)  # fails now, with the reason, if there is no usable GPU
+    except ConfigError as exc:
+        raise type(exc)(f"index.backend = {settings.backend!r}: {exc}") from exc
+
+    # One OpenMP thread per search call (FaissIndex's default): the search pool
+    # already runs one batch per core.
+    def new_faiss(dim: int) -> VectorIndex:
+        return FaissIndex(dim, gpu=gpu)
+
+    def load_faiss(path: Path, dim: int) -> VectorIndex:
+        return FaissIndex.load(path, dim=dim, gpu=gpu)
+
+    return new_faiss, load_faiss
 
 
 def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
@@ -57,25 +107,14 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
     if choice.degraded and choice.reason is not None:
         daemon.components.readiness.degrade("verification", choice.reason)
     index_settings = settings.index
-
-    def new_index(dim: int) -> VectorIndex:
-        return HnswlibIndex(
-            dim,
-            m=index_settings.hnsw_m,
-            ef_construction=index_settings.hnsw_ef_construction,
-            ef_search=index_settings.hnsw_ef_search,
-            # Adds (a rebuild at start, insert_many) use every core; searches run
-            # on one thread each and the search pool runs several at once.
-            num_threads=max(1, os.cpu_count() or 1),
-        )
-
-    def load_index(path: Path, dim: int) -> VectorIndex:
-        return HnswlibIndex.load(path, dim=dim, ef_search=index_settings.hnsw_ef_search)
-
+    new_index, load_index = index_backend(index_settings)
     # Searches get threads of their own, so that a slow LMDB commit or model call in
     # the shared pool never queues a lookup behind it.
     search_threads = max(1, os.cpu_count() or 1)
     searches = ThreadPoolExecutor(max_workers=search_threads, thread_name_prefix="semcached-search")
+    # A GPU searches one batch at a time (faiss's GPU resources take one thread at a
+    # time): while it runs, concurrent lookups queue and leave together as the next batch.
+    batches_in_flight = 1 if index_settings.backend == "faiss-gpu" else search_threads
 
     async def open_engine() -> None:
         engine = SemanticCache(
@@ -86,7 +125,7 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             dim=embedder.dim,
             executor=daemon.executor,
             search_executor=searches,
-            search_batches_in_flight=search_threads,
+            search_batches_in_flight=batches_in_flight,
             candidates=settings.semantic.candidates,
             sweep_interval_s=settings.semantic.sweep_interval_s,
             snapshots=SnapshotDirectory(daemon.data_dir.path / "snapshots", load_index),

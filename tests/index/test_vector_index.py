@@ -1,4 +1,7 @@
-"""Vector indexes: HnswlibIndex against the brute-force ExactIndex, snapshots, threads."""
+"""Vector indexes: HnswlibIndex and FaissIndex against brute force, snapshots, threads.
+
+faiss-specific tests (tombstones, compaction, the GPU) are in test_faiss_index.py.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from semcached.index.exact import ExactIndex
+from semcached.index.faiss_index import FaissIndex
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.snapshot import write_snapshot
-from semcached.index.vector_index import IndexFullError, SnapshotError, VectorIndex
+from semcached.index.vector_index import IndexFullError, SearchResult, SnapshotError, VectorIndex
 
 DIM = 8
 
@@ -36,10 +40,27 @@ def ids(*values: int) -> np.ndarray:
     return np.asarray(values, dtype=np.uint64)
 
 
-FACTORIES: list[Callable[[], VectorIndex]] = [hnsw, lambda: ExactIndex(DIM)]
+def faiss_cpu(dim: int = DIM, **kwargs: int) -> FaissIndex:
+    # Compaction after a single tombstone, so that the tests exercise it too.
+    params = {"compact_min": 1, "compact_fraction": 0.25}
+    params.update(kwargs)
+    return FaissIndex(dim, **params)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=FACTORIES, ids=["hnswlib", "exact"])
+def faiss_overfetch(dim: int = DIM) -> FaissIndex:
+    """The GPU's way of skipping tombstones (over-fetch, compaction past 4), on the CPU."""
+    return FaissIndex(dim, overfetch_dead=4)
+
+
+FACTORIES: list[Callable[[], VectorIndex]] = [
+    hnsw,
+    lambda: ExactIndex(DIM),
+    faiss_cpu,
+    faiss_overfetch,
+]
+
+
+@pytest.fixture(params=FACTORIES, ids=["hnswlib", "exact", "faiss", "faiss-overfetch"])
 def index(request: pytest.FixtureRequest) -> VectorIndex:
     made: VectorIndex = request.param()
     return made
@@ -223,9 +244,18 @@ class HnswAgainstExact(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.hnsw = hnsw(initial_capacity=4)
+        self.index: VectorIndex = self.make()
         self.exact = ExactIndex(DIM)
         self.tmp = Path(tempfile.mkdtemp())
+
+    def make(self) -> VectorIndex:
+        return hnsw(initial_capacity=4)
+
+    def load(self, path: Path) -> VectorIndex:
+        return HnswlibIndex.load(path, dim=DIM)
+
+    def check_results(self, got: list[SearchResult], want: list[SearchResult]) -> None:
+        """Beyond what every index must do (see ``search``): nothing for HNSW."""
 
     def teardown(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -236,19 +266,19 @@ class HnswAgainstExact(RuleBasedStateMachine):
             data.draw(st.lists(ID_POOL, min_size=len(rows), max_size=len(rows))),
             dtype=np.uint64,
         )
-        self.hnsw.add(labels, rows)
+        self.index.add(labels, rows)
         self.exact.add(labels, rows)
 
     @rule(labels=st.lists(ID_POOL, max_size=10))
     def remove(self, labels: list[int]) -> None:
-        assert self.hnsw.remove(np.asarray(labels, dtype=np.uint64)) == self.exact.remove(
+        assert self.index.remove(np.asarray(labels, dtype=np.uint64)) == self.exact.remove(
             np.asarray(labels, dtype=np.uint64)
         )
 
     @precondition(lambda self: len(self.exact) > 0)
     @rule(queries=ROWS, k=st.integers(1, 8))
     def search(self, queries: np.ndarray, k: int) -> None:
-        got = self.hnsw.search(queries, k)
+        got = self.index.search(queries, k)
         want = self.exact.search(queries, k)
         live = set(self.exact.ids().tolist())
         for (g_ids, g_sims), (w_ids, w_sims) in zip(got, want, strict=True):
@@ -258,26 +288,27 @@ class HnswAgainstExact(RuleBasedStateMachine):
             assert np.all(np.diff(g_sims) <= 1e-6)
             # Top-1 equals brute force (compared by similarity: equal vectors tie).
             assert g_sims[0] == pytest.approx(w_sims[0], abs=1e-5)
+        self.check_results(got, want)
 
     @rule()
     def save_and_reload(self) -> None:
         path = self.tmp / "snap"
-        self.hnsw.save(path)
-        loaded = HnswlibIndex.load(path, dim=DIM)
+        self.index.save(path)
+        loaded = self.load(path)
         probe = np.random.default_rng(0).normal(size=(3, DIM)).astype(np.float32)
         for (a_ids, a_sims), (b_ids, b_sims) in zip(
-            self.hnsw.search(probe, 5), loaded.search(probe, 5), strict=True
+            self.index.search(probe, 5), loaded.search(probe, 5), strict=True
         ):
             assert a_ids.tolist() == b_ids.tolist()
             assert np.array_equal(a_sims, b_sims)
-        self.hnsw = loaded  # carry on with the loaded one: its bookkeeping must hold up
+        self.index = loaded  # carry on with the loaded one: its bookkeeping must hold up
 
     @invariant()
     def same_contents(self) -> None:
-        assert len(self.hnsw) == len(self.exact)
-        assert sorted(self.hnsw.ids().tolist()) == sorted(self.exact.ids().tolist())
+        assert len(self.index) == len(self.exact)
+        assert sorted(self.index.ids().tolist()) == sorted(self.exact.ids().tolist())
         for label in (1, 2, 3, (1 << 64) - 1):
-            assert (label in self.hnsw) == (label in self.exact)
+            assert (label in self.index) == (label in self.exact)
 
 
 # Derandomised: hnswlib's in-place updates (re-adding a live label) can leave a point
@@ -295,6 +326,50 @@ HnswAgainstExact.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestHnswAgainstExact = HnswAgainstExact.TestCase
+
+
+class FaissAgainstExact(HnswAgainstExact):
+    """The same rules on FaissIndex, which is exact: every result equals brute force."""
+
+    def make(self) -> VectorIndex:
+        return faiss_cpu()
+
+    def load(self, path: Path) -> VectorIndex:
+        return FaissIndex.load(path, dim=DIM)
+
+    def check_results(self, got: list[SearchResult], want: list[SearchResult]) -> None:
+        for (_, g_sims), (_, w_sims) in zip(got, want, strict=True):
+            assert np.allclose(g_sims, w_sims, atol=1e-5)
+
+    @invariant()
+    def bookkeeping(self) -> None:
+        assert isinstance(self.index, FaissIndex)
+        self.index._check()
+
+
+class FaissOverfetchAgainstExact(FaissAgainstExact):
+    """The GPU's tombstone handling (over-fetch, compaction past 4 dead rows), on the CPU."""
+
+    def make(self) -> VectorIndex:
+        return faiss_overfetch()
+
+    def load(self, path: Path) -> VectorIndex:
+        return FaissIndex.load(path, dim=DIM, overfetch_dead=4)
+
+
+# Random, unlike hnswlib's: faiss's search is exact, so no sequence may fail.
+_FAISS_SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    database=None,
+    phases=[Phase.explicit, Phase.generate, Phase.shrink],
+    suppress_health_check=[HealthCheck.too_slow],
+)
+FaissAgainstExact.TestCase.settings = _FAISS_SETTINGS
+FaissOverfetchAgainstExact.TestCase.settings = _FAISS_SETTINGS
+TestFaissAgainstExact = FaissAgainstExact.TestCase
+TestFaissOverfetchAgainstExact = FaissOverfetchAgainstExact.TestCase
 
 
 def test_recall_at_16_dims_with_churn() -> None:
