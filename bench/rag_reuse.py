@@ -4,6 +4,8 @@ chunk reuse, first-k, Cache-Craft's planned recompute and a random control.
     python bench/rag_reuse.py                 # the full run (opt-in: about 40 minutes)
     python bench/rag_reuse.py --quick         # the short run (a few minutes)
     python bench/rag_reuse.py --quick --csv   # one line per mode, for scripts
+    python bench/rag_reuse.py --device cuda --prompts 12   # TTFT on a GPU: full prefill
+                                              # vs reuse via the GPU tier vs the host tier
 
 Why one file of about 570 lines: most of it is the ``Bench`` class, whose storing and
 modes share one state (the model, the client, the chunks stored, the prefix store, the
@@ -511,6 +513,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNG goes")
     parser.add_argument("--prompts", type=int, help="override the number of prompts")
     parser.add_argument("--alphas", type=float, nargs="+", help="override the alphas")
+    parser.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        default="cpu",
+        help="cuda: the GPU mode (bench/_rag_gpu.py): TTFT of full prefill vs reuse "
+        "through the daemon's GPU tier vs its host tier, on cuda:0",
+    )
     args = parser.parse_args()
     config = QUICK if args.quick else FULL
     if args.prompts:
@@ -522,6 +531,11 @@ def main() -> None:
             config.chunks, config.prompts, tuple(args.alphas), config.continuation, config.seed
         )
     log = sys.stderr if args.csv else sys.stdout
+    if args.device == "cuda":
+        from _rag_gpu import run
+
+        run(config.chunks, config.prompts, config.seed, log)
+        return
 
     torch.set_num_threads(1)
     started = time.perf_counter()

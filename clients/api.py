@@ -52,6 +52,8 @@ class ClientApi:
     put_chunk = flow(kv_flows.put_chunk)
     get_chunk = flow(kv_flows.get_chunk)
     fetch = flow(kv_flows.fetch)
+    fetch_tensor = flow(kv_flows.fetch_tensor)
+    get_tensor = flow(kv_flows.get_tensor)
     plan = flow(kv_flows.plan)
     release_lease = command(kv.release_lease)
     delete_chunk = command(kv.delete_chunk)

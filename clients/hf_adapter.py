@@ -12,10 +12,19 @@ yields every missing chunk's KV and statistics at once, and that pass is the exa
 prefill of that span, so it is used as is; only the hits after the last miss are
 reused (fetched, RoPE-shifted, recomputed where planned). The system prompt is not a
 chunk: when every chunk hits it is computed fresh (it is short and shared by all).
+
+On a CUDA model the plan names the model's GPU (``device=``, its UUID), so the
+daemon hands the hot chunks over as CUDA IPC handles: they are read where they lie
+in the daemon's GPU memory and never cross to the host
+(:meth:`~semcached.clients.SemcachedClient.fetch_tensor`); the others are copied
+from shared memory or HTTP to the GPU. A daemon without a GPU tier (or without this
+GPU in it) answers 400 once, and the adapter then plans without a device. On the
+CPU nothing changes: shared-memory views or HTTP copies, as before.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +43,14 @@ from semcached.clients.hf_kv import (
     from_blob,
     prompt_chunks_kv,
 )
-from semcached.clients.kv import KvPlan
+from semcached.clients.kv import KvPlan, LeaseInfo, PlannedChunk
 from semcached.clients.sync import SemcachedClient
+from semcached.errors import BadRequestError
+from semcached.protocol.codes import ErrorCode
 from semcached.protocol.keys import chunk_key
+
+log = logging.getLogger("semcached.clients")
+_NO_DEVICE_TIER = frozenset({ErrorCode.GPU_TIER_OFF, ErrorCode.UNKNOWN_DEVICE})
 
 __all__ = ["HfKvAdapter", "RagPrefill"]
 
@@ -46,7 +60,9 @@ class RagPrefill:
     """What one prefill did. ``logits`` ``[1, question_tokens, vocab]``; ``cache``
     covers the whole prompt (system, chunks, question), ready for decoding;
     ``stored`` the indices of the chunks computed and stored; ``reused`` those taken
-    from the daemon; ``recomputed`` the absolute positions recomputed."""
+    from the daemon; ``recomputed`` the absolute positions recomputed;
+    ``transfers`` how each reused chunk came: ``cuda`` (read in the daemon's GPU
+    memory), ``shm`` or ``http``."""
 
     logits: torch.Tensor
     cache: DynamicCache
@@ -55,6 +71,7 @@ class RagPrefill:
     reused: tuple[int, ...]
     recomputed: tuple[int, ...]
     prompt_tokens: int
+    transfers: tuple[str, ...] = ()
 
 
 def _ids(tokens: Sequence[int] | torch.Tensor) -> torch.Tensor:
@@ -68,7 +85,9 @@ class HfKvAdapter:
     chunk key, so they must be what the daemon's ``[kv_models]`` declares and must
     change whenever the weights or the tokenizer do); ``dtype`` is the stored blob
     dtype (float32 reproduces the model's own KV bit for bit; float16/bfloat16 halve
-    the bytes at a small quality cost).
+    the bytes at a small quality cost). ``device_handles`` (a CUDA model only): ask
+    the daemon for CUDA IPC handles on the model's GPU (False: copy every reused chunk
+    from shared memory or HTTP to the GPU, e.g. to compare the two).
     """
 
     def __init__(
@@ -80,6 +99,7 @@ class HfKvAdapter:
         tokenizer_id: str,
         dtype: str = "float32",
         lease_s: float | None = None,
+        device_handles: bool = True,
     ) -> None:
         if dtype not in KV_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}")
@@ -90,7 +110,11 @@ class HfKvAdapter:
         self.dtype = dtype
         self.lease_s = lease_s
         self.shifter = RopeShifter(model)
-        self._model_dtype: torch.dtype = next(model.parameters()).dtype
+        first = next(model.parameters())
+        self._model_dtype: torch.dtype = first.dtype
+        self.device: torch.device = first.device
+        self._on_gpu = self.device.type == "cuda"
+        self.device_handles = device_handles and self._on_gpu
 
     def key(self, chunk: Sequence[int] | torch.Tensor) -> bytes:
         """The chunk key of ``chunk``'s token ids under this model, tokenizer and dtype."""
@@ -98,9 +122,37 @@ class HfKvAdapter:
 
     def _forward(self, ids: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
         kwargs = cache_kwargs(self.model, cache)
-        out = self.model(input_ids=ids.view(1, -1), use_cache=True, **kwargs)
+        out = self.model(input_ids=ids.view(1, -1).to(self.device), use_cache=True, **kwargs)
         logits: torch.Tensor = out.logits
         return logits
+
+    def _plan(self, keys: Sequence[bytes], lengths: Sequence[int], start: int) -> KvPlan:
+        if self.device_handles:
+            try:
+                return self.client.plan(
+                    self.model_id,
+                    keys,
+                    chunk_tokens=lengths,
+                    start=start,
+                    lease_s=self.lease_s,
+                    device=self.device,
+                )
+            except BadRequestError as exc:
+                if exc.code not in _NO_DEVICE_TIER:
+                    raise
+                log.warning("no GPU handles from the daemon (%s); copying chunks to the GPU", exc)
+                self.device_handles = False
+        return self.client.plan(
+            self.model_id, keys, chunk_tokens=lengths, start=start, lease_s=self.lease_s
+        )
+
+    def _fetch(self, planned: PlannedChunk, lease: LeaseInfo | None) -> tuple[torch.Tensor, str]:
+        """A hit's KV on the model's device, and how it came."""
+        if self._on_gpu:
+            got = self.client.fetch_tensor(planned, lease, device=self.device)
+            return got.tensor, got.transfer
+        blob = self.client.fetch(planned, lease)
+        return from_blob(blob.array(), blob.meta.dtype), "shm" if blob.zero_copy else "http"
 
     @torch.no_grad()
     def prefill(
@@ -120,15 +172,14 @@ class HfKvAdapter:
         bounds = [int(system.numel())]
         for n in lengths:
             bounds.append(bounds[-1] + n)
-        plan = self.client.plan(
-            self.model_id, keys, chunk_tokens=lengths, start=bounds[0], lease_s=self.lease_s
-        )
+        plan = self._plan(keys, lengths, bounds[0])
         misses = [i for i, c in enumerate(plan.chunks) if not c.hit]
         last_miss = misses[-1] if misses else -1
         stored: list[int] = []
         parts: list[torch.Tensor] = []
         reused: list[int] = []
         recomputed: list[int] = []
+        transfers: list[str] = []
         try:
             if last_miss >= 0:
                 computed, exact = prompt_chunks_kv(self.model, system, pieces[: last_miss + 1])
@@ -142,13 +193,14 @@ class HfKvAdapter:
                 planned = plan.chunks[i]
                 if planned.position is not None and planned.position != bounds[i]:
                     raise ValueError(f"plan puts chunk {i} at {planned.position}, not {bounds[i]}")
-                blob = self.client.fetch(planned, plan.lease)
-                kv = from_blob(blob.array(), blob.meta.dtype)
+                kv, how = self._fetch(planned, plan.lease)
+                transfers.append(how)
                 base = int(planned.rope_base or 0)
                 parts.append(self.shifter.shift_kv(kv, base, bounds[i]))
                 reused.append(i)
                 recomputed.extend(bounds[i] + int(r) for r in planned.recompute)
-            cache = assemble_cache(parts, self.model.config, self._model_dtype)  # copies
+            # Copies: the chunks' handles may end with the lease below.
+            cache = assemble_cache(parts, self.model.config, self._model_dtype)
         finally:
             if plan.lease is not None:
                 self.client.release_lease(plan.lease.id)
@@ -164,12 +216,15 @@ class HfKvAdapter:
             reused=tuple(reused),
             recomputed=tuple(recomputed),
             prompt_tokens=bounds[-1] + int(question.numel()),
+            transfers=tuple(transfers),
         )
 
     def _prefill_only(self, ids: torch.Tensor) -> DynamicCache:
         cache = DynamicCache(config=self.model.config)
         kwargs = cache_kwargs(self.model, cache)
-        self.model(input_ids=ids.view(1, -1), use_cache=True, logits_to_keep=1, **kwargs)
+        self.model(
+            input_ids=ids.view(1, -1).to(self.device), use_cache=True, logits_to_keep=1, **kwargs
+        )
         return cache
 
     def _store(self, key: bytes, prefix: Sequence[bytes], chunk: ChunkKv) -> None:

@@ -20,12 +20,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.clients.request import Reply, Request
+from semcached.errors import SemcachedError
 from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, OCTET_STREAM
 from semcached.protocol.kv import (
     KV_DTYPES,
     CacheCraftStats,
     ChunkMeta,
     ChunkPutMeta,
+    KvCudaHandle,
     KvDtype,
     KvStats,
     KvTierStats,
@@ -38,17 +40,21 @@ __all__ = [
     "ChunkPutMeta",
     "FetchInfo",
     "KvChunk",
+    "KvCudaHandle",
     "KvPlan",
+    "LeaseExpiredError",
     "LeaseInfo",
     "PlannedChunk",
     "ShmRef",
     "TierStats",
     "Transfer",
     "as_bytes",
+    "check_lease",
     "delete_chunk",
     "get_chunk",
     "kv_stats",
     "lease_chunk",
+    "lease_device",
     "plan",
     "put_chunk",
     "put_meta",
@@ -78,10 +84,16 @@ class ShmRef:
     length: int
 
 
+class LeaseExpiredError(SemcachedError):
+    """A handle was about to be opened under a lease that has ended: the daemon may
+    have put other bytes there. Plan (or read) again for a fresh lease."""
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
-    """A lease pinning shared-memory blobs. ``deadline`` is this process's monotonic
-    clock at which the daemon will end it (computed from ``ttl_s`` on receipt)."""
+    """A lease pinning shared-memory or GPU blobs. ``expires_at`` is the daemon's unix
+    time at which it ends; ``deadline`` is this process's monotonic clock for the same
+    moment (computed from ``ttl_s`` on receipt)."""
 
     id: str
     expires_at: float
@@ -90,7 +102,19 @@ class LeaseInfo:
 
     @property
     def valid(self) -> bool:
-        return time.monotonic() < self.deadline
+        """Neither clock says it has ended (the handles it pins are on this host, so
+        the daemon's unix time and ours are one clock)."""
+        return time.monotonic() < self.deadline and time.time() < self.expires_at
+
+
+def check_lease(lease: LeaseInfo | None) -> None:
+    """LeaseExpiredError when ``lease`` has ended (None: nothing to check)."""
+    if lease is not None and not lease.valid:
+        late = time.time() - lease.expires_at
+        raise LeaseExpiredError(
+            f"lease {lease.id} ended {max(late, 0.0):.3f} s ago (expires_at "
+            f"{lease.expires_at:.3f}): its handles may show other bytes now; plan again"
+        )
 
 
 @dataclass(slots=True)
@@ -131,6 +155,7 @@ class FetchInfo:
     dtype: str
     shape: tuple[int, ...]
     shm: ShmRef | None
+    cuda: KvCudaHandle | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,6 +347,35 @@ def lease_chunk(
     return Request("GET", path, _leased, idempotent=False, params=params)
 
 
+def _leased_device(
+    reply: Reply,
+) -> tuple[ChunkMeta, ShmRef | None, KvCudaHandle | None, LeaseInfo]:
+    doc = reply.json()
+    lease = _lease(doc["lease"])
+    assert lease is not None
+    shm = None if doc.get("shm") is None else msgspec.convert(doc["shm"], ShmRef)
+    cuda = None if doc.get("cuda") is None else msgspec.convert(doc["cuda"], KvCudaHandle)
+    return _META_DECODER.decode(reply.body), shm, cuda, lease
+
+
+def lease_device(
+    key: bytes | str,
+    variant: bytes | str | None = None,
+    *,
+    device: str,
+    lease_s: float | None = None,
+) -> Request[tuple[ChunkMeta, ShmRef | None, KvCudaHandle | None, LeaseInfo]]:
+    """``GET /v1/kv/chunks/{key}?transfer=cuda&device=...``: a pinned handle, a CUDA
+    IPC one on ``device`` (the daemon's name for a GPU: its UUID) when the chunk is
+    hot enough for that GPU, else a shared-memory one."""
+    extra = {"transfer": "cuda", "device": device}
+    if lease_s is not None:
+        extra["lease_s"] = repr(float(lease_s))
+    params = _variant_params(variant, **extra)
+    path = f"/v1/kv/chunks/{_hex(key)}"
+    return Request("GET", path, _leased_device, idempotent=False, params=params)
+
+
 def _released(reply: Reply) -> bool:
     return reply.status == 204
 
@@ -363,8 +417,11 @@ def plan(
     start: int = 0,
     shm: bool = False,
     lease_s: float | None = None,
+    device: str | None = None,
 ) -> Request[KvPlan]:
-    """``POST /v1/kv/plan``: the reuse plan for a prompt's chunks, in prompt order."""
+    """``POST /v1/kv/plan``: the reuse plan for a prompt's chunks, in prompt order.
+    With ``device`` (a GPU's UUID, ``GPU-...``) hot hits come as CUDA IPC handles on
+    it and the others as shared-memory handles, all under the plan's lease."""
     body: dict[str, Any] = {"model": model, "chunks": [_hex(k) for k in keys], "start": start}
     if chunk_tokens is not None:
         body["chunk_tokens"] = [int(n) for n in chunk_tokens]
@@ -372,8 +429,11 @@ def plan(
         body["shm"] = True
     if lease_s is not None:
         body["lease_s"] = float(lease_s)
-    # With shm the plan takes a lease: not repeated blindly.
-    return Request("POST", "/v1/kv/plan", _plan, idempotent=not shm, json=body)
+    if device is not None:
+        body["device"] = device
+    # With shm or a device the plan takes a lease: not repeated blindly.
+    leased = shm or device is not None
+    return Request("POST", "/v1/kv/plan", _plan, idempotent=not leased, json=body)
 
 
 def _tiers(reply: Reply) -> dict[str, TierStats]:

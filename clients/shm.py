@@ -14,7 +14,8 @@ daemon.
 
 :class:`ShmPath` is a client's side of the same-host path: it decides whether to try
 it, stages puts in a file the daemon reads, and learns whether the daemon is on this
-host at all.
+host at all. It also holds the client's :class:`~semcached.clients.cuda.CudaMapper`
+(the same-host path on the GPU: CUDA IPC handles), closed with it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from semcached.clients.cuda import CudaMapper
 from semcached.clients.kv import ChunkMeta, KvChunk, LeaseInfo, ShmRef, Transfer
 from semcached.errors import ApiError, SemcachedError
 from semcached.protocol.codes import ErrorCode
@@ -155,6 +157,7 @@ class ShmPath:
         self.enabled = enabled
         self.mapper = ShmMapper(directory)
         self.same_host: bool | None = None  # unknown until the first handle
+        self.cuda = CudaMapper()  # opens nothing (imports no torch) until a CUDA handle
 
     def wanted(self, transfer: Transfer) -> bool:
         if transfer == "http":
@@ -206,3 +209,4 @@ class ShmPath:
 
     def close(self) -> None:
         self.mapper.close()
+        self.cuda.close()
