@@ -100,13 +100,14 @@ class KvTensor:
     """One variant's KV as a torch tensor ``[layers, 2, kv_heads, tokens, head_dim]``.
 
     ``transfer`` says how it came: ``cuda`` (the daemon's GPU memory itself, valid
-    while ``lease`` lasts and the client is open), ``shm`` (copied from shared memory
+    while ``lease`` lasts and the client is open), ``cuda-copy`` (from the daemon's
+    memory on another GPU, copied device to device), ``shm`` (copied from shared memory
     to the device; with a CPU target a view of it, valid while ``lease`` lasts) or
     ``http`` (copied from the reply). Treat it as read-only."""
 
     meta: ChunkMeta
     tensor: torch.Tensor
-    transfer: Literal["cuda", "shm", "http"]
+    transfer: Literal["cuda", "cuda-copy", "shm", "http"]
     lease: LeaseInfo | None = None
 
     @property

@@ -152,7 +152,7 @@ def _on_device(
         log.warning("CUDA IPC handle not usable here (%s); reading over HTTP", exc)
         return None
     if tensor.device != target:
-        return KvTensor(meta, tensor.to(target), "cuda", lease)
+        return KvTensor(meta, tensor.to(target), "cuda-copy", lease)
     return KvTensor(meta, tensor, "cuda", lease)
 
 
