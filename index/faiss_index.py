@@ -49,12 +49,14 @@ threads and 0.07 ms with 1. OpenMP's thread count is a per-thread setting
 (``omp_set_num_threads`` in one thread does not reach the pool's threads, checked
 here), so it is set on the calling thread at each call.
 
-Batches: faiss 1.15's CPU flat search scans the data once per query unless a batch
-has ``distance_compute_blas_threshold`` queries (128000 by default), so a batch would
-cost as much as its queries one by one. :func:`import_faiss` lowers that process-wide
-setting to 16: a batch of 256 then ran 3.7x faster through BLAS (100k x 384, one
-thread), batches under 16 are unchanged. A search with an ``IDSelector`` (while any
-tombstone waits for compaction) never takes the BLAS path. An IVF index (approximate,
+Batches: faiss 1.15's CPU flat search takes its BLAS path only when the batch holds
+``distance_compute_blas_threshold`` query *floats* (128000 by default: 333 queries of
+384-d; measured here, the cut moves with ``nq * dim``), so smaller batches cost as much
+as their queries one by one. Each CPU index sets that process-wide value to
+``4 * dim``: from 4 queries a batch goes through BLAS (16 queries: 2.5x the
+throughput, 100k x 384 on one thread) and a single query keeps the faster scan (with
+the threshold at 20 it ran at under half its speed). A search with an ``IDSelector``
+(while any tombstone waits for compaction) never takes the BLAS path. An IVF index (approximate,
 for millions of entries) is not built: flat search is what the GPU is fast at, and on
 the CPU hnswlib serves.
 """
@@ -104,7 +106,7 @@ class GpuUnavailableError(ConfigError):
     """A GPU index was asked for, but faiss has no GPU support or sees no such device."""
 
 
-_BLAS_FROM_QUERIES = 16
+_BLAS_FROM_QUERIES = 4  # batches this large search through BLAS (see the module docstring)
 
 
 def import_faiss() -> Any:
@@ -117,8 +119,6 @@ def import_faiss() -> Any:
             "(pip install 'semcached[faiss]') or, on a CUDA machine, `faiss-gpu` "
             f"({exc})"
         ) from exc
-    # Batches of 16+ queries search through BLAS (see the module docstring).
-    faiss.cvar.distance_compute_blas_threshold = _BLAS_FROM_QUERIES
     return faiss
 
 
@@ -191,6 +191,8 @@ class FaissIndex:
         if overfetch_dead is not None and not 1 <= overfetch_dead <= GPU_MAX_DEAD:
             raise ValueError(f"overfetch_dead must be in [1, {GPU_MAX_DEAD}]")
         self._overfetch_dead = overfetch_dead
+        if self._device is None:  # process-wide; indexes of one daemon share a dim
+            faiss.cvar.distance_compute_blas_threshold = _BLAS_FROM_QUERIES * dim
         self._index: Any = self._new_faiss_index()
         self._labels: IdArray = np.zeros(64, dtype=np.uint64)  # row -> id, dead rows too
         self._alive: NDArray[np.uint8] = np.zeros(8, dtype=np.uint8)  # bit per row, LSB first
