@@ -6,4 +6,4 @@ tree="$root/build/package"
 rm -rf "$tree"
 mkdir -p "$tree/semcached"
 for f in "$root"/common/*; do ln -s "$f" "$tree/semcached/"; done
-for d in protocol service index cachepolicy ext clients; do ln -s "$root/$d" "$tree/semcached/$d"; done
+for d in protocol service index cachepolicy ext clients integrations; do ln -s "$root/$d" "$tree/semcached/$d"; done
