@@ -136,7 +136,9 @@ def test_an_extension_that_does_not_compile_fails_the_build(tmp_path: Path) -> N
     assert not list((tmp_path / "dist").glob("*.whl"))
 
 
-@pytest.mark.parametrize("module", ["service", "index", "cachepolicy", "ext", "clients", "integrations"])
+@pytest.mark.parametrize(
+    "module", ["service", "index", "cachepolicy", "ext", "clients", "integrations"]
+)
 def test_subpackages_import_under_semcached(module: str) -> None:
     imported = __import__(f"semcached.{module}", fromlist=["_"])
     assert imported.__name__ == f"semcached.{module}"
