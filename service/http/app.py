@@ -57,6 +57,7 @@ def create_app(
 
     ``reread_settings`` loads the settings again from the sources they came from, for
     a reload (:func:`reload_settings`); by default a reload re-applies ``settings``."""
+    groups = [group for group in groups if group.enabled(settings)]
     metrics = Metrics()
     authenticator = Authenticator(settings, metrics.registry)  # ConfigError: a bad tokens file
     log.info("%s", authenticator.table.describe())

@@ -155,10 +155,11 @@ def build_openapi(
     handler does (see :func:`_standard_responses`) and the scope a token needs for it
     (``x-semcached-scope``); with ``bearer_auth`` the ``/v1/`` operations (except this
     document) require a token and document its 401, 403 and 429.
-    With ``settings``, each group's document hooks add the bounds that are settings
-    (batch sizes, the vector dimension) to the generated schemas.
+    With ``settings``, a group that is off (:attr:`RouteGroup.enabled`) is left out
+    and each group's document hooks add the bounds that are settings (batch sizes,
+    the vector dimension) to the generated schemas.
     """
-    groups = list(groups)
+    groups = [group for group in groups if settings is None or group.enabled(settings)]
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {"Error": ERROR_SCHEMA}
     tags = []

@@ -27,6 +27,7 @@ from semcached.service.http.decoding import Decoder
 __all__ = [
     "ERROR_SCHEMA_REF",
     "STORE_FULL_REPLY",
+    "EnabledWhen",
     "Handler",
     "Operation",
     "Reply",
@@ -38,6 +39,7 @@ __all__ = [
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SetupHook = Callable[[web.Application], None]
+EnabledWhen = Callable[[Settings], bool]
 DocumentHook = Callable[[dict[str, Any], Settings], None]
 
 ERROR_SCHEMA_REF = "#/components/schemas/Error"
@@ -105,16 +107,26 @@ def error_reply(description: str) -> Reply:
     return Reply(description, {"$ref": ERROR_SCHEMA_REF})
 
 
+def _always(settings: Settings) -> bool:
+    return True
+
+
 def _type_of(decl: Decoder[Any] | type) -> type:
     return decl.type if isinstance(decl, Decoder) else decl
 
 
 @dataclass
 class RouteGroup:
-    """A named set of routes plus the hooks that prepare their shared state."""
+    """A named set of routes plus the hooks that prepare their shared state.
+
+    ``enabled`` says from the settings whether the group serves at all: an optional
+    mode (the caching proxy, the GPTCache wire routes) is off unless configured, and
+    a group that is off has no routes, no set-up and no place in the OpenAPI document.
+    """
 
     name: str
     description: str
+    enabled: EnabledWhen = _always
     responses: Mapping[int | str, Reply | dict[str, Any]] = field(default_factory=dict)
     """Responses every operation of the group may give (a route's own take precedence)."""
     operations: list[Operation] = field(default_factory=list)
