@@ -59,9 +59,18 @@ class AsyncSemcachedClient(ClientApi, AsyncClient):
 
     async def _send(self, request: Request[Any]) -> Reply:
         url = self.options.url(request)
+        # A request's own budget bounds the whole exchange (the session's timeouts
+        # otherwise; passed only when set: aiohttp reads ``timeout=None`` as "no limit").
+        budget: dict[str, Any] = {}
+        if request.timeout_s is not None:
+            budget["timeout"] = aiohttp.ClientTimeout(total=request.timeout_s)
         try:
             async with self._get_session().request(
-                request.method, url, data=request.body(), headers=self.options.headers(request)
+                request.method,
+                url,
+                data=request.body(),
+                headers=self.options.headers(request),
+                **budget,
             ) as response:
                 body = await response.read()
                 return Reply(

@@ -38,7 +38,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MethodType
 from typing import Any, ClassVar, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
@@ -112,16 +112,33 @@ class ClientOptions:
 
 
 class Attempts(Generic[T]):
-    """Decides, for one request, whether to retry and how long to wait first."""
+    """Decides, for one request, whether to retry and how long to wait first, within
+    the request's own ``timeout_s`` when it has one."""
 
     def __init__(self, request: Request[T], policy: RetryPolicy) -> None:
         self._request = request
         self._delays = policy.delays() if request.idempotent else iter(())
         self._attempt = 1
+        self._deadline = None if request.timeout_s is None else time.monotonic() + request.timeout_s
+
+    def next_request(self) -> Request[T]:
+        """The request to send now: with a deadline, its timeout is what is left of it."""
+        if self._deadline is None:
+            return self._request
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise SemcachedTimeoutError(
+                f"{self._request.method} {self._request.path}: "
+                f"no time left of its {self._request.timeout_s} s"
+            )
+        return replace(self._request, timeout_s=left)
 
     def retry_delay(self, reason: str) -> float | None:
         """Seconds to wait before the next attempt, or None to give up."""
         delay = next(self._delays, None)
+        deadline = self._deadline
+        if delay is not None and deadline is not None and time.monotonic() + delay >= deadline:
+            return None  # the next attempt would start after the deadline
         if delay is not None:
             log.debug(
                 "retrying %s %s after %s (attempt %d failed); waiting %.3f s",
@@ -253,7 +270,7 @@ class BlockingClient(ClientBase):
         attempts = Attempts(request, self.options.retry)
         while True:
             try:
-                reply = self._send(request)
+                reply = self._send(attempts.next_request())
             except _TRANSPORT_ERRORS as exc:
                 delay = attempts.retry_delay(type(exc).__name__)
                 if delay is None:
@@ -297,7 +314,7 @@ class AsyncClient(ClientBase):
         attempts = Attempts(request, self.options.retry)
         while True:
             try:
-                reply = await self._send(request)
+                reply = await self._send(attempts.next_request())
             except _TRANSPORT_ERRORS as exc:
                 delay = attempts.retry_delay(type(exc).__name__)
                 if delay is None:

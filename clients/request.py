@@ -44,7 +44,9 @@ class Request(Generic[T]):
     others are sent at most once. ``ok_status`` lists the statuses ``parse`` handles;
     any other status is raised as an :class:`~semcached.errors.ApiError`. The body is
     ``json`` (serialised) or ``data`` (raw bytes, sent as they are); ``headers`` add to
-    the client's own.
+    the client's own. ``timeout_s`` bounds the exchange as a whole, connecting and
+    retries included (each attempt gets what is left; none starts after it): a
+    caller's budget, tighter than the client's own per-attempt timeouts.
     """
 
     method: str
@@ -56,6 +58,7 @@ class Request(Generic[T]):
     ok_status: frozenset[int] = field(default=_OK)
     data: bytes | bytearray | memoryview | None = None
     headers: Mapping[str, str] | None = None
+    timeout_s: float | None = None
 
     def body(self) -> bytes | bytearray | memoryview | None:
         if self.data is not None:

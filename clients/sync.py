@@ -53,6 +53,13 @@ class SemcachedClient(ClientApi, BlockingClient):
 
     def _send(self, request: Request[Any]) -> Reply:
         url = self.options.url(request)
+        # A request's own budget replaces the pool's timeouts: ``total`` bounds connecting
+        # and reading together (``read`` alone restarts with every byte that arrives).
+        # (Passed only when set: urllib3 reads ``timeout=None`` as "wait forever".)
+        budget: dict[str, Any] = {}
+        if request.timeout_s is not None:
+            connect = min(self.options.connect_timeout_s, request.timeout_s)
+            budget["timeout"] = urllib3.Timeout(total=request.timeout_s, connect=connect)
         try:
             response = self._pool.request(
                 request.method,
@@ -60,6 +67,7 @@ class SemcachedClient(ClientApi, BlockingClient):
                 # urllib3 sends any buffer (memoryview of a KV blob) as it is.
                 body=cast("bytes | None", request.body()),
                 headers=self.options.headers(request),
+                **budget,
             )
         except NewConnectionError as exc:
             raise SemcachedConnectionError(f"cannot connect to {url}: {exc}") from exc
