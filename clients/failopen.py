@@ -136,9 +136,12 @@ class FailOpenClient:
         if self._closed or self.breaker.rejecting():
             self._guard.count("short_circuits")
             return False
+        encoded = self._guard.serialized(request)
+        if encoded is None:
+            return False
         self._start()
         try:
-            self._queue.put_nowait(request)
+            self._queue.put_nowait(encoded)
         except queue.Full:
             self._guard.count("stores_dropped")
             return False
@@ -302,8 +305,11 @@ class AsyncFailOpenClient:
         if self._closed or self.breaker.rejecting():
             self._guard.count("short_circuits")
             return False
+        encoded = self._guard.serialized(request)
+        if encoded is None:
+            return False
         try:
-            self._started().put_nowait(request)
+            self._started().put_nowait(encoded)
         except asyncio.QueueFull:
             self._guard.count("stores_dropped")
             return False

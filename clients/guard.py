@@ -13,6 +13,7 @@ from semcached.clients.breaker import CircuitBreaker
 from semcached.clients.commands import LookupResult
 from semcached.clients.request import Request
 from semcached.errors import ApiError
+from semcached.protocol.headers import JSON
 
 __all__ = ["FailOpenPolicy", "FailOpenStats", "Guard"]
 
@@ -122,6 +123,21 @@ class Guard:
 
     def budgeted(self, request: Request[T]) -> Request[T]:
         return replace(request, timeout_s=self.policy.lookup_budget_s)
+
+    def serialized(self, request: Request[T]) -> Request[T] | None:
+        """``request`` with its JSON body encoded now, in the caller's thread: a value
+        that cannot be encoded is the caller's bug (counted as a failed store), not a
+        daemon failure for the breaker to count later. None if it cannot be."""
+        if request.json is None:
+            return request
+        try:
+            body = request.body()
+        except TypeError as exc:
+            self.count("stores_failed")
+            log.warning("semcached store not queued: its value is not JSON: %s", exc)
+            return None
+        headers = {**(request.headers or {}), "Content-Type": JSON}
+        return replace(request, json=None, data=body, headers=headers)
 
     def stored(self, request: Request[T]) -> Request[T]:
         return replace(request, timeout_s=self.policy.store_timeout_s)

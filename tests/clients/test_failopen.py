@@ -27,6 +27,8 @@ DIM = 384
 # Generous: a budget of 50 ms must end a stalled call long before this.
 STALL_BOUND_S = 5.0
 POLICY = FailOpenPolicy(lookup_budget_s=0.05, failures_to_open=3, cooldown_s=30.0)
+# Where the daemon must answer: a budget no busy test machine misses.
+PATIENT = FailOpenPolicy(lookup_budget_s=5.0, failures_to_open=3, cooldown_s=30.0)
 
 
 def unit(seed: int) -> np.ndarray:
@@ -45,7 +47,7 @@ class Clock:
 
 
 def test_a_healthy_daemon_answers_and_stores_arrive(daemon_url: str) -> None:
-    with SemcachedClient(daemon_url) as client, FailOpenClient(client, POLICY) as cache:
+    with SemcachedClient(daemon_url) as client, FailOpenClient(client, PATIENT) as cache:
         assert cache.store("t1", "what is 2+2", {"a": 4}, partition="p", vector=unit(1))
         assert cache.flush(10)
         hit = cache.lookup("t1", "what is 2+2", partition="p")
@@ -70,7 +72,9 @@ def test_a_stopped_daemon_is_a_miss_and_opens_the_breaker(daemon: DaemonProcess)
         assert cache.lookup("t1", "anything") is None
         assert not cache.store("t1", "p", 1, vector=unit(1))  # not even queued
         stats = cache.stats
-        assert (stats.lookups, stats.errors, stats.breaker_opens) == (4, 3, 1)
+        # Refused at once, or (on a busy machine) out of budget first.
+        assert stats.errors + stats.budget_misses == 3
+        assert (stats.lookups, stats.breaker_opens) == (4, 1)
         assert stats.short_circuits == 2  # the fourth lookup and the store
 
 
@@ -112,11 +116,12 @@ def test_500s_are_misses_and_open_the_breaker() -> None:
             assert cache.lookup("t1", "anything") is None
         assert flaky.requests == 3  # 500 is not retried; then the breaker held the rest
         stats = cache.stats
-        assert (stats.errors, stats.short_circuits, stats.breaker_opens) == (3, 2, 1)
+        assert stats.errors + stats.budget_misses == 3
+        assert (stats.short_circuits, stats.breaker_opens) == (2, 1)
 
 
 def test_the_callers_own_mistake_does_not_open_the_breaker(daemon_url: str) -> None:
-    with SemcachedClient(daemon_url) as client, FailOpenClient(client, POLICY) as cache:
+    with SemcachedClient(daemon_url) as client, FailOpenClient(client, PATIENT) as cache:
         for _ in range(5):
             assert cache.lookup("not a namespace!", "x") is None  # 400
         assert cache.stats.errors == 5
@@ -128,7 +133,7 @@ def test_the_breaker_probes_after_its_cool_down_and_closes_on_recovery(daemon_ur
     with (
         FlakyServer(daemon_url) as flaky,
         SemcachedClient(flaky.url) as client,
-        FailOpenClient(client, POLICY, clock=clock) as cache,
+        FailOpenClient(client, PATIENT, clock=clock) as cache,
     ):
         for _ in range(3):
             assert cache.lookup("t1", vector=unit(1)) is None
@@ -199,7 +204,7 @@ def test_breaker_state_machine_without_a_daemon() -> None:
 async def test_async_healthy_daemon(daemon_url: str) -> None:
     async with (
         AsyncSemcachedClient(daemon_url) as client,
-        AsyncFailOpenClient(client, POLICY) as cache,
+        AsyncFailOpenClient(client, PATIENT) as cache,
     ):
         assert cache.store("t1", "hello there", [1], vector=unit(3))
         assert await cache.flush(10)
@@ -229,7 +234,9 @@ async def test_async_stopped_stalled_and_failing_daemons_are_misses(
                     assert await cache.lookup("t1", "anything") is None
                     assert time.monotonic() - started < STALL_BOUND_S
                 stats = cache.stats
-                assert getattr(stats, counter) == 3, (where, stats)
+                # A refused or failed call may also run out of budget on a busy machine.
+                assert stats.errors + stats.budget_misses == 3, (where, stats)
+                assert getattr(stats, counter) >= 1, (where, stats)
                 assert (stats.breaker_opens, stats.short_circuits) == (1, 1)
                 assert not cache.store("t1", "p", 1)
 
@@ -247,3 +254,13 @@ async def test_async_stores_are_dropped_when_the_queue_is_full() -> None:
             assert cache.stats.stores_dropped == 3
             assert await cache.flush(10)
             assert cache.stats.stores_failed == 2
+
+
+def test_a_store_that_is_not_json_fails_in_the_caller_and_spares_the_breaker(
+    daemon_url: str,
+) -> None:
+    with SemcachedClient(daemon_url) as client, FailOpenClient(client, POLICY) as cache:
+        for _ in range(5):
+            assert not cache.store("t1", "p", object(), vector=unit(1))
+        assert cache.stats.stores_failed == 5
+        assert cache.breaker.state == "closed"
