@@ -5,6 +5,8 @@
 - :mod:`~semcached.protocol.codes`: the error codes of the error document;
 - :mod:`~semcached.protocol.semantic`: the semantic cache's request and response bodies;
 - :mod:`~semcached.protocol.kv`: the chunk KV cache's metadata, replies and plans.
+- :mod:`~semcached.protocol.chat`: the cache key of an OpenAI-style chat or text request;
+- :mod:`~semcached.protocol.chat_replay`: streamed chunks <-> the completion document.
 
 The bodies are msgspec structs: the daemon validates requests and generates its
 OpenAPI document with them, a client builds and reads them. The exceptions both sides

@@ -1,4 +1,4 @@
-"""The chat-request helper keys on the last user message within an exact context."""
+"""The chat-request key: the last user message within an exact context; the prompt key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from semcached.clients.openai import chat_cache_key
+from semcached.clients import openai as client_helpers
+from semcached.protocol.chat import chat_cache_key, completion_cache_key
 
 BASE: dict[str, Any] = {
     "model": "gpt-x",
@@ -75,3 +76,26 @@ def test_multipart_content() -> None:
 def test_requests_without_user_message_are_rejected(messages: Any) -> None:
     with pytest.raises(ValueError, match="message"):
         chat_cache_key(variant(messages=messages))
+
+
+def test_clients_keep_the_helper_name() -> None:
+    assert client_helpers.chat_cache_key is chat_cache_key
+
+
+def test_completion_key_is_the_prompt_in_a_partition_of_its_own() -> None:
+    request = {"model": "gpt-x", "prompt": "Say hi", "max_tokens": 5}
+    key = completion_cache_key(request)
+    assert key.text == "Say hi"
+    assert completion_cache_key({**request, "prompt": ["Say hi"]}) == key
+    assert completion_cache_key({**request, "prompt": "Other"}).partition == key.partition
+    assert completion_cache_key({**request, "max_tokens": 6}).partition != key.partition
+    assert completion_cache_key({**request, "suffix": "!"}).partition != key.partition
+    # Never the partition of a chat request of the same model.
+    chat = chat_cache_key({"model": "gpt-x", "messages": [{"role": "user", "content": "Say hi"}]})
+    assert chat.partition != key.partition
+
+
+@pytest.mark.parametrize("prompt", ["", ["a", "b"], [1, 2, 3], None])
+def test_completion_requests_without_one_text_prompt_are_rejected(prompt: Any) -> None:
+    with pytest.raises(ValueError, match="prompt"):
+        completion_cache_key({"model": "gpt-x", "prompt": prompt})
