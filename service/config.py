@@ -53,6 +53,7 @@ __all__ = [
     "KvSettings",
     "LoadAdaptationSettings",
     "LogSettings",
+    "ProxySettings",
     "SemanticSettings",
     "ServerSettings",
     "SettingSpec",
@@ -504,6 +505,63 @@ class AuthSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """The OpenAI-compatible caching proxy (``/v1/chat/completions``, ``/v1/completions``):
+    off unless ``upstream_url`` is set."""
+
+    upstream_url: str = _setting(
+        "",
+        "Base URL of the OpenAI-compatible upstream, with its version path "
+        "(e.g. https://api.openai.com/v1). Empty: the proxy routes are off.",
+    )
+    upstream_api_key: str = _setting(
+        "",
+        "Bearer key sent to the upstream instead of the caller's Authorization (which is "
+        "then the daemon's token when auth is on). Empty: the caller's Authorization is "
+        "passed through (the daemon's token then travels in X-Semcached-Token).",
+    )
+    upstream_timeout_s: float = _setting(
+        120.0,
+        "Longest wait for the upstream to connect or to send its next bytes; past it a "
+        "504 (or a stream cut short, never stored).",
+        min=0.001,
+    )
+    namespace: str = _setting(
+        "proxy",
+        "Semantic cache namespace of the proxy's entries (X-Semcached-Namespace overrides).",
+    )
+    category: str = _setting(
+        "", "Category of the proxy's entries. Empty: classified from the prompt."
+    )
+    max_temperature: float = _setting(
+        1.0, "Requests with a higher temperature pass through uncached.", min=0
+    )
+    cache_tool_calls: bool = _setting(
+        False, "Store answers that call tools (else they pass through uncached)."
+    )
+    coalesce_wait_s: float = _setting(
+        30.0,
+        "How long identical concurrent misses wait for the first one's answer before "
+        "going upstream themselves (0: no coalescing).",
+        min=0,
+    )
+    max_record_bytes: int = _setting(
+        8 * MiB, "Largest answer stored; larger ones pass through uncached.", min=1024
+    )
+    prices: tuple[str, ...] = _setting(
+        (),
+        "USD per million tokens for the saved-cost metric, `model=input/output` each "
+        "(e.g. gpt-4o-mini=0.15/0.6). Comma-separated in the environment and flags.",
+    )
+    max_model_labels: int = _setting(
+        20,
+        "Models named in the proxy's metrics besides the priced ones; later ones count as `other`.",
+        min=0,
+        max=1000,
+    )
+
+
 DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -533,6 +591,7 @@ class Settings:
     kv_gpu: KvGpuSettings = field(default_factory=KvGpuSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     load: LoadAdaptationSettings = field(default_factory=LoadAdaptationSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables), KV models
     # (``[kv_models."<id>"]``) and load targets (``[load_models."<model>"]``).
     categories: CategoryTable = field(default_factory=CategoryTable)

@@ -23,6 +23,7 @@ from semcached.errors import (
     ServerError,
 )
 from semcached.protocol.codes import ErrorCode
+from semcached.protocol.headers import DAEMON_TOKEN_HEADER
 from semcached.service.auth.authenticator import Authenticator
 from semcached.service.auth.scopes import Scope
 from semcached.service.http.appkeys import PRINCIPAL
@@ -128,6 +129,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+def _daemon_token(request: web.Request) -> str | None:
+    """The daemon's token: X-Semcached-Token (bare or ``Bearer``) before Authorization,
+    which a caching proxy's caller fills with the upstream's key."""
+    own = request.headers.get(DAEMON_TOKEN_HEADER)
+    if own is None:
+        return request.headers.get(hdrs.AUTHORIZATION)
+    own = own.strip()
+    return own if own.lower().startswith("bearer ") else f"Bearer {own}"
+
+
 def auth_middleware(
     authenticator: Authenticator,
     scopes: Mapping[tuple[str, str], Scope | None],
@@ -148,7 +159,7 @@ def auth_middleware(
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(protected_prefix) and request.path not in open_paths:
-            principal = authenticator.authenticate(request.headers.get("Authorization"))
+            principal = authenticator.authenticate(_daemon_token(request))
             authenticator.admit(principal)
             request[PRINCIPAL] = principal
             scope = scopes.get((request.method, route_label(request)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from semcached.service.http.routes import admin, health, kv, meta, semantic, semantic_load
+from semcached.service.http.routes import admin, health, kv, meta, proxy, semantic, semantic_load
 from semcached.service.http.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
@@ -15,4 +15,5 @@ DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     admin.group,
     semantic.group,
     kv.group,
+    proxy.group,  # after semantic: it uses that group's engine
 )

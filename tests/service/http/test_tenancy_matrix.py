@@ -349,6 +349,8 @@ def test_the_matrix_covers_every_v1_route(tmp_path: Path) -> None:
         ("DELETE", "/v1/kv/leases/{id}"), ("GET", "/v1/kv/stats"), ("GET", "/v1/kv/models"),
         ("GET", "/v1/admin/config"), ("PUT", "/v1/admin/log-level"),
         ("GET", "/v1/openapi.json"),
+        # The caching proxy's routes need an upstream: test_proxy_auth.py checks them.
+        ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
     }  # fmt: skip
     routes = {
         (op.method, op.path)
