@@ -30,6 +30,7 @@ from semcached.service.http.jsonio import error_response
 from semcached.service.metrics import HttpMetrics
 
 __all__ = [
+    "API_KEY_HEADER",
     "CLIENT_CLOSED",
     "auth_middleware",
     "error_middleware",
@@ -128,18 +129,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+API_KEY_HEADER = "api-key"
+"""Qdrant's token header (its clients, LiteLLM's qdrant-semantic cache among them, send
+no Authorization): read as a bearer token when no Authorization header came."""
+
+
 def auth_middleware(
     authenticator: Authenticator,
     scopes: Mapping[tuple[str, str], Scope | None],
     protected_prefix: str = "/v1/",
 ) -> Middleware:
-    """Authenticate every request under ``protected_prefix`` and check its route's scope.
+    """Authenticate every request under ``protected_prefix``, and every request of a
+    route that names a scope wherever it lives (the GPTCache and Qdrant wire routes
+    keep those clients' paths), and check the route's scope.
 
     ``scopes`` maps (method, route template) to what a token needs. The request's
     :class:`~semcached.service.auth.tenants.Principal` is left in ``request[PRINCIPAL]``
     for the handler (which checks namespaces and scopes its body names); in the open
     mode it is the default tenant with every scope. Probes, metrics and the OpenAPI
     document stay open: a kubelet or Prometheus must reach them without a secret.
+    The token comes from ``Authorization: Bearer``, else from Qdrant's ``api-key``.
     Order: 401 (who?), 429 (the tenant's rate), 403 (the route's scope), so a caller
     without a valid token learns nothing about routes or tenants.
     """
@@ -147,11 +156,16 @@ def auth_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(protected_prefix) and request.path not in open_paths:
-            principal = authenticator.authenticate(request.headers.get("Authorization"))
+        scope = scopes.get((request.method, route_label(request)))
+        if scope is not None or (
+            request.path.startswith(protected_prefix) and request.path not in open_paths
+        ):
+            header = request.headers.get(hdrs.AUTHORIZATION)
+            if header is None and API_KEY_HEADER in request.headers:
+                header = f"Bearer {request.headers[API_KEY_HEADER]}"
+            principal = authenticator.authenticate(header)
             authenticator.admit(principal)
             request[PRINCIPAL] = principal
-            scope = scopes.get((request.method, route_label(request)))
             if scope is not None:
                 authenticator.require(principal, scope)
         return await handler(request)
