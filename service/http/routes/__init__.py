@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from semcached.service.http.routes import admin, health, kv, meta, semantic, semantic_load
+from semcached.service.http.routes import (
+    admin,
+    gptcache,
+    health,
+    kv,
+    meta,
+    semantic,
+    semantic_load,
+)
 from semcached.service.http.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
@@ -15,4 +23,5 @@ DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     admin.group,
     semantic.group,
     kv.group,
+    gptcache.group,  # off unless gptcache.enabled; needs the semantic group's engine
 )
