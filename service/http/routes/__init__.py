@@ -8,6 +8,7 @@ from semcached.service.http.routes import (
     health,
     kv,
     meta,
+    qdrant,
     semantic,
     semantic_load,
 )
@@ -23,5 +24,7 @@ DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     admin.group,
     semantic.group,
     kv.group,
-    gptcache.group,  # off unless gptcache.enabled; needs the semantic group's engine
+    # Wire-compatible groups, off unless enabled; they use the semantic group's engine.
+    gptcache.group,
+    qdrant.group,
 )
