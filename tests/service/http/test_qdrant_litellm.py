@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import urllib3
+import yaml
 
 from tests.daemon import DaemonProcess
 from tests.service.http.bow_embeddings import DIM, EmbeddingServer
@@ -143,6 +145,28 @@ def test_the_async_path(url: str) -> None:
         return first, await aask(PARAPHRASE, "not from the cache"), await aask(OTHER, "Bake it.")
 
     assert asyncio.run(run()) == (("Paris", False), ("Paris", True), ("Bake it.", False))
+
+
+def test_the_readmes_proxy_config_makes_a_working_cache(url: str) -> None:
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
+    section = readme[readme.index("## LiteLLM proxy (qdrant-semantic)") :]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    params = yaml.safe_load(block[1])["litellm_settings"]["cache_params"]
+    assert params["type"] == "qdrant-semantic"
+    # The proxy builds litellm.Cache(**cache_params); offline: this daemon (no tokens)
+    # and the local embedding model with its dimension.
+    params.update(
+        qdrant_api_base=url,
+        qdrant_api_key=None,
+        qdrant_semantic_cache_embedding_model="openai/bow",
+        qdrant_semantic_cache_vector_size=DIM,
+    )
+    litellm.cache = litellm.Cache(**params)
+    before = stored(url)
+    assert ask(QUESTION, "Paris") == ("Paris", False)
+    wait_stored(url, before + 1)
+    assert ask(PARAPHRASE, "other") == ("Paris", True)
 
 
 def test_the_api_key_is_a_daemon_token(tmp_path: Path) -> None:
