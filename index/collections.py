@@ -8,6 +8,7 @@ database, so that a restart keeps them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
@@ -57,9 +58,23 @@ class CollectionStore:
 
         return self._env.write(run)
 
-    def replace(self, name: str, collection: Collection) -> None:
-        key, value = name.encode("utf-8"), _ENCODER.encode(collection)
-        self._env.write(lambda txn: txn.put(key, value, db=self._db))
+    def update(self, name: str, change: Callable[[Collection], Collection]) -> Collection | None:
+        """Replace ``name``'s definition with ``change(current)`` in one transaction (so
+        concurrent updates never undo each other); None if there is none. ``change``
+        may raise to leave it as it is."""
+        key = name.encode("utf-8")
+
+        def run(txn: lmdb.Transaction) -> Collection | None:
+            raw = txn.get(key, db=self._db)
+            if raw is None:
+                return None
+            current = _DECODER.decode(bytes(raw))
+            changed = change(current)
+            if changed != current:
+                txn.put(key, _ENCODER.encode(changed), db=self._db)
+            return changed
+
+        return self._env.write(run)
 
     def delete(self, name: str) -> bool:
         """Remove ``name``'s definition; whether there was one."""

@@ -276,8 +276,11 @@ async def create_index(request: web.Request) -> web.Response:
             f"field_schema: only keyword indexes are served, not {kind!r}",
             field="field_schema",
         )
-    found = _collection(request, name)
-    if found.partition_field != body.field_name:
+    _collection(request, name)
+
+    def index(found: Collection) -> Collection:
+        if found.partition_field == body.field_name:
+            return found
         if found.partition_field or found.has_points:
             why = (
                 f"it has one on {found.partition_field!r}"
@@ -290,8 +293,11 @@ async def create_index(request: web.Request) -> web.Response:
                 f"{why}, so it cannot index {body.field_name!r}",
                 field="field_name",
             )
-        updated = msgspec.structs.replace(found, partition_field=body.field_name)
-        await _write(request, request.app[COLLECTIONS].get().replace, name, updated)
+        return msgspec.structs.replace(found, partition_field=body.field_name)
+
+    # Checked and changed in one transaction: a concurrent upsert's mark is never lost.
+    if await _write(request, request.app[COLLECTIONS].get().update, name, index) is None:
+        _collection(request, name)  # deleted meanwhile: its 404
     return ok({"operation_id": 0, "status": "completed"}, started)
 
 
@@ -339,11 +345,12 @@ async def upsert_points(request: web.Request) -> web.Response:
         )
     await _engine(request).insert_many(inserts)
     if not found.has_points:  # index creation checks it: never partition points already there
-        marked = Collection(
-            found.dim, found.distance, found.created_at, found.partition_field, True
-        )
-        await _write(request, request.app[COLLECTIONS].get().replace, name, marked)
+        await _write(request, request.app[COLLECTIONS].get().update, name, _with_points)
     return ok({"operation_id": 0, "status": "completed"}, started)
+
+
+def _with_points(found: Collection) -> Collection:
+    return msgspec.structs.replace(found, has_points=True)
 
 
 @group.route(
