@@ -49,11 +49,13 @@ __all__ = [
     "AuthSettings",
     "ClassificationSettings",
     "EmbeddingSettings",
+    "GptcacheSettings",
     "IndexSettings",
     "KvSettings",
     "LoadAdaptationSettings",
     "LogSettings",
     "ProxySettings",
+    "QdrantSettings",
     "SemanticSettings",
     "ServerSettings",
     "SettingSpec",
@@ -562,6 +564,40 @@ class ProxySettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class GptcacheSettings:
+    """GPTCache's wire protocol (``POST /put``, ``/get``, ``/flush``), so that its own
+    ``gptcache.client.Client`` works against the daemon unchanged."""
+
+    enabled: bool = _setting(False, "Serve POST /put, /get and /flush as GPTCache's server does.")
+    namespace: str = _setting(
+        "gptcache", "Namespace of the entries (GPTCache's protocol names none)."
+    )
+    category: str = _setting(
+        "",
+        "Category of the entries; empty: classified by the categories' example prompts "
+        "(the default category if unsure).",
+    )
+    partition: str = _setting("", "Partition of the entries (e.g. the model they answer for).")
+
+
+@dataclass(frozen=True, slots=True)
+class QdrantSettings:
+    """The subset of Qdrant's REST API that LiteLLM's ``qdrant-semantic`` cache calls,
+    served from the semantic cache with the caller's vectors."""
+
+    enabled: bool = _setting(
+        False, "Serve /collections/... as Qdrant does, for LiteLLM's qdrant-semantic cache."
+    )
+    namespace_prefix: str = _setting(
+        "qdrant.", "A collection `C` is the namespace `<namespace_prefix>C`."
+    )
+    category: str = _setting(
+        "default",
+        "Category whose policy (TTL, quota, min_threshold) the collections' points follow.",
+    )
+
+
 DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -592,6 +628,8 @@ class Settings:
     auth: AuthSettings = field(default_factory=AuthSettings)
     load: LoadAdaptationSettings = field(default_factory=LoadAdaptationSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
+    gptcache: GptcacheSettings = field(default_factory=GptcacheSettings)
+    qdrant: QdrantSettings = field(default_factory=QdrantSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables), KV models
     # (``[kv_models."<id>"]``) and load targets (``[load_models."<model>"]``).
     categories: CategoryTable = field(default_factory=CategoryTable)

@@ -31,6 +31,7 @@ from semcached.service.http.jsonio import error_response
 from semcached.service.metrics import HttpMetrics
 
 __all__ = [
+    "API_KEY_HEADER",
     "CLIENT_CLOSED",
     "auth_middleware",
     "error_middleware",
@@ -129,14 +130,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
 
 
+API_KEY_HEADER = "api-key"
+"""Qdrant's token header (its clients, LiteLLM's qdrant-semantic cache among them, send
+no Authorization)."""
+
+
 def _daemon_token(request: web.Request) -> str | None:
-    """The daemon's token: X-Semcached-Token (bare or ``Bearer``) before Authorization,
-    which a caching proxy's caller fills with the upstream's key."""
+    """The daemon's token, as an Authorization value: X-Semcached-Token (bare or
+    ``Bearer``) first, as a caching proxy's caller fills Authorization with the
+    upstream's key; then Authorization; then Qdrant's ``api-key``."""
     own = request.headers.get(DAEMON_TOKEN_HEADER)
-    if own is None:
-        return request.headers.get(hdrs.AUTHORIZATION)
-    own = own.strip()
-    return own if own.lower().startswith("bearer ") else f"Bearer {own}"
+    if own is not None:
+        own = own.strip()
+        return own if own.lower().startswith("bearer ") else f"Bearer {own}"
+    header = request.headers.get(hdrs.AUTHORIZATION)
+    if header is None and API_KEY_HEADER in request.headers:
+        return f"Bearer {request.headers[API_KEY_HEADER]}"
+    return header
 
 
 def auth_middleware(
@@ -144,13 +154,17 @@ def auth_middleware(
     scopes: Mapping[tuple[str, str], Scope | None],
     protected_prefix: str = "/v1/",
 ) -> Middleware:
-    """Authenticate every request under ``protected_prefix`` and check its route's scope.
+    """Authenticate every request under ``protected_prefix``, and every request of a
+    route that names a scope wherever it lives (the GPTCache and Qdrant wire routes
+    keep those clients' paths), and check the route's scope.
 
     ``scopes`` maps (method, route template) to what a token needs. The request's
     :class:`~semcached.service.auth.tenants.Principal` is left in ``request[PRINCIPAL]``
     for the handler (which checks namespaces and scopes its body names); in the open
     mode it is the default tenant with every scope. Probes, metrics and the OpenAPI
     document stay open: a kubelet or Prometheus must reach them without a secret.
+    The token comes from ``X-Semcached-Token``, else ``Authorization: Bearer``, else
+    Qdrant's ``api-key``.
     Order: 401 (who?), 429 (the tenant's rate), 403 (the route's scope), so a caller
     without a valid token learns nothing about routes or tenants.
     """
@@ -158,11 +172,13 @@ def auth_middleware(
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith(protected_prefix) and request.path not in open_paths:
+        scope = scopes.get((request.method, route_label(request)))
+        if scope is not None or (
+            request.path.startswith(protected_prefix) and request.path not in open_paths
+        ):
             principal = authenticator.authenticate(_daemon_token(request))
             authenticator.admit(principal)
             request[PRINCIPAL] = principal
-            scope = scopes.get((request.method, route_label(request)))
             if scope is not None:
                 authenticator.require(principal, scope)
         return await handler(request)

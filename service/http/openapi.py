@@ -154,7 +154,9 @@ def build_openapi(
     Every operation also documents the error statuses it can give whatever its
     handler does (see :func:`_standard_responses`) and the scope a token needs for it
     (``x-semcached-scope``); with ``bearer_auth`` the ``/v1/`` operations (except this
-    document) require a token and document its 401, 403 and 429.
+    document) and every operation that names a scope (the wire-compatible routes outside
+    ``/v1/``) require a token, as a bearer token or in Qdrant's ``api-key`` header, and
+    document its 401, 403 and 429.
     With ``settings``, a group that is off (:attr:`RouteGroup.enabled`) is left out
     and each group's document hooks add the bounds that are settings (batch sizes,
     the vector dimension) to the generated schemas.
@@ -168,7 +170,10 @@ def build_openapi(
         schemas.update(group.schemas)
         for op in group.operations:
             spec = dict(op.spec)
-            protected = bearer_auth and op.path.startswith("/v1/") and op.path != "/v1/openapi.json"
+            protected = bearer_auth and (
+                op.scope is not None
+                or (op.path.startswith("/v1/") and op.path != "/v1/openapi.json")
+            )
             standard = _standard_responses(op)
             if protected:
                 standard.update(_AUTH_RESPONSES)
@@ -178,7 +183,7 @@ def build_openapi(
             if op.scope is not None:
                 spec["x-semcached-scope"] = op.scope.value
             if protected:
-                spec["security"] = [{"bearer": []}]
+                spec["security"] = [{"bearer": []}, {"apiKey": []}]
             paths.setdefault(op.path, {})[op.method.lower()] = spec
     types: list[Any] = []
     _collect(paths, types)
@@ -199,7 +204,11 @@ def build_openapi(
         "paths": _resolve(paths, types, generated),
         "components": {
             "schemas": schemas,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                # Qdrant's header, for its clients; the same tokens.
+                "apiKey": {"type": "apiKey", "in": "header", "name": "api-key"},
+            },
         },
     }
     return doc

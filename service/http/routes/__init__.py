@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from semcached.service.http.routes import admin, health, kv, meta, proxy, semantic, semantic_load
+from semcached.service.http.routes import (
+    admin,
+    gptcache,
+    health,
+    kv,
+    meta,
+    proxy,
+    qdrant,
+    semantic,
+    semantic_load,
+)
 from semcached.service.http.routing import RouteGroup
 
 __all__ = ["DEFAULT_GROUPS"]
@@ -16,4 +26,7 @@ DEFAULT_GROUPS: tuple[RouteGroup, ...] = (
     semantic.group,
     kv.group,
     proxy.group,  # after semantic: it uses that group's engine
+    # Wire-compatible groups, off unless enabled; they use the semantic group's engine.
+    gptcache.group,
+    qdrant.group,
 )

@@ -61,6 +61,16 @@ async def test_401_says_how_to_authenticate(client: Client) -> None:
     assert lower.status == 200  # the scheme is case-insensitive (RFC 7235)
 
 
+async def test_qdrants_api_key_header_carries_a_token(client: Client) -> None:
+    ok = await client.get("/v1/kv/models", headers={"api-key": TOKENS["bob"]})
+    assert ok.status == 200
+    wrong = await client.get("/v1/kv/models", headers={"api-key": "bad"})
+    assert wrong.status == 401
+    # Authorization, when sent, is the one read: a bad one is not rescued by api-key.
+    both = await client.get("/v1/kv/models", headers={**auth("bad"), "api-key": TOKENS["bob"]})
+    assert both.status == 401
+
+
 async def test_a_missing_scope_is_403_insufficient_scope(client: Client) -> None:
     response = await insert(client, "acme_ro", "acme", 1)
     assert response.status == 403
@@ -262,10 +272,11 @@ async def test_openapi_documents_auth_answers_and_scopes(client: Client) -> None
     validate(doc)
     for path, operations in doc["paths"].items():
         for method, op in operations.items():
-            if not path.startswith("/v1/") or path == "/v1/openapi.json":
-                assert "x-semcached-scope" not in op
+            if "x-semcached-scope" not in op:
+                assert not path.startswith("/v1/") or path == "/v1/openapi.json", path
+                assert "security" not in op, path
                 continue
-            assert op["security"] == [{"bearer": []}]
+            assert op["security"] == [{"bearer": []}, {"apiKey": []}]
             assert {"401", "403", "429"} <= set(op["responses"]), (method, path)
             assert op["x-semcached-scope"] in {
                 "semantic:read", "semantic:write", "kv:read", "kv:write", "admin"
