@@ -15,7 +15,7 @@ from types import TracebackType
 import aiohttp
 from aiohttp import web
 
-__all__ = ["FlakyServer", "StalledServer"]
+__all__ = ["AppThread", "FlakyServer", "StalledServer"]
 
 
 class StalledServer:
@@ -62,20 +62,61 @@ class StalledServer:
         self._sock.close()
 
 
-class FlakyServer:
+class AppThread:
+    """An aiohttp application served on 127.0.0.1 from a thread and loop of its own
+    while the ``with`` block lasts; ``url`` is where."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+        self.url = ""
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        runner = web.AppRunner(self.app)
+        loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        loop.run_until_complete(site.start())
+        host, port = runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}"
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    def __enter__(self) -> AppThread:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise AssertionError("the server did not start")
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class FlakyServer(AppThread):
     """Answers every request with ``status`` (500) and an error body while ``failing``;
     otherwise forwards it to ``upstream`` (a real daemon). ``requests`` counts what
     arrived, failing or not."""
 
     def __init__(self, upstream: str | None = None, status: int = 500) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        super().__init__(app)
         self.upstream = upstream
         self.status = status
         self.failing = True
         self.requests = 0
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
@@ -93,35 +134,3 @@ class FlakyServer:
         ):
             body = await answer.read()
             return web.Response(status=answer.status, body=body, content_type=answer.content_type)
-
-    def _serve(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        host, port = runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
-        loop.close()
-
-    def __enter__(self) -> FlakyServer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise AssertionError("the flaky server did not start")
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
