@@ -105,22 +105,53 @@ def _replay(record: Mapping[str, Any], body: Mapping[str, Any]) -> Iterator[Any]
         yield chunk_type.model_validate(chunk)
 
 
-def _storer(
-    cache: FailOpenClient | AsyncFailOpenClient,
-    where: _Where,
-    key: ChatCacheKey,
-    counts: WrapperCounts,
-) -> Callable[[dict[str, Any]], None]:
-    def store(record: dict[str, Any]) -> None:
-        if unstorable_reason(record, where.rules) is not None:
-            counts.unstored += 1
-            return
-        cache.store(
-            where.namespace, key.text, record, partition=key.partition,
-            category=where.category, ttl_s=where.ttl_s,
-        )  # fmt: skip
+class _Core:
+    """What both clients decide the same way; they only differ in how they wait."""
 
-    return store
+    def __init__(self, cache: FailOpenClient | AsyncFailOpenClient, where: _Where) -> None:
+        self.cache = cache
+        self.where = where
+        self.counts = WrapperCounts()
+
+    def key(self, body: Mapping[str, Any]) -> ChatCacheKey | None:
+        """The request's key, or None (counted) when it may not be cached."""
+        _, key = bypass_reason(body, self.where.rules)
+        if key is None:
+            self.counts.bypasses += 1
+        return key
+
+    def hit(self, found: LookupResult | None, body: Mapping[str, Any], stream: type) -> Any:
+        """The answer a lookup gives (a completion or a ``stream`` replay), or None."""
+        record = _usable(found)
+        if record is None:
+            self.counts.misses += 1
+            return None
+        self.counts.hits += 1
+        if body.get("stream"):
+            return stream(_replay(record, body))
+        return _types()[0].model_validate(record)
+
+    def miss(self, answer: Any, body: Mapping[str, Any], key: ChatCacheKey, stream: type) -> Any:
+        """The model's answer, stored (a ``stream`` recording it as it is read)."""
+
+        def store(record: dict[str, Any]) -> None:
+            where = self.where
+            if unstorable_reason(record, where.rules) is not None:
+                self.counts.unstored += 1
+                return
+            self.cache.store(
+                where.namespace, key.text, record, partition=key.partition,
+                category=where.category, ttl_s=where.ttl_s,
+            )  # fmt: skip
+
+        if body.get("stream"):
+            return stream(answer, _Recorder(store))
+        store(answer.model_dump(mode="json", exclude_none=True))
+        return answer
+
+    def lookup_args(self, key: ChatCacheKey) -> tuple[tuple[str, str], dict[str, Any]]:
+        where = self.where
+        return (where.namespace, key.text), {"partition": key.partition, "category": where.category}
 
 
 class _Recorder:
@@ -298,8 +329,8 @@ class CachedOpenAI(_Delegate):
     def __init__(self, openai: Any, cache: FailOpenClient, where: _Where) -> None:
         super().__init__(openai)
         self.semcached = cache
-        self.counts = WrapperCounts()
-        self._where = where
+        self._core = _Core(cache, where)
+        self.counts = self._core.counts
         self.chat = _Chat(openai.chat, _Completions(openai.chat.completions, self))
 
     @property
@@ -308,28 +339,15 @@ class CachedOpenAI(_Delegate):
         return self.semcached.stats
 
     def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        body = request_body(kwargs)
-        where, counts = self._where, self.counts
-        _, key = bypass_reason(body, where.rules)
+        core, body = self._core, request_body(kwargs)
+        key = core.key(body)
         if key is None:
-            counts.bypasses += 1
             return create(**kwargs)
-        found = self.semcached.lookup(
-            where.namespace, key.text, partition=key.partition, category=where.category
-        )
-        record = _usable(found)
-        if record is not None:
-            counts.hits += 1
-            if body.get("stream"):
-                return ReplayStream(_replay(record, body))
-            return _types()[0].model_validate(record)
-        counts.misses += 1
-        store = _storer(self.semcached, where, key, counts)
-        answer = create(**kwargs)
-        if body.get("stream"):
-            return RecordingStream(answer, _Recorder(store))
-        store(answer.model_dump(mode="json", exclude_none=True))
-        return answer
+        args, options = core.lookup_args(key)
+        answer = core.hit(self.semcached.lookup(*args, **options), body, ReplayStream)
+        if answer is not None:
+            return answer
+        return core.miss(create(**kwargs), body, key, RecordingStream)
 
 
 class AsyncCachedOpenAI(_Delegate):
@@ -338,8 +356,8 @@ class AsyncCachedOpenAI(_Delegate):
     def __init__(self, openai: Any, cache: AsyncFailOpenClient, where: _Where) -> None:
         super().__init__(openai)
         self.semcached = cache
-        self.counts = WrapperCounts()
-        self._where = where
+        self._core = _Core(cache, where)
+        self.counts = self._core.counts
         self.chat = _Chat(openai.chat, _AsyncCompletions(openai.chat.completions, self))
 
     @property
@@ -347,28 +365,16 @@ class AsyncCachedOpenAI(_Delegate):
         return self.semcached.stats
 
     async def _create(self, create: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        body = request_body(kwargs)
-        where, counts = self._where, self.counts
-        _, key = bypass_reason(body, where.rules)
+        core, body = self._core, request_body(kwargs)
+        key = core.key(body)
         if key is None:
-            counts.bypasses += 1
             return await create(**kwargs)
-        found = await self.semcached.lookup(
-            where.namespace, key.text, partition=key.partition, category=where.category
-        )
-        record = _usable(found)
-        if record is not None:
-            counts.hits += 1
-            if body.get("stream"):
-                return AsyncReplayStream(_replay(record, body))
-            return _types()[0].model_validate(record)
-        counts.misses += 1
-        store = _storer(self.semcached, where, key, counts)
-        answer = await create(**kwargs)
-        if body.get("stream"):
-            return AsyncRecordingStream(answer, _Recorder(store))
-        store(answer.model_dump(mode="json", exclude_none=True))
-        return answer
+        args, options = core.lookup_args(key)
+        found = await self.semcached.lookup(*args, **options)
+        answer = core.hit(found, body, AsyncReplayStream)
+        if answer is not None:
+            return answer
+        return core.miss(await create(**kwargs), body, key, AsyncRecordingStream)
 
 
 @overload
