@@ -55,6 +55,7 @@ PACKAGES = {
     "semcached.service.semantic.embedding",
     "semcached.service.kv",
     "semcached.service.auth",
+    "semcached.service.proxy",
     "semcached.index",
     "semcached.cachepolicy",
     "semcached.ext",
