@@ -208,6 +208,7 @@ class LookupQuery:
     partition: str | None = None
     threshold: float | None = None
     model: str | None = None
+    exact_only: bool = False
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"namespace": self.namespace}
@@ -219,6 +220,8 @@ class LookupQuery:
             value = getattr(self, name)
             if value is not None:
                 body[name] = value
+        if self.exact_only:
+            body["exact_only"] = True
         return body
 
 
@@ -252,12 +255,14 @@ def lookup(
     partition: str | None = None,
     threshold: float | None = None,
     model: str | None = None,
+    exact_only: bool = False,
 ) -> Request[LookupResult]:
     """Find a cached response to a prompt meaning the same thing (text and/or vector),
     ``POST /v1/semantic/lookup``; ``model``: the downstream model, whose reported load
-    (:func:`~semcached.clients.load.report_load`) may relax the hit rule. Safe to retry:
-    a lookup changes nothing but hit counts."""
-    query = LookupQuery(namespace, text, vector, category, partition, threshold, model)
+    (:func:`~semcached.clients.load.report_load`) may relax the hit rule;
+    ``exact_only``: the same text only (no embedding, no search). Safe to retry: a
+    lookup changes nothing but hit counts."""
+    query = LookupQuery(namespace, text, vector, category, partition, threshold, model, exact_only)
     return Request("POST", "/v1/semantic/lookup", _lookup, idempotent=True, json=query.body())
 
 

@@ -90,6 +90,7 @@ class FailOpenClient:
         partition: str | None = None,
         threshold: float | None = None,
         model: str | None = None,
+        exact_only: bool = False,
     ) -> LookupResult | None:
         """:meth:`SemcachedClient.lookup` within the budget; None when the cache could
         not answer in time (a miss the daemon did not decide)."""
@@ -102,6 +103,7 @@ class FailOpenClient:
             partition=partition,
             threshold=threshold,
             model=model,
+            exact_only=exact_only,
         )
         return self.call(request, what="lookup")
 
@@ -260,6 +262,7 @@ class AsyncFailOpenClient:
         partition: str | None = None,
         threshold: float | None = None,
         model: str | None = None,
+        exact_only: bool = False,
     ) -> LookupResult | None:
         """:meth:`AsyncSemcachedClient.lookup` within the budget; None when the cache
         could not answer in time."""
@@ -272,6 +275,7 @@ class AsyncFailOpenClient:
             partition=partition,
             threshold=threshold,
             model=model,
+            exact_only=exact_only,
         )
         return await self.call(request, what="lookup")
 

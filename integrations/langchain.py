@@ -185,7 +185,13 @@ class SemcachedCache(BaseCache):
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         text, partition = cache_key(prompt, llm_string)
-        result = self.sync.lookup(self.namespace, text, partition=partition, category=self.category)
+        result = self.sync.lookup(
+            self.namespace,
+            text,
+            partition=partition,
+            category=self.category,
+            exact_only=self.mode == "exact",
+        )
         return self._served(result)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
@@ -209,7 +215,11 @@ class SemcachedCache(BaseCache):
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
         text, partition = cache_key(prompt, llm_string)
         result = await self.aio.lookup(
-            self.namespace, text, partition=partition, category=self.category
+            self.namespace,
+            text,
+            partition=partition,
+            category=self.category,
+            exact_only=self.mode == "exact",
         )
         return self._served(result)
 

@@ -140,7 +140,13 @@ class SemcachedBackend(BaseCache):
 
     def get_cache(self, key: str, **kwargs: Any) -> Any:
         text, partition = self._key(key, kwargs)
-        result = self.sync.lookup(self.namespace, text, partition=partition, category=self.category)
+        result = self.sync.lookup(
+            self.namespace,
+            text,
+            partition=partition,
+            category=self.category,
+            exact_only=self.mode == "exact",
+        )
         return self._served(result)
 
     def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
@@ -167,7 +173,11 @@ class SemcachedBackend(BaseCache):
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
         text, partition = self._key(key, kwargs)
         result = await self.aio.lookup(
-            self.namespace, text, partition=partition, category=self.category
+            self.namespace,
+            text,
+            partition=partition,
+            category=self.category,
+            exact_only=self.mode == "exact",
         )
         return self._served(result)
 

@@ -150,6 +150,13 @@ class SemanticLookup(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
         | None
     ) = None
     model: Model | None = None
+    exact_only: Annotated[
+        bool,
+        msgspec.Meta(
+            description="Only the exact tier (the same normalised text in the partition): "
+            "no embedding, no similarity search. Needs text."
+        ),
+    ] = False
 
 
 class SemanticLookupBatch(msgspec.Struct, forbid_unknown_fields=True):

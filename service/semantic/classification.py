@@ -182,6 +182,10 @@ class CategoryClassifier:
             return None
         return CategoryChoice(self._categories.resolve(name), "given")
 
+    def default(self) -> CategoryChoice:
+        """The default category, for a request that named none and has no vector."""
+        return CategoryChoice(self._categories.resolve(None), "default")
+
     def choose(self, given: CategoryChoice | None, vector: Vector) -> CategoryChoice:
         """``given``, else the category ``vector`` is classified into; counted."""
         if given is not None:

@@ -62,7 +62,7 @@ from semcached.index.lmdb_env import StoreFullError
 from semcached.index.vector_index import VectorIndex
 from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
-from semcached.service.semantic.classification import CategoryClassifier
+from semcached.service.semantic.classification import CategoryChoice, CategoryClassifier
 from semcached.service.semantic.embedding.base import Embedder, TokenSource
 from semcached.service.semantic.entries import EntryTable
 from semcached.service.semantic.feedback import FeedbackBook
@@ -314,6 +314,8 @@ class SemanticCache:
             if exact is not None:
                 self._table.counters(exact.category).hits += 1
                 return exact
+        if request.exact_only:
+            return self._exact_miss(request, given)
 
         vector = await self._vectors.for_query(request.text, request.vector)
         # Only now, with the vector: the exact tier needs no category, and an unnamed
@@ -432,6 +434,17 @@ class SemanticCache:
     async def lookup_many(self, requests: Sequence[Lookup]) -> list[LookupResult]:
         """Several lookups; text-only ones share model calls through the embedder's batching."""
         return list(await asyncio.gather(*(self.lookup(r) for r in requests)))
+
+    def _exact_miss(self, request: Lookup, given: CategoryChoice | None) -> LookupResult:
+        """An exact-only lookup the exact tier could not answer: a miss, with no vector
+        to classify by (the category is the given one, else the default)."""
+        if request.text is None:
+            raise BadRequestError(
+                ErrorCode.MISSING_FIELD, "exact_only needs the text", field="text"
+            )
+        choice = given or self.classifier.default()
+        self._table.counters(choice.policy.name).misses += 1
+        return LookupResult(hit=False, category=choice.policy.name, category_source=choice.source)
 
     def _exact(self, request: Lookup, now: float) -> LookupResult | None:
         assert request.text is not None

@@ -41,6 +41,7 @@ class Lookup:
     partition: str = ""
     threshold: float | None = None
     model: str = ""  # the downstream model: its reported load may relax the threshold
+    exact_only: bool = False  # the exact tier alone: no embedding, no search
 
 
 @dataclass(frozen=True, slots=True)

@@ -129,6 +129,7 @@ def _lookup(request: web.Request, body: SemanticLookup, load: HeaderReport | Non
         partition=body.partition,
         threshold=body.threshold,
         model=body.model or (load.model if load is not None else ""),
+        exact_only=body.exact_only,
     )
 
 

@@ -135,6 +135,23 @@ async def test_exact_text_lookup_and_embedding_disabled(client: Client) -> None:
     assert error["error"]["code"] == "embedding_disabled"
 
 
+async def test_an_exact_only_lookup_never_embeds(client: Client) -> None:
+    # The daemon here has no embedder: a lookup that needed a vector would be a 400.
+    await post(
+        client,
+        "/v1/semantic/entries",
+        {"namespace": "t1", "prompt": "What is 2+2?", "response": "4", "vector": unit(4)},
+    )
+    exact = {"namespace": "t1", "exact_only": True}
+    _, hit, _ = await post(client, "/v1/semantic/lookup", {**exact, "text": "What is 2+2?"})
+    assert (hit["hit"], hit["strategy"]) == (True, "exact")
+    status, miss, _ = await post(client, "/v1/semantic/lookup", {**exact, "text": "What is 3+3?"})
+    assert status == 200
+    assert (miss["hit"], miss["category"], miss["category_source"]) == (False, "default", "default")
+    status, error, _ = await post(client, "/v1/semantic/lookup", {**exact, "vector": unit(4)})
+    assert (status, error["error"]["code"]) == (400, "missing_field")
+
+
 async def test_batch_entries_purge_and_stats(client: Client) -> None:
     ids = []
     for i in range(3):
