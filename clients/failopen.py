@@ -24,14 +24,16 @@ wrapped client stays the caller's to close.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import queue
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
+from semcached.clients import commands
 from semcached.clients.aio import AsyncSemcachedClient
-from semcached.clients.commands import LookupResult, VectorLike, insert, lookup
+from semcached.clients.commands import LookupResult
 from semcached.clients.guard import FailOpenPolicy, FailOpenStats, Guard
 from semcached.clients.request import Request
 from semcached.clients.sync import SemcachedClient
@@ -39,6 +41,65 @@ from semcached.clients.sync import SemcachedClient
 __all__ = ["AsyncFailOpenClient", "FailOpenClient", "FailOpenPolicy", "FailOpenStats"]
 
 T = TypeVar("T")
+P = ParamSpec("P")
+
+
+class _Submits(Protocol):
+    def submit(self, request: Request[Any]) -> bool: ...
+
+
+def _as_method(
+    method: Callable[..., Any], build: Callable[..., Any], name: str, returns: str, doc: str
+) -> None:
+    """Give ``method`` the command's parameters (for help() and IDEs), its own name,
+    return annotation and docstring."""
+    signature = inspect.signature(build)
+    own = inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY)
+    method.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[own, *signature.parameters.values()], return_annotation=returns
+    )
+    method.__name__ = name
+    method.__doc__ = doc
+
+
+def _queued(
+    build: Callable[P, Request[Any]], name: str, doc: str
+) -> Callable[Concatenate[_Submits, P], bool]:
+    """A method queuing ``build``'s request (the wrapper's ``submit``)."""
+
+    def method(self: _Submits, /, *args: P.args, **kwargs: P.kwargs) -> bool:
+        return self.submit(build(*args, **kwargs))
+
+    _as_method(method, build, name, "bool", doc)
+    return method
+
+
+def _sync_lookup(
+    build: Callable[P, Request[LookupResult]], doc: str
+) -> Callable[Concatenate[FailOpenClient, P], LookupResult | None]:
+    """A method sending ``build``'s lookup within the budget (:meth:`FailOpenClient.call`)."""
+
+    def method(self: FailOpenClient, /, *args: P.args, **kwargs: P.kwargs) -> LookupResult | None:
+        self._guard.count("lookups")
+        return self.call(build(*args, **kwargs), what="lookup")
+
+    _as_method(method, build, "lookup", "LookupResult | None", doc)
+    return method
+
+
+def _async_lookup(
+    build: Callable[P, Request[LookupResult]], doc: str
+) -> Callable[Concatenate[AsyncFailOpenClient, P], Coroutine[Any, Any, LookupResult | None]]:
+    """:func:`_sync_lookup` for :class:`AsyncFailOpenClient`."""
+
+    async def method(
+        self: AsyncFailOpenClient, /, *args: P.args, **kwargs: P.kwargs
+    ) -> LookupResult | None:
+        self._guard.count("lookups")
+        return await self.call(build(*args, **kwargs), what="lookup")
+
+    _as_method(method, build, "lookup", "LookupResult | None", doc)
+    return method
 
 
 class FailOpenClient:
@@ -80,58 +141,17 @@ class FailOpenClient:
         guard.succeeded(result)
         return result
 
-    def lookup(
-        self,
-        namespace: str,
-        text: str | None = None,
-        *,
-        vector: VectorLike | None = None,
-        category: str | None = None,
-        partition: str | None = None,
-        threshold: float | None = None,
-        model: str | None = None,
-        exact_only: bool = False,
-    ) -> LookupResult | None:
-        """:meth:`SemcachedClient.lookup` within the budget; None when the cache could
-        not answer in time (a miss the daemon did not decide)."""
-        self._guard.count("lookups")
-        request = lookup(
-            namespace,
-            text,
-            vector=vector,
-            category=category,
-            partition=partition,
-            threshold=threshold,
-            model=model,
-            exact_only=exact_only,
-        )
-        return self.call(request, what="lookup")
-
-    def store(
-        self,
-        namespace: str,
-        prompt: str,
-        response: Any,
-        *,
-        category: str | None = None,
-        partition: str | None = None,
-        model: str | None = None,
-        vector: VectorLike | None = None,
-        ttl_s: float | None = None,
-    ) -> bool:
-        """Queue :meth:`SemcachedClient.insert` and return at once: False if it was
-        dropped (queue full, breaker open, closed)."""
-        request = insert(
-            namespace,
-            prompt,
-            response,
-            category=category,
-            partition=partition,
-            model=model,
-            vector=vector,
-            ttl_s=ttl_s,
-        )
-        return self.submit(request)
+    lookup = _sync_lookup(
+        commands.lookup,
+        ":meth:`SemcachedClient.lookup` within the budget; None when the cache could not "
+        "answer in time (a miss the daemon did not decide).",
+    )
+    store = _queued(
+        commands.insert,
+        "store",
+        ":meth:`SemcachedClient.insert`, queued: returns at once, False if it was dropped "
+        "(queue full, breaker open, closed).",
+    )
 
     def submit(self, request: Request[Any]) -> bool:
         """Queue any request to be sent in the background (see :meth:`store`)."""
@@ -252,57 +272,16 @@ class AsyncFailOpenClient:
         guard.succeeded(result)
         return result
 
-    async def lookup(
-        self,
-        namespace: str,
-        text: str | None = None,
-        *,
-        vector: VectorLike | None = None,
-        category: str | None = None,
-        partition: str | None = None,
-        threshold: float | None = None,
-        model: str | None = None,
-        exact_only: bool = False,
-    ) -> LookupResult | None:
-        """:meth:`AsyncSemcachedClient.lookup` within the budget; None when the cache
-        could not answer in time."""
-        self._guard.count("lookups")
-        request = lookup(
-            namespace,
-            text,
-            vector=vector,
-            category=category,
-            partition=partition,
-            threshold=threshold,
-            model=model,
-            exact_only=exact_only,
-        )
-        return await self.call(request, what="lookup")
-
-    def store(
-        self,
-        namespace: str,
-        prompt: str,
-        response: Any,
-        *,
-        category: str | None = None,
-        partition: str | None = None,
-        model: str | None = None,
-        vector: VectorLike | None = None,
-        ttl_s: float | None = None,
-    ) -> bool:
-        """Queue an insert and return at once (call it from the loop): False if dropped."""
-        request = insert(
-            namespace,
-            prompt,
-            response,
-            category=category,
-            partition=partition,
-            model=model,
-            vector=vector,
-            ttl_s=ttl_s,
-        )
-        return self.submit(request)
+    lookup = _async_lookup(
+        commands.lookup,
+        ":meth:`AsyncSemcachedClient.lookup` within the budget; None when the cache "
+        "could not answer in time.",
+    )
+    store = _queued(
+        commands.insert,
+        "store",
+        "An insert, queued (call it from the loop): returns at once, False if dropped.",
+    )
 
     def submit(self, request: Request[Any]) -> bool:
         """Queue any request to be sent in the background (see :meth:`store`)."""
