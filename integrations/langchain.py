@@ -19,7 +19,7 @@ or fails is a miss, stores are queued and never block the answer.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import xxhash
@@ -28,19 +28,11 @@ from langchain_core.messages import messages_from_dict
 from langchain_core.messages.base import message_to_dict
 from langchain_core.outputs import ChatGeneration, Generation
 
-from semcached.clients import (
-    AsyncFailOpenClient,
-    AsyncSemcachedClient,
-    FailOpenClient,
-    FailOpenPolicy,
-    FailOpenStats,
-    SemcachedClient,
-)
-from semcached.clients.commands import LookupResult
+from semcached.clients import AsyncSemcachedClient, FailOpenPolicy, FailOpenStats, SemcachedClient
+from semcached.integrations.session import CacheMode, CacheSession
 
 __all__ = ["CacheMode", "SemcachedCache", "cache_key", "decode_generations", "encode_generations"]
 
-CacheMode = Literal["semantic", "exact"]
 _FORMAT = "langchain-generations/1"
 
 
@@ -147,92 +139,58 @@ class SemcachedCache(BaseCache):
         policy: FailOpenPolicy | None = None,
         token: str | None = None,
     ) -> None:
-        if mode not in ("semantic", "exact"):
-            raise ValueError(f"mode must be 'semantic' or 'exact', got {mode!r}")
-        self._owns_client = isinstance(client, str)
-        sync = SemcachedClient(client, token=token) if isinstance(client, str) else client
-        self._owns_async = async_client is None
-        self._async_client = async_client or AsyncSemcachedClient(
-            sync.options.base_url,
-            token=sync.options.token,
-            timeout_s=sync.options.timeout_s,
-            connect_timeout_s=sync.options.connect_timeout_s,
+        self.session = CacheSession(
+            client,
+            async_client=async_client,
+            namespace=namespace,
+            mode=mode,
+            category=category,
+            policy=policy,
+            token=token,
         )
-        self.namespace = namespace
-        self.mode: CacheMode = mode
-        self.category = category
         self.ttl_s = ttl_s
-        self.sync = FailOpenClient(sync, policy)
-        self.aio = AsyncFailOpenClient(self._async_client, self.sync.policy)
+        self.sync = self.session.sync  # the fail-open clients: stats, flush
+        self.aio = self.session.aio
 
     @property
     def stats(self) -> FailOpenStats:
         """The sync path's counters (``self.aio.stats``: the async path's)."""
         return self.sync.stats
 
-    def _served(self, result: LookupResult | None) -> list[Generation] | None:
-        if result is None or not result.hit:
-            return None
-        if self.mode == "exact" and result.strategy != "exact":
-            return None
-        return decode_generations(result.response)
-
-    def _store_args(self, prompt: str, llm_string: str) -> tuple[str, dict[str, Any]]:
-        text, partition = cache_key(prompt, llm_string)
-        return text, {"partition": partition, "category": self.category, "ttl_s": self.ttl_s}
-
     # -- sync --------------------------------------------------------------------------
 
     def lookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        text, partition = cache_key(prompt, llm_string)
-        result = self.sync.lookup(
-            self.namespace,
-            text,
-            partition=partition,
-            category=self.category,
-            exact_only=self.mode == "exact",
-        )
-        return self._served(result)
+        found = self.session.get(*cache_key(prompt, llm_string))
+        return None if found is None else decode_generations(found)
 
     def update(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        text, extra = self._store_args(prompt, llm_string)
-        self.sync.store(self.namespace, text, encode_generations(return_val), **extra)
+        text, partition = cache_key(prompt, llm_string)
+        response = encode_generations(return_val)
+        self.session.put(text, response, partition=partition, ttl_s=self.ttl_s)
 
     def clear(self, **kwargs: Any) -> None:
         """Remove this namespace's entries (``partition=`` or ``category=`` narrow it),
         after the stores still queued."""
-        self.sync.flush(self.sync.policy.store_timeout_s)
-        self.sync.client.purge(self.namespace, **kwargs)
+        self.session.purge(**kwargs)
 
     def close(self) -> None:
         """Send the queued stores, stop the workers, close the clients made here."""
-        self.sync.close()
-        if self._owns_client:
-            self.sync.client.close()
+        self.session.close()
 
     # -- async -------------------------------------------------------------------------
 
     async def alookup(self, prompt: str, llm_string: str) -> RETURN_VAL_TYPE | None:
-        text, partition = cache_key(prompt, llm_string)
-        result = await self.aio.lookup(
-            self.namespace,
-            text,
-            partition=partition,
-            category=self.category,
-            exact_only=self.mode == "exact",
-        )
-        return self._served(result)
+        found = await self.session.aget(*cache_key(prompt, llm_string))
+        return None if found is None else decode_generations(found)
 
     async def aupdate(self, prompt: str, llm_string: str, return_val: RETURN_VAL_TYPE) -> None:
-        text, extra = self._store_args(prompt, llm_string)
-        self.aio.store(self.namespace, text, encode_generations(return_val), **extra)
+        text, partition = cache_key(prompt, llm_string)
+        response = encode_generations(return_val)
+        self.session.aput(text, response, partition=partition, ttl_s=self.ttl_s)
 
     async def aclear(self, **kwargs: Any) -> None:
-        await self.aio.flush(self.aio.policy.store_timeout_s)
-        await self.aio.client.purge(self.namespace, **kwargs)
+        await self.session.apurge(**kwargs)
 
     async def aclose(self) -> None:
         """:meth:`close` for the async path."""
-        await self.aio.close()
-        if self._owns_async:
-            await self._async_client.close()
+        await self.session.aclose()

@@ -27,7 +27,7 @@ time they may take. Counters live in ``backend.sync.stats`` and ``backend.aio.st
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 import xxhash
@@ -35,19 +35,11 @@ from litellm.caching.base_cache import BaseCache
 from litellm.caching.caching import Cache
 from litellm.types.caching import LiteLLMCacheType
 
-from semcached.clients import (
-    AsyncFailOpenClient,
-    AsyncSemcachedClient,
-    FailOpenClient,
-    FailOpenPolicy,
-    SemcachedClient,
-)
-from semcached.clients.commands import LookupResult
+from semcached.clients import FailOpenPolicy, SemcachedClient
 from semcached.clients.openai import chat_cache_key
+from semcached.integrations.session import CacheMode, CacheSession
 
 __all__ = ["CacheMode", "SemcachedBackend", "cache"]
-
-CacheMode = Literal["semantic", "exact"]
 
 
 class SemcachedBackend(BaseCache):
@@ -71,23 +63,14 @@ class SemcachedBackend(BaseCache):
         policy: FailOpenPolicy | None = None,
         token: str | None = None,
     ) -> None:
-        if mode not in ("semantic", "exact"):
-            raise ValueError(f"mode must be 'semantic' or 'exact', got {mode!r}")
         super().__init__()
-        self.default_ttl = default_ttl  # type: ignore[assignment]
-        self._owns_client = isinstance(client, str)
-        sync = SemcachedClient(client, token=token) if isinstance(client, str) else client
-        self._async_client = AsyncSemcachedClient(
-            sync.options.base_url,
-            token=sync.options.token,
-            timeout_s=sync.options.timeout_s,
-            connect_timeout_s=sync.options.connect_timeout_s,
+        self.session = CacheSession(
+            client, namespace=namespace, mode=mode, category=category, policy=policy, token=token
         )
-        self.namespace = namespace
         self.mode: CacheMode = mode
-        self.category = category
-        self.sync = FailOpenClient(sync, policy)
-        self.aio = AsyncFailOpenClient(self._async_client, self.sync.policy)
+        self.default_ttl = default_ttl  # type: ignore[assignment]
+        self.sync = self.session.sync  # the fail-open clients: stats, flush
+        self.aio = self.session.aio
 
     # -- keys --------------------------------------------------------------------------
 
@@ -108,13 +91,6 @@ class SemcachedBackend(BaseCache):
             return text, key
         return key, key  # exact: the key names the whole request
 
-    def _served(self, result: LookupResult | None) -> Any:
-        if result is None or not result.hit:
-            return None
-        if self.mode == "exact" and result.strategy != "exact":
-            return None
-        return result.response
-
     def _ttl(self, kwargs: Mapping[str, Any]) -> float | None:
         ttl = kwargs.get("ttl")
         if ttl is None:
@@ -127,11 +103,9 @@ class SemcachedBackend(BaseCache):
     def _insert_args(self, key: str, value: Any, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         text, partition = self._key(key, kwargs)
         return {
-            "namespace": self.namespace,
-            "prompt": text,
+            "text": text,
             "response": _jsonable(value),
             "partition": partition,
-            "category": self.category,
             "model": str(kwargs.get("model") or "") or None,
             "ttl_s": self._ttl(kwargs),
         }
@@ -139,50 +113,30 @@ class SemcachedBackend(BaseCache):
     # -- sync --------------------------------------------------------------------------
 
     def get_cache(self, key: str, **kwargs: Any) -> Any:
-        text, partition = self._key(key, kwargs)
-        result = self.sync.lookup(
-            self.namespace,
-            text,
-            partition=partition,
-            category=self.category,
-            exact_only=self.mode == "exact",
-        )
-        return self._served(result)
+        return self.session.get(*self._key(key, kwargs))
 
     def set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
-        self.sync.store(**self._insert_args(key, value, kwargs))
+        self.session.put(**self._insert_args(key, value, kwargs))
 
     def delete_cache(self, key: str) -> None:
         """Remove the entries stored under LiteLLM's ``key`` (its partition)."""
-        self.sync.flush(self.sync.policy.store_timeout_s)
-        self.sync.client.purge(self.namespace, partition=key)
+        self.session.purge(partition=key)
 
     def flush_cache(self) -> None:
         """Remove every entry of this backend's namespace."""
-        self.sync.flush(self.sync.policy.store_timeout_s)
-        self.sync.client.purge(self.namespace)
+        self.session.purge()
 
     def close(self) -> None:
         """Send the queued stores, stop the workers, close a client made here."""
-        self.sync.close()
-        if self._owns_client:
-            self.sync.client.close()
+        self.session.close()
 
     # -- async -------------------------------------------------------------------------
 
     async def async_get_cache(self, key: str, **kwargs: Any) -> Any:
-        text, partition = self._key(key, kwargs)
-        result = await self.aio.lookup(
-            self.namespace,
-            text,
-            partition=partition,
-            category=self.category,
-            exact_only=self.mode == "exact",
-        )
-        return self._served(result)
+        return await self.session.aget(*self._key(key, kwargs))
 
     async def async_set_cache(self, key: str, value: Any, **kwargs: Any) -> None:
-        self.aio.store(**self._insert_args(key, value, kwargs))
+        self.session.aput(**self._insert_args(key, value, kwargs))
 
     async def async_set_cache_pipeline(
         self, cache_list: Sequence[tuple[str, Any]], **kwargs: Any
@@ -191,7 +145,7 @@ class SemcachedBackend(BaseCache):
         each stored under its own key, exactly."""
         rest = {k: v for k, v in kwargs.items() if k not in ("messages", "input")}
         for key, value in cache_list:
-            self.aio.store(**self._insert_args(key, value, rest))
+            self.session.aput(**self._insert_args(key, value, rest))
 
     async def batch_cache_write(self, key: str, value: Any, **kwargs: Any) -> None:
         await self.async_set_cache(key, value, **kwargs)
@@ -203,11 +157,11 @@ class SemcachedBackend(BaseCache):
         return [self.get_cache(key, **kwargs) for key in keys]
 
     async def ping(self) -> bool:
-        return bool(await self._async_client.health())
+        return bool(await self.session.async_client.health())
 
     async def test_connection(self) -> dict[str, Any]:
         try:
-            ready = await self._async_client.ready()
+            ready = await self.session.async_client.ready()
         except Exception as exc:  # reported, not raised: LiteLLM's health check shows it
             return {"status": "failed", "message": "semcached unreachable", "error": str(exc)}
         status = "success" if ready.ready else "failed"
@@ -216,8 +170,7 @@ class SemcachedBackend(BaseCache):
     async def disconnect(self) -> None:
         """Send the queued stores and close the async client (LiteLLM calls it on
         shutdown); :meth:`close` does the same for the sync side."""
-        await self.aio.close()
-        await self._async_client.close()
+        await self.session.aclose()
 
 
 def _jsonable(value: Any) -> Any:
