@@ -155,10 +155,7 @@ class FailOpenClient:
 
     def submit(self, request: Request[Any]) -> bool:
         """Queue any request to be sent in the background (see :meth:`store`)."""
-        if self._closed or self.breaker.rejecting():
-            self._guard.count("short_circuits")
-            return False
-        encoded = self._guard.serialized(request)
+        encoded = self._guard.queueable(request, closed=self._closed)
         if encoded is None:
             return False
         self._start()
@@ -285,10 +282,7 @@ class AsyncFailOpenClient:
 
     def submit(self, request: Request[Any]) -> bool:
         """Queue any request to be sent in the background (see :meth:`store`)."""
-        if self._closed or self.breaker.rejecting():
-            self._guard.count("short_circuits")
-            return False
-        encoded = self._guard.serialized(request)
+        encoded = self._guard.queueable(request, closed=self._closed)
         if encoded is None:
             return False
         try:

@@ -124,6 +124,14 @@ class Guard:
     def budgeted(self, request: Request[T]) -> Request[T]:
         return replace(request, timeout_s=self.policy.lookup_budget_s)
 
+    def queueable(self, request: Request[T], *, closed: bool) -> Request[T] | None:
+        """The store to queue, encoded (:meth:`serialized`); None, counted, when the
+        wrapper is closed or the breaker open (``short_circuits``) or it is not JSON."""
+        if closed or self.breaker.rejecting():
+            self.count("short_circuits")
+            return None
+        return self.serialized(request)
+
     def serialized(self, request: Request[T]) -> Request[T] | None:
         """``request`` with its JSON body encoded now, in the caller's thread: a value
         that cannot be encoded is the caller's bug (counted as a failed store), not a

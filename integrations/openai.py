@@ -35,7 +35,11 @@ from semcached.clients.commands import LookupResult
 from semcached.clients.failopen import AsyncFailOpenClient, FailOpenClient, FailOpenStats
 from semcached.clients.sync import SemcachedClient
 from semcached.protocol.chat import ChatCacheKey
-from semcached.protocol.chat_replay import chunks_from_completion, completion_from_chunks
+from semcached.protocol.chat_replay import (
+    chunks_from_completion,
+    completion_from_chunks,
+    is_complete,
+)
 from semcached.protocol.chat_rules import CachingRules, bypass_reason, unstorable_reason
 
 __all__ = ["AsyncCachedOpenAI", "CachedOpenAI", "WrapperCounts", "cached"]
@@ -85,10 +89,7 @@ def _usable(result: LookupResult | None) -> dict[str, Any] | None:
     if result is None or not result.hit or not isinstance(result.response, dict):
         return None
     record: dict[str, Any] = result.response
-    return record if record.get("choices") and unstorable_reason(record, _ANY) is None else None
-
-
-_ANY = CachingRules(max_temperature=float("inf"), cache_tool_calls=True)
+    return record if is_complete(record) else None
 
 
 def _types() -> tuple[Any, Any]:

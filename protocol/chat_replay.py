@@ -202,10 +202,16 @@ def _message_deltas(message: Mapping[str, Any]) -> list[dict[str, Any]]:
     return deltas
 
 
-def _usage_chunk(doc: Mapping[str, Any], obj: str) -> dict[str, Any]:
-    chunk = _chunk(doc, obj, [])
-    chunk["usage"] = doc.get("usage")
-    return chunk
+def _with_usage(
+    chunks: list[dict[str, Any]], doc: Mapping[str, Any], obj: str
+) -> list[dict[str, Any]]:
+    """As OpenAI streams with ``include_usage``: ``usage: null`` on every chunk, then a
+    last chunk with no choices carrying the usage."""
+    for chunk in chunks:
+        chunk["usage"] = None
+    last = _chunk(doc, obj, [])
+    last["usage"] = doc.get("usage")
+    return [*chunks, last]
 
 
 def chunks_from_completion(
@@ -244,11 +250,7 @@ def chunks_from_completion(
                 ],
             )
         )
-    if include_usage:
-        for chunk in chunks:
-            chunk["usage"] = None
-        chunks.append(_usage_chunk(doc, obj))
-    return chunks
+    return _with_usage(chunks, doc, obj) if include_usage else chunks
 
 
 def text_completion_from_chunks(chunks: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -308,11 +310,7 @@ def chunks_from_text_completion(
                 ],
             )
         )
-    if include_usage:
-        for chunk in chunks:
-            chunk["usage"] = None
-        chunks.append(_usage_chunk(doc, obj))
-    return chunks
+    return _with_usage(chunks, doc, obj) if include_usage else chunks
 
 
 def is_complete(doc: Mapping[str, Any]) -> bool:
