@@ -10,6 +10,7 @@ import pytest
 
 from semcached.index.lmdb_env import LmdbEnvironment
 from tests.daemon import DaemonProcess
+from tests.redis_servers import RedisCluster, RedisServer
 
 MiB = 1 << 20
 
@@ -62,3 +63,19 @@ def small_filesystem(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
     yield mount
     for where in reversed(mounted):
         subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real standalone ``redis-server`` on a loopback port, stopped after the test."""
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster on loopback ports, stopped after the test."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    yield cluster
+    cluster.stop()

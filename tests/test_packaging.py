@@ -57,6 +57,7 @@ PACKAGES = {
     "semcached.service.auth",
     "semcached.service.proxy",
     "semcached.index",
+    "semcached.index.shared",
     "semcached.cachepolicy",
     "semcached.ext",
     "semcached.clients",
