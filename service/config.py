@@ -60,6 +60,7 @@ __all__ = [
     "ServerSettings",
     "SettingSpec",
     "Settings",
+    "SharedSettings",
     "StorageSettings",
     "VerificationSettings",
     "iter_setting_specs",
@@ -598,6 +599,63 @@ class QdrantSettings:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SharedSettings:
+    """The shared tier in Redis: what several daemons share (docs/scale-out.md)."""
+
+    redis_url: str = _setting(
+        "",
+        "Redis holding the shared tier (empty: none, every daemon learns alone): "
+        "`redis://` or `rediss://` (a standalone server or any node of a Cluster, "
+        "`[user:password@]host:port[/db]`) or `redis+sentinel://[user:password@]"
+        "host:port[,host:port]/service_name[/db]`.",
+    )
+    key_prefix: str = _setting("semcached", "Prefix of every key the daemon writes in Redis.")
+    timeout_s: float = _setting(
+        2.0, "Socket timeout of one Redis command (connects included).", min=0.01
+    )
+    semantic: bool = _setting(
+        True, "Share semantic entries: ship this daemon's changes, apply everyone else's."
+    )
+    outbox_max_records: int = _setting(
+        1_000_000,
+        "Most changes waiting to be shipped while Redis is unreachable; past it the oldest "
+        "are dropped from the outbox (counted and logged; the local store keeps them).",
+        min=1,
+    )
+    ship_batch: int = _setting(256, "Most changes shipped in one Redis round trip.", min=1)
+    stream_max_len: int = _setting(
+        1_000_000,
+        "Events kept per namespace stream (approximate trim); a daemon further behind "
+        "than that bootstraps the namespace again.",
+        min=100,
+    )
+    poll_interval_s: float = _setting(
+        0.05, "Wait between stream reads that found nothing new.", min=0.001, max=60
+    )
+    bootstrap_timeout_s: float = _setting(
+        60.0,
+        "Longest a starting daemon waits for its bootstrap from Redis before it turns "
+        "ready on its local state (it keeps trying in the background).",
+        min=0,
+    )
+    kv: bool = _setting(
+        True, "Keep chunk KV blobs in Redis below the local disk tier (`kv.enabled` too)."
+    )
+    kv_part_bytes: int = _setting(
+        4 * MiB, "Largest value of one Redis key; bigger KV blobs are split.", min=4096
+    )
+    kv_ttl_s: float = _setting(
+        86_400.0, "How long a chunk KV blob lives in Redis after its last write.", min=1
+    )
+    kv_max_pending_bytes: int = _setting(
+        256 * MiB,
+        "Bytes of chunk KV blobs waiting to be written to Redis; past it new ones are "
+        "not shared (counted).",
+        min=0,
+    )
+
+
 DEFAULT_KV_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec(
         "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -630,6 +688,7 @@ class Settings:
     proxy: ProxySettings = field(default_factory=ProxySettings)
     gptcache: GptcacheSettings = field(default_factory=GptcacheSettings)
     qdrant: QdrantSettings = field(default_factory=QdrantSettings)
+    shared: SharedSettings = field(default_factory=SharedSettings)
     # Only the TOML file sets categories (``[categories.<name>]`` tables), KV models
     # (``[kv_models."<id>"]``) and load targets (``[load_models."<model>"]``).
     categories: CategoryTable = field(default_factory=CategoryTable)
@@ -695,7 +754,7 @@ class SettingSpec:
 
     @property
     def secret(self) -> bool:
-        return self.key.endswith(("token", "key", "password"))
+        return self.key.endswith(("token", "key", "password", "redis_url"))
 
     @property
     def choices(self) -> tuple[str, ...] | None:
