@@ -54,6 +54,8 @@ from numpy.typing import NDArray
 
 from semcached.index.group_commit import GroupCommitter
 from semcached.index.lmdb_env import LmdbEnvironment, StoreFullError
+from semcached.index.shared.outbox import Outbox
+from semcached.index.shared.records import Change, MalformedChange, pack_record, unpack_record
 
 __all__ = [
     "ENTRY_OVERHEAD_BYTES",
@@ -61,6 +63,7 @@ __all__ = [
     "Document",
     "DocumentStore",
     "EntryMeta",
+    "decode_record",
     "exact_key",
     "normalise_prompt",
 ]
@@ -281,6 +284,22 @@ def _meta_of(entry_id: int, doc: bytes, token_bytes: int) -> tuple[bytes, bytes,
     return record, gkey, gvalue
 
 
+def decode_record(entry_id: int, record: bytes, dim: int) -> tuple[Document, Vector]:
+    """The document and vector of an entry record another daemon shipped
+    (:func:`~semcached.index.shared.records.pack_record`); :class:`MalformedChange`
+    for anything this store would not have written itself: a torn record, a document
+    that does not decode, a vector of another dimension, zero or not finite."""
+    document, vector, tokens = unpack_record(record)
+    try:
+        doc = _decode(entry_id, document, tokens)
+    except (ValueError, struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise MalformedChange(f"entry {entry_id}: {exc}") from None
+    array = _vector(vector)
+    if array.size != dim or not np.isfinite(array).all() or not array.any():
+        raise MalformedChange(f"entry {entry_id}: unusable vector of {array.size} values")
+    return doc, array
+
+
 @dataclass(frozen=True, slots=True)
 class _Put:
     key: bytes
@@ -291,6 +310,7 @@ class _Put:
     group_key: bytes
     group: bytes
     tokens: bytes
+    change: Change | None  # what to ship, for a put made here (None: not shipped)
 
 
 class DocumentStore:
@@ -308,8 +328,12 @@ class DocumentStore:
         group_commit: bool = True,
         max_batch_items: int = 256,
         max_batch_bytes: int = 16 << 20,
+        outbox: Outbox | None = None,
     ) -> None:
+        """``outbox``: where shipped changes go, in the same transaction (None: no
+        shared tier; ``ship`` is then ignored)."""
         self._env = env
+        self.outbox = outbox
         self._docs = env.database(b"sem.docs")
         self._vectors = env.database(b"sem.vectors")
         self._exact = env.database(b"sem.exact")
@@ -339,16 +363,18 @@ class DocumentStore:
 
     # -- writes ---------------------------------------------------------------------
 
-    def put_many(self, items: Sequence[tuple[Document, Vector]]) -> None:
+    def put_many(self, items: Sequence[tuple[Document, Vector]], *, ship: bool = False) -> None:
         """Store documents with their vectors and exact-map entries, durably.
 
-        Returns once committed. An existing id is overwritten (and its old exact
-        mapping dropped if the prompt changed); a prompt stored again under a new id
-        moves its exact mapping to the new id. Raises ``ValueError`` for a bad
+        Returns once committed; with ``ship`` (and an outbox) each put is also
+        appended to the outbox in the same transaction. An existing id is overwritten
+        (and its old exact mapping dropped if the prompt changed); a prompt stored
+        again under a new id moves its exact mapping to the new id. Raises ``ValueError`` for a bad
         document or vector (nothing is written) and :class:`StoreFullError` at the
         map cap (nothing of the transaction is written).
         """
-        puts = [self._prepare(doc, vector) for doc, vector in items]
+        ship = ship and self.outbox is not None
+        puts = [self._prepare(doc, vector, ship) for doc, vector in items]
         if not puts:
             return
         if self._committer is None:
@@ -358,7 +384,7 @@ class DocumentStore:
             self._committer.submit(puts, size)
 
     @staticmethod
-    def _prepare(doc: Document, vector: Vector) -> _Put:
+    def _prepare(doc: Document, vector: Vector, ship: bool) -> _Put:
         array = np.asarray(vector, dtype=np.float32)
         if array.ndim != 1 or array.size == 0:
             raise ValueError(f"vector of entry {doc.entry_id} must be 1-D, got {array.shape}")
@@ -371,15 +397,23 @@ class DocumentStore:
             raise ValueError(f"vector of entry {doc.entry_id} is zero or not finite")
         encoded = _encode(doc)
         meta, group_key, group = _meta_of(doc.entry_id, encoded, len(doc.tokens))
+        vector_bytes = array.astype("<f4").tobytes()
+        change = None
+        if ship:
+            record = pack_record(encoded, vector_bytes, doc.tokens)
+            change = Change(
+                "put", doc.namespace, doc.entry_id, doc.created_at, doc.expires_at, record
+            )
         return _Put(
             key=_id_key(doc.entry_id),
             doc=encoded,
-            vector=array.astype("<f4").tobytes(),
+            vector=vector_bytes,
             exact=exact_key(doc.namespace, doc.partition, doc.prompt),
             meta=meta,
             group_key=group_key,
             group=group,
             tokens=doc.tokens,
+            change=change,
         )
 
     def _commit(self, puts: list[_Put]) -> None:
@@ -401,26 +435,34 @@ class DocumentStore:
                 txn.put(put.key, put.tokens, db=self._tokens)
             elif old is not None:
                 txn.delete(put.key, db=self._tokens)
+        if self.outbox is not None:
+            self.outbox.append(txn, [p.change for p in puts if p.change is not None])
 
     def _drop_exact(self, txn: lmdb.Transaction, exact: bytes, key: bytes) -> None:
         """Delete the exact mapping only if it still points at ``key``."""
         if txn.get(exact, db=self._exact) == key:
             txn.delete(exact, db=self._exact)
 
-    def delete_many(self, ids: Iterable[int]) -> list[Document]:
+    def delete_many(
+        self, ids: Iterable[int], *, ship: bool = False, at: float = 0.0
+    ) -> list[Document]:
         """Delete entries (document, vector, exact mapping if still theirs), durably.
 
-        Returns the deleted documents; unknown ids are skipped. Works at the map cap:
+        Returns the deleted documents; unknown ids are skipped. With ``ship`` (and an
+        outbox) each deletion is appended to the outbox in its transaction, stamped
+        ``at``. Works at the map cap:
         deletes use the reserve, in batches small enough for it (a batch that still
         finds no room is split, down to single entries, before :class:`StoreFullError`).
         """
         keys = [_id_key(i) for i in dict.fromkeys(ids)]
         deleted: list[Document] = []
+        outbox = self.outbox if ship else None
         for start in range(0, len(keys), self._delete_batch):
-            deleted.extend(self._delete_keys(keys[start : start + self._delete_batch]))
+            batch = keys[start : start + self._delete_batch]
+            deleted.extend(self._delete_keys(batch, outbox, at))
         return deleted
 
-    def _delete_keys(self, keys: list[bytes]) -> list[Document]:
+    def _delete_keys(self, keys: list[bytes], outbox: Outbox | None, at: float) -> list[Document]:
         def run(txn: lmdb.Transaction) -> list[Document]:
             deleted: list[Document] = []
             for key in keys:
@@ -432,6 +474,8 @@ class DocumentStore:
                 txn.delete(key, db=self._meta)
                 self._drop_exact(txn, exact_key(doc.namespace, doc.partition, doc.prompt), key)
                 deleted.append(doc)
+            if outbox is not None:
+                outbox.append(txn, [Change("del", d.namespace, d.entry_id, at) for d in deleted])
             return deleted
 
         try:
@@ -440,7 +484,8 @@ class DocumentStore:
             if len(keys) == 1:
                 raise
             half = len(keys) // 2
-            return self._delete_keys(keys[:half]) + self._delete_keys(keys[half:])
+            first = self._delete_keys(keys[:half], outbox, at)
+            return first + self._delete_keys(keys[half:], outbox, at)
 
     def update_hits(self, updates: Sequence[tuple[int, int, float]]) -> int:
         """Add hits and advance the last-hit time, for (id, added, at) triples.
