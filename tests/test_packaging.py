@@ -56,6 +56,7 @@ PACKAGES = {
     "semcached.service.kv",
     "semcached.service.auth",
     "semcached.service.proxy",
+    "semcached.service.shared",
     "semcached.index",
     "semcached.index.shared",
     "semcached.cachepolicy",

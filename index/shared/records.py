@@ -130,4 +130,4 @@ def change_from_event(namespace: str, fields: Mapping[bytes, bytes]) -> tuple[st
         raise MalformedChange("event id or times out of range")
     if op == "put":
         unpack_record(record)
-    return origin, Change(op, namespace, entry_id, at, expires_at, record)  # type: ignore[arg-type]
+    return origin, Change(op, namespace, entry_id, at, expires_at, record)

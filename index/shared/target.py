@@ -94,7 +94,8 @@ class RedisTarget:
                 **common,
                 **self.options,
             )
-            return sentinel.master_for(self.service, redis_class=redis.Redis)
+            master: redis.Redis = sentinel.master_for(self.service, redis_class=redis.Redis)
+            return master
         return redis.Redis.from_url(self.url, **common)
 
     def connect_async(self) -> AsyncRedis:
@@ -110,7 +111,10 @@ class RedisTarget:
                 **common,
                 **self.options,
             )
-            return sentinel.master_for(self.service, redis_class=redis.asyncio.Redis)
+            master_async: redis.asyncio.Redis = sentinel.master_for(
+                self.service, redis_class=redis.asyncio.Redis
+            )
+            return master_async
         return redis.asyncio.Redis.from_url(self.url, **common)
 
 

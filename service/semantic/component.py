@@ -26,6 +26,7 @@ from semcached.errors import ConfigError
 from semcached.index.docstore import DocumentStore
 from semcached.index.feedback import FeedbackStore
 from semcached.index.hnsw import HnswlibIndex
+from semcached.index.shared.outbox import Outbox
 from semcached.index.vector_index import VectorIndex
 from semcached.service.config import IndexSettings, Settings
 from semcached.service.context import DaemonContext
@@ -116,9 +117,18 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
     # time): while it runs, concurrent lookups queue and leave together as the next batch.
     batches_in_flight = 1 if index_settings.backend == "faiss-gpu" else search_threads
 
+    shared = settings.shared
+
     async def open_engine() -> None:
+        # With a shared tier, inserts and deletes also go to an outbox, in their own
+        # transaction, for service.shared's shipper.
+        outbox = (
+            Outbox(daemon.data_dir.env, max_records=shared.outbox_max_records)
+            if shared.redis_url and shared.semantic
+            else None
+        )
         engine = SemanticCache(
-            store=DocumentStore(daemon.data_dir.env),
+            store=DocumentStore(daemon.data_dir.env, outbox=outbox),
             index_factory=new_index,
             embedder=embedder,
             categories=settings.categories,

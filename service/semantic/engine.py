@@ -40,12 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -59,6 +60,7 @@ from semcached.errors import BadRequestError, InsufficientStorageError
 from semcached.index.docstore import Document, DocumentStore, EntryMeta, exact_key
 from semcached.index.eviction import EvictionPolicy
 from semcached.index.lmdb_env import StoreFullError
+from semcached.index.shared.outbox import Outbox
 from semcached.index.vector_index import VectorIndex
 from semcached.protocol.codes import ErrorCode
 from semcached.service.blocking import run_blocking
@@ -101,6 +103,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IndexFactory = Callable[[int], VectorIndex]  # dim -> a new empty index
+
+_SHIPPED = frozenset({"deleted", "purged"})  # removals other daemons apply too
 
 
 @dataclass(frozen=True, slots=True)
@@ -540,6 +544,22 @@ class SemanticCache:
                 tokens=packed or b"",
             )
             items.append((document, vector))
+        quotas = {r.quota.tenant: r.quota for r in requests if r.quota is not None}
+        await self._store_and_admit(items, quotas.values(), ship=True)
+        return [
+            InsertResult(d.entry_id, d.category, d.expires_at, c.source, c.confidence)
+            for (d, _), c in zip(items, choices, strict=True)
+        ]
+
+    async def _store_and_admit(
+        self,
+        items: Sequence[tuple[Document, Vector]],
+        quotas: Iterable[TenantQuota] = (),
+        *,
+        ship: bool,
+    ) -> None:
+        """Commit new entries, index them, then drop what they replace and evict
+        while over quota. ``ship``: whether the commit goes to the shared tier's outbox."""
         replaced = [
             old
             for doc, _ in items
@@ -548,7 +568,7 @@ class SemanticCache:
             )
             is not None
         ]
-        await self._put_durably(items)
+        await self._put_durably(items, ship=ship)
         await self._add_to_memory(items)
         try:
             # The same prompt inserted again replaces the older entry.
@@ -557,15 +577,33 @@ class SemanticCache:
                 await self._remove(stale, reason="replaced")
             for category in {doc.category for doc, _ in items}:
                 await self._enforce_quota(category)
-            quotas = {r.quota.tenant: r.quota for r in requests if r.quota is not None}
-            for quota in quotas.values():
+            for quota in quotas:
                 await self._enforce_tenant_quota(quota)
         except StoreFullError as exc:  # a full disk; the inserts are durable all the same
             log.warning("could not remove entries after an insert: %s", exc)
-        return [
-            InsertResult(d.entry_id, d.category, d.expires_at, c.source, c.confidence)
-            for (d, _), c in zip(items, choices, strict=True)
-        ]
+
+    # -- changes from other daemons (the shared tier) -----------------------------------
+
+    async def apply_remote_puts(self, items: Sequence[tuple[Document, Vector]]) -> int:
+        """Hold entries another daemon inserted, as if inserted here (but not shipped
+        again); returns how many were new. Entries already held or already expired are
+        skipped, so applying a change twice is harmless. Quotas are this daemon's own."""
+        now = self._clock()
+        fresh: dict[int, tuple[Document, Vector]] = {}
+        for doc, vector in items:
+            if doc.entry_id in self._entries or CategoryPolicy.is_expired(doc.expires_at, now):
+                continue
+            if vector.shape != (self.dim,):
+                raise ValueError(f"entry {doc.entry_id} has a vector of another dimension")
+            fresh[doc.entry_id] = (doc, vector)
+        if fresh:
+            await self._store_and_admit(list(fresh.values()), ship=False)
+        return len(fresh)
+
+    async def apply_remote_deletes(self, entry_ids: Sequence[int]) -> int:
+        """Remove entries another daemon deleted or purged (not shipped again)."""
+        held = [i for i in entry_ids if i in self._entries]
+        return await self._remove(held, reason="deleted", ship=False) if held else 0
 
     async def _tokens_for(self, requests: Sequence[Insert]) -> list[bytes | None]:
         """The packed token embeddings to keep with each new entry, for the verifier:
@@ -580,14 +618,18 @@ class SemanticCache:
             out[i] = packed
         return out
 
-    async def _put_durably(self, items: Sequence[tuple[Document, Vector]]) -> None:
+    async def _put_durably(
+        self, items: Sequence[tuple[Document, Vector]], *, ship: bool = False
+    ) -> None:
         """Commit ``items`` to LMDB, evicting to make room while the store is full.
 
         One request makes room at a time, and tries again before it evicts, so that
         concurrent inserts that found the store full do not each evict for the others.
         """
         try:
-            await run_blocking(self._executor, self._store.put_many, items)
+            await run_blocking(
+                self._executor, functools.partial(self._store.put_many, ship=ship), items
+            )
             self.storage_full = False
             return
         except StoreFullError as exc:
@@ -603,7 +645,9 @@ class SemanticCache:
         async with self._making_room:
             while True:
                 try:
-                    await run_blocking(self._executor, self._store.put_many, items)
+                    await run_blocking(
+                        self._executor, functools.partial(self._store.put_many, ship=ship), items
+                    )
                     self.storage_full = False
                     return
                 except StoreFullError as exc:
@@ -692,8 +736,13 @@ class SemanticCache:
         """Entries and bytes of the namespaces ``owns`` accepts (a tenant's usage)."""
         return self._table.usage([n for n in self._table.namespaces() if owns(n)])
 
-    async def _remove(self, entry_ids: Sequence[int], *, reason: str) -> int:
+    async def _remove(
+        self, entry_ids: Sequence[int], *, reason: str, ship: bool | None = None
+    ) -> int:
         """Remove entries from LMDB, then from every in-memory structure.
+
+        Deletes and purges are shipped to the shared tier (``ship``, by default by
+        ``reason``); evictions, expiries and replacements are each daemon's own.
 
         If LMDB cannot delete them all (:class:`StoreFullError`, a full disk), the ones
         it did delete are forgotten, evicted ones left are given back to their
@@ -701,7 +750,9 @@ class SemanticCache:
         """
         ids = list(entry_ids)
         try:
-            await run_blocking(self._executor, self._store.delete_many, ids)
+            shipped = reason in _SHIPPED if ship is None else ship
+            delete = functools.partial(self._store.delete_many, ship=shipped, at=self._clock())
+            await run_blocking(self._executor, delete, ids)
         except StoreFullError:
             left = await run_blocking(self._executor, self._store.present, ids)
             await self._forget([i for i in ids if i not in left], reason)
@@ -884,6 +935,11 @@ class SemanticCache:
     def snapshot_stats(self) -> SnapshotStats:
         """Index snapshots written and failed since start, and time spent on them."""
         return self._snapshots.stats
+
+    @property
+    def outbox(self) -> Outbox | None:
+        """Where this engine's shipped changes wait (None: no shared tier)."""
+        return self._store.outbox
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -64,6 +64,7 @@ from semcached.service.semantic.engine import (
     LookupResult,
     SemanticCache,
 )
+from semcached.service.shared.component import install_semantic_sharing
 
 __all__ = ["group"]
 
@@ -72,7 +73,9 @@ group = RouteGroup("semantic", "The semantic response cache.")
 
 @group.on_setup
 def _install(app: web.Application) -> None:
-    app[SEMANTIC] = install_semantic_cache(daemon_context(app))
+    daemon = daemon_context(app)
+    slot = app[SEMANTIC] = install_semantic_cache(daemon)
+    install_semantic_sharing(daemon, slot)
 
 
 @group.on_document
