@@ -4,13 +4,17 @@ tenants, bootstrap, and a daemon killed mid-write."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
+from semcached.clients.sync import SemcachedClient
+from semcached.errors import NotFoundError, PermissionDeniedError, SemcachedError
 from tests.redis_servers import RedisCluster, RedisServer
+from tests.service.http.tenancy_kit import TOKENS, tokens_file_text
 from tests.service.shared.sidecars import Sidecar, eventually, unit
 
 
@@ -28,11 +32,13 @@ def test_insert_on_a_hits_on_b(pair: tuple[Sidecar, Sidecar]) -> None:
     entry = a.api.insert("docs", "what is a cache", {"answer": 42}, vector=unit(1))
     eventually(lambda: b.hit("docs", 1) == entry.entry_id, what="B sees A's insert")
     got = b.api.get(entry.entry_id, "docs")
-    assert got is not None and got.response == {"answer": 42}
+    assert got is not None
+    assert got.response == {"answer": 42}
     assert got.prompt == "what is a cache"
     # The exact tier too: B answers the same text without a vector.
     exact = b.api.lookup("docs", "what is a cache", exact_only=True)
-    assert exact.hit and exact.entry_id == entry.entry_id
+    assert exact.hit
+    assert exact.entry_id == entry.entry_id
     # And back: B's insert reaches A.
     other = b.api.insert("docs", "second", "two", vector=unit(2))
     eventually(lambda: a.hit("docs", 2) == other.entry_id, what="A sees B's insert")
@@ -47,7 +53,6 @@ def test_delete_and_purge_propagate(pair: tuple[Sidecar, Sidecar]) -> None:
     assert b.api.delete(first.entry_id, "docs")
     eventually(lambda: a.hit("docs", 1) is None, what="A applies B's delete")
     assert a.api.purge("docs") == 1
-    eventually(lambda: b.api.get(first.entry_id, "docs") is None)
     eventually(lambda: b.api.lookup("docs", vector=unit(2), partition="p").hit is False)
     assert b.hit("other", 3) is not None  # another namespace: untouched
 
@@ -57,7 +62,8 @@ def test_ttl_carries_over(pair: tuple[Sidecar, Sidecar]) -> None:
     entry = a.api.insert("docs", "soon gone", "x", vector=unit(5), ttl_s=3600)
     eventually(lambda: b.hit("docs", 5) is not None)
     got = b.api.get(entry.entry_id, "docs")
-    assert got is not None and got.expires_at == pytest.approx(entry.expires_at)
+    assert got is not None
+    assert got.expires_at == pytest.approx(entry.expires_at)
 
 
 def test_a_new_sidecar_bootstraps_warm(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -89,50 +95,88 @@ def _stream(client: redis.Redis) -> str:
 
 
 def test_tenants_stay_apart_across_sidecars(tmp_path: Path, redis_server: RedisServer) -> None:
-    tokens = [
-        "--auth.tokens",
-        "alice-token:alice:semantic:read,semantic:write:alice.*",
-        "--auth.tokens",
-        "bob-token:bob:semantic:read,semantic:write:bob.*",
-    ]
-    pytest.skip("token flags checked below")  # replaced once the auth flag format is known
-    del tokens
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text(tokens_file_text())
+    args = ["--auth.tokens_file", str(tokens)]
+    a = Sidecar(tmp_path / "a", redis_server.url, args)
+    b = Sidecar(tmp_path / "b", redis_server.url, args)
+    try:
+        acme_a = SemcachedClient(a.process.wait_listening(), token=TOKENS["acme_rw"])  # type: ignore[union-attr]
+        acme_b = SemcachedClient(b.process.wait_listening(), token=TOKENS["acme_rw"])  # type: ignore[union-attr]
+        bob_b = SemcachedClient(b.process.wait_listening(), token=TOKENS["bob"])  # type: ignore[union-attr]
+        entry = acme_a.insert("acme", "secret plan", "acme's", vector=unit(7))
+        eventually(lambda: acme_b.lookup("acme", vector=unit(7)).hit, what="acme on B")
+        # Bob, on the daemon that received acme's entry: not his namespace, not his id.
+        with pytest.raises(PermissionDeniedError):
+            bob_b.lookup("acme", vector=unit(7))
+        with pytest.raises(NotFoundError):
+            bob_b.get(entry.entry_id, "bobco")
+        assert not bob_b.lookup("bobco", vector=unit(7), threshold=0.5).hit
+        for client in (acme_a, acme_b, bob_b):
+            client.close()
+    finally:
+        a.stop()
+        b.stop()
 
 
 def test_kill_9_during_inserts_loses_no_acknowledged_write(
     tmp_path: Path, redis_server: RedisServer
 ) -> None:
+    """A is killed while a writer is part way through 10,000 inserts; every insert it
+    acknowledged reaches B once A is back (its outbox survived the crash)."""
     a = Sidecar(tmp_path / "a", redis_server.url)
     b = Sidecar(tmp_path / "b", redis_server.url)
     acknowledged: list[int] = []
+    stop = threading.Event()
+
+    def write() -> None:
+        client = SemcachedClient(a.process.wait_listening(), timeout_s=5)  # type: ignore[union-attr]
+        try:
+            for i in range(10_000):
+                if stop.is_set():
+                    return
+                result = client.insert("docs", f"k{i}", i, vector=unit(10_000 + i))
+                acknowledged.append(result.entry_id)
+        except SemcachedError:
+            return  # the daemon died under us: what was acknowledged is in the list
+        finally:
+            client.close()
+
+    writer = threading.Thread(target=write)
     try:
-        for i in range(2000):
-            acknowledged.append(a.api.insert("docs", f"k{i}", i, vector=unit(10_000 + i)).entry_id)
-        assert a.process is not None
+        writer.start()
+        eventually(lambda: len(acknowledged) >= 1500, timeout=120, what="inserts under way")
         a.stop(signal.SIGKILL)
-        a.start()  # ships what the outbox still held
+        stop.set()
+        writer.join(30)
+        assert 1500 <= len(acknowledged) < 10_000
+        a.start()  # ships what its outbox still held
         eventually(
-            lambda: all(b.api.get(i, "docs") is not None for i in acknowledged[-50:]),
-            timeout=60,
-            what="the last acknowledged inserts reach B",
+            lambda: _held(b, acknowledged[-20:]), timeout=60, what="the last inserts reach B"
         )
-        missing = [i for i in acknowledged if b.api.get(i, "docs") is None]
+        missing = [i for i in acknowledged if not _held(b, [i])]
         assert missing == []
     finally:
+        stop.set()
         a.stop()
         b.stop()
+
+
+def _held(sidecar: Sidecar, ids: list[int]) -> bool:
+    try:
+        for entry_id in ids:
+            sidecar.api.get(entry_id, "docs")
+    except NotFoundError:
+        return False
+    return True
 
 
 def test_on_a_redis_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> None:
     a = Sidecar(tmp_path / "a", redis_cluster.url)
     b = Sidecar(tmp_path / "b", redis_cluster.url)
     try:
-        ids = [
-            a.api.insert(f"ns{i % 5}", f"p{i}", i, vector=unit(i)).entry_id for i in range(100)
-        ]
-        eventually(
-            lambda: [b.hit(f"ns{i % 5}", i) for i in range(100)] == ids, what="B sees all"
-        )
+        ids = [a.api.insert(f"ns{i % 5}", f"p{i}", i, vector=unit(i)).entry_id for i in range(100)]
+        eventually(lambda: [b.hit(f"ns{i % 5}", i) for i in range(100)] == ids, what="B sees all")
         c = Sidecar(tmp_path / "c", redis_cluster.url)
         try:
             assert [c.hit(f"ns{i % 5}", i) for i in range(100)] == ids
