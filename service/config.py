@@ -624,6 +624,13 @@ class SharedSettings:
         min=1,
     )
     ship_batch: int = _setting(256, "Most changes shipped in one Redis round trip.", min=1)
+    wait_replicas: int = _setting(
+        0,
+        "Replicas that must hold a shipped batch (Redis WAIT) before it leaves the outbox; "
+        "1 with Sentinel, so a failover loses no shipped change (not used with Cluster).",
+        min=0,
+        max=16,
+    )
     stream_max_len: int = _setting(
         1_000_000,
         "Events kept per namespace stream (approximate trim); a daemon further behind "

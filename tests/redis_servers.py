@@ -162,11 +162,12 @@ class RedisCluster:
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
 
     def node_ids(self) -> list[str]:
-        return [str(n.client().execute_command("CLUSTER", "MYID")) for n in self.nodes]
+        ids = [n.client().execute_command("CLUSTER", "MYID") for n in self.nodes]
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def move_slots(self, source: int, destination: int, count: int) -> None:
         """Move ``count`` slots, keys included, from node ``source`` to ``destination``."""
-        ids = [i.decode() if isinstance(i, bytes) else i for i in self.node_ids()]
+        ids = self.node_ids()
         subprocess.run(
             [
                 "redis-cli",
@@ -196,8 +197,16 @@ class RedisSentinel:
 
     def __init__(self, workdir: Path, service: str = "semcached") -> None:
         self.service = service
-        self.master = RedisServer(workdir / "master")
-        self.replica = RedisServer(workdir / "replica", [f"replicaof 127.0.0.1 {self.master.port}"])
+        sync_now = ["repl-diskless-sync-delay 0"]  # the default waits 5 s to sync a replica
+        self.master = RedisServer(workdir / "master", sync_now)
+        self.replica = RedisServer(
+            workdir / "replica", [*sync_now, f"replicaof 127.0.0.1 {self.master.port}"]
+        )
+        deadline = time.monotonic() + 20
+        while self.replica.client().info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync with its master")
+            time.sleep(0.05)
         self.sentinel = RedisServer(
             workdir / "sentinel",
             [

@@ -102,6 +102,8 @@ class SemanticSharing:
             stats=self.stats,
             executor=executor,
             batch=self._settings.ship_batch,
+            wait_replicas=0 if self._target.mode == "cluster" else self._settings.wait_replicas,
+            wait_timeout_s=self._settings.timeout_s,
             stream_max_len=self._settings.stream_max_len,
             poll_interval_s=self._settings.poll_interval_s,
         )
@@ -138,15 +140,19 @@ class SemanticSharing:
         tasks = [t for t in (self._starter, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            if stuck:
+                log.warning("shared tier: %d tasks did not stop within 5 s", len(stuck))
         self._tasks.clear()
         if self.shipper is not None:  # one last round: what ships now need not wait a restart
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.shipper.ship_once(), 2.0)
         if self._client is not None:
-            await self._client.aclose()
+            try:
+                await asyncio.wait_for(self._client.aclose(), 2.0)
+            except (TimeoutError, redis.RedisError, OSError) as exc:
+                log.warning("shared tier: closing the Redis client failed: %r", exc)
             self._client = None
 
 

@@ -8,6 +8,9 @@ namespace in the set of namespaces, and an event on the namespace's stream
 way is simply shipped again: at-least-once, in order per namespace (one shipper, one
 batch at a time, and a namespace's stream lives on one node).
 
+With ``wait_replicas`` the batch leaves the outbox only once that many replicas hold
+it (``WAIT``), so that a Sentinel failover to one of them loses no shipped change.
+
 While Redis is unreachable the outbox grows (bounded, :class:`~semcached.index.
 shared.outbox.Outbox`) and the shipper retries with a capped backoff, logging once
 when it loses Redis and once when it is back.
@@ -52,6 +55,8 @@ class Shipper:
         stats: SharingStats,
         executor: Executor,
         batch: int = 256,
+        wait_replicas: int = 0,
+        wait_timeout_s: float = 2.0,
         stream_max_len: int = 1_000_000,
         poll_interval_s: float = 0.05,
         clock: Callable[[], float] = time.time,
@@ -63,6 +68,8 @@ class Shipper:
         self.stats = stats
         self._executor = executor
         self._batch = batch
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(1, int(wait_timeout_s * 1000))
         self._max_len = stream_max_len
         self._poll_s = poll_interval_s
         self._clock = clock
@@ -131,7 +138,14 @@ class Shipper:
                 maxlen=self._max_len,
                 approximate=True,
             )
-        await pipe.execute()
+        if self._wait_replicas:
+            # On the pipeline's own connection: WAIT counts that connection's writes.
+            pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+        replies = await pipe.execute()
+        if self._wait_replicas and int(replies[-1]) < self._wait_replicas:
+            raise redis.RedisError(
+                f"only {replies[-1]} of {self._wait_replicas} replicas took the batch in time"
+            )
         self._namespaces |= new_namespaces
 
     def _went_down(self, exc: BaseException) -> None:
