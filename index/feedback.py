@@ -32,6 +32,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from semcached.index.lmdb_env import LmdbEnvironment
+from semcached.index.shared.outbox import Outbox
+from semcached.index.shared.records import Change
 
 __all__ = ["BandCounts", "FeedbackState", "FeedbackStore"]
 
@@ -66,8 +68,10 @@ class FeedbackStore:
     Costs: :meth:`record` O(bands); :meth:`load` and :meth:`prune_entries` O(records).
     """
 
-    def __init__(self, env: LmdbEnvironment, *, bands: int) -> None:
+    def __init__(self, env: LmdbEnvironment, *, bands: int, outbox: Outbox | None = None) -> None:
+        """``outbox``: where reports to share go, in the same transaction (None: none)."""
         self._env = env
+        self.outbox = outbox
         self._db = env.database(b"sem.feedback")
         self._bands = bands
 
@@ -112,10 +116,11 @@ class FeedbackStore:
         entry: tuple[int, int, float] | None = None,
         forget_entry: int | None = None,
         verified: bool = False,
+        ship: Change | None = None,
     ) -> None:
         """In one durable transaction: replace a category's counts (of verified hits
         when ``verified``), set an entry's (id, confirmations, lowest score), and/or
-        drop an entry's record."""
+        drop an entry's record; and append ``ship`` to the outbox, if there is one."""
         value = None
         if category is not None:
             right, wrong = category[1]
@@ -132,6 +137,8 @@ class FeedbackStore:
                 txn.put(_entry_key(entry_id), _ENTRY_RECORD.pack(count, lowest), db=self._db)
             if forget_entry is not None:
                 txn.delete(_entry_key(forget_entry), db=self._db)
+            if ship is not None and self.outbox is not None:
+                self.outbox.append(txn, [ship])
 
         self._env.write(run, reclaim=entry is None and category is None)
 

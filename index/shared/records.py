@@ -6,8 +6,9 @@ does: the encoded document (:mod:`~semcached.index.docstore`'s format), its vect
 
     u32 len(document) | u32 len(vector) | document | vector | tokens (the rest)
 
-A :class:`Change` is one shipped change (an entry put, or deleted): its outbox
-value is a fixed header, the namespace and the record::
+A :class:`Change` is one shipped change (an entry put or deleted, a feedback report
+on an entry): its outbox value is a fixed header, the namespace and the record (a
+report's is :func:`pack_feedback`'s)::
 
     u8 op | f64 at | f64 expires_at | u64 entry_id | u16 len(namespace) | namespace | record
 
@@ -30,12 +31,15 @@ __all__ = [
     "Change",
     "MalformedChange",
     "change_from_event",
+    "pack_feedback",
     "pack_record",
+    "unpack_feedback",
     "unpack_record",
 ]
 
-Op = Literal["put", "del"]
-_OPS: tuple[Op, ...] = ("put", "del")
+Op = Literal["put", "del", "fb"]
+_OPS: tuple[Op, ...] = ("put", "del", "fb")
+_FEEDBACK = struct.Struct("<??d")  # correct, verified, score (NaN: none)
 _OUTBOX = struct.Struct("<BddQH")
 _RECORD = struct.Struct("<II")
 _EVENT_VERSION = b"1"
@@ -62,9 +66,28 @@ def unpack_record(record: bytes) -> tuple[bytes, bytes, bytes]:
     return record[start : start + n_doc], record[start + n_doc : end], record[end:]
 
 
+def pack_feedback(category: str, score: float | None, correct: bool, verified: bool) -> bytes:
+    """A feedback report's record: the category's calibration evidence, no prompt."""
+    value = math.nan if score is None else score
+    return _FEEDBACK.pack(correct, verified, value) + category.encode("utf-8")
+
+
+def unpack_feedback(record: bytes) -> tuple[str, float | None, bool, bool]:
+    """(category, score, correct, verified); :class:`MalformedChange` if unreadable."""
+    try:
+        correct, verified, score = _FEEDBACK.unpack_from(record)
+        category = record[_FEEDBACK.size :].decode("utf-8")
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise MalformedChange(f"feedback record: {exc}") from None
+    if not category or math.isinf(score):
+        raise MalformedChange("feedback record without a category or with an infinite score")
+    return category, None if math.isnan(score) else score, correct, verified
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change to ship: ``put`` carries the entry record, ``del`` nothing.
+    """One change to ship: ``put`` carries the entry record, ``del`` nothing, ``fb``
+    a feedback report (:func:`pack_feedback`) on the entry.
 
     ``at`` is when the origin committed it (seconds since the epoch; the replication
     lag is measured from it); ``expires_at`` is the entry's (``put`` only).
@@ -100,6 +123,7 @@ class Change:
         }
         if self.op == "put":
             fields[b"exp"] = repr(self.expires_at).encode()
+        if self.record:
             fields[b"rec"] = self.record
         return fields
 
@@ -130,4 +154,6 @@ def change_from_event(namespace: str, fields: Mapping[bytes, bytes]) -> tuple[st
         raise MalformedChange("event id or times out of range")
     if op == "put":
         unpack_record(record)
+    elif op == "fb":
+        unpack_feedback(record)
     return origin, Change(op, namespace, entry_id, at, expires_at, record)

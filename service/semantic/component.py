@@ -142,7 +142,7 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
             snapshot_interval_s=index_settings.snapshot_interval_s,
             feedback=FeedbackBook(
                 settings.categories,
-                FeedbackStore(daemon.data_dir.env, bands=BANDS),
+                FeedbackStore(daemon.data_dir.env, bands=BANDS, outbox=outbox),
                 verifier_threshold=(
                     VERIFIER_MIN_THRESHOLD if choice.verifier is None else choice.verifier.threshold
                 ),

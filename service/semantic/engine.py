@@ -600,6 +600,14 @@ class SemanticCache:
             await self._store_and_admit(list(fresh.values()), ship=False)
         return len(fresh)
 
+    async def apply_remote_feedback(
+        self, entry_id: int, category: str, score: float | None, correct: bool, verified: bool
+    ) -> None:
+        """Count a feedback report another daemon received (its calibration evidence;
+        a wrong hit's entry is removed by the delete shipped with it)."""
+        policy = self._categories.policies.get(category) or self._categories.resolve(None)
+        await self._feedback.record(policy, entry_id, score, correct, verified=verified)
+
     async def apply_remote_deletes(self, entry_ids: Sequence[int]) -> int:
         """Remove entries another daemon deleted or purged (not shipped again)."""
         held = [i for i in entry_ids if i in self._entries]
@@ -822,6 +830,7 @@ class SemanticCache:
             if signed is None or not owns(signed.namespace):
                 return None
             entry_id, name, verified = signed.entry_id, signed.category, signed.verified
+            namespace = signed.namespace
             if not signed.exact and self._feedback.first_report(report.lookup_id):
                 score = signed.score
         else:
@@ -834,11 +843,13 @@ class SemanticCache:
                 or CategoryPolicy.is_expired(entry.expires_at, self._clock())
             ):
                 return None
-            name = entry.category
+            name, namespace = entry.category, entry.namespace
         policy = self._categories.policies.get(name) or self._categories.resolve(None)
         removed = not report.correct and await self.delete(entry_id)
         try:
-            await self._feedback.record(policy, entry_id, score, report.correct, verified=verified)
+            await self._feedback.record(
+                policy, entry_id, score, report.correct, verified=verified, share_in=namespace
+            )
         except StoreFullError as exc:  # counted in memory; the next report persists it
             raise self._refuse("record feedback", "no room for the report", exc) from None
         if report.reason:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -35,6 +36,7 @@ from semcached.cachepolicy.calibration import (
 from semcached.cachepolicy.categories import CategoryPolicy, CategoryTable
 from semcached.cachepolicy.verify import VERIFIER_MIN_THRESHOLD
 from semcached.index.feedback import BandCounts, FeedbackStore
+from semcached.index.shared.records import Change, pack_feedback
 from semcached.service.blocking import run_blocking
 from semcached.service.semantic.lookup_ids import LookupIdSigner, SignedLookup
 
@@ -182,10 +184,12 @@ class FeedbackBook:
         correct: bool,
         *,
         verified: bool = False,
+        share_in: str | None = None,
     ) -> None:
         """Count a report durably: the category's bands when ``score`` is known (a report
         by lookup id on a semantic hit; the verified hits' bands when the verifier
-        decided it), and the entry's confirmations."""
+        decided it), and the entry's confirmations. ``share_in``: the entry's namespace,
+        to ship the report to other daemons with a shared tier (None: keep it here)."""
         key = (policy.name, correct)
         self.reports[key] = self.reports.get(key, 0) + 1
         category = None
@@ -208,10 +212,18 @@ class FeedbackBook:
             forget = entry_id
         if self._store is not None:
             store = self._store
+            ship = None
+            if share_in is not None and store.outbox is not None:
+                report = pack_feedback(policy.name, score, correct, verified)
+                ship = Change("fb", share_in, entry_id, time.time(), record=report)
             await run_blocking(
                 self._executor,
                 lambda: store.record(
-                    category=category, entry=entry, forget_entry=forget, verified=verified
+                    category=category,
+                    entry=entry,
+                    forget_entry=forget,
+                    verified=verified,
+                    ship=ship,
                 ),
             )
 

@@ -210,6 +210,7 @@ class SharingCollector(Collector):
         )
         applied.add_metric(["put"], stats.applied_puts)
         applied.add_metric(["del"], stats.applied_deletes)
+        applied.add_metric(["fb"], stats.applied_feedback)
         yield applied
         if self._slot.is_set and (outbox := self._slot.get().outbox) is not None:
             depth = GaugeMetricFamily(

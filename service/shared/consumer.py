@@ -31,7 +31,12 @@ import redis
 from semcached.index.docstore import Document, decode_record
 from semcached.index.shared.keys import BUCKETS, SemanticKeys
 from semcached.index.shared.outbox import ReplicaState
-from semcached.index.shared.records import Change, MalformedChange, change_from_event
+from semcached.index.shared.records import (
+    Change,
+    MalformedChange,
+    change_from_event,
+    unpack_feedback,
+)
 from semcached.index.shared.target import AsyncRedis
 from semcached.index.vector_index import VectorArray
 from semcached.service.blocking import run_blocking
@@ -162,10 +167,15 @@ class Consumer:
                     if deletes:
                         await self._flush(puts, deletes)
                     puts.append((doc, vector))
-                else:
+                elif change.op == "del":
                     if puts:
                         await self._flush(puts, deletes)
                     deletes.append(change.entry_id)
+                else:
+                    report = unpack_feedback(change.record)
+                    await self._flush(puts, deletes)
+                    await self._engine.apply_remote_feedback(change.entry_id, *report)
+                    self.stats.applied_feedback += 1
                 applied.append(change)
             except MalformedChange as exc:
                 self.stats.malformed += 1

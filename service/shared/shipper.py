@@ -129,7 +129,7 @@ class Shipper:
                         pipe.set(record, change.record, pxat=int(expires_ms))
                     pipe.zadd(bucket, {str(entry_id): expires_ms})
                 pipe.zremrangebyscore(bucket, "-inf", now_ms)  # the bucket's expired ids
-            else:
+            elif change.op == "del":
                 pipe.delete(keys.record(ns, entry_id))
                 pipe.zrem(bucket, str(entry_id))
             pipe.xadd(

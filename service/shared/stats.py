@@ -18,6 +18,7 @@ class SharingStats:
     ship_failures: int = 0
     applied_puts: int = 0
     applied_deletes: int = 0
+    applied_feedback: int = 0
     own_skipped: int = 0
     malformed: int = 0
     bootstraps: int = 0

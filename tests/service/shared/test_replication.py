@@ -3,6 +3,7 @@ tenants, bootstrap, and a daemon killed mid-write."""
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -55,6 +56,30 @@ def test_delete_and_purge_propagate(pair: tuple[Sidecar, Sidecar]) -> None:
     assert a.api.purge("docs") == 1
     eventually(lambda: b.api.lookup("docs", vector=unit(2), partition="p").hit is False)
     assert b.hit("other", 3) is not None  # another namespace: untouched
+
+
+def test_feedback_propagates(pair: tuple[Sidecar, Sidecar]) -> None:
+    """A report on B counts in A's calibration too; a wrong hit is removed on both."""
+    a, b = pair
+    kept = a.api.insert("docs", "kept", "1", vector=unit(1)).entry_id
+    wrong = a.api.insert("docs", "wrong", "2", vector=unit(2)).entry_id
+    eventually(lambda: b.hit("docs", 1) == kept and b.hit("docs", 2) == wrong)
+    right_hit = b.api.lookup("docs", vector=unit(1))
+    wrong_hit = b.api.lookup("docs", vector=unit(2))
+    assert right_hit.lookup_id is not None
+    assert wrong_hit.lookup_id is not None
+    b.api.feedback(right_hit.lookup_id, correct=True)
+    assert b.api.feedback(wrong_hit.lookup_id, correct=False).removed
+
+    def reports(sidecar: Sidecar, correct: str) -> float:
+        labels = f'category="default",correct="{correct}"'
+        pattern = rf"^semcached_semantic_feedback_reports_total{{{labels}}} (\S+)$"
+        match = re.search(pattern, sidecar.api.metrics(), re.MULTILINE)
+        return 0.0 if match is None else float(match.group(1))
+
+    eventually(lambda: reports(a, "true") == 1 and reports(a, "false") == 1, what="A counts")
+    eventually(lambda: a.hit("docs", 2) is None, what="A removes the wrong hit")
+    assert a.hit("docs", 1) == kept
 
 
 def test_ttl_carries_over(pair: tuple[Sidecar, Sidecar]) -> None:
