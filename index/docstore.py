@@ -192,6 +192,8 @@ def _fields(value: bytes | memoryview) -> tuple[tuple[Any, ...], list[str], int]
     for length in header[7:12]:
         strings.append(value[offset : offset + length].decode("utf-8"))
         offset += length
+    if offset > len(value):
+        raise ValueError(f"truncated document ({len(value)} bytes, strings end at {offset})")
     return header, strings, offset
 
 
