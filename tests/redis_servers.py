@@ -50,10 +50,32 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process. ``args`` are extra config directives."""
 
-    def __init__(self, workdir: Path, args: Sequence[str] = (), *, sentinel: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        args: Sequence[str] = (),
+        *,
+        sentinel: bool = False,
+        tls: bool = False,
+    ) -> None:
+        """``tls``: serve TLS only, with a self-signed certificate for 127.0.0.1
+        (:attr:`ca_file`), clients not asked for one."""
         self.workdir = workdir
         self.args = list(args)
         self.sentinel = sentinel
+        self.ca_file: Path | None = None
+        if tls:
+            self.ca_file = workdir / "cert.pem"
+            workdir.mkdir(parents=True, exist_ok=True)
+            subprocess.run(
+                [
+                    *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                    *("-keyout", str(workdir / "key.pem"), "-out", str(self.ca_file)),
+                    *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+                ],
+                check=True,
+                capture_output=True,
+            )
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -61,18 +83,30 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        if self.ca_file is not None:
+            return f"rediss://127.0.0.1:{self.port}?ssl_ca_certs={self.ca_file}"
         return f"redis://127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis.from_url(self.url, socket_timeout=5)
 
     def start(self, port: int | None = None) -> None:
         """Start (again, on the same port when restarting); waits until it answers PING."""
         for _ in range(5):
             self.port = port or self.port or _free_port()
             conf = self.workdir / "redis.conf"
+            listen = [f"port {self.port}"]
+            if self.ca_file is not None:
+                listen = [
+                    "port 0",
+                    f"tls-port {self.port}",
+                    f"tls-cert-file {self.ca_file}",
+                    f"tls-key-file {self.workdir / 'key.pem'}",
+                    f"tls-ca-cert-file {self.ca_file}",
+                    "tls-auth-clients no",
+                ]
             lines = [
-                f"port {self.port}",
+                *listen,
                 "bind 127.0.0.1",
                 f"dir {self.workdir}",
                 "save ''",
@@ -98,7 +132,7 @@ class RedisServer:
             if self.process is not None and self.process.poll() is not None:
                 return False
             try:
-                with redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1) as c:
+                with redis.Redis.from_url(self.url, socket_timeout=1) as c:
                     if c.ping():
                         return True
             except (redis.ResponseError, redis.AuthenticationError):

@@ -65,7 +65,17 @@ class SemanticSharing:
         self._starter: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
+        """Start sharing; wait for the bootstrap if Redis answers (a daemon that cannot
+        reach Redis at all turns ready on its local state at once)."""
+        try:
+            self._target = await resolve(self._target)
+            reachable = True
+        except SharedTierError as exc:
+            log.warning("%s; serving local state and retrying in the background", exc)
+            reachable = False
         self._starter = asyncio.create_task(self._start(), name="shared-tier-start")
+        if not reachable:
+            return
         timeout = self._settings.bootstrap_timeout_s
         done, _ = await asyncio.wait({self._starter}, timeout=timeout or None)
         if not done:
@@ -81,9 +91,7 @@ class SemanticSharing:
             try:
                 self._target = await resolve(self._target)
                 break
-            except SharedTierError as exc:
-                if delay == 0.1:
-                    log.warning("%s; serving local state and retrying", exc)
+            except SharedTierError:
                 await asyncio.sleep(delay)
                 delay = min(5.0, delay * 2)
         engine = self._slot.get()

@@ -81,3 +81,17 @@ async def test_sentinel_client_finds_the_master(tmp_path: Path) -> None:
         await client.aclose()
     finally:
         sentinel.stop()
+
+
+async def test_tls_with_an_acl_user(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "tls", ["user app on >pw ~* +@all"], tls=True)
+    try:
+        url = f"rediss://app:pw@127.0.0.1:{server.port}?ssl_ca_certs={server.ca_file}"
+        target = await resolve(parse_target(url))
+        client = target.connect_async()
+        assert await client.set("k", b"v")
+        await client.aclose()
+        with pytest.raises(SharedTierError):  # plain text to a TLS port
+            await resolve(parse_target(f"redis://app:pw@127.0.0.1:{server.port}", timeout_s=0.5))
+    finally:
+        server.stop()

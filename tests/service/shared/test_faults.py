@@ -186,3 +186,25 @@ def test_cluster_slot_move(tmp_path: Path, redis_cluster: RedisCluster) -> None:
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_sidecar_started_while_redis_is_down(tmp_path: Path) -> None:
+    """It turns ready on its local state at once, and shares once Redis is up."""
+    redis_server = RedisServer(tmp_path / "redis")
+    redis_server.stop()
+    a = Sidecar(tmp_path / "a", redis_server.url)  # ready well before bootstrap_timeout_s
+    try:
+        local = a.api.insert("docs", "while down", "x", vector=unit(1)).entry_id
+        assert a.hit("docs", 1) == local
+        assert "cannot reach the shared tier" in a.process.log  # type: ignore[union-attr]
+        redis_server.start(redis_server.port)
+        b = Sidecar(tmp_path / "b", redis_server.url)
+        try:
+            eventually(lambda: b.hit("docs", 1) == local, timeout=30, what="shipped late")
+            later = b.api.insert("docs", "later", "y", vector=unit(2)).entry_id
+            eventually(lambda: a.hit("docs", 2) == later, timeout=30, what="A follows")
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+        redis_server.stop()

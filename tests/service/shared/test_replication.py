@@ -210,3 +210,20 @@ def test_on_a_redis_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> None
     finally:
         a.stop()
         b.stop()
+
+
+def test_over_tls_with_an_acl_user(tmp_path: Path) -> None:
+    server = RedisServer(
+        tmp_path / "tls", ["user app on >pw ~* +@all", "user default off"], tls=True
+    )
+    url = f"rediss://app:pw@127.0.0.1:{server.port}?ssl_ca_certs={server.ca_file}"
+    a = Sidecar(tmp_path / "a", url)
+    b = Sidecar(tmp_path / "b", url)
+    try:
+        entry = a.api.insert("docs", "secure", "x", vector=unit(3)).entry_id
+        eventually(lambda: b.hit("docs", 3) == entry, what="shared over TLS")
+        assert "pw@" not in a.process.log  # type: ignore[union-attr]
+    finally:
+        a.stop()
+        b.stop()
+        server.stop()
