@@ -1,6 +1,6 @@
 """Scale-out on Redis: N sidecars sharing what they learn, against N that learn alone.
 
-    python bench/scale_out.py                       # 300 GPTCache pairs, N = 1, 2, 4
+    python bench/scale_out.py                       # all 999 GPTCache pairs, N = 1, 2, 4
     python bench/scale_out.py --pairs 100 --skip-kv --skip-milvus     # a quick run
 
 The workload is GPTCache's benchmark pairs (bench/data/gptcache, MIT): for each pair
@@ -84,7 +84,10 @@ def embed(texts: Sequence[str]) -> np.ndarray:
 class Fleet:
     """N daemons, alone or sharing ``redis_url``."""
 
-    def __init__(self, work: Path, n: int, config: Path, redis_url: str | None) -> None:
+    def __init__(
+        self, work: Path, n: int, config: Path, redis_url: str | None, prefix: str = ""
+    ) -> None:
+        """``prefix``: the Redis key prefix, one per run, so that runs share nothing."""
         self.servers: list[Server] = []
         for i in range(n):
             settings: dict[str, object] = {
@@ -94,7 +97,11 @@ class Fleet:
                 "kv.enabled": False,
             }
             if redis_url:
-                settings |= {"shared.redis_url": redis_url, "shared.poll_interval_s": 0.005}
+                settings |= {
+                    "shared.redis_url": redis_url,
+                    "shared.key_prefix": prefix or work.name,
+                    "shared.poll_interval_s": 0.005,
+                }
             self.servers.append(Server.semcached(work / f"d{i}", config, settings))
         for server in self.servers:
             server.wait_ready()
@@ -134,7 +141,7 @@ async def drive(
                 "response": {"answer": f"pair {request.pair}"},
                 "vector": vector,
             }
-            async with http.post(url + "/v1/semantic/insert", json=insert) as reply:
+            async with http.post(url + "/v1/semantic/entries", json=insert) as reply:
                 reply.raise_for_status()
             inserts += 1
     return hits, inserts
@@ -161,7 +168,7 @@ async def lag(a: str, b: str, samples: int, vectors: np.ndarray) -> list[float]:
                 "response": "x",
                 "vector": vectors[i % len(vectors)].tolist(),
             }
-            async with http.post(a + "/v1/semantic/insert", json=body) as reply:
+            async with http.post(a + "/v1/semantic/entries", json=body) as reply:
                 entry_id = (await reply.json())["entry_id"]
             await asyncio.wait_for(visible(int(entry_id), time.perf_counter()), 30)
             await asyncio.sleep(0.01)
@@ -184,7 +191,7 @@ async def insert_rate(url: str, count: int, clients: int) -> float:
                     "response": "x" * 200,
                     "vector": vectors[i].tolist(),
                 }
-                async with http.post(url + "/v1/semantic/insert", json=body) as reply:
+                async with http.post(url + "/v1/semantic/entries", json=body) as reply:
                     reply.raise_for_status()
 
         started = time.perf_counter()
@@ -276,7 +283,7 @@ def report(opts: argparse.Namespace, results: Results, requests: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--pairs", type=int, default=999)
     parser.add_argument("--rate", type=float, default=100.0, help="requests per second")
     parser.add_argument("--threshold", type=float, default=0.8)
     parser.add_argument("--sizes", default="1,2,4")

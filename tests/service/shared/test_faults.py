@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from semcached.clients.sync import SemcachedClient
@@ -59,6 +60,7 @@ class _Writer(threading.Thread):
                 time.sleep(0.005)
 
 
+@pytest.mark.slow  # 40 s: CI runs it with the slow suite
 def test_redis_stopped_30_s_under_load(tmp_path: Path) -> None:
     """Redis (with the append-only file a production shared tier runs with: what it
     acknowledged survives its restart) is stopped for 30 s while A takes inserts."""
