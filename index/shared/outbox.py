@@ -10,8 +10,8 @@ dropped (counted in :attr:`Outbox.dropped`, logged), since the local store is th
 system of record and an unbounded outbox would fill the disk during a long outage.
 
 :class:`ReplicaState` (``shared.state``) keeps this daemon's node id (so that it
-recognises its own events after a restart) and, per namespace, the id of the last
-stream event it applied.
+recognises its own events after a restart) and, per namespace, where it is in the
+stream (:class:`StreamOffset`).
 
 Both are safe to call from several threads (each call is one LMDB transaction).
 """
@@ -21,13 +21,14 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 import lmdb
 
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shared.records import Change
 
-__all__ = ["Outbox", "ReplicaState"]
+__all__ = ["Outbox", "ReplicaState", "StreamOffset"]
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,15 @@ class Outbox:
         return int(self._env.read(lambda txn: txn.stat(self._db)["entries"]))
 
 
+class StreamOffset(NamedTuple):
+    """Where a daemon is in a stream: the id of the last event it applied, and how
+    many events the stream had added up to it (Redis's ``entries-added``), which tells
+    whether the stream was trimmed past it."""
+
+    last_id: bytes
+    position: int
+
+
 class ReplicaState:
     """This daemon's node id and the stream offsets it has applied."""
 
@@ -119,25 +129,28 @@ class ReplicaState:
 
         return self._env.write(run)
 
-    def offsets(self) -> dict[str, bytes]:
-        """Namespace -> id of the last event applied from its stream."""
+    def offsets(self) -> dict[str, StreamOffset]:
+        """Namespace -> where this daemon is in its stream."""
 
-        def run(txn: lmdb.Transaction) -> dict[str, bytes]:
+        def run(txn: lmdb.Transaction) -> dict[str, StreamOffset]:
             cursor = txn.cursor(db=self._db)
-            out: dict[str, bytes] = {}
+            out: dict[str, StreamOffset] = {}
             if cursor.set_range(_OFFSET):
                 for key, value in cursor:
                     if not bytes(key).startswith(_OFFSET):
                         break
-                    out[bytes(key)[len(_OFFSET) :].decode("utf-8")] = bytes(value)
+                    last, _, position = bytes(value).partition(b"|")
+                    name = bytes(key)[len(_OFFSET) :].decode("utf-8")
+                    out[name] = StreamOffset(last, int(position or 0))
             return out
 
         return self._env.read(run)
 
-    def save_offsets(self, offsets: Mapping[str, bytes]) -> None:
+    def save_offsets(self, offsets: Mapping[str, StreamOffset]) -> None:
         def run(txn: lmdb.Transaction) -> None:
             for namespace, offset in offsets.items():
-                txn.put(_OFFSET + namespace.encode("utf-8"), offset, db=self._db)
+                value = offset.last_id + b"|" + str(offset.position).encode()
+                txn.put(_OFFSET + namespace.encode("utf-8"), value, db=self._db)
 
         if offsets:
             self._env.write(run)

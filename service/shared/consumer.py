@@ -8,8 +8,8 @@ id) are skipped. A malformed event, or a record that does not decode or names
 another namespace than its stream's, is skipped and counted, never applied.
 
 A namespace with no saved offset -- a new daemon, a new namespace, or a daemon that
-fell further behind than the stream keeps (Redis reports the last trimmed id,
-``max-deleted-entry-id``, past the offset) -- is *bootstrapped*: the stream's last id
+fell further behind than the stream keeps (Redis has trimmed more events,
+``entries-added`` less ``length``, than the daemon had read) -- is *bootstrapped*: the stream's last id
 is noted, the live records are read bucket by bucket (``ZRANGE`` by expiry + ``MGET``)
 and applied, and reading resumes from the noted id, so nothing between is missed.
 
@@ -30,7 +30,7 @@ import redis
 
 from semcached.index.docstore import Document, decode_record
 from semcached.index.shared.keys import BUCKETS, SemanticKeys
-from semcached.index.shared.outbox import ReplicaState
+from semcached.index.shared.outbox import ReplicaState, StreamOffset
 from semcached.index.shared.records import (
     Change,
     MalformedChange,
@@ -50,12 +50,6 @@ log = logging.getLogger(__name__)
 _START = b"0-0"
 _GAP_CHECK_S = 5.0
 _DISCOVER_S = 1.0
-
-
-def _stream_id(value: bytes | str) -> tuple[int, int]:
-    text = value.decode() if isinstance(value, bytes) else value
-    ms, _, seq = text.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class Consumer:
@@ -88,19 +82,21 @@ class Consumer:
         self._batch = batch
         self._poll_s = poll_interval_s
         self._clock = clock
-        self._offsets: dict[str, bytes] = {}
+        self._offsets: dict[str, StreamOffset] = {}
         self._last_gap_check = 0.0
         self._last_discover = 0.0
         self._failing = False
 
     @property
-    def offsets(self) -> dict[str, bytes]:
+    def offsets(self) -> dict[str, StreamOffset]:
         return dict(self._offsets)
 
     async def bootstrap(self) -> None:
         """Load saved offsets, find the namespaces, bootstrap those without an offset."""
         self._offsets = await run_blocking(self._executor, self._state.offsets)
+        await self._check_gaps()  # a daemon that was down longer than the streams keep
         await self._discover()
+        self._last_gap_check = self._last_discover = time.monotonic()
 
     async def run(self) -> None:
         while True:
@@ -133,17 +129,18 @@ class Consumer:
         names = list(self._offsets)
         pipe = self._client.pipeline(transaction=False)
         for ns in names:
-            pipe.xread({self._keys.stream(ns): self._offsets[ns]}, count=self._batch)
+            pipe.xread({self._keys.stream(ns): self._offsets[ns].last_id}, count=self._batch)
         replies = await pipe.execute()
         read = 0
-        saved: dict[str, bytes] = {}
+        saved: dict[str, StreamOffset] = {}
         for ns, reply in zip(names, replies, strict=True):
             events = _events(reply)
             if not events:
                 continue
             read += len(events)
             await self._apply(ns, events)
-            self._offsets[ns] = saved[ns] = events[-1][0]
+            position = self._offsets[ns].position + len(events)
+            self._offsets[ns] = saved[ns] = StreamOffset(events[-1][0], position)
         await run_blocking(self._executor, self._state.save_offsets, saved)
         return read
 
@@ -207,25 +204,36 @@ class Consumer:
                 await self._bootstrap_namespace(ns)
 
     async def _check_gaps(self) -> None:
-        """Bootstrap again any namespace whose stream was trimmed past its offset."""
+        """Bootstrap again any namespace whose stream was trimmed past its offset:
+        more events were trimmed (``entries-added`` - ``length``) than it had read."""
         for ns, offset in list(self._offsets.items()):
             try:
                 info: dict[str, Any] = await self._client.xinfo_stream(self._keys.stream(ns))
             except redis.ResponseError:  # no stream (yet, or any more)
                 continue
-            trimmed = info.get("max-deleted-entry-id")
-            if trimmed is not None and _stream_id(trimmed) > _stream_id(offset):
+            trimmed = int(info.get("entries-added", 0)) - int(info.get("length", 0))
+            if trimmed > offset.position:
                 log.warning(
-                    "namespace %r: its stream was trimmed past this daemon's offset; "
-                    "bootstrapping it again",
+                    "namespace %r: its stream was trimmed past this daemon's offset "
+                    "(%d events trimmed, %d read); bootstrapping it again",
                     ns,
+                    trimmed,
+                    offset.position,
                 )
                 await self._bootstrap_namespace(ns)
 
     async def _bootstrap_namespace(self, namespace: str) -> None:
         keys = self._keys
-        last = await self._client.xrevrange(keys.stream(namespace), count=1)
-        start = last[0][0] if last else _START
+        # Where reading resumes: the stream's last id and count, in one reply.
+        try:
+            info: dict[str, Any] = await self._client.xinfo_stream(keys.stream(namespace))
+            last = info["last-generated-id"]
+            start = StreamOffset(
+                last if isinstance(last, bytes) else str(last).encode(),
+                int(info.get("entries-added", 0)),
+            )
+        except redis.ResponseError:  # no stream yet
+            start = StreamOffset(_START, 0)
         now_ms = int(self._clock() * 1000)
         loaded = 0
         for bucket in range(BUCKETS):
@@ -260,7 +268,7 @@ class Consumer:
                 loaded += await self._engine.apply_remote_puts(items)
                 if len(ids) < self._batch:
                     break
-        self._offsets[namespace] = start if isinstance(start, bytes) else str(start).encode()
+        self._offsets[namespace] = start
         await run_blocking(
             self._executor, self._state.save_offsets, {namespace: self._offsets[namespace]}
         )

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from semcached.index.docstore import Document, DocumentStore, decode_record
 from semcached.index.lmdb_env import LmdbEnvironment
-from semcached.index.shared.outbox import Outbox, ReplicaState
+from semcached.index.shared.outbox import Outbox, ReplicaState, StreamOffset
 from semcached.index.shared.records import (
     Change,
     MalformedChange,
@@ -113,11 +113,11 @@ def test_replica_state(env: LmdbEnvironment) -> None:
     node = state.node_id()
     assert node == ReplicaState(env).node_id()
     assert len(node) == 16
-    state.save_offsets({"a": b"1-0", "b/é": b"2-5"})
-    state.save_offsets({"a": b"3-1"})
-    assert state.offsets() == {"a": b"3-1", "b/é": b"2-5"}
+    state.save_offsets({"a": StreamOffset(b"1-0", 1), "b/é": StreamOffset(b"2-5", 7)})
+    state.save_offsets({"a": StreamOffset(b"3-1", 9)})
+    assert state.offsets() == {"a": (b"3-1", 9), "b/é": (b"2-5", 7)}
     state.forget_offset("a")
-    assert state.offsets() == {"b/é": b"2-5"}
+    assert state.offsets() == {"b/é": (b"2-5", 7)}
 
 
 @given(

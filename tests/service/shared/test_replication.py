@@ -43,6 +43,13 @@ def test_insert_on_a_hits_on_b(pair: tuple[Sidecar, Sidecar]) -> None:
     # And back: B's insert reaches A.
     other = b.api.insert("docs", "second", "two", vector=unit(2))
     eventually(lambda: a.hit("docs", 2) == other.entry_id, what="A sees B's insert")
+    # B met the namespace after A's insert: that came in B's bootstrap of it. A knew it
+    # (its own), so B's insert came through the stream, with a lag.
+    assert "semcached_shared_bootstraps_total 1.0" in b.api.metrics()
+    metrics = a.api.metrics()
+    assert "semcached_shared_replication_lag_seconds_count 1.0" in metrics
+    assert 'semcached_shared_applied_total{op="put"} 1.0' in metrics
+    assert "semcached_shared_redis_up 1.0" in metrics
 
 
 def test_delete_and_purge_propagate(pair: tuple[Sidecar, Sidecar]) -> None:
@@ -227,3 +234,29 @@ def test_over_tls_with_an_acl_user(tmp_path: Path) -> None:
         a.stop()
         b.stop()
         server.stop()
+
+
+def test_a_sidecar_behind_the_stream_retention_bootstraps_again(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """B is down while A writes far more than the stream keeps: B's offset points
+    into trimmed history, so it reloads the namespace from the records."""
+    args = ["--shared.stream_max_len", "100"]
+    a = Sidecar(tmp_path / "a", redis_server.url, args)
+    b = Sidecar(tmp_path / "b", redis_server.url, args)
+    try:
+        first = a.api.insert("docs", "first", "x", vector=unit(1)).entry_id
+        eventually(lambda: b.hit("docs", 1) == first)
+        b.stop()
+        ids = [a.api.insert("docs", f"p{i}", i, vector=unit(100 + i)).entry_id for i in range(600)]
+        raw = redis.Redis.from_url(redis_server.url)
+        stream = next(iter(raw.keys("semcached:*:events")))
+        eventually(lambda: raw.xinfo_stream(stream)["entries-added"] >= 601)
+        assert raw.xlen(stream) < 600  # trimmed
+        b.start()
+        assert [b.hit("docs", 100 + i) for i in range(600)] == ids
+        assert b.hit("docs", 1) == first
+        assert "trimmed past this daemon's offset" in b.process.log  # type: ignore[union-attr]
+    finally:
+        a.stop()
+        b.stop()
