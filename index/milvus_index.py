@@ -1,0 +1,481 @@
+"""A vector index whose vectors live in Milvus: a collection per index, cosine HNSW.
+
+For deployments whose vectors outgrow one sidecar's memory: the vectors and the ANN
+graph live in a Milvus server or cluster (``uri = "http://host:19530"``), one network
+hop away, or, for tests and single machines, in milvus-lite (``uri`` a path ending in
+``.db``: pymilvus starts milvus-lite's gRPC server in this process, on a loopback
+port). See docs/milvus.md for choosing between this and the local HNSW index.
+
+Mapping onto Milvus:
+
+- One collection per index, ``<prefix><16 random hex digits>`` unless named: the
+  engine makes indexes through ``index_factory(dim)``, which names nothing. Fields:
+  ``id`` (INT64 primary key) and ``vec`` (FLOAT_VECTOR), metric COSINE, index
+  ``index_type`` (HNSW by default, with ``m`` / ``ef_construction``; ``ef_search`` at
+  query time, raised to ``k`` when smaller, as Milvus requires).
+- Ids are uint64 here and INT64 in Milvus: the 64 bits are reinterpreted
+  (``view``), so every uint64 survives the round trip, not only those below 2**63.
+- Vectors are L2-normalised here (:func:`normalise`), so COSINE is the inner product
+  and scores are cosine similarities, clamped to [-1, 1].
+- Re-adding an id is an ``upsert``; within one call the last occurrence wins.
+- A snapshot (``save``) is a small descriptor written with :mod:`.snapshot`: uri,
+  collection, dim, count, index parameters. The vectors stay in Milvus. ``load``
+  reconnects (to the configured uri, else the recorded one) and refuses
+  (:class:`SnapshotError`) a missing collection or one of another dim, so the engine
+  rebuilds that index from LMDB.
+
+Local bookkeeping: the set of live ids is kept here (about 70 bytes per entry, the
+same as :class:`~semcached.index.hnsw.HnswlibIndex` keeps) because Milvus answers
+neither cheaply nor exactly: ``delete`` reports the keys it was given, not how many
+existed, and a row count from ``get_collection_stats`` is eventually consistent on a
+cluster (deletes are applied at compaction). ``len``, ``in`` and ``ids()`` answer from
+that set; ``load`` fills it by enumerating the collection (a query iterator, O(n):
+3.8 s for 100k ids on milvus-lite here). This index assumes it is the collection's
+only writer.
+
+Consistency: the collection is created with consistency level ``Strong``, so a search
+sees every write acknowledged before it (milvus-lite applies writes synchronously and
+ignores the level; on a cluster Strong waits for the query nodes to catch up with the
+latest timestamp, adding latency). ``Bounded`` would be faster and miss recent inserts.
+
+milvus-lite specifics (3.2, pure Python), measured here: rows not yet flushed sit in
+a memtable that every search scans in Python (0.55 s a query at 20k unflushed 384-d
+rows), so this index flushes after ``flush_rows`` new rows; a flushed segment is
+searched by brute force until a background thread has built its HNSW index. A Milvus
+server seals segments itself: there ``flush_rows = 0`` (never) is right, as Milvus
+rate-limits flushes.
+
+Thread-safety: one :class:`SharedExclusiveLock`; searches and ``ids()`` share it,
+add, remove and flush take it exclusively (milvus-lite requires writes to one
+collection to be serialised, and the local id set must change with the collection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import threading
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from semcached.errors import ConfigError, SemcachedError
+from semcached.index.rwlock import SharedExclusiveLock
+from semcached.index.snapshot import SnapshotError, read_snapshot, write_snapshot
+from semcached.index.vector_index import IdArray, SearchResult, as_ids, dedupe_last, normalise
+
+__all__ = [
+    "COLLECTION_PREFIX",
+    "SNAPSHOT_KIND",
+    "MilvusIndex",
+    "MilvusIndexError",
+    "MilvusUnavailableError",
+    "connect",
+    "import_pymilvus",
+    "is_local_uri",
+    "stop_local_server",
+]
+
+SNAPSHOT_KIND = "milvus-collection"
+COLLECTION_PREFIX = "semcached_"
+_ID, _VEC = "id", "vec"
+_BATCH_ROWS = 2048  # rows per upsert call: 3 MB of 384-d float32, far below gRPC's limits
+_ITERATOR_BATCH = 16384  # ids per query-iterator page (Milvus caps a page at 16384)
+
+
+class MilvusUnavailableError(ConfigError):
+    """pymilvus / milvus-lite is not installed, or the Milvus server cannot be reached."""
+
+
+class MilvusIndexError(SemcachedError):
+    """A Milvus call failed while the index was in use (the server went away, ...)."""
+
+
+def import_pymilvus() -> Any:
+    """The pymilvus module, or :class:`MilvusUnavailableError` naming the extra."""
+    try:
+        import pymilvus
+    except ImportError as exc:
+        raise MilvusUnavailableError(
+            "the milvus index backend needs pymilvus (and milvus-lite for a local .db "
+            f"uri): install the `milvus` extra (pip install 'semcached[milvus]') ({exc})"
+        ) from exc
+    return pymilvus
+
+
+def is_local_uri(uri: str) -> bool:
+    """A milvus-lite database file (pymilvus's rule: the uri ends with ``.db``)."""
+    return uri.endswith(".db")
+
+
+def _local_path(uri: str) -> str:
+    return str(Path(uri).resolve())
+
+
+def connect(uri: str, *, token: str = "", timeout_s: float = 10.0) -> Any:
+    """A ``MilvusClient`` for ``uri``, checked with one call; unreachable: ConfigError.
+
+    For a local ``.db`` uri the directory around it must exist; pymilvus starts
+    milvus-lite's server in this process (once per file) and connects over loopback.
+    """
+    pymilvus = import_pymilvus()
+    options: dict[str, Any] = {}
+    if is_local_uri(uri):
+        try:
+            import milvus_lite  # noqa: F401
+        except ImportError as exc:
+            raise MilvusUnavailableError(
+                f"a local Milvus uri ({uri}) needs milvus-lite: install the `milvus` extra ({exc})"
+            ) from exc
+        uri = _local_path(uri)
+        # milvus-lite's gRPC server keeps grpc's default ping policy and answers the
+        # client's idle keepalive pings with GOAWAY "too_many_pings" (seen here).
+        options["grpc_options"] = {"grpc.keepalive_permit_without_calls": 0}
+    try:
+        client = pymilvus.MilvusClient(uri=uri, token=token, timeout=timeout_s, **options)
+        client.list_collections()
+    except Exception as exc:
+        raise MilvusUnavailableError(f"cannot reach Milvus at {uri}: {exc}") from exc
+    return client
+
+
+def stop_local_server(uri: str) -> None:
+    """Stop milvus-lite's in-process server for a ``.db`` uri (no-op otherwise).
+
+    Clients of it stop working. Called at daemon shutdown and by tests.
+    """
+    if not is_local_uri(uri):
+        return
+    with contextlib.suppress(ImportError):
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(_local_path(uri))
+
+
+def _empty() -> SearchResult:
+    return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.float32)
+
+
+def _as_int64(ids: IdArray) -> list[int]:
+    return ids.astype(np.uint64, copy=False).view(np.int64).tolist()  # type: ignore[no-any-return]
+
+
+class MilvusIndex:
+    """Cosine k-NN over a Milvus collection (implements ``VectorIndex``).
+
+    Costs are Milvus's plus one round trip per call: search is O(ef * M * log n) per
+    segment on the server (milvus-lite also does O(n) Python work per search, see the
+    module notes); add and remove are O(batch) plus, every ``flush_rows`` rows, a
+    flush; ``len`` and ``in`` are O(1) locally; ``ids()`` O(n) locally.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        *,
+        uri: str,
+        token: str = "",
+        collection: str | None = None,
+        index_type: str = "HNSW",
+        m: int = 16,
+        ef_construction: int = 200,
+        ef_search: int = 64,
+        flush_rows: int = 1024,
+        timeout_s: float = 10.0,
+        prefix: str = COLLECTION_PREFIX,
+        client: Any = None,
+    ) -> None:
+        if dim < 2:
+            raise ValueError("dim must be at least 2 (Milvus's smallest FLOAT_VECTOR)")
+        if m < 2 or ef_construction < 1 or ef_search < 1 or flush_rows < 0:
+            raise ValueError("m >= 2, ef_construction >= 1, ef_search >= 1, flush_rows >= 0")
+        self._setup(
+            dim,
+            uri=uri,
+            token=token,
+            collection=collection or f"{prefix}{secrets.token_hex(8)}",
+            index_type=index_type,
+            m=m,
+            ef_construction=ef_construction,
+            ef_search=ef_search,
+            flush_rows=flush_rows,
+            timeout_s=timeout_s,
+            client=client,
+        )
+        self._call(self._create)
+
+    def _setup(self, dim: int, *, client: Any, **params: Any) -> None:
+        self._dim = dim
+        self._uri: str = params["uri"]
+        self._token: str = params["token"]
+        self._collection: str = params["collection"]
+        self._index_type: str = params["index_type"]
+        self._m: int = params["m"]
+        self._ef_construction: int = params["ef_construction"]
+        self._ef_search: int = params["ef_search"]
+        self._flush_rows: int = params["flush_rows"]
+        self._timeout_s: float = params["timeout_s"]
+        self._owns_client = client is None
+        self._client = client or connect(self._uri, token=self._token, timeout_s=self._timeout_s)
+        self._live: set[int] = set()
+        self._unflushed = 0
+        self._lock = SharedExclusiveLock()
+        self._save_lock = threading.Lock()
+
+    def _create(self) -> None:
+        pymilvus = import_pymilvus()
+        client = self._client
+        if client.has_collection(self._collection):
+            raise MilvusIndexError(f"Milvus collection {self._collection!r} exists already")
+        schema = client.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(_ID, pymilvus.DataType.INT64, is_primary=True)
+        schema.add_field(_VEC, pymilvus.DataType.FLOAT_VECTOR, dim=self._dim)
+        index_params = client.prepare_index_params()
+        build = (
+            {"M": self._m, "efConstruction": self._ef_construction}
+            if self._index_type.startswith("HNSW")
+            else {}
+        )
+        index_params.add_index(
+            field_name=_VEC, index_type=self._index_type, metric_type="COSINE", params=build
+        )
+        client.create_collection(
+            self._collection,
+            schema=schema,
+            index_params=index_params,
+            consistency_level="Strong",
+        )
+
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a Milvus call, turning pymilvus's exceptions into :class:`MilvusIndexError`."""
+        try:
+            return fn(*args, **kwargs)
+        except SemcachedError:
+            raise
+        except Exception as exc:
+            raise MilvusIndexError(
+                f"Milvus collection {self._collection!r} at {self._uri}: {exc}"
+            ) from exc
+
+    # -- properties -----------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    @property
+    def collection(self) -> str:
+        return self._collection
+
+    @property
+    def ef_search(self) -> int:
+        return self._ef_search
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return isinstance(entry_id, int | np.integer) and int(entry_id) in self._live
+
+    def ids(self) -> IdArray:
+        with self._lock.shared():
+            return np.fromiter(self._live, dtype=np.uint64, count=len(self._live))
+
+    def remote_ids(self) -> IdArray:
+        """The ids the collection holds, enumerated on the server. O(n)."""
+        iterator = self._call(
+            self._client.query_iterator,
+            self._collection,
+            batch_size=_ITERATOR_BATCH,
+            filter="",
+            output_fields=[_ID],
+        )
+        found: list[int] = []
+        try:
+            while page := self._call(iterator.next):
+                found.extend(row[_ID] for row in page)
+        finally:
+            iterator.close()
+        return np.asarray(found, dtype=np.int64).view(np.uint64)
+
+    # -- mutation -------------------------------------------------------------------
+
+    def add(self, ids: ArrayLike, vectors: ArrayLike) -> None:
+        labels = as_ids(ids)
+        unit = normalise(vectors, self._dim)
+        if unit.shape[0] != labels.size:
+            raise ValueError(f"{labels.size} ids for {unit.shape[0]} vectors")
+        if labels.size == 0:
+            return
+        labels, unit = dedupe_last(labels, unit)
+        keys = _as_int64(labels)
+        with self._lock.exclusive():
+            for start in range(0, len(keys), _BATCH_ROWS):
+                rows = [
+                    {_ID: key, _VEC: vector}
+                    for key, vector in zip(
+                        keys[start : start + _BATCH_ROWS],
+                        unit[start : start + _BATCH_ROWS],
+                        strict=True,
+                    )
+                ]
+                self._call(self._client.upsert, self._collection, rows)
+                # Each call is durable once answered: record it even if a later one fails.
+                self._live.update(labels[start : start + _BATCH_ROWS].tolist())
+            self._unflushed += len(keys)
+            self._maybe_flush()
+
+    def remove(self, ids: ArrayLike) -> int:
+        labels = as_ids(ids)
+        with self._lock.exclusive():
+            present = [label for label in set(labels.tolist()) if label in self._live]
+            if not present:
+                return 0
+            keys = _as_int64(np.asarray(present, dtype=np.uint64))
+            self._call(self._client.delete, self._collection, ids=keys)
+            self._live.difference_update(present)
+            self._unflushed += len(keys)  # milvus-lite scans its deletes in Python too
+            self._maybe_flush()
+            return len(present)
+
+    def _maybe_flush(self) -> None:
+        """Flush once ``flush_rows`` changes are unflushed. Exclusive lock."""
+        if self._flush_rows and self._unflushed >= self._flush_rows:
+            self._call(self._client.flush, self._collection)
+            self._unflushed = 0
+
+    def flush(self) -> None:
+        """Seal what was written into segments (milvus-lite: out of its memtable)."""
+        with self._lock.exclusive():
+            self._call(self._client.flush, self._collection)
+            self._unflushed = 0
+
+    # -- search ---------------------------------------------------------------------
+
+    def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        unit = normalise(queries, self._dim, what="query")
+        if unit.shape[0] == 0:
+            return []
+        with self._lock.shared():
+            k = min(k, len(self._live))
+            if k == 0:
+                return [_empty() for _ in range(unit.shape[0])]
+            params: dict[str, Any] = {"metric_type": "COSINE"}
+            if self._index_type.startswith("HNSW"):
+                params["params"] = {"ef": max(self._ef_search, k)}
+            hits = self._call(
+                self._client.search,
+                self._collection,
+                data=list(unit),
+                limit=k,
+                output_fields=[_ID],  # else the vectors come back too
+                search_params=params,
+            )
+        results: list[SearchResult] = []
+        for row in hits:
+            keys = np.fromiter((hit[_ID] for hit in row), dtype=np.int64, count=len(row))
+            scores = np.fromiter((hit["distance"] for hit in row), dtype=np.float32, count=len(row))
+            order = np.argsort(-scores, kind="stable")  # Milvus sorts; do not rely on it
+            found: IdArray = keys[order].view(np.uint64)
+            similarity: NDArray[np.float32] = np.clip(scores[order], -1.0, 1.0)
+            results.append((found, similarity))
+        return results
+
+    # -- snapshots ------------------------------------------------------------------
+
+    def save(self, path: Path) -> None:
+        """Write the descriptor atomically (the vectors are in Milvus already). O(1)."""
+        with self._save_lock, self._lock.shared():
+            meta = {
+                "uri": self._uri,
+                "collection": self._collection,
+                "dim": self._dim,
+                "count": len(self._live),
+                "index_type": self._index_type,
+                "m": self._m,
+                "ef_construction": self._ef_construction,
+            }
+        write_snapshot(path, kind=SNAPSHOT_KIND, meta=meta, files={})
+
+    @classmethod
+    def load(
+        cls,
+        path: Path,
+        *,
+        dim: int,
+        uri: str | None = None,
+        token: str = "",
+        ef_search: int = 64,
+        flush_rows: int = 1024,
+        timeout_s: float = 10.0,
+        client: Any = None,
+    ) -> Self:
+        """Reconnect to the collection a descriptor names, at ``uri``.
+
+        ``uri``: where Milvus is now (the daemon passes its configured one); None: the
+        uri recorded in the descriptor.
+
+        :class:`SnapshotError` when the descriptor is missing or corrupt, or the
+        collection is missing or of another dim; :class:`MilvusUnavailableError`
+        when Milvus cannot be reached. Enumerates the collection's ids: O(n).
+        """
+        meta, _ = read_snapshot(path, kind=SNAPSHOT_KIND)
+        try:
+            collection, saved_dim = str(meta["collection"]), int(meta["dim"])
+            uri = str(meta["uri"]) if uri is None else uri
+            index_type, m, ef_c = (
+                str(meta["index_type"]),
+                int(meta["m"]),
+                int(meta["ef_construction"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SnapshotError(f"snapshot {path} has malformed metadata: {exc}") from exc
+        if saved_dim != dim:
+            raise SnapshotError(f"snapshot {path} holds vectors of dim {saved_dim}, not {dim}")
+        loaded = cls.__new__(cls)
+        loaded._setup(
+            dim,
+            uri=uri,
+            token=token,
+            collection=collection,
+            index_type=index_type,
+            m=m,
+            ef_construction=ef_c,
+            ef_search=ef_search,
+            flush_rows=flush_rows,
+            timeout_s=timeout_s,
+            client=client,
+        )
+        if not loaded._call(loaded._client.has_collection, collection):
+            raise SnapshotError(f"snapshot {path}: Milvus at {uri} has no collection {collection}")
+        described = loaded._call(loaded._client.describe_collection, collection)
+        fields = {f["name"]: f for f in described.get("fields", [])}
+        held = fields.get(_VEC, {}).get("params", {}).get("dim")
+        if _ID not in fields or held is None or int(held) != dim:
+            raise SnapshotError(
+                f"snapshot {path}: Milvus collection {collection} holds {_VEC} of dim "
+                f"{held}, not {dim}"
+            )
+        loaded._call(loaded._client.load_collection, collection)  # reopened ones are released
+        loaded._live = set(loaded.remote_ids().tolist())
+        return loaded
+
+    def drop(self) -> None:
+        """Delete the collection and its vectors from Milvus (this index is unusable after)."""
+        with self._lock.exclusive():
+            self._call(self._client.drop_collection, self._collection)
+            self._live.clear()
+
+    def close(self) -> None:
+        """Close this index's own client, if it made one (the collection stays)."""
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
