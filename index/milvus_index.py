@@ -468,6 +468,11 @@ class MilvusIndex:
         loaded._live = set(loaded.remote_ids().tolist())
         return loaded
 
+    def pending_index_rows(self) -> int:
+        """Rows Milvus has not indexed yet (searched by brute force meanwhile)."""
+        described = self._call(self._client.describe_index, self._collection, _VEC)
+        return int((described or {}).get("pending_index_rows", 0))
+
     def drop(self) -> None:
         """Delete the collection and its vectors from Milvus (this index is unusable after)."""
         with self._lock.exclusive():
