@@ -238,3 +238,14 @@ def test_daemon_with_the_milvus_backend_restarts_with_its_entries(tmp_path: Path
             assert (hit.hit, hit.entry_id) == (True, fresh)
     finally:
         assert restarted.terminate() == 0
+
+
+def test_daemon_with_an_unreachable_milvus_exits_2_at_start(tmp_path: Path) -> None:
+    args = ["--index.backend", "milvus", "--index.milvus_uri", "http://127.0.0.1:1",
+            "--index.milvus_timeout_s", "1"]  # fmt: skip
+    process = DaemonProcess(tmp_path / "data", args)
+    try:
+        assert process.proc.wait(60) == 2
+    finally:
+        process.terminate()
+    assert "index.backend = 'milvus': cannot reach Milvus at http://127.0.0.1:1" in process.log
