@@ -57,27 +57,26 @@ def faiss_overfetch(dim: int = DIM) -> FaissIndex:
     return FaissIndex(dim, overfetch_dead=4)
 
 
-# milvus-lite's database for this module (a directory pymilvus names by its .db suffix).
-MILVUS_DIR = Path(tempfile.mkdtemp(prefix="semcached-milvus-"))
-MILVUS_URI = str(MILVUS_DIR / "vectors.db")
+MILVUS: dict[str, str] = {}  # "uri": milvus-lite's database for this module, set below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One milvus-lite database (a directory named by its .db suffix) for the module."""
+    MILVUS["uri"] = str(tmp_path_factory.mktemp("milvus") / "vectors.db")
+    yield
+    stop_local_server(MILVUS.pop("uri"))
 
 
 def milvus(dim: int = DIM, **kwargs: int) -> MilvusIndex:
     """Flushing every 8 changes, so that searches cover flushed segments and the memtable."""
     params = {"flush_rows": 8}
     params.update(kwargs)
-    return MilvusIndex(dim, uri=MILVUS_URI, **params)  # type: ignore[arg-type]
+    return MilvusIndex(dim, uri=MILVUS["uri"], **params)  # type: ignore[arg-type]
 
 
 def milvus_load(path: Path) -> MilvusIndex:
-    return MilvusIndex.load(path, dim=DIM, uri=MILVUS_URI, flush_rows=8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def milvus_server() -> Iterator[None]:
-    yield
-    stop_local_server(MILVUS_URI)
-    shutil.rmtree(MILVUS_DIR, ignore_errors=True)
+    return MilvusIndex.load(path, dim=DIM, uri=MILVUS["uri"], flush_rows=8)
 
 
 def drop(index: VectorIndex) -> None:
