@@ -183,12 +183,13 @@ class MilvusIndex:
         index_params.add_index(
             field_name=_VEC, index_type=self._index_type, metric_type="COSINE", params=build
         )
-        client.create_collection(
-            self._collection,
-            schema=schema,
-            index_params=index_params,
-            consistency_level="Strong",
-        )
+        client.create_collection(self._collection, schema=schema, consistency_level="Strong")
+        # Not through create_collection's index_params: pymilvus then waits for the build
+        # by polling every 0.5 s after an AllocTimestamp call that milvus-lite does not
+        # implement (an ERROR with a traceback in the log per collection, seen here).
+        # Milvus builds indexes asynchronously anyway; a loaded collection can be searched.
+        client.create_index(self._collection, index_params, sync=False)
+        client.load_collection(self._collection)
 
     def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """Run a Milvus call, turning pymilvus's exceptions into :class:`MilvusIndexError`."""

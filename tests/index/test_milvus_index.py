@@ -224,6 +224,7 @@ def test_daemon_with_the_milvus_backend_restarts_with_its_entries(tmp_path: Path
     finally:
         assert process.terminate() == 0  # a clean shutdown writes the descriptor
     assert (data / "milvus.db").is_dir()
+    assert " ERROR " not in process.log  # e.g. milvus-lite's unimplemented AllocTimestamp
 
     restarted = DaemonProcess(data, milvus)
     try:
@@ -238,6 +239,7 @@ def test_daemon_with_the_milvus_backend_restarts_with_its_entries(tmp_path: Path
             assert (hit.hit, hit.entry_id) == (True, fresh)
     finally:
         assert restarted.terminate() == 0
+    assert " ERROR " not in restarted.log
 
 
 def test_daemon_with_an_unreachable_milvus_exits_2_at_start(tmp_path: Path) -> None:
