@@ -9,7 +9,9 @@ port). See docs/milvus.md for choosing between this and the local HNSW index.
 Mapping onto Milvus:
 
 - One collection per index, ``<prefix><16 random hex digits>`` unless named: the
-  engine makes indexes through ``index_factory(dim)``, which names nothing. Fields:
+  engine makes indexes through ``index_factory(dim)``, which names nothing. It is
+  created at the index's first add or save, not in the constructor (which the engine
+  calls on its event loop). Fields:
   ``id`` (INT64 primary key) and ``vec`` (FLOAT_VECTOR), metric COSINE, index
   ``index_type`` (HNSW by default, with ``m`` / ``ef_construction``; ``ef_search`` at
   query time, raised to ``k`` when smaller, as Milvus requires).
@@ -146,7 +148,6 @@ class MilvusIndex:
             timeout_s=timeout_s,
             client=client,
         )
-        self._call(self._create)
 
     def _setup(self, dim: int, *, client: Any, **params: Any) -> None:
         self._dim = dim
@@ -163,8 +164,20 @@ class MilvusIndex:
         self._client = client or connect(self._uri, token=self._token, timeout_s=self._timeout_s)
         self._live: set[int] = set()
         self._unflushed = 0
+        self._created = False  # the collection exists in Milvus (see _ensure_collection)
         self._lock = SharedExclusiveLock()
         self._save_lock = threading.Lock()
+
+    def _ensure_collection(self) -> None:
+        """Create the collection unless done. Exclusive lock.
+
+        Not in the constructor: the engine makes indexes on its event loop, and a create
+        (schema, index, load) is several blocking round trips; the first add and the
+        first save run on the executor.
+        """
+        if not self._created:
+            self._call(self._create)
+            self._created = True
 
     def _create(self) -> None:
         pymilvus = import_pymilvus()
@@ -232,6 +245,8 @@ class MilvusIndex:
 
     def remote_ids(self) -> IdArray:
         """The ids the collection holds, enumerated on the server. O(n)."""
+        if not self._created:
+            return np.empty(0, dtype=np.uint64)
         iterator = self._call(
             self._client.query_iterator,
             self._collection,
@@ -259,6 +274,7 @@ class MilvusIndex:
         labels, unit = dedupe_last(labels, unit)
         keys = _as_int64(labels)
         with self._lock.exclusive():
+            self._ensure_collection()
             for start in range(0, len(keys), _BATCH_ROWS):
                 rows = [
                     {_ID: key, _VEC: vector}
@@ -296,7 +312,8 @@ class MilvusIndex:
     def flush(self) -> None:
         """Seal what was written into segments (milvus-lite: out of its memtable)."""
         with self._lock.exclusive():
-            self._call(self._client.flush, self._collection)
+            if self._created:
+                self._call(self._client.flush, self._collection)
             self._unflushed = 0
 
     # -- search ---------------------------------------------------------------------
@@ -336,7 +353,14 @@ class MilvusIndex:
 
     def save(self, path: Path) -> None:
         """Write the descriptor atomically (the vectors are in Milvus already). O(1)."""
-        with self._save_lock, self._lock.shared():
+        with self._save_lock:
+            if not self._created:  # the descriptor must name a collection that exists
+                with self._lock.exclusive():
+                    self._ensure_collection()
+            self._write_descriptor(path)
+
+    def _write_descriptor(self, path: Path) -> None:
+        with self._lock.shared():
             meta = {
                 "uri": self._uri,
                 "collection": self._collection,
@@ -408,18 +432,22 @@ class MilvusIndex:
                 f"{held}, not {dim}"
             )
         loaded._call(loaded._client.load_collection, collection)  # reopened ones are released
+        loaded._created = True
         loaded._live = set(loaded.remote_ids().tolist())
         return loaded
 
     def pending_index_rows(self) -> int:
         """Rows Milvus has not indexed yet (searched by brute force meanwhile)."""
+        if not self._created:
+            return 0
         described = self._call(self._client.describe_index, self._collection, _VEC)
         return int((described or {}).get("pending_index_rows", 0))
 
     def drop(self) -> None:
         """Delete the collection and its vectors from Milvus (this index is unusable after)."""
         with self._lock.exclusive():
-            self._call(self._client.drop_collection, self._collection)
+            if self._created:
+                self._call(self._client.drop_collection, self._collection)
             self._live.clear()
 
     def close(self) -> None:

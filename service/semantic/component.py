@@ -112,7 +112,9 @@ def _milvus_backend(
     if local:  # milvus-lite creates the database, not the directory around it
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
     try:  # at start: a missing extra or an unreachable Milvus stops the daemon here
-        connect(uri, token=settings.milvus_token, timeout_s=settings.milvus_timeout_s).close()
+        # One client for every index (gRPC channels are thread-safe); making an index
+        # then costs no round trip, as the engine makes them on its event loop.
+        client = connect(uri, token=settings.milvus_token, timeout_s=settings.milvus_timeout_s)
     except ConfigError as exc:
         raise type(exc)(f"index.backend = 'milvus': {exc}") from exc
     flush_rows = settings.milvus_flush_rows
@@ -136,6 +138,7 @@ def _milvus_backend(
             flush_rows=flush_rows,
             timeout_s=timeout_s,
             prefix=settings.milvus_collection_prefix,
+            client=client,
         )
 
     def load_milvus(path: Path, dim: int) -> VectorIndex:
@@ -147,6 +150,7 @@ def _milvus_backend(
             ef_search=ef_search,
             flush_rows=flush_rows,
             timeout_s=timeout_s,
+            client=client,
         )
 
     return new_milvus, load_milvus

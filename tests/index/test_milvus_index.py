@@ -116,11 +116,25 @@ def test_two_indexes_in_one_database_are_kept_apart(uri: str) -> None:
     assert b.remote_ids().tolist() == [50]
 
 
-def test_named_collection_that_exists_is_refused(uri: str) -> None:
-    a = MilvusIndex(DIM, uri=uri, collection="shared")
+def test_collection_is_created_at_the_first_write_and_a_taken_name_refused(uri: str) -> None:
+    a = MilvusIndex(DIM, uri=uri, collection="shared")  # no Milvus call yet: see the module
+    b = MilvusIndex(DIM, uri=uri, collection="shared")
+    assert [len(f) for f, _ in a.search(rows(2), 3)] == [0, 0]
+    assert a.remove(np.asarray([1], dtype=np.uint64)) == 0
+    a.add(np.asarray([1], dtype=np.uint64), rows(1))
     with pytest.raises(MilvusIndexError, match="exists already"):
-        MilvusIndex(DIM, uri=uri, collection="shared")
+        b.add(np.asarray([2], dtype=np.uint64), rows(1))
+    assert a.remote_ids().tolist() == [1]
     a.drop()
+
+
+def test_saving_an_empty_index_creates_its_collection(uri: str, tmp_path: Path) -> None:
+    index = MilvusIndex(DIM, uri=uri)
+    index.save(tmp_path / "snap")
+    loaded = MilvusIndex.load(tmp_path / "snap", dim=DIM)
+    assert len(loaded) == 0
+    loaded.add(np.asarray([5], dtype=np.uint64), rows(1))
+    assert index.remote_ids().tolist() == [5]
 
 
 def test_search_sees_adds_and_removes_at_once_in_memtable_and_segments(uri: str) -> None:
