@@ -1,55 +1,40 @@
 """A vector index whose vectors live in Milvus: a collection per index, cosine HNSW.
 
-For deployments whose vectors outgrow one sidecar's memory: the vectors and the ANN
-graph live in a Milvus server or cluster (``uri = "http://host:19530"``), one network
-hop away, or, for tests and single machines, in milvus-lite (``uri`` a path ending in
-``.db``: pymilvus starts milvus-lite's gRPC server in this process, on a loopback
-port). See docs/milvus.md for choosing between this and the local HNSW index.
+(About 440 lines, over the house's 400: one wrapper around a Milvus collection whose
+create, snapshot descriptor and reconnection belong together.)
 
-Mapping onto Milvus:
+For vectors past one sidecar's memory: they live in a Milvus server or cluster
+(``uri = "http://host:19530"``), or, for tests and single machines, in milvus-lite
+(a ``uri`` ending in ``.db``: :mod:`.milvus_connect`). docs/milvus.md says when to
+choose it and what was measured.
 
-- One collection per index, ``<prefix><16 random hex digits>`` unless named: the
-  engine makes indexes through ``index_factory(dim)``, which names nothing. It is
-  created at the index's first add or save, not in the constructor (which the engine
-  calls on its event loop). Fields:
-  ``id`` (INT64 primary key) and ``vec`` (FLOAT_VECTOR), metric COSINE, index
-  ``index_type`` (HNSW by default, with ``m`` / ``ef_construction``; ``ef_search`` at
-  query time, raised to ``k`` when smaller, as Milvus requires).
-- Ids are uint64 here and INT64 in Milvus: the 64 bits are reinterpreted
-  (``view``), so every uint64 survives the round trip, not only those below 2**63.
-- Vectors are L2-normalised here (:func:`normalise`), so COSINE is the inner product
-  and scores are cosine similarities, clamped to [-1, 1].
+- One collection per index, ``<prefix><16 random hex digits>`` unless named (the
+  engine's ``index_factory(dim)`` names nothing), created at the first add or save
+  rather than in the constructor, which the engine calls on its event loop. Fields
+  ``id`` (INT64 primary key) and ``vec`` (FLOAT_VECTOR); metric COSINE; index
+  ``index_type`` (HNSW: ``m``, ``ef_construction``, and ``ef_search`` raised to ``k``).
+- uint64 ids are stored as INT64 with the same bits (``view``): all 64 bits survive.
+- Vectors are L2-normalised here, so scores are cosine similarities (clamped).
 - Re-adding an id is an ``upsert``; within one call the last occurrence wins.
-- A snapshot (``save``) is a small descriptor written with :mod:`.snapshot`: uri,
-  collection, dim, count, index parameters. The vectors stay in Milvus. ``load``
-  reconnects (to the configured uri, else the recorded one) and refuses
-  (:class:`SnapshotError`) a missing collection or one of another dim, so the engine
-  rebuilds that index from LMDB.
+- A snapshot is a descriptor (uri, collection, dim, count, index parameters) written
+  with :mod:`.snapshot`; ``load`` reconnects (to the given uri, else the recorded
+  one) and refuses (:class:`SnapshotError`) a missing collection or another dim.
 
-Local bookkeeping: the set of live ids is kept here (about 70 bytes per entry, the
-same as :class:`~semcached.index.hnsw.HnswlibIndex` keeps) because Milvus answers
-neither cheaply nor exactly: ``delete`` reports the keys it was given, not how many
-existed, and a row count from ``get_collection_stats`` is eventually consistent on a
-cluster (deletes are applied at compaction). ``len``, ``in`` and ``ids()`` answer from
-that set; ``load`` fills it by enumerating the collection (a query iterator, O(n):
-3.8 s for 100k ids on milvus-lite here). This index assumes it is the collection's
-only writer.
+The live ids are kept here too (about 70 bytes each, as HnswlibIndex keeps): Milvus's
+``delete`` echoes the keys it was given, and row counts on a cluster lag behind
+deletes until compaction. ``len``, ``in``, ``ids()`` and ``remove``'s count use that
+set; ``load`` fills it with a query iterator (O(n): 3.8 s for 100k ids on milvus-lite
+here). This index assumes it is the collection's only writer.
 
-Consistency: the collection is created with consistency level ``Strong``, so a search
-sees every write acknowledged before it (milvus-lite applies writes synchronously and
-ignores the level; on a cluster Strong waits for the query nodes to catch up with the
-latest timestamp, adding latency). ``Bounded`` would be faster and miss recent inserts.
+Consistency ``Strong``: a search sees every write acknowledged before it (milvus-lite
+ignores the level and applies writes inside the call; a cluster waits for its query
+nodes). milvus-lite 3.2 scans unflushed rows in Python at every search (0.55 s per
+query at 20k unflushed 384-d rows, measured here), hence a flush every ``flush_rows``
+changes; a Milvus server seals segments itself (``flush_rows = 0``).
 
-milvus-lite specifics (3.2, pure Python), measured here: rows not yet flushed sit in
-a memtable that every search scans in Python (0.55 s a query at 20k unflushed 384-d
-rows), so this index flushes after ``flush_rows`` new rows; a flushed segment is
-searched by brute force until a background thread has built its HNSW index. A Milvus
-server seals segments itself: there ``flush_rows = 0`` (never) is right, as Milvus
-rate-limits flushes.
-
-Thread-safety: one :class:`SharedExclusiveLock`; searches and ``ids()`` share it,
-add, remove and flush take it exclusively (milvus-lite requires writes to one
-collection to be serialised, and the local id set must change with the collection).
+Thread-safety: one :class:`SharedExclusiveLock`; searches and ``ids()`` share it;
+add, remove, flush and the collection's creation take it exclusively (milvus-lite
+needs writes to one collection serialised; the id set changes with the collection).
 """
 
 from __future__ import annotations

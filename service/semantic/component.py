@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -108,6 +109,12 @@ def _milvus_backend(
 ) -> tuple[Callable[[int], VectorIndex], Callable[[Path, int], VectorIndex]]:
     from semcached.index.milvus_index import MilvusIndex, connect, is_local_uri
 
+    prefix = settings.milvus_collection_prefix
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", prefix):  # Milvus's rule for names
+        raise ConfigError(
+            f"index.milvus_collection_prefix {prefix!r}: Milvus collection names take letters, "
+            "digits and underscores, and start with a letter or an underscore"
+        )
     local = is_local_uri(uri)
     if local:  # milvus-lite creates the database, not the directory around it
         Path(uri).parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +144,7 @@ def _milvus_backend(
             ef_search=ef_search,
             flush_rows=flush_rows,
             timeout_s=timeout_s,
-            prefix=settings.milvus_collection_prefix,
+            prefix=prefix,
             client=client,
         )
 

@@ -200,6 +200,13 @@ def test_unreachable_server_is_a_config_error_at_once() -> None:
         )
 
 
+def test_a_prefix_milvus_cannot_name_collections_with_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="milvus_collection_prefix 'sem-'"):
+        index_backend(
+            IndexSettings(backend="milvus", milvus_collection_prefix="sem-"), data_dir=tmp_path
+        )
+
+
 def test_missing_pymilvus_is_a_config_error_naming_the_extra(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
