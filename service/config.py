@@ -190,11 +190,13 @@ class StorageSettings:
 class IndexSettings:
     """Vector index backend and its HNSW parameters."""
 
-    backend: Literal["hnswlib", "faiss", "faiss-gpu"] = _setting(
+    backend: Literal["hnswlib", "faiss", "faiss-gpu", "milvus"] = _setting(
         "hnswlib",
         "Vector index library: `hnswlib` (approximate HNSW, CPU); `faiss` (exact flat "
         "search, CPU: the `faiss` extra); `faiss-gpu` (exact flat search on CUDA device 0: "
-        "the `faiss-gpu` extra). Changing it rebuilds the indexes from LMDB at the next start.",
+        "the `faiss-gpu` extra); `milvus` (vectors in Milvus, one collection per index: the "
+        "`milvus` extra; see docs/milvus.md). Changing it rebuilds the indexes from LMDB at "
+        "the next start.",
     )
     hnsw_m: int = _setting(
         16, "HNSW links per node (M): more is better recall, more memory.", min=2, max=128
@@ -209,6 +211,37 @@ class IndexSettings:
         300.0,
         "How often indexes are snapshotted to disk in the background (0: only at shutdown).",
         min=0,
+    )
+    milvus_uri: str = _setting(
+        "",
+        "Milvus holding the vectors (backend `milvus`): `http://host:19530` for a Milvus "
+        "server or cluster, or a path ending in `.db` for milvus-lite inside the daemon "
+        "(empty: `<data_dir>/milvus.db`).",
+    )
+    milvus_token: str = _setting(
+        "", "Milvus credentials, `user:password` or an API key (empty: none)."
+    )
+    milvus_index_type: Literal["HNSW", "FLAT", "AUTOINDEX"] = _setting(
+        "HNSW",
+        "Index Milvus builds over each collection (metric COSINE); `HNSW` takes hnsw_m, "
+        "hnsw_ef_construction and hnsw_ef_search.",
+    )
+    milvus_flush_rows: int = _setting(
+        -1,
+        "Flush a collection after this many inserted or deleted rows (0: never, as a "
+        "Milvus server seals segments itself; -1: 1024 for milvus-lite, whose searches scan "
+        "unflushed rows in Python, and never for a server).",
+        min=-1,
+    )
+    milvus_timeout_s: float = _setting(
+        10.0,
+        "Timeout of one Milvus call; an unreachable Milvus stops the daemon at start.",
+        min=0.001,
+    )
+    milvus_collection_prefix: str = _setting(
+        "semcached_",
+        "Start of the names of the collections this daemon creates (a random suffix "
+        "follows); give daemons sharing one Milvus distinct prefixes.",
     )
 
 

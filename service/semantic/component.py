@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,20 +40,24 @@ from semcached.service.semantic.load import LoadBook
 from semcached.service.semantic.snapshots import SnapshotDirectory
 from semcached.service.semantic.verification import choose_verifier
 
-__all__ = ["SemanticCollector", "index_backend", "install_semantic_cache"]
+__all__ = ["SemanticCollector", "index_backend", "install_semantic_cache", "milvus_uri"]
 
 
 def index_backend(
-    settings: IndexSettings,
+    settings: IndexSettings, *, data_dir: Path | None = None
 ) -> tuple[Callable[[int], VectorIndex], Callable[[Path, int], VectorIndex]]:
     """The (new index, load snapshot) pair of ``settings.backend``.
 
     faiss is imported here, at start, so that a missing extra or a missing GPU is a
     startup error naming what to install (:class:`FaissUnavailableError`,
-    :class:`GpuUnavailableError`), never a failure at the first insert. A snapshot
+    :class:`GpuUnavailableError`), never a failure at the first insert; likewise
+    pymilvus, and Milvus is connected to (:class:`MilvusUnavailableError`). A snapshot
     written by another backend is refused by its kind, and that index is rebuilt
     from LMDB (:mod:`.restore`), so switching backends loses no entry.
+    ``data_dir`` places milvus-lite's default database (``<data_dir>/milvus.db``).
     """
+    if settings.backend == "milvus":
+        return _milvus_backend(settings, milvus_uri(settings, data_dir))
     if settings.backend == "hnswlib":
 
         def new_hnsw(dim: int) -> VectorIndex:
@@ -91,6 +96,74 @@ def index_backend(
     return new_faiss, load_faiss
 
 
+def milvus_uri(settings: IndexSettings, data_dir: Path | None) -> str:
+    """``index.milvus_uri``, or milvus-lite's database in the data directory."""
+    if settings.milvus_uri:
+        return settings.milvus_uri
+    if data_dir is None:
+        raise ConfigError("index.milvus_uri is empty and there is no data directory to use")
+    return str(data_dir / "milvus.db")
+
+
+def _milvus_backend(
+    settings: IndexSettings, uri: str
+) -> tuple[Callable[[int], VectorIndex], Callable[[Path, int], VectorIndex]]:
+    from semcached.index.milvus_index import MilvusIndex, connect, is_local_uri
+
+    prefix = settings.milvus_collection_prefix
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,200}", prefix):  # Milvus's rule for names
+        raise ConfigError(
+            f"index.milvus_collection_prefix {prefix!r}: Milvus collection names take letters, "
+            "digits and underscores, and start with a letter or an underscore"
+        )
+    local = is_local_uri(uri)
+    if local:  # milvus-lite creates the database, not the directory around it
+        Path(uri).parent.mkdir(parents=True, exist_ok=True)
+    try:  # at start: a missing extra or an unreachable Milvus stops the daemon here
+        # One client for every index (gRPC channels are thread-safe); making an index
+        # then costs no round trip, as the engine makes them on its event loop.
+        client = connect(uri, token=settings.milvus_token, timeout_s=settings.milvus_timeout_s)
+    except ConfigError as exc:
+        raise type(exc)(f"index.backend = 'milvus': {exc}") from exc
+    flush_rows = settings.milvus_flush_rows
+    if flush_rows < 0:
+        flush_rows = 1024 if local else 0
+    token, ef_search, timeout_s = (
+        settings.milvus_token,
+        settings.hnsw_ef_search,
+        settings.milvus_timeout_s,
+    )
+
+    def new_milvus(dim: int) -> VectorIndex:
+        return MilvusIndex(
+            dim,
+            uri=uri,
+            token=token,
+            index_type=settings.milvus_index_type,
+            m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=ef_search,
+            flush_rows=flush_rows,
+            timeout_s=timeout_s,
+            prefix=prefix,
+            client=client,
+        )
+
+    def load_milvus(path: Path, dim: int) -> VectorIndex:
+        return MilvusIndex.load(
+            path,
+            dim=dim,
+            uri=uri,
+            token=token,
+            ef_search=ef_search,
+            flush_rows=flush_rows,
+            timeout_s=timeout_s,
+            client=client,
+        )
+
+    return new_milvus, load_milvus
+
+
 def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
     """Register the embedder and the engine as components; the slot the engine opens in."""
     settings = daemon.settings
@@ -108,7 +181,7 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
     if choice.degraded and choice.reason is not None:
         daemon.components.readiness.degrade("verification", choice.reason)
     index_settings = settings.index
-    new_index, load_index = index_backend(index_settings)
+    new_index, load_index = index_backend(index_settings, data_dir=settings.storage.data_dir)
     # Searches get threads of their own, so that a slow LMDB commit or model call in
     # the shared pool never queues a lookup behind it.
     search_threads = max(1, os.cpu_count() or 1)
@@ -168,6 +241,10 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
         slot.set(None)
         await engine.close()
         searches.shutdown(wait=True)
+        if index_settings.backend == "milvus":  # after the last snapshot's descriptors
+            from semcached.index.milvus_index import stop_local_server
+
+            stop_local_server(milvus_uri(index_settings, settings.storage.data_dir))
 
     async def reload_examples(new: Settings) -> bool:
         if not slot.is_set:  # the engine embeds them when it opens

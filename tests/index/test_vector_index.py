@@ -1,6 +1,10 @@
-"""Vector indexes: HnswlibIndex and FaissIndex against brute force, snapshots, threads.
+"""Vector indexes: HnswlibIndex, FaissIndex and MilvusIndex against brute force, snapshots,
+threads.
 
-faiss-specific tests (tombstones, compaction, the GPU) are in test_faiss_index.py.
+faiss-specific tests (tombstones, compaction, the GPU) are in test_faiss_index.py;
+Milvus-specific ones (descriptors, collections, the daemon) in test_milvus_index.py.
+MilvusIndex runs on milvus-lite: one database file for this module, one collection per
+index, each dropped after its test, and the in-process server stopped at the end.
 """
 
 from __future__ import annotations
@@ -8,7 +12,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from semcached.index.exact import ExactIndex
 from semcached.index.faiss_index import FaissIndex
 from semcached.index.hnsw import HnswlibIndex
+from semcached.index.milvus_index import MilvusIndex, stop_local_server
 from semcached.index.snapshot import write_snapshot
 from semcached.index.vector_index import IndexFullError, SearchResult, SnapshotError, VectorIndex
 
@@ -52,18 +57,48 @@ def faiss_overfetch(dim: int = DIM) -> FaissIndex:
     return FaissIndex(dim, overfetch_dead=4)
 
 
+MILVUS: dict[str, str] = {}  # "uri": milvus-lite's database for this module, set below
+
+
+@pytest.fixture(scope="module", autouse=True)
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One milvus-lite database (a directory named by its .db suffix) for the module."""
+    MILVUS["uri"] = str(tmp_path_factory.mktemp("milvus") / "vectors.db")
+    yield
+    stop_local_server(MILVUS.pop("uri"))
+
+
+def milvus(dim: int = DIM, **kwargs: int) -> MilvusIndex:
+    """Flushing every 8 changes, so that searches cover flushed segments and the memtable."""
+    params = {"flush_rows": 8}
+    params.update(kwargs)
+    return MilvusIndex(dim, uri=MILVUS["uri"], **params)  # type: ignore[arg-type]
+
+
+def milvus_load(path: Path) -> MilvusIndex:
+    return MilvusIndex.load(path, dim=DIM, uri=MILVUS["uri"], flush_rows=8)
+
+
+def drop(index: VectorIndex) -> None:
+    if isinstance(index, MilvusIndex):
+        index.drop()
+        index.close()
+
+
 FACTORIES: list[Callable[[], VectorIndex]] = [
     hnsw,
     lambda: ExactIndex(DIM),
     faiss_cpu,
     faiss_overfetch,
+    milvus,
 ]
 
 
-@pytest.fixture(params=FACTORIES, ids=["hnswlib", "exact", "faiss", "faiss-overfetch"])
-def index(request: pytest.FixtureRequest) -> VectorIndex:
+@pytest.fixture(params=FACTORIES, ids=["hnswlib", "exact", "faiss", "faiss-overfetch", "milvus"])
+def index(request: pytest.FixtureRequest) -> Iterator[VectorIndex]:
     made: VectorIndex = request.param()
-    return made
+    yield made
+    drop(made)
 
 
 # -- the protocol, on both implementations ---------------------------------------------
@@ -370,6 +405,35 @@ FaissAgainstExact.TestCase.settings = _FAISS_SETTINGS
 FaissOverfetchAgainstExact.TestCase.settings = _FAISS_SETTINGS
 TestFaissAgainstExact = FaissAgainstExact.TestCase
 TestFaissOverfetchAgainstExact = FaissOverfetchAgainstExact.TestCase
+
+
+class MilvusAgainstExact(HnswAgainstExact):
+    """The same rules on MilvusIndex (milvus-lite), whose collection is dropped at the end."""
+
+    def make(self) -> VectorIndex:
+        return milvus()
+
+    def load(self, path: Path) -> VectorIndex:
+        return milvus_load(path)
+
+    def teardown(self) -> None:
+        drop(self.index)
+        super().teardown()
+
+
+# As many examples as faiss's (6 s on milvus-lite here); the slow run draws more.
+MilvusAgainstExact.TestCase.settings = _FAISS_SETTINGS
+TestMilvusAgainstExact = MilvusAgainstExact.TestCase
+
+
+class MilvusAgainstExactLong(MilvusAgainstExact):
+    """Five times the examples and twice the steps (slow: about a minute on milvus-lite)."""
+
+
+MilvusAgainstExactLong.TestCase.settings = settings(
+    _FAISS_SETTINGS, max_examples=200, stateful_step_count=50
+)
+TestMilvusAgainstExactLong = pytest.mark.slow(MilvusAgainstExactLong.TestCase)
 
 
 def test_recall_at_16_dims_with_churn() -> None:
