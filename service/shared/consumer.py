@@ -9,9 +9,10 @@ another namespace than its stream's, is skipped and counted, never applied.
 
 A namespace with no saved offset -- a new daemon, a new namespace, or a daemon that
 fell further behind than the stream keeps (Redis has trimmed more events,
-``entries-added`` less ``length``, than the daemon had read) -- is *bootstrapped*: the stream's last id
-is noted, the live records are read bucket by bucket (``ZRANGE`` by expiry + ``MGET``)
-and applied, and reading resumes from the noted id, so nothing between is missed.
+``entries-added`` less ``length``, than the daemon had read) -- is *bootstrapped*:
+the stream's last id is noted, the live records are read bucket by bucket (``ZRANGE``
+by expiry + ``MGET``) and applied, and reading resumes from the noted id, so nothing
+between is missed.
 
 Lag: each applied change's age since its origin committed it (clocks assumed in step,
 as TTLs already assume).
