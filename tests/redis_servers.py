@@ -4,7 +4,7 @@ Each server is a ``redis-server`` process on a loopback port the OS chose (a soc
 bound to port 0 tells which is free; a start that loses the port to a race is tried
 again on another), with its files in the test's directory, stopped by the fixture
 that started it. Debian's ``redis-server`` package provides the binaries;
-``scripts/test`` installs it where it can and sets ``SEMCACHED_REQUIRE_REDIS=1``, so
+``scripts/test`` installs it where it can and sets ``REQUIRE_REDIS_SERVER=1``, so
 that CI fails rather than skips when they are missing.
 """
 
@@ -26,11 +26,11 @@ __all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "need_redis", "redis_
 
 
 def need_redis() -> str:
-    """The path of ``redis-server``; skips (or fails under SEMCACHED_REQUIRE_REDIS) without."""
+    """The path of ``redis-server``; skips (or fails under REQUIRE_REDIS_SERVER) without."""
     path = shutil.which("redis-server")
     if path is None or shutil.which("redis-cli") is None:
         message = "redis-server/redis-cli not installed (Debian package redis-server)"
-        if os.environ.get("SEMCACHED_REQUIRE_REDIS") == "1":
+        if os.environ.get("REQUIRE_REDIS_SERVER") == "1":
             pytest.fail(message)
         pytest.skip(message)
     return path
