@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -104,7 +105,17 @@ class KvBlobStore:
         )
         self.ttl_s = ttl_s
         self._clock = clock
-        self.skipped = 0  # records and blobs skipped as corrupt (monotone)
+        self._skips = threading.Lock()
+        self._skipped = 0
+
+    @property
+    def skipped(self) -> int:
+        """Records and blobs skipped as corrupt so far."""
+        return self._skipped
+
+    def _skip(self) -> None:
+        with self._skips:
+            self._skipped += 1
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -197,7 +208,7 @@ class KvBlobStore:
         ):
             # Expired, evicted by maxmemory, or damaged: drop the record so that plans
             # stop offering it (a rewrite racing this loses its record until the next).
-            self.skipped += 1
+            self._skip()
             self._run(lambda: self.client.hdel(self.index_key(stored), found.meta.variant))
             return None
         return found, data
@@ -223,7 +234,7 @@ class KvBlobStore:
         for variant, value in fields:
             found = self._decode(stored, variant, value)
             if found is None:
-                self.skipped += 1
+                self._skip()
             elif found.expires_at > now:
                 live.append(found)
         return live

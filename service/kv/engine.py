@@ -429,7 +429,9 @@ class KvCache:
                 [v.vid for v in self._variants_of(tenant.scope + chunk, variant)]
             )
         removed = {v.meta.variant for v in variants}
-        if self.shared is not None:  # first: a failed local write below still shares it
+        # Redis first, with the removal still pending here: a put of the key racing this
+        # delete waits for it, so its write to Redis is queued after the delete.
+        if self.shared is not None:
             removed |= self.shared.delete(tenant.scope, chunk, variant)
         if variants:
             try:

@@ -103,6 +103,7 @@ class SharedKv:
         self._queue: collections.deque[_Op] = collections.deque()
         self._current: _Op | None = None
         self._closing = False
+        self._full = False  # the queue refused a put since it was last empty (logged once)
         self._thread: threading.Thread | None = None
         self._read_local: Callable[[bytes], bytes | None] = lambda key: None
         self.stats = TierStats()
@@ -206,14 +207,11 @@ class SharedKv:
         if store is None:
             self._count(misses=1)
             return None
-        skipped = store.skipped
         try:
             found = store.fetch(scope, chunk, variant)
         except SharedTierError as exc:
             self._read_failed(exc)
             return None
-        finally:
-            self._note_skipped(store.skipped - skipped)
         if found is not None and not accept(found[0].meta):
             self._note_skipped(1)
             found = None
@@ -231,14 +229,11 @@ class SharedKv:
         store = self._usable()
         if store is None or not stored_chunks:
             return {}
-        skipped = store.skipped
         try:
             found = store.lookup(stored_chunks)
         except SharedTierError as exc:
             self._read_failed(exc)
             return {}
-        finally:
-            self._note_skipped(store.skipped - skipped)
         usable: dict[bytes, list[VariantMeta]] = {}
         rejected = 0
         for stored, records in found.items():
@@ -253,6 +248,7 @@ class SharedKv:
         self._count(hits=hits, misses=misses, promotions=promotions)
 
     def tier_stats(self) -> TierStats:
+        corrupt = self.snapshot().corrupt
         with self._cv:
             s = self.stats
             return TierStats(
@@ -262,14 +258,18 @@ class SharedKv:
                 misses=s.misses,
                 promotions=s.promotions,
                 written_bytes=self.counters.written_bytes,
-                errors=self.counters.fetch_errors + self.counters.corrupt,
+                errors=self.counters.fetch_errors + corrupt,
             )
 
     def snapshot(self) -> SharedCounters:
+        """A copy of the counters (``corrupt`` includes what the store skipped)."""
+        store = self._store
         with self._cv:
-            return SharedCounters(
+            copy = SharedCounters(
                 **{name: getattr(self.counters, name) for name in SharedCounters.__slots__}
             )
+        copy.corrupt += 0 if store is None else store.skipped
+        return copy
 
     # -- internals -------------------------------------------------------------------------
 
@@ -300,13 +300,16 @@ class SharedKv:
     def _account(self, nbytes: int, ops: int) -> None:
         self.counters.pending_bytes += nbytes
         self.counters.pending += ops
+        if not self.counters.pending:
+            self._full = False
 
     def _enqueue(self, op: _Op) -> bool:
         with self._cv:
             if self._closing:
                 return False
             if self.counters.pending_bytes + op.cost > self.max_pending_bytes:
-                if not self.counters.unshared:
+                if not self._full:
+                    self._full = True
                     log.warning(
                         "shared KV queue full (%d bytes pending, shared.kv_max_pending_bytes "
                         "= %d): changes are kept local only until it drains (counted in "
