@@ -82,13 +82,19 @@ def chunk_tag(prefix: str, stored_chunk: bytes) -> str:
 
 
 class KvBlobStore:
-    """Chunk KV variants in Redis, through a sync redis-py client (standalone, Sentinel
-    or Cluster). Thread-safe as the client is; keeps no state but its counter."""
+    """Chunk KV variants in Redis, through sync redis-py clients (standalone, Sentinel
+    or Cluster). Thread-safe as the clients are; keeps no state but its counter.
+
+    ``read_client`` (default: ``client``) serves :meth:`fetch` and :meth:`lookup`: give
+    it no retries, so that a read on a request's path waits at most one socket timeout
+    when Redis stops answering, while writes (in the background) keep their retries.
+    """
 
     def __init__(
         self,
         client: SyncRedis,
         *,
+        read_client: SyncRedis | None = None,
         prefix: str,
         part_bytes: int,
         ttl_s: float,
@@ -97,6 +103,7 @@ class KvBlobStore:
         if part_bytes < 1:
             raise ValueError("part_bytes must be >= 1")
         self.client = client
+        self.read_client = client if read_client is None else read_client
         self.prefix = prefix
         self.part_bytes = part_bytes
         # What one part carries (see _ALLOC_SLACK).
@@ -177,7 +184,7 @@ class KvBlobStore:
         trip per node (for a plan). O(chunks + records)."""
         if not stored_chunks:
             return {}
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.read_client.pipeline(transaction=False)
         for stored in stored_chunks:
             pipe.hgetall(self.index_key(stored))
         replies: list[dict[bytes, bytes]] = self._run(pipe.execute)
@@ -199,7 +206,7 @@ class KvBlobStore:
             return None
         found = max(records, key=lambda r: r.meta.created_at)
         keys = self.part_keys(stored, found.meta.variant, found.parts)
-        parts: list[bytes | None] = self._run(lambda: self.client.mget(keys))
+        parts: list[bytes | None] = self._run(lambda: self.read_client.mget(keys))
         data = b"".join(p for p in parts if p is not None)
         if (
             any(p is None for p in parts)
@@ -216,14 +223,19 @@ class KvBlobStore:
     def ping(self) -> None:
         self._run(self.client.ping)
 
+    def close(self) -> None:
+        self.client.close()
+        if self.read_client is not self.client:
+            self.read_client.close()
+
     # -- internals -------------------------------------------------------------------------
 
     def _records(self, stored: bytes, variant: bytes | None) -> list[SharedVariant]:
         index = self.index_key(stored)
         if variant is None:
-            fields: dict[bytes, bytes] = self._run(lambda: self.client.hgetall(index))
+            fields: dict[bytes, bytes] = self._run(lambda: self.read_client.hgetall(index))
             return self._decode_all(stored, fields.items())
-        value: bytes | None = self._run(lambda: self.client.hget(index, variant))
+        value: bytes | None = self._run(lambda: self.read_client.hget(index, variant))
         return [] if value is None else self._decode_all(stored, [(variant, value)])
 
     def _decode_all(

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from semcached.cachepolicy.policies import eviction_factory
 from semcached.cachepolicy.promotion import HitCountPromotion
@@ -104,8 +106,13 @@ def shared_tier(shared: SharedSettings) -> SharedKv | None:
     def connect() -> KvBlobStore:
         # Standalone or Cluster is settled by asking the node, on this worker thread.
         resolved = asyncio.run(resolve(target))
+        reads = resolved.connect()
+        # A read waits one socket timeout at most (it is on a request's path); writes
+        # are in the background and keep the target's retries.
+        reads.set_retry(Retry(NoBackoff(), 0))
         return KvBlobStore(
             resolved.connect(),
+            read_client=reads,
             prefix=shared.key_prefix,
             part_bytes=shared.kv_part_bytes,
             ttl_s=shared.kv_ttl_s,

@@ -1,8 +1,11 @@
 """The RAG chunk KV cache engine: variants of chunk KV, tiers, leases and reuse plans.
 
-(About 840 lines with its docstrings, over the house's 400: one lock guards the three
+(About 980 lines with its docstrings, over the house's 400: one lock guards the three
 variant indexes and every tier, and every public method is a short critical section
-over them; splitting the class would spread that lock's invariant over modules.
+over them; splitting the class would spread that lock's invariant over modules. The
+shared tier's own machinery (queue, writer, breaker) is in
+:mod:`~semcached.service.kv.sharing`; only its calls from the read, write and plan
+paths are here.
 Results and records are in :mod:`~semcached.service.kv.types`, leases in
 :mod:`~semcached.service.kv.leases`, host and GPU copies and pins in
 :mod:`~semcached.service.kv.placement`, the GPU tiers as a whole in

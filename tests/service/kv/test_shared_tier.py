@@ -344,3 +344,28 @@ def test_a_refusal_by_redis_is_a_miss_not_an_outage(pair: Pair, redis_server: Re
         pair.b.get(key)
     assert pair.shared_b.snapshot().fetch_errors == 1
     assert pair.shared_b.up  # a refusal does not open the breaker
+
+
+def test_a_partition_is_one_failed_read_then_local_misses_until_it_heals(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    before = key_of(70)
+    _, blob = put_shared(pair.a, before, 16, seed=70)
+    redis_server.pause()  # frozen: connections hang rather than fail
+    try:
+        during = key_of(71)
+        meta, later = variant(during, 16, seed=71)
+        assert pair.a.put(meta, later).created
+        for _ in range(3):
+            with pytest.raises(NotFoundError):
+                pair.b.get(before)
+        counters = pair.shared_b.snapshot()
+        # Only the first read waited for Redis; the breaker answered the others.
+        assert (counters.outages, counters.fetch_errors) == (1, 1)
+    finally:
+        redis_server.resume()
+    assert pair.shared_b.wait_up(WAIT_S)
+    assert pair.shared_a.wait_up(WAIT_S)
+    assert pair.shared_a.flush(WAIT_S)
+    assert bytes(pair.b.get(before)[1]) == blob  # Redis kept it: it was only frozen
+    assert bytes(pair.b.get(during)[1]) == later
