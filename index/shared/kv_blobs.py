@@ -216,7 +216,8 @@ class KvBlobStore:
             # Expired, evicted by maxmemory, or damaged: drop the record so that plans
             # stop offering it (a rewrite racing this loses its record until the next).
             self._skip()
-            self._run(lambda: self.client.hdel(self.index_key(stored), found.meta.variant))
+            # On the read client: this runs on a request's path too.
+            self._run(lambda: self.read_client.hdel(self.index_key(stored), found.meta.variant))
             return None
         return found, data
 
