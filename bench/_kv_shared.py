@@ -207,8 +207,9 @@ def _storage_rows(
                     _, data = b.get(meta.chunk)
                     fetched.append(time.perf_counter() - start)
                     assert bytes(data) == blob
-                assert b.stats()["shared"].promotions == len(stored)
-                store = b.shared._store if b.shared is not None else None
+                assert b.shared is not None
+                assert b.shared.tier_stats().promotions == len(stored)
+                store = b.shared._store
                 assert store is not None
                 for meta, _ in stored:
                     raw.append(_timed(lambda m=meta, s=store: s.fetch(b"", m.chunk, m.variant)))
