@@ -765,21 +765,37 @@ class KvCache:
         self, chunk: bytes, variant: bytes | None, tenant: KvTenant
     ) -> tuple[VariantMeta, bytes]:
         """A local miss: the variant from the shared tier, verified and stored here
-        through :meth:`put` (best effort: served even when it cannot be stored);
-        NotFoundError when the shared tier has none or cannot be reached. No lock held."""
-        found = None
-        if self.shared is not None:
-            found = self.shared.fetch(tenant.scope, chunk, variant, self._usable_shared)
+        through :meth:`put` (best effort: served even when it cannot be stored), once
+        for concurrent reads of it; NotFoundError when the shared tier has none or
+        cannot be reached. No lock held."""
+        shared = self.shared
+        if shared is None:
+            raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
+
+        def fetch_and_store() -> tuple[VariantMeta, bytes] | None:
+            with self._lock:  # a read just before this one may have stored it
+                here = self._variants_of(tenant.scope + chunk, variant)
+            if here:
+                v = max(here, key=lambda v: v.meta.created_at)
+                data = self.store.read_blob(v.meta.key)
+                if data is not None:
+                    return v.meta, data
+            found = shared.fetch(tenant.scope, chunk, variant, self._usable_shared)
+            if found is not None:
+                try:
+                    self.put(found[0], found[1], tenant=tenant, share=False)
+                    shared.count(promotions=1)
+                except SemcachedError as exc:  # e.g. no room: served all the same
+                    log.debug(
+                        "a chunk variant fetched from the shared tier was not stored: %s", exc
+                    )
+            return found
+
+        flight = tenant.scope + chunk + (variant or b"")
+        found = shared.once(flight, fetch_and_store)
         if found is None:
             raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
-        meta, data = found
-        assert self.shared is not None
-        try:
-            self.put(meta, data, tenant=tenant, share=False)
-            self.shared.count(promotions=1)
-        except SemcachedError as exc:  # e.g. the same fetch being stored by another read
-            log.debug("a chunk variant fetched from the shared tier was not stored: %s", exc)
-        return meta, data
+        return found
 
     def _usable_shared(self, meta: VariantMeta) -> bool:
         """Whether a record from the shared tier may be stored here (a model and shape

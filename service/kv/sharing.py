@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar, cast
 
 from semcached.index.kv_meta import VariantMeta
 from semcached.index.kv_tiers import TierStats
@@ -44,6 +45,8 @@ from semcached.index.shared.target import SharedTierError
 __all__ = ["SharedCounters", "SharedKv"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _DELETE_COST = 256  # bytes a queued delete counts against the pending bound
 
@@ -79,6 +82,17 @@ class _Op:
         )
 
 
+class _Flight:
+    """A :meth:`SharedKv.once` in progress; later callers wait for its result."""
+
+    __slots__ = ("done", "ok", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.ok = False
+        self.result: object = None
+
+
 class SharedKv:
     """The shared tier of one engine. ``connect`` makes the store (resolving the target:
     it may raise, e.g. while Redis is down); ``read_local`` (given to :meth:`start`)
@@ -105,6 +119,7 @@ class SharedKv:
         self._down_since: float | None = None
         self._queue: collections.deque[_Op] = collections.deque()
         self._current: _Op | None = None
+        self._flights: dict[bytes, _Flight] = {}
         self._closing = False
         self._full = False  # the queue refused a put since it was last empty (logged once)
         self._thread: threading.Thread | None = None
@@ -206,6 +221,41 @@ class SharedKv:
     ) -> tuple[VariantMeta, bytes] | None:
         """A verified variant and its bytes from Redis, or None (a miss: absent,
         corrupt, not ``accept``-able, or Redis unreachable; each counted)."""
+        return self._fetch(scope, chunk, variant, accept)
+
+    def once(self, key: bytes, work: Callable[[], T]) -> T:
+        """``work()``, run once for concurrent callers with the same ``key``: the others
+        wait for the first one's result (so that a hot chunk on a new host is read from
+        Redis and promoted once, not once per waiting request). Its exception, if any,
+        is raised to the first caller only; the others then get ``work()`` of their own."""
+        with self._cv:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+                leader = True
+            else:
+                leader = False
+        if not leader:
+            flight.done.wait()  # bounded: the first caller's reads end within timeouts
+            if flight.ok:
+                return cast(T, flight.result)
+            return work()
+        try:
+            result = work()
+            flight.result, flight.ok = result, True
+            return result
+        finally:
+            with self._cv:
+                del self._flights[key]
+            flight.done.set()
+
+    def _fetch(
+        self,
+        scope: bytes,
+        chunk: bytes,
+        variant: bytes | None,
+        accept: Callable[[VariantMeta], bool],
+    ) -> tuple[VariantMeta, bytes] | None:
         store = self._usable()
         if store is None:
             self._count(misses=1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -369,3 +371,29 @@ def test_a_partition_is_one_failed_read_then_local_misses_until_it_heals(
     assert pair.shared_a.flush(WAIT_S)
     assert bytes(pair.b.get(before)[1]) == blob  # Redis kept it: it was only frozen
     assert bytes(pair.b.get(during)[1]) == later
+
+
+def test_concurrent_reads_of_a_chunk_fetch_it_from_redis_once(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    key = key_of(80)
+    _, blob = put_shared(pair.a, key, 100, seed=80)
+
+    def mgets() -> int:
+        stats = redis_server.client().info("commandstats").get("cmdstat_mget", {})
+        return int(stats.get("calls", 0))
+
+    start = threading.Barrier(8)
+
+    def read(_: int) -> bytes:
+        start.wait()  # all at once: the first read is still in flight for the others
+        return bytes(pair.b.get(key)[1])
+
+    before = mgets()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(read, range(8)))
+    assert results == [blob] * 8
+    assert mgets() - before == 1  # the parts were read once, whoever waited for them
+    assert pair.b.stats()["shared"].promotions == 1
+    assert pair.b.variants == 1
+    pair.b._check()
