@@ -49,6 +49,10 @@ class TierStats:
     promotions: int = 0
     demotions: int = 0
     evictions: int = 0
+    # The shared tier only: bytes shipped to Redis, and reads that failed (unreachable,
+    # corrupt or unusable records).
+    written_bytes: int = 0
+    errors: int = 0
 
 
 @dataclass(frozen=True, slots=True)

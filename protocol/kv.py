@@ -219,7 +219,14 @@ class KvPlanRequest(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=Tr
 class KvFetch(msgspec.Struct):
     """How to fetch a hit's bytes."""
 
-    tier: Annotated[str, msgspec.Meta(description="Where they were found: gpu<N>, host or disk.")]
+    tier: Annotated[
+        str,
+        msgspec.Meta(
+            description="Where they were found: gpu<N>, host, disk, or shared (only the "
+            "shared tier in Redis holds them: GET the http URL, which fetches them into "
+            "this daemon; no handle is given)."
+        ),
+    ]
     http: Annotated[str, msgspec.Meta(description="The GET URL of the variant.")]
     nbytes: int
     dtype: str
@@ -260,6 +267,10 @@ class KvPlan(msgspec.Struct):
 
 
 class KvTierStats(msgspec.Struct):
+    """One tier's counters. For the ``shared`` tier (Redis): ``bytes``/``entries`` are
+    what waits to be written there, ``budget_bytes`` the bound of that queue,
+    ``promotions`` the variants fetched from it into this daemon."""
+
     bytes: int
     entries: int
     budget_bytes: int
@@ -268,6 +279,16 @@ class KvTierStats(msgspec.Struct):
     promotions: int
     demotions: int
     evictions: int
+    written_bytes: Annotated[
+        int, msgspec.Meta(description="shared: bytes written to Redis by this daemon.")
+    ] = 0
+    errors: Annotated[
+        int,
+        msgspec.Meta(
+            description="shared: reads that failed (Redis unreachable, corrupt or "
+            "unusable records)."
+        ),
+    ] = 0
 
 
 class KvGpuDevice(msgspec.Struct):
@@ -290,7 +311,8 @@ class KvGpu(msgspec.Struct):
 
 class KvStats(msgspec.Struct):
     tiers: Annotated[
-        dict[str, KvTierStats], msgspec.Meta(description="By tier: gpu<N>, host, disk.")
+        dict[str, KvTierStats],
+        msgspec.Meta(description="By tier: gpu<N>, host, disk, shared (when configured)."),
     ]
     variants: int
     leases: Annotated[int, msgspec.Meta(description="Live leases.")]

@@ -12,6 +12,10 @@ The device tier is set up at start (:func:`device_tiers`): with ``kv.gpu.devices
 ``auto`` it uses every visible CUDA device, and without one (no driver, no device,
 no torch) it is off, logged once and reported by ``/v1/kv/stats``. A budget larger
 than a device's memory, or a device index that does not exist, stops the daemon.
+
+With ``shared.redis_url`` set and ``shared.kv`` on, the engine gets the shared tier in
+Redis (:func:`shared_tier`); Redis unreachable at start is a warning, not a failure:
+the daemon runs local-only until Redis answers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from collections.abc import Iterator
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from semcached.cachepolicy.policies import eviction_factory
 from semcached.cachepolicy.promotion import HitCountPromotion
@@ -33,14 +39,17 @@ from semcached.index.device_arena import DeviceArena
 from semcached.index.kv_disk import KvDiskStore
 from semcached.index.kv_tiers import DeviceTier, HostTier
 from semcached.index.lmdb_env import LmdbEnvironment
+from semcached.index.shared.kv_blobs import KvBlobStore
+from semcached.index.shared.target import parse_target, resolve
 from semcached.index.shm_arena import ShmArena
 from semcached.service.blocking import run_blocking
-from semcached.service.config import KvGpuSettings, KvSettings
+from semcached.service.config import KvGpuSettings, KvSettings, SharedSettings
 from semcached.service.context import DaemonContext
 from semcached.service.kv.engine import KvCache
+from semcached.service.kv.sharing import SharedKv
 from semcached.service.lifecycle import FunctionComponent, Slot
 
-__all__ = ["KvCollector", "device_tiers", "install_kv_cache", "kv_map_cap"]
+__all__ = ["KvCollector", "device_tiers", "install_kv_cache", "kv_map_cap", "shared_tier"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,32 @@ def device_tiers(gpu: KvGpuSettings, probe: DeviceProbe, eviction: str) -> list[
         DeviceTier(DeviceArena(TorchCudaMemory(info), gpu.max_bytes, slab), new_policy())
         for info in probe.devices
     ]
+
+
+def shared_tier(shared: SharedSettings) -> SharedKv | None:
+    """The shared KV tier the settings ask for, or None. Nothing is contacted here: the
+    engine's :meth:`~KvCache.open` tries Redis once, then keeps trying in the background.
+    ConfigError for a malformed URL."""
+    if not (shared.redis_url and shared.kv):
+        return None
+    target = parse_target(shared.redis_url, timeout_s=shared.timeout_s)
+
+    def connect() -> KvBlobStore:
+        # Standalone or Cluster is settled by asking the node, on this worker thread.
+        resolved = asyncio.run(resolve(target))
+        reads = resolved.connect()
+        # A read waits one socket timeout at most (it is on a request's path); writes
+        # are in the background and keep the target's retries.
+        reads.set_retry(Retry(NoBackoff(), 0))
+        return KvBlobStore(
+            resolved.connect(),
+            read_client=reads,
+            prefix=shared.key_prefix,
+            part_bytes=shared.kv_part_bytes,
+            ttl_s=shared.kv_ttl_s,
+        )
+
+    return SharedKv(connect, max_pending_bytes=shared.kv_max_pending_bytes, where=target.redacted)
 
 
 def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
@@ -135,6 +170,7 @@ def install_kv_cache(daemon: DaemonContext) -> Slot[KvCache]:
             devices=device_tiers(settings.kv_gpu, gpu, kv.eviction),
             promotion=HitCountPromotion(settings.kv_gpu.promote_after_hits),
             gpu_off_reason=gpu.reason,
+            shared=shared_tier(settings.shared),
         )
         try:
             count = engine.open()
@@ -230,3 +266,33 @@ class KvCollector(Collector):
             held.add_metric([owner], count)
             pinned.add_metric([owner], nbytes)
         yield from (size, entries, budget, *counters.values(), leases, held, pinned)
+        if engine.shared is not None:
+            yield from _shared_metrics(engine.shared)
+
+
+def _shared_metrics(shared: SharedKv) -> Iterator[Metric]:
+    """The shared tier's own counters (its hits and misses are in the tier rows)."""
+    c = shared.snapshot()
+    for name, help_text, value in (
+        ("written_bytes", "Chunk KV bytes written to the shared tier.", c.written_bytes),
+        ("writes", "Chunk variants written to the shared tier.", c.writes),
+        ("write_errors", "Writes the shared tier refused (outages are retried).", c.write_errors),
+        ("unshared", "Puts not shared: shared.kv_max_pending_bytes were queued.", c.unshared),
+        (
+            "fetch_errors",
+            "Reads of the shared tier that failed (served as misses).",
+            c.fetch_errors,
+        ),
+        ("corrupt", "Shared records skipped: corrupt, or unusable by this daemon.", c.corrupt),
+        ("outages", "Times the shared tier became unreachable.", c.outages),
+    ):
+        family = CounterMetricFamily(f"semcached_kv_shared_{name}", help_text)
+        family.add_metric([], value)
+        yield family
+    pending = GaugeMetricFamily(
+        "semcached_kv_shared_pending_bytes", "Chunk KV bytes waiting to be written to Redis."
+    )
+    pending.add_metric([], c.pending_bytes)
+    up = GaugeMetricFamily("semcached_kv_shared_up", "1 while the shared tier answers.")
+    up.add_metric([], 1 if shared.up else 0)
+    yield from (pending, up)

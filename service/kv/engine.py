@@ -1,8 +1,11 @@
 """The RAG chunk KV cache engine: variants of chunk KV, tiers, leases and reuse plans.
 
-(About 840 lines with its docstrings, over the house's 400: one lock guards the three
+(About 980 lines with its docstrings, over the house's 400: one lock guards the three
 variant indexes and every tier, and every public method is a short critical section
-over them; splitting the class would spread that lock's invariant over modules.
+over them; splitting the class would spread that lock's invariant over modules. The
+shared tier's own machinery (queue, writer, breaker) is in
+:mod:`~semcached.service.kv.sharing`; only its calls from the read, write and plan
+paths are here.
 Results and records are in :mod:`~semcached.service.kv.types`, leases in
 :mod:`~semcached.service.kv.leases`, host and GPU copies and pins in
 :mod:`~semcached.service.kv.placement`, the GPU tiers as a whole in
@@ -41,6 +44,15 @@ key of two tenants names two records and neither can read, overwrite, delete or
 plan with the other's; replies carry the client's own keys. The unscoped default is
 the store as it was before tenants. Each scope may be capped in disk bytes (its
 oldest variants go first), and each owner in leases and pinned bytes.
+
+Shared tier (optional, :mod:`~semcached.service.kv.sharing`): Redis below the disk
+tier. A put is queued for it after its local commit (the acknowledgement never waits
+for Redis); a local miss in :meth:`get`, :meth:`metadata` or :meth:`lease` fetches
+the variant from it, verifies it and stores it locally through :meth:`put` (so quotas
+and tiers apply) before serving it; :meth:`plan` reports chunks that only Redis holds
+as hits in tier ``shared`` (no handle: a GET fetches and promotes them); deletes
+remove the shared copy too. Redis I/O never happens under the engine's lock, and an
+unreachable Redis is a local miss.
 """
 
 from __future__ import annotations
@@ -52,9 +64,11 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import overload
 
 from semcached.cachepolicy.promotion import HitCountPromotion, PromotionPolicy
 from semcached.cachepolicy.reuse import (
+    ChunkDecision,
     VariantStats,
     context_impact,
     fix_overhead,
@@ -66,6 +80,7 @@ from semcached.errors import (
     InsufficientStorageError,
     NotFoundError,
     PayloadTooLargeError,
+    SemcachedError,
     ServiceUnavailableError,
     TooManyRequestsError,
 )
@@ -87,6 +102,7 @@ from semcached.protocol.keys import variant_key
 from semcached.service.kv.devices import GpuTiers
 from semcached.service.kv.leases import LeaseTable
 from semcached.service.kv.placement import DevicePlacement, HostPlacement
+from semcached.service.kv.sharing import SharedKv
 from semcached.service.kv.types import (
     UNSCOPED,
     ChunkPlan,
@@ -122,7 +138,8 @@ class KvCache:
     hottest in GPU memory, promoted by ``promotion`` (default: from the second read).
     ``eviction`` makes the disk tier's policy. Leases last ``lease_timeout_s`` unless
     the caller asks for another time up to ``max_lease_s``; at most ``max_leases`` are
-    live at once.
+    live at once. ``shared`` (optional) is the shared tier in Redis, started by
+    :meth:`open` and stopped by :meth:`close`.
     """
 
     def __init__(
@@ -140,6 +157,7 @@ class KvCache:
         lease_timeout_s: float = 30.0,
         max_lease_s: float = 300.0,
         max_leases: int = 10_000,
+        shared: SharedKv | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -148,6 +166,7 @@ class KvCache:
         self.disk = DiskTier(disk_budget_bytes, eviction())
         self.host = host
         self.max_blob_bytes = max_blob_bytes
+        self.shared = shared
         self._clock = clock
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -211,11 +230,16 @@ class KvCache:
         if doomed:
             self.store.write([BlobWrite(v.meta.key) for v in doomed])
             log.info("evicted %d chunk variants beyond the disk budget", len(doomed))
+        if self.shared is not None:
+            self.shared.start(self.store.read_blob)
         self.opened = True
         return len(self._by_key)
 
     def close(self) -> None:
-        """Persist access counts and release the shared memory."""
+        """Ship what is queued for the shared tier (bounded), persist access counts and
+        release the shared memory."""
+        if self.shared is not None:
+            self.shared.close()
         with self._lock:
             touched = [v.meta for v in self._by_id.values() if v.meta.hits]
             self._leases.clear()
@@ -236,9 +260,11 @@ class KvCache:
         blob: bytes | bytearray | memoryview,
         *,
         tenant: KvTenant = UNSCOPED,
+        share: bool = True,
     ) -> PutResult:
-        """Store one variant durably under ``tenant``'s scope; returns after the commit.
-        See the module docstring.
+        """Store one variant durably under ``tenant``'s scope; returns after the commit,
+        then queues it for the shared tier unless ``share`` is False (a variant fetched
+        from there). See the module docstring.
 
         Raises BadRequestError (unknown model, shape or length mismatch, metadata that
         cannot be stored), PayloadTooLargeError (over ``max_blob_bytes``, the disk budget
@@ -290,6 +316,8 @@ class KvCache:
         tiers = ["disk"]
         if self._place(variant, blob):
             tiers.insert(0, "host")
+        if share and self.shared is not None:
+            self.shared.share(meta, write.record)
         evicted = len(victims) + len(extra) + len(late)
         return PutResult(old is None, meta.variant, meta.nbytes, tuple(tiers), evicted)
 
@@ -397,11 +425,17 @@ class KvCache:
     def delete(
         self, chunk: bytes, variant: bytes | None = None, *, tenant: KvTenant = UNSCOPED
     ) -> int:
-        """Remove one variant, or every variant of ``chunk``; durable on return. The count."""
+        """Remove one variant, or every variant of ``chunk``, here and in the shared tier;
+        durable locally on return. The count (variants either held)."""
         with self._lock:
             variants = self._remove(
                 [v.vid for v in self._variants_of(tenant.scope + chunk, variant)]
             )
+        removed = {v.meta.variant for v in variants}
+        # Redis first, with the removal still pending here: a put of the key racing this
+        # delete waits for it, so its write to Redis is queued after the delete.
+        if self.shared is not None:
+            removed |= self.shared.delete(tenant.scope, chunk, variant)
         if variants:
             try:
                 self._write_removals(variants)
@@ -411,7 +445,7 @@ class KvCache:
                     ErrorCode.STORE_FULL, f"no room even to delete: {exc}"
                 ) from None
             self.storage_full = False
-        return len(variants)
+        return len(removed)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -431,9 +465,13 @@ class KvCache:
         body: the server drops it once the bytes are written), so no copy is made.
         """
         with self._lock:
-            v = self._find(tenant.scope + chunk, variant)
-            self._count_access(v)
-            pin = None if self._placement is None else self._placement.pin(v)
+            found = self._find(tenant.scope + chunk, variant, shared=self.shared is not None)
+            if found is not None:
+                v = found
+                self._count_access(v)
+                pin = None if self._placement is None else self._placement.pin(v)
+        if found is None:
+            return self._from_shared(chunk, variant, tenant)
         host = self.host
         if pin is not None and host is not None and self._placement is not None:
             if not copy:
@@ -455,9 +493,13 @@ class KvCache:
     def metadata(
         self, chunk: bytes, variant: bytes | None = None, *, tenant: KvTenant = UNSCOPED
     ) -> VariantMeta:
-        """One variant's metadata (the newest when none is named); not an access."""
+        """One variant's metadata (the newest when none is named); not an access locally
+        (a variant only the shared tier holds is fetched and promoted)."""
         with self._lock:
-            return self._find(tenant.scope + chunk, variant).meta
+            found = self._find(tenant.scope + chunk, variant, shared=self.shared is not None)
+            if found is not None:
+                return found.meta
+        return self._from_shared(chunk, variant, tenant)[0]
 
     def lease(
         self,
@@ -479,8 +521,15 @@ class KvCache:
             raise BadRequestError(ErrorCode.SHM_DISABLED, "the shared-memory path is disabled")
         ttl = self._leases.ttl(ttl_s)
         with self._lock:
-            v = self._find(tenant.scope + chunk, variant)
-            self._count_access(v)
+            found = self._find(tenant.scope + chunk, variant, shared=self.shared is not None)
+            if found is not None:
+                self._count_access(found)
+        if found is None:  # fetched from the shared tier into this one, then leased
+            self._from_shared(chunk, variant, tenant)
+            with self._lock:
+                found = self._find(tenant.scope + chunk, variant)
+                self._count_access(found)
+        v = found
         with self._lock:
             lease = self._leases.new(ttl, tenant)
             if not self._leases.charge(lease, v.meta.nbytes, tenant.max_pinned_bytes):
@@ -538,6 +587,9 @@ class KvCache:
         ``tenant``'s; hits past its pinned-bytes cap get no handle (fetch them over HTTP).
         With ``device`` (a GPU's UUID or index; implies a lease) the hot hits are
         pinned in that GPU's tier (promoted there first) and the others in shared memory.
+        Chunks with no local variant of ``model`` are looked up in the shared tier (one
+        batched round trip, no lock held); its variants are planned like local ones and
+        reported in tier ``shared``, without a handle.
         """
         spec = self.models.get(model)
         if spec is None:
@@ -554,28 +606,43 @@ class KvCache:
         leased = shm or gpu is not None
         ttl = self._leases.ttl(lease_ttl_s) if leased else 0.0
         scope = tenant.scope
+        remote = self._shared_variants(model, scope, keys)
         with self._lock:
             chosen: dict[bytes, Variant] = {}
+            from_shared: dict[bytes, VariantMeta] = {}
+
+            def local(chunk: bytes) -> list[Variant]:
+                found = self._by_chunk.get(scope + chunk)
+                return [v for v in found.values() if v.meta.model == model] if found else []
 
             def variants_of(chunk: bytes) -> list[VariantStats]:
-                found = self._by_chunk.get(scope + chunk)
-                if not found:
-                    return []
-                return [v.stats for v in found.values() if v.meta.model == model]
+                here = local(chunk)
+                if here:
+                    return [v.stats for v in here]
+                return [_planner_stats(m) for m in remote.get(scope + chunk, ())]
 
             decisions = plan_chunks(keys, variants_of, spec.alpha)
+            shared_hits = shared_misses = 0
             for d in decisions:
-                if d.hit:
-                    assert d.variant is not None
-                    v = self._by_chunk[scope + d.key][d.variant]
+                held = {v.meta.variant: v for v in local(d.key)}
+                if d.hit and d.variant in held:
+                    v = held[d.variant]
                     chosen[v.meta.key] = v
                     self._count_access(v)
                     self._value(v, d.cfo)
+                    continue
+                self.disk.stats.misses += 1
+                if self.host is not None:
+                    self.host.stats.misses += 1
+                if d.hit:  # only the shared tier holds it
+                    meta = next(m for m in remote[scope + d.key] if m.variant == d.variant)
+                    from_shared[meta.key] = meta
+                    shared_hits += 1
                 else:
-                    self.disk.stats.misses += 1
-                    if self.host is not None:
-                        self.host.stats.misses += 1
+                    shared_misses += 1
             lease = self._leases.new(ttl, tenant) if leased else None
+        if self.shared is not None:
+            self.shared.count(hits=shared_hits, misses=shared_misses)
         handles: dict[int, ShmHandle | CudaHandle | None] = {}
         tiers: dict[int, str] = {}
         for v in chosen.values():
@@ -583,25 +650,31 @@ class KvCache:
                 handles[v.vid] = self._pin_for_plan(v, lease, tenant, gpu)
             # After the pin: a chunk promoted to the GPU for this plan is found there.
             tiers[v.vid] = self._tier_of(v.vid, gpu)
-        chunks: list[ChunkPlan] = []
-        position: int | None = start
-        for i, d in enumerate(decisions):
-            hit = chosen[scope + d.key + d.variant] if d.hit and d.variant is not None else None
-            tokens = chunk_tokens[i] if chunk_tokens is not None else None
-            if tokens is None and hit is not None:
-                tokens = hit.meta.tokens
-            chunks.append(
-                ChunkPlan(
-                    decision=d,
-                    tokens=tokens,
-                    position=position,
-                    meta=None if hit is None else hit.meta,
-                    tier=None if hit is None else tiers[hit.vid],
-                    handle=None if hit is None else handles.get(hit.vid),
-                )
-            )
-            position = None if position is None or tokens is None else position + tokens
+        # Where each hit is: record key -> (metadata, tier, handle).
+        where: dict[bytes, tuple[VariantMeta, str, ShmHandle | CudaHandle | None]] = {
+            key: (meta, "shared", None) for key, meta in from_shared.items()
+        }
+        for v in chosen.values():
+            where[v.meta.key] = (v.meta, tiers[v.vid], handles.get(v.vid))
+        chunks = _chunk_plans(decisions, chunk_tokens, start, scope, where)
         return Plan(model, chunks, lease)
+
+    def _shared_variants(
+        self, model: str, scope: bytes, keys: Sequence[bytes]
+    ) -> dict[bytes, list[VariantMeta]]:
+        """The shared tier's usable variants of the chunks with no local one of ``model``
+        (by scoped chunk key); empty without a shared tier. No lock held during I/O."""
+        if self.shared is None:
+            return {}
+        with self._lock:
+            absent = [
+                scope + k
+                for k in dict.fromkeys(keys)
+                if not any(
+                    v.meta.model == model for v in self._by_chunk.get(scope + k, {}).values()
+                )
+            ]
+        return self.shared.lookup(absent, lambda m: m.model == model and self._usable_shared(m))
 
     # -- statistics ------------------------------------------------------------------------
 
@@ -612,7 +685,10 @@ class KvCache:
             if self.host is not None:
                 tiers.append(self.host)
             tiers.append(self.disk)
-            return {t.name: TierStats(**_fields(t.stats)) for t in tiers}
+            rows = {t.name: TierStats(**_fields(t.stats)) for t in tiers}
+        if self.shared is not None:
+            rows["shared"] = self.shared.tier_stats()
+        return rows
 
     def budgets(self) -> dict[str, int]:
         """Each tier's byte budget, by name."""
@@ -620,6 +696,8 @@ class KvCache:
         if self.host is not None:
             budgets["host"] = self.host.budget_bytes
         budgets["disk"] = self.disk.budget_bytes
+        if self.shared is not None:  # Redis's own maxmemory bounds it; here, the queue
+            budgets["shared"] = self.shared.max_pending_bytes
         return budgets
 
     @property
@@ -682,6 +760,51 @@ class KvCache:
             if self.host is not None:
                 self.host._check(set(self._by_id))
             self.gpus.check(set(self._by_id))
+
+    def _from_shared(
+        self, chunk: bytes, variant: bytes | None, tenant: KvTenant
+    ) -> tuple[VariantMeta, bytes]:
+        """A local miss: the variant from the shared tier, verified and stored here
+        through :meth:`put` (best effort: served even when it cannot be stored), once
+        for concurrent reads of it; NotFoundError when the shared tier has none or
+        cannot be reached. No lock held."""
+        shared = self.shared
+        if shared is None:
+            raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
+
+        def fetch_and_store() -> tuple[VariantMeta, bytes] | None:
+            with self._lock:  # a read just before this one may have stored it
+                here = self._variants_of(tenant.scope + chunk, variant)
+            if here:
+                v = max(here, key=lambda v: v.meta.created_at)
+                data = self.store.read_blob(v.meta.key)
+                if data is not None:
+                    return v.meta, data
+            found = shared.fetch(tenant.scope, chunk, variant, self._usable_shared)
+            if found is not None:
+                try:
+                    self.put(found[0], found[1], tenant=tenant, share=False)
+                    shared.count(promotions=1)
+                except SemcachedError as exc:  # e.g. no room: served all the same
+                    log.debug(
+                        "a chunk variant fetched from the shared tier was not stored: %s", exc
+                    )
+            return found
+
+        flight = tenant.scope + chunk + (variant or b"")
+        found = shared.once(flight, fetch_and_store)
+        if found is None:
+            raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
+        return found
+
+    def _usable_shared(self, meta: VariantMeta) -> bool:
+        """Whether a record from the shared tier may be stored here (a model and shape
+        this daemon accepts, within its limits, the variant key its prefix's hash)."""
+        try:
+            self.check_shape(meta.model, meta.dtype, meta.shape)
+        except SemcachedError:
+            return False
+        return meta.variant == variant_key(meta.prefix)
 
     def _place(
         self, v: Variant, data: bytes | bytearray | memoryview, *, promotion: bool = False
@@ -786,12 +909,22 @@ class KvCache:
             return on_gpu
         return "host" if self.host is not None and self.host.holds(vid) else "disk"
 
-    def _find(self, chunk: bytes, variant: bytes | None) -> Variant:
+    @overload
+    def _find(self, chunk: bytes, variant: bytes | None) -> Variant: ...
+
+    @overload
+    def _find(self, chunk: bytes, variant: bytes | None, *, shared: bool) -> Variant | None: ...
+
+    def _find(self, chunk: bytes, variant: bytes | None, *, shared: bool = False) -> Variant | None:
+        """The newest local match; a miss raises NotFoundError, or is None with ``shared``
+        (the caller asks the shared tier next)."""
         variants = self._variants_of(chunk, variant)
         if not variants:
             if self.host is not None:
                 self.host.stats.misses += 1
             self.disk.stats.misses += 1
+            if shared:
+                return None
             raise NotFoundError(ErrorCode.NOT_FOUND, "no such chunk variant")
         return max(variants, key=lambda v: v.meta.created_at)
 
@@ -822,6 +955,35 @@ class KvCache:
         if self.host is not None:
             self.host.set_cost(v.vid, v.saved_tokens)
         self.gpus.set_cost(v.vid, v.saved_tokens)
+
+
+def _chunk_plans(
+    decisions: Sequence[ChunkDecision],
+    chunk_tokens: Sequence[int] | None,
+    start: int,
+    scope: bytes,
+    where: Mapping[bytes, tuple[VariantMeta, str, ShmHandle | CudaHandle | None]],
+) -> list[ChunkPlan]:
+    """The plan's chunks in prompt order, placed from ``start``."""
+    chunks: list[ChunkPlan] = []
+    position: int | None = start
+    for i, d in enumerate(decisions):
+        hit = where.get(scope + d.key + d.variant) if d.hit and d.variant is not None else None
+        tokens = chunk_tokens[i] if chunk_tokens is not None else None
+        if tokens is None and hit is not None:
+            tokens = hit[0].tokens
+        chunks.append(
+            ChunkPlan(
+                decision=d,
+                tokens=tokens,
+                position=position,
+                meta=None if hit is None else hit[0],
+                tier=None if hit is None else hit[1],
+                handle=None if hit is None else hit[2],
+            )
+        )
+        position = None if position is None or tokens is None else position + tokens
+    return chunks
 
 
 def _planner_stats(meta: VariantMeta) -> VariantStats:

@@ -413,10 +413,12 @@ async def plan(request: web.Request) -> web.Response:
 
     # Without shm a plan touches memory only (no LMDB, no copies): about 30 us a chunk,
     # less than the two thread wake-ups a hand-off to the pool costs. Small plans run
-    # here; large ones and shm plans (which may promote blobs from disk) go to the pool.
+    # here; large ones, shm plans (which may promote blobs from disk) and plans that
+    # may ask the shared tier (Redis) go to the pool.
     if body.device is not None:
         engine.device_placement(body.device)  # 400 before any work when it is not ours
-    if not body.shm and body.device is None and len(keys) <= _INLINE_PLAN_CHUNKS:
+    inline = engine.shared is None and not body.shm and body.device is None
+    if inline and len(keys) <= _INLINE_PLAN_CHUNKS:
         result = make_plan()
     else:
         result = await run_blocking(request.app[EXECUTOR], make_plan)
@@ -444,6 +446,8 @@ async def kv_stats(request: web.Request) -> web.Response:
             promotions=s.promotions,
             demotions=s.demotions,
             evictions=s.evictions,
+            written_bytes=s.written_bytes,
+            errors=s.errors,
         )
         for name, s in engine.stats().items()
     }

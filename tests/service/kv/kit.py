@@ -18,6 +18,7 @@ from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.index.shm_arena import ShmArena
 from semcached.protocol.keys import chunk_key, variant_key
 from semcached.service.kv.engine import KvCache
+from semcached.service.kv.sharing import SharedKv
 from tests.index.device_standin import HostDeviceMemory
 
 MiB = 1 << 20
@@ -93,6 +94,7 @@ class Engines:
         gpu_bytes: int = 4 * PAGE,
         slab_bytes: int = 2 * PAGE,
         promote_after_hits: int = 1,
+        shared: SharedKv | None = None,
     ) -> KvCache:
         """An engine over this directory; ``gpus``: device tiers on host stand-ins."""
         env = LmdbEnvironment(
@@ -118,6 +120,7 @@ class Engines:
                 for memory in gpus
             ],
             promotion=HitCountPromotion(promote_after_hits),
+            shared=shared,
         )
         engine.open()
         self.engines.append(engine)
