@@ -65,6 +65,8 @@ class RedisServer:
         self.sentinel = sentinel
         self.ca_file: Path | None = None
         if tls:
+            if shutil.which("openssl") is None:
+                pytest.skip("openssl not installed (Debian package openssl)")
             self.ca_file = workdir / "cert.pem"
             workdir.mkdir(parents=True, exist_ok=True)
             subprocess.run(
