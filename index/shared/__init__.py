@@ -5,5 +5,6 @@
 - :mod:`.keys`: the key names, prefixed per namespace or KV tenant and hash-tagged;
 - :mod:`.outbox`: semantic changes to ship, written in the same LMDB transaction as
   the change itself;
-- :mod:`.records`: the wire form of a shipped change (stream event and document).
+- :mod:`.records`: the wire form of a shipped change (stream event and document);
+- :mod:`.kv_blobs`: chunk KV variants in Redis, below each daemon's disk tier.
 """
