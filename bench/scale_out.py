@@ -305,12 +305,12 @@ def main() -> None:
         import _kv_shared
 
         print()
-        _kv_shared.main_rows(_kv_shared.compare())
+        _kv_shared.main([])
     if not opts.skip_milvus:
         import _milvus_compare
 
         print()
-        _milvus_compare.print_rows(_milvus_compare.compare(n=opts.milvus_n))
+        _milvus_compare.main(["--n", str(opts.milvus_n)])
 
 
 def plot(rows: list[tuple[int, str, float, int]], sizes: list[int], path: Path) -> None:
