@@ -156,6 +156,11 @@ class SemanticSharing:
         if self.shipper is not None:  # one last round: what ships now need not wait a restart
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.shipper.ship_once(), 2.0)
+            outbox = self._slot.get().outbox if self._slot.is_set else None
+            if outbox is not None:  # else shipped again after the restart (harmless)
+                await asyncio.get_running_loop().run_in_executor(
+                    self._daemon.executor, outbox.compact
+                )
         if self._client is not None:
             try:
                 await asyncio.wait_for(self._client.aclose(), 2.0)

@@ -7,6 +7,7 @@ namespace in the set of namespaces, and an event on the namespace's stream
 ``XADD``, and consumers skip a change they already hold, so a batch that fails half
 way is simply shipped again: at-least-once, in order per namespace (one shipper, one
 batch at a time, and a namespace's stream lives on one node).
+Shipped records leave the outbox lazily (:class:`~semcached.index.shared.outbox.Outbox`).
 
 With ``wait_replicas`` the batch leaves the outbox only once that many replicas hold
 it (``WAIT``), so that a Sentinel failover to one of them loses no shipped change.
@@ -89,6 +90,8 @@ class Shipper:
                 await asyncio.sleep(backoff)
             elif shipped == 0:
                 backoff = 0.0
+                # Idle: delete what was shipped (busy, the inserts' commits do it).
+                await run_blocking(self._executor, self._outbox.compact)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
@@ -105,7 +108,7 @@ class Shipper:
             self._went_down(exc)
             return -1
         self._came_back()
-        await run_blocking(self._executor, self._outbox.remove, [seq for seq, _ in batch])
+        self._outbox.shipped(batch[-1][0])
         self.stats.shipped += len(batch)
         return len(batch)
 

@@ -69,8 +69,19 @@ def test_puts_and_deletes_are_queued_only_when_shipped(env: LmdbEnvironment) -> 
     document, vector = decode_record(1, put.record, DIM)
     assert document == doc(1)
     np.testing.assert_array_equal(vector, vec(1))
-    outbox.remove([seq for seq, _ in outbox.peek(2)])
+    outbox.shipped(outbox.peek(2)[-1][0])
     assert [c.entry_id for _, c in outbox.peek(10)] == [2, 3]
+    assert len(outbox) == 2
+    # Shipped records leave with the next append's commit, or a compaction.
+    store.put_many([(doc(4), vec(4))], ship=True)
+    assert env.read(lambda txn: txn.stat(env.database(b"shared.outbox"))["entries"]) == 3
+    outbox.shipped(outbox.peek(10)[-1][0])
+    assert len(outbox) == 0
+    assert outbox.peek(10) == []
+    assert outbox.compact() == 3
+    assert outbox.compact() == 0
+    store.put_many([(doc(5), vec(5))], ship=True)
+    assert [c.entry_id for _, c in outbox.peek(10)] == [5]
 
 
 def test_a_failed_commit_queues_nothing(env: LmdbEnvironment) -> None:
