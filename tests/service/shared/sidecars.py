@@ -5,13 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from semcached.clients.sync import SemcachedClient
 from tests.daemon import DaemonProcess
 
-__all__ = ["DIM", "Sidecar", "eventually", "unit"]
+__all__ = ["DIM", "Sidecar", "eventually", "stop_all", "unit"]
 
 DIM = 16
 
@@ -30,6 +31,22 @@ def eventually(check: Callable[[], bool], timeout: float = 20.0, what: str = "")
             return
         time.sleep(0.05)
     raise AssertionError(f"not within {timeout} s: {what}")
+
+
+class _Stoppable(Protocol):
+    def stop(self) -> None: ...
+
+
+def stop_all(*things: _Stoppable) -> None:
+    """Stop each of ``things``, all of them even if one fails; then raise the first error."""
+    errors: list[BaseException] = []
+    for thing in things:
+        try:
+            thing.stop()
+        except BaseException as exc:  # re-raised below, after the others are stopped
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 class Sidecar:

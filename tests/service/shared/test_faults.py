@@ -14,7 +14,7 @@ import redis
 from semcached.clients.sync import SemcachedClient
 from semcached.errors import NotFoundError, SemcachedError
 from tests.redis_servers import RedisCluster, RedisSentinel, RedisServer
-from tests.service.shared.sidecars import Sidecar, eventually, unit
+from tests.service.shared.sidecars import Sidecar, eventually, stop_all, unit
 
 
 def _held(sidecar: Sidecar, namespace: str, ids: list[int]) -> list[int]:
@@ -102,9 +102,7 @@ def test_redis_stopped_30_s_under_load(tmp_path: Path) -> None:
         assert "shared tier unreachable" in a.process.log  # type: ignore[union-attr]
     finally:
         writer.halt.set()
-        a.stop()
-        b.stop()
-        redis_server.stop()
+        stop_all(a, b, redis_server)
 
 
 def test_poisoned_events_are_skipped_and_counted(tmp_path: Path, redis_server: RedisServer) -> None:
@@ -130,8 +128,7 @@ def test_poisoned_events_are_skipped_and_counted(tmp_path: Path, redis_server: R
         assert b.process is not None
         assert b.process.proc.poll() is None
     finally:
-        a.stop()
-        b.stop()
+        stop_all(a, b)
 
 
 def test_sentinel_failover(tmp_path: Path) -> None:
@@ -157,9 +154,7 @@ def test_sentinel_failover(tmp_path: Path) -> None:
         finally:
             c.stop()
     finally:
-        a.stop()
-        b.stop()
-        sentinel.stop()
+        stop_all(a, b, sentinel)
 
 
 def test_cluster_slot_move(tmp_path: Path, redis_cluster: RedisCluster) -> None:
@@ -186,8 +181,7 @@ def test_cluster_slot_move(tmp_path: Path, redis_cluster: RedisCluster) -> None:
         finally:
             c.stop()
     finally:
-        a.stop()
-        b.stop()
+        stop_all(a, b)
 
 
 def test_a_sidecar_started_while_redis_is_down(tmp_path: Path) -> None:
@@ -208,5 +202,4 @@ def test_a_sidecar_started_while_redis_is_down(tmp_path: Path) -> None:
         finally:
             b.stop()
     finally:
-        a.stop()
-        redis_server.stop()
+        stop_all(a, redis_server)

@@ -16,7 +16,7 @@ from semcached.clients.sync import SemcachedClient
 from semcached.errors import NotFoundError, PermissionDeniedError, SemcachedError
 from tests.redis_servers import RedisCluster, RedisServer
 from tests.service.http.tenancy_kit import TOKENS, tokens_file_text
-from tests.service.shared.sidecars import Sidecar, eventually, unit
+from tests.service.shared.sidecars import Sidecar, eventually, stop_all, unit
 
 
 @pytest.fixture
@@ -24,8 +24,7 @@ def pair(tmp_path: Path, redis_server: RedisServer) -> Iterator[tuple[Sidecar, S
     a = Sidecar(tmp_path / "a", redis_server.url)
     b = Sidecar(tmp_path / "b", redis_server.url)
     yield a, b
-    a.stop()
-    b.stop()
+    stop_all(a, b)
 
 
 def test_insert_on_a_hits_on_b(pair: tuple[Sidecar, Sidecar]) -> None:
@@ -147,8 +146,7 @@ def test_tenants_stay_apart_across_sidecars(tmp_path: Path, redis_server: RedisS
         for client in (acme_a, acme_b, bob_b):
             client.close()
     finally:
-        a.stop()
-        b.stop()
+        stop_all(a, b)
 
 
 def test_kill_9_during_inserts_loses_no_acknowledged_write(
@@ -194,8 +192,7 @@ def test_kill_9_during_inserts_loses_no_acknowledged_write(
         assert missing == []
     finally:
         stop.set()
-        a.stop()
-        b.stop()
+        stop_all(a, b)
 
 
 def _held(sidecar: Sidecar, ids: list[int]) -> bool:
@@ -219,8 +216,7 @@ def test_on_a_redis_cluster(tmp_path: Path, redis_cluster: RedisCluster) -> None
         finally:
             c.stop()
     finally:
-        a.stop()
-        b.stop()
+        stop_all(a, b)
 
 
 def test_over_tls_with_an_acl_user(tmp_path: Path) -> None:
@@ -235,9 +231,7 @@ def test_over_tls_with_an_acl_user(tmp_path: Path) -> None:
         eventually(lambda: b.hit("docs", 3) == entry, what="shared over TLS")
         assert "pw@" not in a.process.log  # type: ignore[union-attr]
     finally:
-        a.stop()
-        b.stop()
-        server.stop()
+        stop_all(a, b, server)
 
 
 def test_a_sidecar_behind_the_stream_retention_bootstraps_again(
@@ -262,5 +256,4 @@ def test_a_sidecar_behind_the_stream_retention_bootstraps_again(
         assert b.hit("docs", 1) == first
         assert "trimmed past this daemon's offset" in b.process.log  # type: ignore[union-attr]
     finally:
-        a.stop()
-        b.stop()
+        stop_all(a, b)
