@@ -102,13 +102,29 @@ class ExactIndex:
         return removed
 
     def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
+        unit = self._checked_queries(queries, k)
+        with self._lock:
+            return self._search_locked(unit, k)
+
+    def search_nowait(self, queries: ArrayLike, k: int) -> list[SearchResult] | None:
+        unit = self._checked_queries(queries, k)
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._search_locked(unit, k)
+        finally:
+            self._lock.release()
+
+    def _checked_queries(self, queries: ArrayLike, k: int) -> VectorArray:
         if k < 1:
             raise ValueError("k must be at least 1")
-        unit = normalise(queries, self._dim, what="query")
-        with self._lock:
-            n = len(self._row)
-            labels = self._labels[:n].copy()
-            similarities = unit @ self._vectors[:n].T if n else None
+        return normalise(queries, self._dim, what="query")
+
+    def _search_locked(self, unit: VectorArray, k: int) -> list[SearchResult]:
+        """The top k of each row; the caller holds the lock."""
+        n = len(self._row)
+        labels = self._labels[:n].copy()
+        similarities = unit @ self._vectors[:n].T if n else None
         results: list[SearchResult] = []
         for i in range(unit.shape[0]):
             if similarities is None:

@@ -279,23 +279,32 @@ class HnswlibIndex:
     # -- search ---------------------------------------------------------------------
 
     def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
+        unit = self._checked_queries(queries, k)
+        with self._lock.shared():
+            return self._search_locked(unit, k)
+
+    def search_nowait(self, queries: ArrayLike, k: int) -> list[SearchResult] | None:
+        unit = self._checked_queries(queries, k)
+        with self._lock.shared_nowait() as acquired:
+            return self._search_locked(unit, k) if acquired else None
+
+    def _checked_queries(self, queries: ArrayLike, k: int) -> VectorArray:
         if k < 1:
             raise ValueError("k must be at least 1")
-        unit = _queries(queries, self._dim)
-        if unit.shape[0] == 0:
-            return []
-        with self._lock.shared():
-            live = len(self._live)
-            if live == 0:
-                return [_empty_result() for _ in range(unit.shape[0])]
-            k = min(k, live)
-            try:
-                # One thread: hnswlib starts fresh OS threads on every call with more
-                # than 4 rows per thread, which costs more than it saves on a busy
-                # machine; callers search several batches at once instead.
-                labels, distances = self._index.knn_query(unit, k=k, num_threads=1)
-            except RuntimeError:
-                return [self._search_row(row, k) for row in unit]
+        return _queries(queries, self._dim)
+
+    def _search_locked(self, unit: VectorArray, k: int) -> list[SearchResult]:
+        live = len(self._live)
+        if live == 0 or unit.shape[0] == 0:
+            return [_empty_result() for _ in range(unit.shape[0])]
+        k = min(k, live)
+        try:
+            # One thread: hnswlib starts fresh OS threads on every call with more
+            # than 4 rows per thread, which costs more than it saves on a busy
+            # machine; callers search several batches at once instead.
+            labels, distances = self._index.knn_query(unit, k=k, num_threads=1)
+        except RuntimeError:
+            return [self._search_row(row, k) for row in unit]
         similarities = _similarity(distances)
         return [(labels[i], similarities[i]) for i in range(unit.shape[0])]
 

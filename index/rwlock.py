@@ -39,10 +39,27 @@ class SharedExclusiveLock:
         try:
             yield
         finally:
-            with self._cond:
-                self._shared -= 1
-                if self._shared == 0:
-                    self._cond.notify_all()
+            self._release_shared()
+
+    @contextmanager
+    def shared_nowait(self) -> Iterator[bool]:
+        """Shared, if that needs no waiting: yields True holding it, else False at
+        once (an exclusive holder or waiter). For an event loop that must not block."""
+        with self._cond:
+            acquired = not (self._exclusive or self._exclusive_waiting)
+            if acquired:
+                self._shared += 1
+        try:
+            yield acquired
+        finally:
+            if acquired:
+                self._release_shared()
+
+    def _release_shared(self) -> None:
+        with self._cond:
+            self._shared -= 1
+            if self._shared == 0:
+                self._cond.notify_all()
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:

@@ -20,6 +20,7 @@ from semcached.index.snapshot import SnapshotError
 __all__ = [
     "IdArray",
     "IndexFullError",
+    "NonBlockingSearch",
     "SearchResult",
     "SnapshotError",
     "VectorArray",
@@ -87,6 +88,16 @@ class VectorIndex(Protocol):
     @classmethod
     def load(cls, path: Path, *, dim: int) -> Self:
         """Load a snapshot; :class:`SnapshotError` if missing, corrupt or of another dim."""
+        ...
+
+
+@runtime_checkable
+class NonBlockingSearch(Protocol):
+    """An index that can tell at once that a search would wait (for a writer)."""
+
+    def search_nowait(self, queries: ArrayLike, k: int) -> list[SearchResult] | None:
+        """``search``, or None without waiting when a mutation holds or awaits the
+        index (an event loop then hands the search to a worker instead)."""
         ...
 
 

@@ -135,6 +135,12 @@ async def read_all(request: web.Request, deadline: BodyDeadline) -> bytes:
     limit = request.client_max_size
     if length is not None and length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=length)
+    content = request.content
+    if content.is_eof():  # all of it came with the head (a small body): nothing to wait for
+        whole = content.read_nowait(-1)
+        if len(whole) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(whole))
+        return whole
     loop = asyncio.get_running_loop()
     ends = loop.time() + deadline.total_s(limit if length is None else length)
     body = bytearray()

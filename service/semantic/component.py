@@ -319,7 +319,12 @@ class SemanticCollector(Collector):
             "semcached_semantic_index_queries", "Query vectors sent to index search calls."
         )
         queries.add_metric([], searches.queries)
-        yield from (calls, queries)
+        inline = CounterMetricFamily(
+            "semcached_semantic_index_inline_searches",
+            "Index search calls made on the event loop (a lone query of a fast, idle index).",
+        )
+        inline.add_metric([], searches.inline)
+        yield from (calls, queries, inline)
         yield from self._feedback_metrics(self._slot.get())
         yield from self._classification_metrics(self._slot.get())
         yield from self._verification_metrics(self._slot.get())

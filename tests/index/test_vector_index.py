@@ -26,7 +26,13 @@ from semcached.index.faiss_index import FaissIndex
 from semcached.index.hnsw import HnswlibIndex
 from semcached.index.milvus_index import MilvusIndex, stop_local_server
 from semcached.index.snapshot import write_snapshot
-from semcached.index.vector_index import IndexFullError, SearchResult, SnapshotError, VectorIndex
+from semcached.index.vector_index import (
+    IndexFullError,
+    NonBlockingSearch,
+    SearchResult,
+    SnapshotError,
+    VectorIndex,
+)
 
 DIM = 8
 
@@ -125,6 +131,39 @@ def test_add_search_remove(index: VectorIndex) -> None:
     ((found, _),) = index.search(vectors[4:5], 20)
     assert 5 not in found.tolist()
     assert len(found) == 19  # k is clamped to the live count
+
+
+def test_search_nowait_answers_as_search_or_refuses_while_written(index: VectorIndex) -> None:
+    if not isinstance(index, NonBlockingSearch):
+        pytest.skip("this backend always searches on a worker")
+    rng = np.random.default_rng(2)
+    vectors = unit_rows(rng, 30)
+    index.add(np.arange(1, 31, dtype=np.uint64), vectors)
+    got = index.search_nowait(vectors[:3], 4)
+    assert got is not None
+    for (found, sims), (want, want_sims) in zip(got, index.search(vectors[:3], 4), strict=True):
+        assert found.tolist() == want.tolist()
+        np.testing.assert_allclose(sims, want_sims)
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        index.search_nowait(vectors[:1], 0)
+    held = threading.Event()
+    release = threading.Event()
+
+    def writer() -> None:  # an add holding the index, on another thread
+        lock = index._lock  # type: ignore[attr-defined]
+        with lock.exclusive() if isinstance(index, HnswlibIndex) else lock:
+            held.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert held.wait(5)
+        assert index.search_nowait(vectors[:1], 1) is None  # at once, not after the writer
+    finally:
+        release.set()
+        thread.join(5)
+    assert index.search_nowait(vectors[:1], 1) is not None
 
 
 def test_search_empty_and_k_over_count(index: VectorIndex) -> None:

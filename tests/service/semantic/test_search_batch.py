@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +13,7 @@ from numpy.typing import ArrayLike
 
 from semcached.index.exact import ExactIndex
 from semcached.index.vector_index import SearchResult
-from semcached.service.semantic.search_batch import SearchBatcher
+from semcached.service.semantic.search_batch import SearchBatcher, SearchStats
 
 DIM = 16
 
@@ -36,6 +37,11 @@ class GatedIndex(ExactIndex):
         return super().search(rows, k)
 
 
+def idle(batcher: SearchBatcher) -> bool:
+    """No query queued or running for any index."""
+    return all(not lane.queued and lane.running == 0 for lane in batcher._lanes.values())
+
+
 def filled(n: int = 200, seed: int = 0) -> tuple[GatedIndex, np.ndarray]:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, DIM)).astype(np.float32)
@@ -48,21 +54,21 @@ async def test_a_lone_query_leaves_at_once_and_matches_a_direct_search(
     executor: ThreadPoolExecutor,
 ) -> None:
     index, vectors = filled()
-    batcher = SearchBatcher(executor)
+    batcher = SearchBatcher(executor, inline_below_s=0)
     ids, sims = await batcher.search(index, vectors[3], 5)
     want_ids, want_sims = index.search(vectors[3][None, :], 5)[0]
     assert ids.tolist() == want_ids.tolist()
     assert ids[0] == 4
     np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
     assert index.calls[0] == 1
-    assert not batcher._lanes  # no state is kept for an idle index
+    assert idle(batcher)
 
 
 async def test_queries_arriving_during_a_search_share_the_next_call(
     executor: ThreadPoolExecutor,
 ) -> None:
     index, vectors = filled()
-    batcher = SearchBatcher(executor, max_batch=8)
+    batcher = SearchBatcher(executor, max_batch=8, inline_below_s=0)
     index.gate.clear()
     first = asyncio.ensure_future(batcher.search(index, vectors[0], 3))
     await asyncio.sleep(0.01)  # the first call is now blocked in the index
@@ -80,14 +86,14 @@ async def test_queries_arriving_during_a_search_share_the_next_call(
         np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
     assert batcher.stats.batches == 4
     assert batcher.stats.queries == 20
-    assert not batcher._lanes
+    assert idle(batcher)
 
 
 async def test_up_to_max_in_flight_batches_of_one_index_run_at_once(
     executor: ThreadPoolExecutor,
 ) -> None:
     index, vectors = filled()
-    batcher = SearchBatcher(executor, max_in_flight=2)
+    batcher = SearchBatcher(executor, max_in_flight=2, inline_below_s=0)
     index.gate.clear()
     first = asyncio.ensure_future(batcher.search(index, vectors[0], 1))
     second = asyncio.ensure_future(batcher.search(index, vectors[1], 1))
@@ -99,14 +105,14 @@ async def test_up_to_max_in_flight_batches_of_one_index_run_at_once(
     results = await asyncio.gather(first, second, *rest)
     assert [ids.tolist() for ids, _ in results] == [[i + 1] for i in range(7)]
     assert sorted(index.calls) == [1, 1, 5]  # the backlog left as one batch
-    assert not batcher._lanes
+    assert idle(batcher)
 
 
 async def test_an_index_error_reaches_every_caller_of_the_batch(
     executor: ThreadPoolExecutor,
 ) -> None:
     index, vectors = filled()
-    batcher = SearchBatcher(executor)
+    batcher = SearchBatcher(executor, inline_below_s=0)
     index.fail = True
     outcomes = await asyncio.gather(
         *(batcher.search(index, vectors[i], 2) for i in range(5)), return_exceptions=True
@@ -121,7 +127,7 @@ async def test_a_cancelled_query_is_dropped_before_it_leaves(
     executor: ThreadPoolExecutor,
 ) -> None:
     index, vectors = filled()
-    batcher = SearchBatcher(executor)
+    batcher = SearchBatcher(executor, inline_below_s=0)
     index.gate.clear()
     running = asyncio.ensure_future(batcher.search(index, vectors[0], 1))
     await asyncio.sleep(0.01)
@@ -138,7 +144,7 @@ async def test_a_cancelled_query_is_dropped_before_it_leaves(
 async def test_separate_indexes_search_in_parallel(executor: ThreadPoolExecutor) -> None:
     blocked, _ = filled(seed=1)
     free, vectors = filled(seed=2)
-    batcher = SearchBatcher(executor)
+    batcher = SearchBatcher(executor, inline_below_s=0)
     blocked.gate.clear()
     stuck = asyncio.ensure_future(batcher.search(blocked, vectors[0], 1))
     await asyncio.sleep(0.01)
@@ -152,7 +158,109 @@ async def test_a_shut_down_executor_fails_the_query() -> None:
     index, vectors = filled()
     pool = ThreadPoolExecutor(1)
     pool.shutdown()
-    batcher = SearchBatcher(pool)
+    batcher = SearchBatcher(pool, inline_below_s=0)
     with pytest.raises(RuntimeError):
         await batcher.search(index, vectors[0], 1)
-    assert not batcher._lanes
+    assert idle(batcher)
+
+
+# -- lone queries on the event loop -------------------------------------------------------
+
+
+def exact(n: int = 200, seed: int = 0) -> tuple[ExactIndex, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
+    index = ExactIndex(DIM)
+    index.add(np.arange(1, n + 1), vectors)
+    return index, vectors
+
+
+class Opaque:
+    """An index without ``search_nowait`` (a remote one, say): never searched on the loop."""
+
+    def __init__(self, inner: ExactIndex) -> None:
+        self.inner = inner
+
+    def search(self, queries: ArrayLike, k: int) -> list[SearchResult]:
+        return self.inner.search(queries, k)
+
+
+async def test_a_lone_query_of_a_fast_index_is_searched_on_the_loop_once_timed(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = exact()
+    batcher = SearchBatcher(executor)
+    await batcher.search(index, vectors[0], 3)  # unmeasured: on a worker, which times it
+    assert batcher.stats.inline == 0
+    for i in range(1, 6):
+        ids, sims = await batcher.search(index, vectors[i], 3)
+        want_ids, want_sims = index.search(vectors[i][None, :], 3)[0]
+        assert ids.tolist() == want_ids.tolist()
+        np.testing.assert_allclose(sims, want_sims, rtol=1e-6)
+    assert batcher.stats == SearchStats(batches=6, queries=6, inline=5)
+    assert idle(batcher)
+
+
+async def test_queries_that_arrive_together_go_to_workers_split_over_the_free_slots(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = exact()
+    batcher = SearchBatcher(executor, max_in_flight=2)
+    await batcher.search(index, vectors[0], 1)  # timed: the index counts as fast now
+    results = await asyncio.gather(*(batcher.search(index, vectors[i], 1) for i in range(10)))
+    assert [ids.tolist() for ids, _ in results] == [[i + 1] for i in range(10)]
+    assert batcher.stats == SearchStats(batches=3, queries=11, inline=0)  # 1 + 5 + 5
+    assert idle(batcher)
+
+
+async def test_a_query_of_an_index_being_written_waits_on_a_worker_not_the_loop(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = exact()
+    batcher = SearchBatcher(executor)
+    await batcher.search(index, vectors[0], 1)
+    index._lock.acquire()  # as an add or remove holds it
+    try:
+        pending = asyncio.ensure_future(batcher.search(index, vectors[4], 1))
+        await asyncio.sleep(0.05)  # the loop is free meanwhile
+        assert not pending.done()
+    finally:
+        index._lock.release()
+    ids, _ = await asyncio.wait_for(pending, 5)
+    assert ids.tolist() == [5]
+    assert batcher.stats.inline == 0
+
+
+async def test_slow_and_opaque_indexes_stay_on_workers(executor: ThreadPoolExecutor) -> None:
+    index, vectors = exact()
+    slow = SearchBatcher(executor, inline_below_s=1e-12)
+    opaque = SearchBatcher(executor)
+    for i in range(4):
+        assert (await slow.search(index, vectors[i], 1))[0].tolist() == [i + 1]
+        assert (await opaque.search(Opaque(index), vectors[i], 1))[0].tolist() == [i + 1]  # type: ignore[arg-type]
+    assert slow.stats.inline == opaque.stats.inline == 0
+
+
+async def test_a_query_cancelled_in_its_turn_leaves_nothing_behind(
+    executor: ThreadPoolExecutor,
+) -> None:
+    index, vectors = exact()
+    batcher = SearchBatcher(executor)
+    await batcher.search(index, vectors[0], 1)
+    doomed = asyncio.ensure_future(batcher.search(index, vectors[1], 1))
+    await asyncio.sleep(0)  # it is queued and yielding its turn
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    assert (await batcher.search(index, vectors[2], 1))[0].tolist() == [3]
+    assert idle(batcher)
+
+
+async def test_a_dropped_index_takes_its_lane_along(executor: ThreadPoolExecutor) -> None:
+    index, vectors = exact()
+    batcher = SearchBatcher(executor)
+    await batcher.search(index, vectors[0], 1)
+    assert len(batcher._lanes) == 1
+    del index
+    gc.collect()
+    assert len(batcher._lanes) == 0
