@@ -5,6 +5,8 @@ A chunk put announces up to ``kv.max_blob_bytes`` in its Content-Length.
 :func:`read_exactly` maps an anonymous region of that length (``mmap``: address space,
 no memory until a page is written), so a declared length costs nothing until its
 bytes arrive, and the body is still read with one copy into one contiguous buffer.
+Buffers of finished puts are reused (:class:`~semcached.service.http.body_buffers.BodyBuffers`):
+a fresh mapping's first touch costs more than the copy.
 
 Every read of a body waits at most ``server.body_timeout_s``, and the whole body must
 be in within that plus its length at ``server.body_min_bytes_per_s``
@@ -37,11 +39,11 @@ from prometheus_client import CollectorRegistry
 from semcached.errors import ApiError, BadRequestError, ServiceUnavailableError
 from semcached.protocol.codes import ErrorCode
 from semcached.service.config import ServerSettings
+from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.metrics import UploadMetrics
 
 __all__ = ["BodyDeadline", "UploadBudget", "check_json_content_type", "read_all", "read_exactly"]
 
-_READ_CHUNK = 1 << 20
 RETRY_AFTER_S = 1
 
 
@@ -73,17 +75,27 @@ def _timed_out(received: int, length: int | None) -> ApiError:
     )
 
 
-async def read_exactly(request: web.Request, length: int, deadline: BodyDeadline) -> memoryview:
-    """The body, which must be ``length`` bytes, in one buffer committed as it fills.
+async def read_exactly(
+    request: web.Request,
+    length: int,
+    deadline: BodyDeadline,
+    buffers: BodyBuffers | None = None,
+) -> memoryview:
+    """The body, which must be ``length`` bytes, in one buffer committed as it fills
+    (from ``buffers`` when given: hand the view back to it when done).
 
     408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
-    early. The caller has checked ``length`` against its limits.
+    early. The caller has checked ``length`` against its limits. Each piece the
+    connection received is copied once, straight into the buffer (``readchunk`` hands
+    over one received piece as it is; ``read`` and ``readany`` join pieces first).
     """
     if length <= 0:
         return memoryview(b"")
     loop = asyncio.get_running_loop()
     ends = loop.time() + deadline.total_s(length)
-    buffer = mmap.mmap(-1, length)  # anonymous: pages are committed as they are written
+    buffer = mmap.mmap(-1, length) if buffers is None else buffers.take(length)
+    with memoryview(buffer) as whole:
+        view = whole[:length]
     filled = 0
     try:
         while filled < length:
@@ -92,19 +104,25 @@ async def read_exactly(request: web.Request, length: int, deadline: BodyDeadline
                 if wait <= 0:
                     raise TimeoutError
                 async with asyncio.timeout(wait):
-                    chunk = await request.content.read(min(_READ_CHUNK, length - filled))
+                    chunk, _ = await request.content.readchunk()
             except TimeoutError:
                 raise _timed_out(filled, length) from None
             if not chunk:
                 raise BadRequestError(
                     ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
                 )
-            buffer[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
+            end = filled + len(chunk)
+            if end > length:  # the parser bounds a body by its Content-Length; never trust it
+                raise BadRequestError(
+                    ErrorCode.LENGTH_MISMATCH, f"the body is longer than {length} bytes"
+                )
+            view[filled:end] = chunk
+            filled = end
     except BaseException:
+        view.release()
         buffer.close()  # now, not when the traceback that refers to it is collected
         raise
-    return memoryview(buffer)
+    return view
 
 
 def check_json_content_type(request: web.Request) -> None:

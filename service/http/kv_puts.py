@@ -27,6 +27,7 @@ from semcached.protocol.keys import KeyFormatError, parse_key, variant_key
 from semcached.protocol.kv import CacheCraftStats, ChunkPutMeta, unpack_floats
 from semcached.service.http.appkeys import KV, SETTINGS
 from semcached.service.http.bodies import BodyDeadline, read_exactly
+from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.http.decoding import Decoder
 from semcached.service.kv.engine import KvCache, PutResult
 from semcached.service.kv.types import UNSCOPED, KvTenant
@@ -127,9 +128,12 @@ def _floats(value: list[float] | str | None, zeros: int, field: str) -> NDArray[
         raise _invalid_meta(field, str(exc)) from None
 
 
-async def read_blob(request: web.Request, nbytes: int) -> memoryview:
+async def read_blob(
+    request: web.Request, nbytes: int, buffers: BodyBuffers | None = None
+) -> memoryview:
     """The body of a put whose metadata says ``nbytes``, or a 4xx before reading it
-    when its Content-Length says otherwise (see :func:`read_exactly` for the rest)."""
+    when its Content-Length says otherwise (see :func:`read_exactly` for the rest;
+    with ``buffers``, hand the view back to them when done)."""
     length = request.content_length
     if length is None:
         raise ApiError(ErrorCode.LENGTH_REQUIRED, "a put needs a Content-Length", status=411)
@@ -138,7 +142,8 @@ async def read_blob(request: web.Request, nbytes: int) -> memoryview:
             ErrorCode.LENGTH_MISMATCH,
             f"the metadata's shape and dtype make {nbytes} bytes; Content-Length is {length}",
         )
-    return await read_exactly(request, nbytes, BodyDeadline.of(request.app[SETTINGS].server))
+    deadline = BodyDeadline.of(request.app[SETTINGS].server)
+    return await read_exactly(request, nbytes, deadline, buffers)
 
 
 def put_from_staged_file(
