@@ -29,8 +29,9 @@ MB/s is 10^6 bytes per second of blob data, from the median time per blob over
 ``--repeats`` rounds.
 
 A second table puts the durable writes beside the machine's own durable-write
-bandwidth (see bench/_durable.py), as bytes over the wall time of ``--blobs``
-distinct blobs: a plain write+fdatasync loop on the data directory's filesystem (the
+bandwidth (see bench/_durable.py), as bytes over the wall time of 16 distinct
+blobs, the median of 3 rounds that each run every path (8 blobs, 1 round with
+``--quick``): a plain write+fdatasync loop on the data directory's filesystem (the
 baseline), ``dd`` with O_DIRECT|O_DSYNC, the in-process LMDB write from 1 and 4
 threads, and HTTP PUT from 1, 4 and 8 client threads at once (concurrent puts share
 LMDB commits: one fsync for several). Goal: HTTP PUT >= 0.7x write+fdatasync.
@@ -45,6 +46,7 @@ HTTP GET ≥ 1 GB/s at 16 MiB; plan ≤ 1 ms for 10 chunks.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -197,40 +199,55 @@ DURABLE = ("write_fsync", "dd_direct", "lmdb_c1", "lmdb_c4", "http_c1", "http_c4
 
 
 def durable(
-    client: SemcachedClient, workdir: Path, data_dir: Path, size_mib: int, blobs: int
+    client: SemcachedClient,
+    workdir: Path,
+    data_dir: Path,
+    size_mib: int,
+    *,
+    blobs: int,
+    rounds: int,
 ) -> dict[str, float | None]:
-    """MB/s of durable writes of ``blobs`` distinct blobs: the baselines, then puts."""
+    """MB/s of durable writes of ``blobs`` distinct blobs: the baselines, then puts; the
+    median of ``rounds`` rounds, each running every path in turn (the disk's speed
+    drifts, so each path sees the same drift)."""
     tokens = size_mib * MiB // TOKEN_BYTES
     nbytes = tokens * TOKEN_BYTES
     rng = np.random.default_rng(100 + size_mib)
     data = [rng.integers(0, 2**16, size=nbytes // 2, dtype=np.uint16) for _ in range(blobs)]
     total = nbytes * blobs
-    out: dict[str, float | None] = {}
-    out["write_fsync"] = fdatasync_loop(data_dir, data)
-    out["dd_direct"] = dd_direct(data_dir, nbytes, blobs)
-    for threads in (1, 4):
-        env = LmdbEnvironment(workdir / f"durable-{size_mib}-{threads}",
-                              initial_map_bytes=total * 2 + 64 * MiB,
-                              max_map_bytes=total * 2 + 64 * MiB)  # fmt: skip
-        store = KvDiskStore(env)
-        metas = [bench_meta(key(size_mib, 5000 + i), tokens) for i in range(blobs)]
-
-        def write(i: int, store: KvDiskStore = store, metas: list[VariantMeta] = metas) -> None:
-            store.write([BlobWrite(metas[i].key, metas[i], data[i].data.cast("B"))])
-
-        out[f"lmdb_c{threads}"] = total / parallel_puts(write, blobs, threads) / 1e6
-        env.close()
     meta = put_meta(MODEL.name, DTYPE, shape(tokens))
-    for threads in (1, 4, 8):
-        keys = [key(size_mib, 10000 * threads + i) for i in range(blobs)]
+    runs: dict[str, list[float | None]] = {c: [] for c in DURABLE}
+    for r in range(rounds):
+        runs["write_fsync"].append(fdatasync_loop(data_dir, data))
+        runs["dd_direct"].append(dd_direct(data_dir, nbytes, blobs))
+        for threads in (1, 4):
+            where = workdir / f"durable-{size_mib}-{threads}-{r}"
+            env = LmdbEnvironment(where, initial_map_bytes=total * 2 + 64 * MiB,
+                                  max_map_bytes=total * 2 + 64 * MiB)  # fmt: skip
+            store = KvDiskStore(env)
+            metas = [bench_meta(key(size_mib, 5000 + i), tokens) for i in range(blobs)]
 
-        def put(i: int, keys: list[bytes] = keys) -> None:
-            client.put_chunk(keys[i], data[i], meta, transfer="http")
+            def write(i: int, store: KvDiskStore = store, metas: list[VariantMeta] = metas) -> None:
+                store.write([BlobWrite(metas[i].key, metas[i], data[i].data.cast("B"))])
 
-        out[f"http_c{threads}"] = total / parallel_puts(put, blobs, threads) / 1e6
-        for k in keys:
-            client.delete_chunk(k)
-    return out
+            runs[f"lmdb_c{threads}"].append(total / parallel_puts(write, blobs, threads) / 1e6)
+            env.close()
+            shutil.rmtree(where)
+        for threads in (1, 4, 8):
+            keys = [key(size_mib, 10000 * threads + i) for i in range(blobs)]
+
+            def put(i: int, keys: list[bytes] = keys) -> None:
+                client.put_chunk(keys[i], data[i], meta, transfer="http")
+
+            runs[f"http_c{threads}"].append(total / parallel_puts(put, blobs, threads) / 1e6)
+            for k in keys:
+                client.delete_chunk(k)
+    return {c: _median(values) for c, values in runs.items()}
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def plan_inputs(chunks: int, variants: int, tokens: int) -> list[tuple[VariantMeta, bytes]]:
@@ -362,7 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.blobs, args.repeats, args.plan_repeats = [1, 4], 3, 2, 30
-    durable_blobs = 8 if args.quick else 16
+    durable_blobs, rounds = (8, 1) if args.quick else (16, 3)
 
     with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
         workdir = Path(tmp)
@@ -378,8 +395,11 @@ def main() -> None:
             with SemcachedClient(server.url, timeout_s=120.0) as client:
                 rows = {size: throughput(client, workdir, size, args.blobs, args.repeats)
                         for size in args.sizes}  # fmt: skip
-                durables = {size: durable(client, workdir, data_dir, size, durable_blobs)
-                            for size in args.sizes}  # fmt: skip
+                durables = {
+                    size: durable(client, workdir, data_dir, size, blobs=durable_blobs,
+                                  rounds=rounds)
+                    for size in args.sizes
+                }  # fmt: skip
                 http, handler, inproc, example = plan_latency(
                     client, server, workdir, args.plan_repeats
                 )
