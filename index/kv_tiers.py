@@ -346,7 +346,8 @@ class HostTier(ArenaTier):
         super().__init__("host", arena, policy)
 
     def read(self, vid: int) -> memoryview:
-        """The published blob (valid while pinned or until the next removal)."""
+        """The blob's extent, published (valid while pinned or until the next removal),
+        or reserved and not yet published (writable: a put's body is read into it)."""
         extent = self._extent(vid)
         return self.arena.view(extent.offset, extent.length)
 

@@ -42,7 +42,14 @@ from semcached.service.config import ServerSettings
 from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.metrics import UploadMetrics
 
-__all__ = ["BodyDeadline", "UploadBudget", "check_json_content_type", "read_all", "read_exactly"]
+__all__ = [
+    "BodyDeadline",
+    "UploadBudget",
+    "check_json_content_type",
+    "read_all",
+    "read_exactly",
+    "read_into",
+]
 
 RETRY_AFTER_S = 1
 
@@ -84,45 +91,55 @@ async def read_exactly(
     """The body, which must be ``length`` bytes, in one buffer committed as it fills
     (from ``buffers`` when given: hand the view back to it when done).
 
-    408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
-    early. The caller has checked ``length`` against its limits. Each piece the
-    connection received is copied once, straight into the buffer (``readchunk`` hands
-    over one received piece as it is; ``read`` and ``readany`` join pieces first).
+    See :func:`read_into` for the errors. The caller has checked ``length`` against
+    its limits.
     """
     if length <= 0:
         return memoryview(b"")
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + deadline.total_s(length)
     buffer = mmap.mmap(-1, length) if buffers is None else buffers.take(length)
     with memoryview(buffer) as whole:
         view = whole[:length]
-    filled = 0
     try:
-        while filled < length:
-            wait = min(deadline.idle_s, ends - loop.time())
-            try:
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
-                    chunk, _ = await request.content.readchunk()
-            except TimeoutError:
-                raise _timed_out(filled, length) from None
-            if not chunk:
-                raise BadRequestError(
-                    ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
-                )
-            end = filled + len(chunk)
-            if end > length:  # the parser bounds a body by its Content-Length; never trust it
-                raise BadRequestError(
-                    ErrorCode.LENGTH_MISMATCH, f"the body is longer than {length} bytes"
-                )
-            view[filled:end] = chunk
-            filled = end
+        await read_into(request, view, deadline)
     except BaseException:
         view.release()
         buffer.close()  # now, not when the traceback that refers to it is collected
         raise
     return view
+
+
+async def read_into(request: web.Request, target: memoryview, deadline: BodyDeadline) -> None:
+    """Fill ``target`` with the body, which must be exactly as long.
+
+    408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
+    early. Each piece the connection received is copied once, straight into
+    ``target`` (``readchunk`` hands over one received piece as it is; ``read`` and
+    ``readany`` join pieces first).
+    """
+    length = len(target)
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline.total_s(length)
+    filled = 0
+    while filled < length:
+        wait = min(deadline.idle_s, ends - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                chunk, _ = await request.content.readchunk()
+        except TimeoutError:
+            raise _timed_out(filled, length) from None
+        if not chunk:
+            raise BadRequestError(
+                ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
+            )
+        end = filled + len(chunk)
+        if end > length:  # the parser bounds a body by its Content-Length; never trust it
+            raise BadRequestError(
+                ErrorCode.LENGTH_MISMATCH, f"the body is longer than {length} bytes"
+            )
+        target[filled:end] = chunk
+        filled = end
 
 
 def check_json_content_type(request: web.Request) -> None:

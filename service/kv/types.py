@@ -15,6 +15,7 @@ __all__ = [
     "Lease",
     "LeasedBlob",
     "Plan",
+    "PutBuffer",
     "PutResult",
     "Variant",
 ]
@@ -37,6 +38,16 @@ class PutResult:
     nbytes: int
     tiers: tuple[str, ...]  # where the bytes are now
     evicted: int  # variants evicted from disk to make room
+
+
+@dataclass(frozen=True, slots=True)
+class PutBuffer:
+    """Room in the host tier for one put's bytes (:meth:`KvCache.put_buffer`): read the
+    body into ``view``, then hand it to :meth:`KvCache.put` or
+    :meth:`KvCache.drop_put_buffer`."""
+
+    vid: int  # the id the variant will have
+    view: memoryview  # the reserved extent, writable, invisible until the put commits
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ engine (on a worker thread when it blocks), and encode its answer.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import msgspec
@@ -62,8 +61,8 @@ from semcached.service.http.jsonio import struct_response
 from semcached.service.http.kv_puts import (
     key_or_400,
     parse_put_meta,
+    put_from_body,
     put_from_staged_file,
-    read_blob,
 )
 from semcached.service.http.kv_replies import leased_reply, meta_fields, meta_header, plan_reply
 from semcached.service.http.routing import (
@@ -242,16 +241,7 @@ async def put_chunk(request: web.Request) -> web.Response:
                 executor, put_from_staged_file, request.app, meta, source, tenant
             )
         else:
-            buffers = request.app[BODY_BUFFERS]
-            blob = await read_blob(request, meta.nbytes, buffers)
-            try:
-                result = await run_blocking(executor, lambda: engine.put(meta, blob, tenant=tenant))
-            except asyncio.CancelledError:
-                raise  # the worker may still be reading the buffer: never reuse it
-            except BaseException:
-                buffers.give_back(blob)
-                raise
-            buffers.give_back(blob)
+            result = await put_from_body(request, engine, meta, tenant)
     body = KvPutResult(**meta_fields(meta), tiers=result.tiers, evicted=result.evicted)
     return struct_response(body, status=201 if result.created else 200)
 
