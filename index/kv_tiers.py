@@ -346,9 +346,16 @@ class HostTier(ArenaTier):
         super().__init__("host", arena, policy)
 
     def read(self, vid: int) -> memoryview:
-        """The blob's extent, published (valid while pinned or until the next removal),
-        or reserved and not yet published (writable: a put's body is read into it)."""
+        """The published blob (valid while pinned or until the next removal)."""
         extent = self._extent(vid)
+        return self.arena.view(extent.offset, extent.length)
+
+    def fill_view(self, vid: int) -> memoryview:
+        """A writable view of a reserved, unpublished extent, its pages mapped ahead
+        (:meth:`ShmArena.prefault`): a put's body is read into it. Safe outside the
+        engine's lock, like :meth:`write`: nobody else sees the extent."""
+        extent = self._extent(vid)
+        self.arena.prefault(extent.offset, extent.length)
         return self.arena.view(extent.offset, extent.length)
 
     def pin(self, vid: int) -> ShmHandle:

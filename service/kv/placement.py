@@ -166,7 +166,7 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
             except Exception:
                 log.exception("could not reserve room in the host tier for a put")
                 return None
-            return self.host.read(vid)
+        return self.host.fill_view(vid)  # outside the lock: it maps megabytes of pages
 
     def publish_put(self, v: Variant) -> None:
         """Publish the extent that ``v``'s put was read into (lock held)."""

@@ -477,3 +477,19 @@ def test_the_segment_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert info.st_mode & 0o777 == 0o600
+
+
+def test_a_prefaulted_extent_reads_as_written_and_a_closed_arena_refuses(
+    arena: ShmArena,
+) -> None:
+    offset = arena.allocate(4 * PAGE_SIZE)
+    assert offset is not None
+    arena.prefault(offset, 4 * PAGE_SIZE)
+    with arena.view(offset, 4 * PAGE_SIZE) as view:
+        assert bytes(view) == bytes(4 * PAGE_SIZE)  # mapped ahead, still zeros
+        view[:5] = b"hello"
+    with arena.view(offset, 5) as view:
+        assert bytes(view) == b"hello"
+    arena.close()
+    with pytest.raises(ArenaError):
+        arena.prefault(offset, PAGE_SIZE)
