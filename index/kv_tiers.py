@@ -350,12 +350,15 @@ class HostTier(ArenaTier):
         extent = self._extent(vid)
         return self.arena.view(extent.offset, extent.length)
 
-    def fill_view(self, vid: int) -> memoryview:
-        """A writable view of a reserved, unpublished extent, its pages mapped ahead
-        (:meth:`ShmArena.prefault`): a put's body is read into it. Safe outside the
-        engine's lock, like :meth:`write`: nobody else sees the extent."""
+    def write_at(self, vid: int, at: int, data: bytes | bytearray | memoryview) -> None:
+        """Fill part of a reserved extent, ``at`` bytes from its start (a put's body as
+        it arrives; safe outside the engine's lock, like :meth:`write`)."""
+        self.arena.write(self._extent(vid).offset, data, at)
+
+    def filling_view(self, vid: int) -> memoryview:
+        """A view of a reserved, unpublished extent (a put's bytes, written with
+        :meth:`write_at`, are stored from it before it is published)."""
         extent = self._extent(vid)
-        self.arena.prefault(extent.offset, extent.length)
         return self.arena.view(extent.offset, extent.length)
 
     def pin(self, vid: int) -> ShmHandle:

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import math
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -99,8 +99,12 @@ async def read_exactly(
     buffer = mmap.mmap(-1, length) if buffers is None else buffers.take(length)
     with memoryview(buffer) as whole:
         view = whole[:length]
+
+    def fill(at: int, piece: bytes) -> None:
+        view[at : at + len(piece)] = piece
+
     try:
-        await read_into(request, view, deadline)
+        await read_into(request, length, fill, deadline)
     except BaseException:
         view.release()
         buffer.close()  # now, not when the traceback that refers to it is collected
@@ -108,15 +112,19 @@ async def read_exactly(
     return view
 
 
-async def read_into(request: web.Request, target: memoryview, deadline: BodyDeadline) -> None:
-    """Fill ``target`` with the body, which must be exactly as long.
+async def read_into(
+    request: web.Request,
+    length: int,
+    write: Callable[[int, bytes], None],
+    deadline: BodyDeadline,
+) -> None:
+    """Hand the body, which must be ``length`` bytes, to ``write(offset, piece)`` as it
+    arrives.
 
     408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
-    early. Each piece the connection received is copied once, straight into
-    ``target`` (``readchunk`` hands over one received piece as it is; ``read`` and
-    ``readany`` join pieces first).
+    early. Each piece the connection received is handed over as it is (``readchunk``;
+    ``read`` and ``readany`` join pieces first, a copy).
     """
-    length = len(target)
     loop = asyncio.get_running_loop()
     ends = loop.time() + deadline.total_s(length)
     filled = 0
@@ -133,13 +141,12 @@ async def read_into(request: web.Request, target: memoryview, deadline: BodyDead
             raise BadRequestError(
                 ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
             )
-        end = filled + len(chunk)
-        if end > length:  # the parser bounds a body by its Content-Length; never trust it
+        if filled + len(chunk) > length:  # the parser bounds a body by its Content-Length
             raise BadRequestError(
                 ErrorCode.LENGTH_MISMATCH, f"the body is longer than {length} bytes"
             )
-        target[filled:end] = chunk
-        filled = end
+        write(filled, chunk)
+        filled += len(chunk)
 
 
 def check_json_content_type(request: web.Request) -> None:

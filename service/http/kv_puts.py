@@ -179,7 +179,7 @@ async def put_from_body(
         buffers.give_back(blob)
         return result
     try:
-        await read_into(request, into.view, deadline)
+        await read_into(request, meta.nbytes, into.write, deadline)
     except BaseException:
         # Not awaited: this may be a cancellation; the worker gives the room back.
         executor.submit(engine.drop_put_buffer, into)

@@ -266,7 +266,10 @@ class KvCache:
             return None
         vid = next(self._ids)
         view = self._placement.reserve_put(vid, nbytes)
-        return None if view is None else PutBuffer(vid, view)
+        if view is None:
+            return None
+        host = self._placement.host
+        return PutBuffer(vid, view, lambda at, piece: host.write_at(vid, at, piece))
 
     def drop_put_buffer(self, buffer: PutBuffer) -> None:
         """Give back the room of a put that was not stored (a no-op once it was)."""

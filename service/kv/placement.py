@@ -156,8 +156,9 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
             self.host.unpin(vid, offset)
 
     def reserve_put(self, vid: int, nbytes: int) -> memoryview | None:
-        """A writable view of a fresh, invisible extent for the put that will be ``vid``
-        (demoting others to make room), or None when there is none."""
+        """A view of a fresh, invisible extent for the put that will be ``vid`` (demoting
+        others to make room), or None when there is none; fill it with
+        :meth:`HostTier.write_at`."""
         with self._lock:
             self.drain_unpins()
             try:
@@ -166,7 +167,7 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
             except Exception:
                 log.exception("could not reserve room in the host tier for a put")
                 return None
-        return self.host.fill_view(vid)  # outside the lock: it maps megabytes of pages
+            return self.host.filling_view(vid)
 
     def publish_put(self, v: Variant) -> None:
         """Publish the extent that ``v``'s put was read into (lock held)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from semcached.cachepolicy.reuse import ChunkDecision, VariantStats
@@ -42,12 +43,13 @@ class PutResult:
 
 @dataclass(frozen=True, slots=True)
 class PutBuffer:
-    """Room in the host tier for one put's bytes (:meth:`KvCache.put_buffer`): read the
-    body into ``view``, then hand it to :meth:`KvCache.put` or
-    :meth:`KvCache.drop_put_buffer`."""
+    """Room in the host tier for one put's bytes (:meth:`KvCache.put_buffer`): fill it
+    with ``write(at, piece)`` as the body arrives, then hand it to :meth:`KvCache.put`
+    (``view`` as the blob) or to :meth:`KvCache.drop_put_buffer`."""
 
     vid: int  # the id the variant will have
-    view: memoryview  # the reserved extent, writable, invisible until the put commits
+    view: memoryview  # the reserved extent, invisible until the put commits
+    write: Callable[[int, bytes], None]  # copies a piece in at an offset (pwrite)
 
 
 @dataclass(frozen=True, slots=True)
