@@ -6,7 +6,9 @@ A chunk put announces up to ``kv.max_blob_bytes`` in its Content-Length.
 no memory until a page is written), so a declared length costs nothing until its
 bytes arrive, and the body is still read with one copy into one contiguous buffer.
 Buffers of finished puts are reused (:class:`~semcached.service.http.body_buffers.BodyBuffers`):
-a fresh mapping's first touch costs more than the copy.
+a fresh mapping's first touch costs more than the copy. :func:`read_into` hands the
+pieces to any writer instead (a put writes them into the host tier's room with
+``pwrite``, which maps nothing either).
 
 Every read of a body waits at most ``server.body_timeout_s``, and the whole body must
 be in within that plus its length at ``server.body_min_bytes_per_s``
