@@ -2,6 +2,7 @@
 
     python bench/kv_store.py            # 1, 4 and 16 MiB blobs
     python bench/kv_store.py --quick    # a smoke run (fewer blobs and repeats)
+    python bench/kv_store.py --csv      # also one csv line per cell
 
 Starts ``semcached serve`` on a fresh data directory (a model shaped so that a token
 is 32 KiB of float16 KV) and measures, for each blob size, side by side in one run:
@@ -25,16 +26,27 @@ is 32 KiB of float16 KV) and measures, for each blob size, side by side in one r
   all), the copy of each hit, one release: the per-prompt path.
 
 MB/s is 10^6 bytes per second of blob data, from the median time per blob over
-``--repeats`` rounds. Then the plan latency for a 10-chunk prompt whose chunks have 5
-stored variants each (small blobs of the same model shape): the client-observed round
-trip (sync client), the daemon's handler time (its request latency histogram), and
-``KvCache.plan`` in-process on an engine holding the same variants. Goals: shm fetch
-≥ 0.5x memcpy; HTTP GET ≥ 1 GB/s at 16 MiB; plan ≤ 1 ms for 10 chunks.
+``--repeats`` rounds.
+
+A second table puts the durable writes beside the machine's own durable-write
+bandwidth (see bench/_durable.py), as bytes over the wall time of 16 distinct
+blobs, the median of 3 rounds that each run every path (8 blobs, 1 round with
+``--quick``): a plain write+fdatasync loop on the data directory's filesystem (the
+baseline), ``dd`` with O_DIRECT|O_DSYNC, the in-process LMDB write from 1 and 4
+threads, and HTTP PUT from 1, 4 and 8 client threads at once (concurrent puts share
+LMDB commits: one fsync for several). Goal: HTTP PUT >= 0.7x write+fdatasync.
+
+Then the plan latency for a 10-chunk prompt whose chunks have 5 stored variants each
+(small blobs of the same model shape): the client-observed round trip (sync client),
+the daemon's handler time (its request latency histogram), and ``KvCache.plan``
+in-process on an engine holding the same variants. Goals: shm fetch ≥ 0.5x memcpy;
+HTTP GET ≥ 1 GB/s at 16 MiB; plan ≤ 1 ms for 10 chunks.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -47,6 +59,7 @@ import numpy as np
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
+from _durable import dd_direct, fdatasync_loop, parallel_puts  # noqa: E402
 from _server import Server, histogram, histogram_quantile, running  # noqa: E402
 
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
@@ -113,12 +126,7 @@ def throughput(
     store = KvDiskStore(env)
     lmdb_times = []
     for i in range(blobs):
-        meta = VariantMeta(
-            chunk=keys[i], variant=variant_key(()), model=MODEL.name, dtype=DTYPE,
-            shape=shape(tokens), prefix=(), prefix_tokens=(), rope_base=0, rope={},
-            inter=np.zeros(0, np.float32), intra=0.0,
-            token_scores=np.zeros(tokens, np.float32), created_at=0.0,
-        )  # fmt: skip
+        meta = bench_meta(keys[i], tokens)
         start = time.perf_counter()
         store.write([BlobWrite(meta.key, meta, data[i].data.cast("B"))])
         lmdb_times.append(time.perf_counter() - start)
@@ -176,6 +184,70 @@ def throughput(
     for i in range(blobs):
         client.delete_chunk(keys[i])
     return out
+
+
+def bench_meta(chunk: bytes, tokens: int) -> VariantMeta:
+    return VariantMeta(
+        chunk=chunk, variant=variant_key(()), model=MODEL.name, dtype=DTYPE,
+        shape=shape(tokens), prefix=(), prefix_tokens=(), rope_base=0, rope={},
+        inter=np.zeros(0, np.float32), intra=0.0,
+        token_scores=np.zeros(tokens, np.float32), created_at=0.0,
+    )  # fmt: skip
+
+
+DURABLE = ("write_fsync", "dd_direct", "lmdb_c1", "lmdb_c4", "http_c1", "http_c4", "http_c8")
+
+
+def durable(
+    client: SemcachedClient,
+    workdir: Path,
+    data_dir: Path,
+    size_mib: int,
+    *,
+    blobs: int,
+    rounds: int,
+) -> dict[str, float | None]:
+    """MB/s of durable writes of ``blobs`` distinct blobs: the baselines, then puts; the
+    median of ``rounds`` rounds, each running every path in turn (the disk's speed
+    drifts, so each path sees the same drift)."""
+    tokens = size_mib * MiB // TOKEN_BYTES
+    nbytes = tokens * TOKEN_BYTES
+    rng = np.random.default_rng(100 + size_mib)
+    data = [rng.integers(0, 2**16, size=nbytes // 2, dtype=np.uint16) for _ in range(blobs)]
+    total = nbytes * blobs
+    meta = put_meta(MODEL.name, DTYPE, shape(tokens))
+    runs: dict[str, list[float | None]] = {c: [] for c in DURABLE}
+    for r in range(rounds):
+        runs["write_fsync"].append(fdatasync_loop(data_dir, data))
+        runs["dd_direct"].append(dd_direct(data_dir, nbytes, blobs))
+        for threads in (1, 4):
+            where = workdir / f"durable-{size_mib}-{threads}-{r}"
+            env = LmdbEnvironment(where, initial_map_bytes=total * 2 + 64 * MiB,
+                                  max_map_bytes=total * 2 + 64 * MiB)  # fmt: skip
+            store = KvDiskStore(env)
+            metas = [bench_meta(key(size_mib, 5000 + i), tokens) for i in range(blobs)]
+
+            def write(i: int, store: KvDiskStore = store, metas: list[VariantMeta] = metas) -> None:
+                store.write([BlobWrite(metas[i].key, metas[i], data[i].data.cast("B"))])
+
+            runs[f"lmdb_c{threads}"].append(total / parallel_puts(write, blobs, threads) / 1e6)
+            env.close()
+            shutil.rmtree(where)
+        for threads in (1, 4, 8):
+            keys = [key(size_mib, 10000 * threads + i) for i in range(blobs)]
+
+            def put(i: int, keys: list[bytes] = keys) -> None:
+                client.put_chunk(keys[i], data[i], meta, transfer="http")
+
+            runs[f"http_c{threads}"].append(total / parallel_puts(put, blobs, threads) / 1e6)
+            for k in keys:
+                client.delete_chunk(k)
+    return {c: _median(values) for c, values in runs.items()}
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
 
 
 def plan_inputs(chunks: int, variants: int, tokens: int) -> list[tuple[VariantMeta, bytes]]:
@@ -255,6 +327,48 @@ def quantile(values: list[float], q: float) -> float:
     return float(np.quantile(np.array(values), q))
 
 
+def print_durable(durables: dict[int, dict[str, float | None]], blobs: int) -> None:
+    print(f"\nDurable writes (MB/s over {blobs} blobs; ratio to write_fsync in brackets; "
+          "c<N>: N writers at once)")  # fmt: skip
+    print(f"{'blob':>8} " + " ".join(f"{c:>15}" for c in DURABLE))
+    for size, row in durables.items():
+        base = row["write_fsync"] or 0.0
+        cells = [f"{base:>15,.0f}"]
+        for c in DURABLE[1:]:
+            value = row[c]
+            cells.append("n/a" if value is None else f"{value:>6,.0f} ({value / base:.2f}x)")
+        print(f"{size:>5} MiB " + " ".join(f"{c:>15}" for c in cells))
+
+
+def durable_csv(durables: dict[int, dict[str, float | None]]) -> None:
+    for size, row in durables.items():
+        base = row["write_fsync"] or 0.0
+        for c in DURABLE:
+            value = row[c]
+            cells = "," if value is None else f"{value:.1f},{value / base:.3f}"
+            print(f"csv,durable,{size},{c},{cells}")
+
+
+def goals_met(
+    rows: dict[int, dict[str, float]],
+    handler: tuple[float, float],
+    durables: dict[int, dict[str, float | None]],
+) -> list[tuple[str, bool]]:
+    goals = []
+    largest = max(rows)
+    goals.append(("shm fetch >= 0.5x memcpy (all sizes)",
+                  all(r["shm_fetch"] >= 0.5 * r["memcpy"] for r in rows.values())))  # fmt: skip
+    goals.append((f"HTTP GET >= 1 GB/s at {largest} MiB", rows[largest]["http_get"] >= 1000))
+    goals.append(("plan <= 1 ms (daemon handler p50)", handler[0] <= 1e-3))
+    row = durables[largest]
+    best = max(row[c] or 0.0 for c in DURABLE if c.startswith("http"))
+    base = row["write_fsync"] or 0.0
+    direct = f"; {best / row['dd_direct']:.2f}x dd_direct" if row["dd_direct"] else ""
+    goals.append((f"HTTP PUT >= 0.7x write_fsync at {largest} MiB "
+                  f"(best {best / base:.2f}x{direct})", best >= 0.7 * base))  # fmt: skip
+    return goals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16], help="MiB")
@@ -262,16 +376,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plan-repeats", type=int, default=300)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--csv", action="store_true",
+                        help="also print csv,table,size_mib,path,mb_s,ratio lines")  # fmt: skip
     parser.add_argument("--example", type=Path, help="write the example plan JSON here")
     args = parser.parse_args()
     if args.quick:
         args.sizes, args.blobs, args.repeats, args.plan_repeats = [1, 4], 3, 2, 30
+    durable_blobs, rounds = (8, 1) if args.quick else (16, 3)
 
     with tempfile.TemporaryDirectory(prefix="kv-bench-") as tmp:
         workdir = Path(tmp)
         config = write_config(workdir / "semcached.toml")
+        data_dir = workdir / "data"
         server = Server.semcached(
-            workdir / "data", config,
+            data_dir, config,
             {"embedding.backend": "none", "server.access_log": False},
         )  # fmt: skip
         with running(server):
@@ -280,6 +398,11 @@ def main() -> None:
             with SemcachedClient(server.url, timeout_s=120.0) as client:
                 rows = {size: throughput(client, workdir, size, args.blobs, args.repeats)
                         for size in args.sizes}  # fmt: skip
+                durables = {
+                    size: durable(client, workdir, data_dir, size, blobs=durable_blobs,
+                                  rounds=rounds)
+                    for size in args.sizes
+                }  # fmt: skip
                 http, handler, inproc, example = plan_latency(
                     client, server, workdir, args.plan_repeats
                 )
@@ -292,6 +415,7 @@ def main() -> None:
         cells = [f"{row['memcpy']:>18,.0f}"]
         cells += [f"{row[c]:>9,.0f} ({row[c] / row['memcpy']:.2f}x)" for c in columns[1:]]
         print(f"{size:>5} MiB " + " ".join(f"{c:>18}" for c in cells))
+    print_durable(durables, durable_blobs)
     print("\nPlan, 10 chunks x 5 stored variants each (ms)")
     print(f"{'path':>22} {'p50':>8} {'p90':>8} {'p99':>8}")
     for name, values in (("client round trip", http), ("KvCache.plan", inproc)):
@@ -299,13 +423,13 @@ def main() -> None:
         print(f"{name:>22} {p[0]:>8.3f} {p[1]:>8.3f} {p[2]:>8.3f}")
     print(f"{'daemon handler':>22} {handler[0] * 1e3:>8.3f} {'':>8} {handler[1] * 1e3:>8.3f}"
           "   (from its latency histogram: bucket-interpolated)")  # fmt: skip
-    goals = []
-    largest = max(rows)
-    goals.append(("shm fetch >= 0.5x memcpy (all sizes)",
-                  all(r["shm_fetch"] >= 0.5 * r["memcpy"] for r in rows.values())))  # fmt: skip
-    goals.append((f"HTTP GET >= 1 GB/s at {largest} MiB", rows[largest]["http_get"] >= 1000))
-    goals.append(("plan <= 1 ms (daemon handler p50)", handler[0] <= 1e-3))
+    goals = goals_met(rows, handler, durables)
     print("\nGoals: " + "; ".join(f"{g}: {'met' if ok else 'missed'}" for g, ok in goals))
+    if args.csv:
+        for size, row in rows.items():
+            for c in columns:
+                print(f"csv,throughput,{size},{c},{row[c]:.1f},{row[c] / row['memcpy']:.3f}")
+        durable_csv(durables)
     if args.example is not None:
         import orjson
 

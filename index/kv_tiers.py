@@ -350,6 +350,17 @@ class HostTier(ArenaTier):
         extent = self._extent(vid)
         return self.arena.view(extent.offset, extent.length)
 
+    def write_at(self, vid: int, at: int, data: bytes | bytearray | memoryview) -> None:
+        """Fill part of a reserved extent, ``at`` bytes from its start (a put's body as
+        it arrives; safe outside the engine's lock, like :meth:`write`)."""
+        self.arena.write(self._extent(vid).offset, data, at)
+
+    def filling_view(self, vid: int) -> memoryview:
+        """A view of a reserved, unpublished extent (a put's bytes, written with
+        :meth:`write_at`, are stored from it before it is published)."""
+        extent = self._extent(vid)
+        return self.arena.view(extent.offset, extent.length)
+
     def pin(self, vid: int) -> ShmHandle:
         offset = self.pin_extent(vid)
         return ShmHandle(self.arena.name, offset, self._extent(vid).length)

@@ -194,23 +194,27 @@ class ShmArena:
             raise ValueError(f"{nbytes} bytes do not fit the {size}-byte extent at {offset}")
         return memoryview(mapped)[offset : offset + nbytes]
 
-    def write(self, offset: int, data: bytes | bytearray | memoryview) -> None:
-        """Copy ``data`` to the start of the extent at ``offset`` with ``pwrite``.
+    def write(self, offset: int, data: bytes | bytearray | memoryview, at: int = 0) -> None:
+        """Copy ``data`` into the extent at ``offset``, ``at`` bytes from its start, with
+        ``pwrite``.
 
         Faster than a copy through :meth:`view` into fresh pages: the kernel fills the
         page cache directly, where a copy through the map first takes a page fault per
-        page. KeyError / ValueError as for :meth:`view`. O(len(data)).
+        page; and nothing is mapped into this process until it is read. KeyError /
+        ValueError as for :meth:`view`. O(len(data)).
         """
         self._require_open()
         size = self._extents.size_of(offset)
         if size is None:
             raise KeyError(f"no allocated extent at offset {offset}")
         source = memoryview(data).cast("B")
-        if len(source) > size:
-            raise ValueError(f"{len(source)} bytes do not fit the {size}-byte extent at {offset}")
+        if at < 0 or at + len(source) > size:
+            raise ValueError(
+                f"{len(source)} bytes at {at} do not fit the {size}-byte extent at {offset}"
+            )
         written = 0
         while written < len(source):
-            written += os.pwrite(self._fd, source[written:], offset + written)
+            written += os.pwrite(self._fd, source[written:], offset + at + written)
 
     def _require_open(self) -> mmap.mmap:
         if self._map is None:

@@ -434,6 +434,12 @@ class KvSettings:
         "admitted when none is in flight).",
         min=MiB,
     )
+    body_buffer_bytes: int = _setting(
+        64 * MiB,
+        "Memory kept for reuse by finished chunk puts' body buffers (0: none): a put read "
+        "into a reused buffer skips the kernel's zeroing of fresh pages.",
+        min=0,
+    )
     max_meta_bytes: int = _setting(
         1 * MiB,
         "Largest metadata header (X-Semcached-KV-Meta) accepted; per-token scores make it "

@@ -14,6 +14,7 @@ from semcached.service.auth.tenants import Principal
 from semcached.service.config import Settings
 from semcached.service.context import DaemonContext
 from semcached.service.http.bodies import UploadBudget
+from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.http.connections import ConnectionTable
 from semcached.service.lifecycle import Components, Readiness, ShutdownRequest, Slot
 from semcached.service.metrics import Metrics
@@ -21,6 +22,7 @@ from semcached.service.reloads import Reloads
 
 __all__ = [
     "AUTH",
+    "BODY_BUFFERS",
     "COMPONENTS",
     "CONNECTIONS",
     "DATA_DIR",
@@ -65,6 +67,8 @@ SEMANTIC: web.AppKey[Slot[SemanticCache]] = web.AppKey("semantic")
 KV: web.AppKey[Slot[KvCache]] = web.AppKey("kv")
 # The bytes of chunk puts in flight (kv.max_inflight_upload_bytes).
 UPLOADS = web.AppKey("uploads", UploadBudget)
+# Chunk put body buffers kept for reuse (kv.body_buffer_bytes).
+BODY_BUFFERS = web.AppKey("body_buffers", BodyBuffers)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 # Filled in by the server once it listens: the base URL of each listening socket.
 LISTEN_URLS: web.AppKey[list[str]] = web.AppKey("listen_urls")

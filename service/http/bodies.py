@@ -5,6 +5,10 @@ A chunk put announces up to ``kv.max_blob_bytes`` in its Content-Length.
 :func:`read_exactly` maps an anonymous region of that length (``mmap``: address space,
 no memory until a page is written), so a declared length costs nothing until its
 bytes arrive, and the body is still read with one copy into one contiguous buffer.
+Buffers of finished puts are reused (:class:`~semcached.service.http.body_buffers.BodyBuffers`):
+a fresh mapping's first touch costs more than the copy. :func:`read_into` hands the
+pieces to any writer instead (a put writes them into the host tier's room with
+``pwrite``, which maps nothing either).
 
 Every read of a body waits at most ``server.body_timeout_s``, and the whole body must
 be in within that plus its length at ``server.body_min_bytes_per_s``
@@ -28,7 +32,7 @@ import asyncio
 import contextlib
 import math
 import mmap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from aiohttp import hdrs, web
@@ -37,11 +41,18 @@ from prometheus_client import CollectorRegistry
 from semcached.errors import ApiError, BadRequestError, ServiceUnavailableError
 from semcached.protocol.codes import ErrorCode
 from semcached.service.config import ServerSettings
+from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.metrics import UploadMetrics
 
-__all__ = ["BodyDeadline", "UploadBudget", "check_json_content_type", "read_all", "read_exactly"]
+__all__ = [
+    "BodyDeadline",
+    "UploadBudget",
+    "check_json_content_type",
+    "read_all",
+    "read_exactly",
+    "read_into",
+]
 
-_READ_CHUNK = 1 << 20
 RETRY_AFTER_S = 1
 
 
@@ -73,38 +84,71 @@ def _timed_out(received: int, length: int | None) -> ApiError:
     )
 
 
-async def read_exactly(request: web.Request, length: int, deadline: BodyDeadline) -> memoryview:
-    """The body, which must be ``length`` bytes, in one buffer committed as it fills.
+async def read_exactly(
+    request: web.Request,
+    length: int,
+    deadline: BodyDeadline,
+    buffers: BodyBuffers | None = None,
+) -> memoryview:
+    """The body, which must be ``length`` bytes, in one buffer committed as it fills
+    (from ``buffers`` when given: hand the view back to it when done).
 
-    408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
-    early. The caller has checked ``length`` against its limits.
+    See :func:`read_into` for the errors. The caller has checked ``length`` against
+    its limits.
     """
     if length <= 0:
         return memoryview(b"")
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + deadline.total_s(length)
-    buffer = mmap.mmap(-1, length)  # anonymous: pages are committed as they are written
-    filled = 0
+    buffer = mmap.mmap(-1, length) if buffers is None else buffers.take(length)
+    with memoryview(buffer) as whole:
+        view = whole[:length]
+
+    def fill(at: int, piece: bytes) -> None:
+        view[at : at + len(piece)] = piece
+
     try:
-        while filled < length:
-            wait = min(deadline.idle_s, ends - loop.time())
-            try:
-                if wait <= 0:
-                    raise TimeoutError
-                async with asyncio.timeout(wait):
-                    chunk = await request.content.read(min(_READ_CHUNK, length - filled))
-            except TimeoutError:
-                raise _timed_out(filled, length) from None
-            if not chunk:
-                raise BadRequestError(
-                    ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
-                )
-            buffer[filled : filled + len(chunk)] = chunk
-            filled += len(chunk)
+        await read_into(request, length, fill, deadline)
     except BaseException:
+        view.release()
         buffer.close()  # now, not when the traceback that refers to it is collected
         raise
-    return memoryview(buffer)
+    return view
+
+
+async def read_into(
+    request: web.Request,
+    length: int,
+    write: Callable[[int, bytes], None],
+    deadline: BodyDeadline,
+) -> None:
+    """Hand the body, which must be ``length`` bytes, to ``write(offset, piece)`` as it
+    arrives.
+
+    408 ``body_timeout`` when it comes too slowly, 400 ``truncated_body`` when it ends
+    early. Each piece the connection received is handed over as it is (``readchunk``;
+    ``read`` and ``readany`` join pieces first, a copy).
+    """
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline.total_s(length)
+    filled = 0
+    while filled < length:
+        wait = min(deadline.idle_s, ends - loop.time())
+        try:
+            if wait <= 0:
+                raise TimeoutError
+            async with asyncio.timeout(wait):
+                chunk, _ = await request.content.readchunk()
+        except TimeoutError:
+            raise _timed_out(filled, length) from None
+        if not chunk:
+            raise BadRequestError(
+                ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
+            )
+        if filled + len(chunk) > length:  # the parser bounds a body by its Content-Length
+            raise BadRequestError(
+                ErrorCode.LENGTH_MISMATCH, f"the body is longer than {length} bytes"
+            )
+        write(filled, chunk)
+        filled += len(chunk)
 
 
 def check_json_content_type(request: web.Request) -> None:

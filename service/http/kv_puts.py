@@ -5,13 +5,20 @@ The metadata travels as JSON of :class:`~semcached.protocol.kv.ChunkPutMeta` in 
 blob as it is and is read with one copy; its size limit is ``kv.max_meta_bytes``). A
 same-host client may instead stage the bytes in a file of ``kv.shm_dir`` and name it
 in ``X-Semcached-KV-Source``. Both readers answer a 4xx for the caller's mistakes.
+
+Copies of a body's bytes between the socket and the disk: the event loop's receive
+buffer, aiohttp's parser (each received piece as its own bytes), the host tier's
+extent (or a reused buffer when the tier has no room), LMDB's dirty pages, the
+kernel's page cache. The host tier's copy is the read itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import stat
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
@@ -25,18 +32,20 @@ from semcached.protocol.codes import ErrorCode
 from semcached.protocol.headers import KV_META_HEADER, KV_SOURCE_HEADER, KV_STAGED_PREFIX
 from semcached.protocol.keys import KeyFormatError, parse_key, variant_key
 from semcached.protocol.kv import CacheCraftStats, ChunkPutMeta, unpack_floats
-from semcached.service.http.appkeys import KV, SETTINGS
-from semcached.service.http.bodies import BodyDeadline, read_exactly
+from semcached.service.blocking import run_blocking
+from semcached.service.http.appkeys import BODY_BUFFERS, EXECUTOR, KV, SETTINGS
+from semcached.service.http.bodies import BodyDeadline, read_exactly, read_into
 from semcached.service.http.decoding import Decoder
 from semcached.service.kv.engine import KvCache, PutResult
-from semcached.service.kv.types import UNSCOPED, KvTenant
+from semcached.service.kv.types import UNSCOPED, KvTenant, PutBuffer
 
 __all__ = [
     "PUT_META",
     "UnsafeStagedFileError",
+    "check_body_length",
     "parse_put_meta",
+    "put_from_body",
     "put_from_staged_file",
-    "read_blob",
     "read_staged_file",
 ]
 
@@ -127,9 +136,8 @@ def _floats(value: list[float] | str | None, zeros: int, field: str) -> NDArray[
         raise _invalid_meta(field, str(exc)) from None
 
 
-async def read_blob(request: web.Request, nbytes: int) -> memoryview:
-    """The body of a put whose metadata says ``nbytes``, or a 4xx before reading it
-    when its Content-Length says otherwise (see :func:`read_exactly` for the rest)."""
+def check_body_length(request: web.Request, nbytes: int) -> None:
+    """411 or 400 unless the Content-Length says ``nbytes`` (before a byte is read)."""
     length = request.content_length
     if length is None:
         raise ApiError(ErrorCode.LENGTH_REQUIRED, "a put needs a Content-Length", status=411)
@@ -138,7 +146,66 @@ async def read_blob(request: web.Request, nbytes: int) -> memoryview:
             ErrorCode.LENGTH_MISMATCH,
             f"the metadata's shape and dtype make {nbytes} bytes; Content-Length is {length}",
         )
-    return await read_exactly(request, nbytes, BodyDeadline.of(request.app[SETTINGS].server))
+
+
+async def put_from_body(
+    request: web.Request, engine: KvCache, meta: VariantMeta, tenant: KvTenant
+) -> PutResult:
+    """A put whose bytes are the request body, stored on a worker thread.
+
+    The body is read straight into room in the host tier when it has some
+    (:meth:`KvCache.put_buffer`: the tier then needs no copy of its own, and LMDB copies
+    from there), else into a reused buffer (:mod:`~semcached.service.http.body_buffers`).
+    411/400 from the Content-Length before anything is reserved; see :func:`read_into`
+    for the rest.
+    """
+    check_body_length(request, meta.nbytes)
+    app = request.app
+    executor = app[EXECUTOR]
+    deadline = BodyDeadline.of(app[SETTINGS].server)
+    into = None
+    if engine.host is not None and meta.nbytes > 0:
+        into = await _put_buffer(executor, engine, meta.nbytes)
+    if into is None:
+        buffers = app[BODY_BUFFERS]
+        blob = await read_exactly(request, meta.nbytes, deadline, buffers)
+        try:
+            result = await run_blocking(executor, lambda: engine.put(meta, blob, tenant=tenant))
+        except asyncio.CancelledError:
+            raise  # the worker may still be reading the buffer: never reuse it
+        except BaseException:
+            buffers.give_back(blob)
+            raise
+        buffers.give_back(blob)
+        return result
+    try:
+        await read_into(request, meta.nbytes, into.write, deadline)
+    except BaseException:
+        # Not awaited: this may be a cancellation; the worker gives the room back.
+        executor.submit(engine.drop_put_buffer, into)
+        raise
+    reserved = into
+    return await run_blocking(
+        executor, lambda: engine.put(meta, reserved.view, tenant=tenant, into=reserved)
+    )
+
+
+async def _put_buffer(executor: Executor, engine: KvCache, nbytes: int) -> PutBuffer | None:
+    """:meth:`KvCache.put_buffer` on a worker thread; a handler cancelled meanwhile (its
+    client gone) gives the room back once the worker has taken it."""
+    taking = asyncio.ensure_future(run_blocking(executor, engine.put_buffer, nbytes))
+    try:
+        return await asyncio.shield(taking)
+    except asyncio.CancelledError:
+
+        def give_back(done: asyncio.Future[PutBuffer | None]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                taken = done.result()
+                if taken is not None:
+                    executor.submit(engine.drop_put_buffer, taken)
+
+        taking.add_done_callback(give_back)
+        raise
 
 
 def put_from_staged_file(

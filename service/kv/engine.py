@@ -24,7 +24,9 @@ Write path (:meth:`KvCache.put`): validate against the model's shape → make ro
 on disk (evictions by the disk tier's policy) → one durable LMDB transaction with
 the blob, its metadata and the evictions → the variant becomes visible → it is
 copied into the host tier (demoting host victims). A put is acknowledged only after
-its commit, and nothing of it is readable before.
+its commit, and nothing of it is readable before. A caller that reads the bytes
+itself (the HTTP body) may first take room in the host tier (:meth:`KvCache.put_buffer`)
+and read them there: LMDB then copies from it, and the host tier needs no copy.
 
 Removals (deletes and evictions) leave memory under the lock but reach LMDB after
 it, in their own write; until that write returns, the key is *being removed* and a
@@ -110,6 +112,7 @@ from semcached.service.kv.types import (
     Lease,
     LeasedBlob,
     Plan,
+    PutBuffer,
     PutResult,
     Variant,
 )
@@ -254,6 +257,25 @@ class KvCache:
 
     # -- writes ----------------------------------------------------------------------------
 
+    def put_buffer(self, nbytes: int) -> PutBuffer | None:
+        """Room in the host tier to read a put's ``nbytes`` straight into, so that the
+        tier needs no copy of its own (demoting host blobs to make it); None without a
+        host tier or when it has no room. Pass it to :meth:`put` with the bytes read
+        into it, or to :meth:`drop_put_buffer` when the put goes no further."""
+        if self._placement is None or nbytes <= 0:
+            return None
+        vid = next(self._ids)
+        view = self._placement.reserve_put(vid, nbytes)
+        if view is None:
+            return None
+        host = self._placement.host
+        return PutBuffer(vid, view, lambda at, piece: host.write_at(vid, at, piece))
+
+    def drop_put_buffer(self, buffer: PutBuffer) -> None:
+        """Give back the room of a put that was not stored (a no-op once it was)."""
+        if self._placement is not None:
+            self._placement.discard(buffer.vid)
+
     def put(
         self,
         meta: VariantMeta,
@@ -261,10 +283,13 @@ class KvCache:
         *,
         tenant: KvTenant = UNSCOPED,
         share: bool = True,
+        into: PutBuffer | None = None,
     ) -> PutResult:
         """Store one variant durably under ``tenant``'s scope; returns after the commit,
         then queues it for the shared tier unless ``share`` is False (a variant fetched
-        from there). See the module docstring.
+        from there). See the module docstring. ``into``: the :meth:`put_buffer` that
+        ``blob`` was read into; it becomes the variant's host copy when the put commits
+        and is given back otherwise.
 
         Raises BadRequestError (unknown model, shape or length mismatch, metadata that
         cannot be stored), PayloadTooLargeError (over ``max_blob_bytes``, the disk budget
@@ -272,6 +297,21 @@ class KvCache:
         concurrently) and InsufficientStorageError (the store is full and nothing is
         left to evict).
         """
+        if into is None:
+            return self._put(meta, blob, tenant, share, None)
+        try:
+            return self._put(meta, blob, tenant, share, into)
+        finally:
+            self.drop_put_buffer(into)  # unless published: a failed put leaves no room taken
+
+    def _put(
+        self,
+        meta: VariantMeta,
+        blob: bytes | bytearray | memoryview,
+        tenant: KvTenant,
+        share: bool,
+        into: PutBuffer | None,
+    ) -> PutResult:
         write = self._encode_put(meta, blob, tenant)
         key = meta.key
         with self._lock:
@@ -283,7 +323,7 @@ class KvCache:
             old = self._by_key.get(key)
             if old is not None:  # replaced: stop serving the old bytes now
                 self._forget(old.vid)
-            vid = next(self._ids)
+            vid = next(self._ids) if into is None else into.vid
             # Admitted (and counted) before it is written, so that the policy treats it
             # as the newcomer and concurrent puts see its bytes.
             self.disk.admit(vid, meta.nbytes, pending=True)
@@ -303,6 +343,8 @@ class KvCache:
                 if committed:  # visible from here on, and not before
                     self.disk.settle(vid)
                     variant = self._add(meta, vid)
+                    if into is not None and self._placement is not None:
+                        self._placement.publish_put(variant)  # the bytes are there
                     # Over budget only if concurrent puts were all pending a moment ago.
                     late = self._remove(self.disk.make_room())
                 else:
@@ -314,7 +356,10 @@ class KvCache:
             except StoreFullError as exc:  # the put is durable; these return at a restart
                 log.warning("could not delete %d evicted chunk variants: %s", len(late), exc)
         tiers = ["disk"]
-        if self._place(variant, blob):
+        if self._placement is not None and into is not None:
+            if self._placement.host.holds(vid):
+                tiers.insert(0, "host")
+        elif self._place(variant, blob):
             tiers.insert(0, "host")
         if share and self.shared is not None:
             self.shared.share(meta, write.record)

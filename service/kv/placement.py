@@ -155,6 +155,30 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
             vid, offset = self._unpins.popleft()
             self.host.unpin(vid, offset)
 
+    def reserve_put(self, vid: int, nbytes: int) -> memoryview | None:
+        """A view of a fresh, invisible extent for the put that will be ``vid`` (demoting
+        others to make room), or None when there is none; fill it with
+        :meth:`HostTier.write_at`."""
+        with self._lock:
+            self.drain_unpins()
+            try:
+                if self.host.reserve(vid, nbytes) is None:
+                    return None
+            except Exception:
+                log.exception("could not reserve room in the host tier for a put")
+                return None
+            return self.host.filling_view(vid)
+
+    def publish_put(self, v: Variant) -> None:
+        """Publish the extent that ``v``'s put was read into (lock held)."""
+        self.host.publish(v.vid, v.saved_tokens)
+
+    def discard(self, vid: int) -> None:
+        """Give back a put's extent unless it was published (a no-op then)."""
+        with self._lock:
+            if not self.host.holds(vid):
+                self.host.remove(vid)
+
     def pin(self, v: Variant) -> ShmHandle | None:
         if not self.host.holds(v.vid):
             return None

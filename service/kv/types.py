@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from semcached.cachepolicy.reuse import ChunkDecision, VariantStats
@@ -15,6 +16,7 @@ __all__ = [
     "Lease",
     "LeasedBlob",
     "Plan",
+    "PutBuffer",
     "PutResult",
     "Variant",
 ]
@@ -37,6 +39,17 @@ class PutResult:
     nbytes: int
     tiers: tuple[str, ...]  # where the bytes are now
     evicted: int  # variants evicted from disk to make room
+
+
+@dataclass(frozen=True, slots=True)
+class PutBuffer:
+    """Room in the host tier for one put's bytes (:meth:`KvCache.put_buffer`): fill it
+    with ``write(at, piece)`` as the body arrives, then hand it to :meth:`KvCache.put`
+    (``view`` as the blob) or to :meth:`KvCache.drop_put_buffer`."""
+
+    vid: int  # the id the variant will have
+    view: memoryview  # the reserved extent, invisible until the put commits
+    write: Callable[[int, bytes], None]  # copies a piece in at an offset (pwrite)
 
 
 @dataclass(frozen=True, slots=True)

@@ -477,3 +477,16 @@ def test_the_segment_is_private_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert info.st_mode & 0o777 == 0o600
+
+
+def test_a_write_lands_at_its_place_in_the_extent_and_must_fit(arena: ShmArena) -> None:
+    offset = arena.allocate(2 * PAGE_SIZE)
+    assert offset is not None
+    arena.write(offset, b"head")
+    arena.write(offset, b"tail", at=2 * PAGE_SIZE - 4)
+    with arena.view(offset, 2 * PAGE_SIZE) as view:
+        assert bytes(view[:4]) == b"head"
+        assert bytes(view[-4:]) == b"tail"
+        assert bytes(view[4:-4]) == bytes(2 * PAGE_SIZE - 8)
+    with pytest.raises(ValueError, match="do not fit"):
+        arena.write(offset, b"x", at=2 * PAGE_SIZE)

@@ -46,6 +46,7 @@ from semcached.service.auth.scopes import Scope
 from semcached.service.blocking import run_blocking
 from semcached.service.config import Settings
 from semcached.service.http.appkeys import (
+    BODY_BUFFERS,
     EXECUTOR,
     KV,
     METRICS,
@@ -54,13 +55,14 @@ from semcached.service.http.appkeys import (
     daemon_context,
 )
 from semcached.service.http.bodies import UploadBudget
+from semcached.service.http.body_buffers import BodyBuffers
 from semcached.service.http.decoding import Decoder
 from semcached.service.http.jsonio import struct_response
 from semcached.service.http.kv_puts import (
     key_or_400,
     parse_put_meta,
+    put_from_body,
     put_from_staged_file,
-    read_blob,
 )
 from semcached.service.http.kv_replies import leased_reply, meta_fields, meta_header, plan_reply
 from semcached.service.http.routing import (
@@ -92,6 +94,7 @@ group = RouteGroup(
 def _install_engine(app: web.Application) -> None:
     app[KV] = install_kv_cache(daemon_context(app))
     app[UPLOADS] = UploadBudget(app[SETTINGS].kv.max_inflight_upload_bytes, app[METRICS].registry)
+    app[BODY_BUFFERS] = BodyBuffers(app[SETTINGS].kv.body_buffer_bytes)
 
 
 _INLINE_PLAN_CHUNKS = 32
@@ -238,9 +241,7 @@ async def put_chunk(request: web.Request) -> web.Response:
                 executor, put_from_staged_file, request.app, meta, source, tenant
             )
         else:
-            blob = await read_blob(request, meta.nbytes)
-            result = await run_blocking(executor, lambda: engine.put(meta, blob, tenant=tenant))
-            blob.release()
+            result = await put_from_body(request, engine, meta, tenant)
     body = KvPutResult(**meta_fields(meta), tiers=result.tiers, evicted=result.evicted)
     return struct_response(body, status=201 if result.created else 200)
 
