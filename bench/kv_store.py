@@ -2,7 +2,7 @@
 
     python bench/kv_store.py            # 1, 4 and 16 MiB blobs
     python bench/kv_store.py --quick    # a smoke run (fewer blobs and repeats)
-    python bench/kv_store.py --csv      # also one csv line per cell
+    python bench/kv_store.py --csv F    # also one CSV line per cell (bench/_figures.py)
 
 Starts ``semcached serve`` on a fresh data directory (a model shaped so that a token
 is 32 KiB of float16 KV) and measures, for each blob size, side by side in one run:
@@ -60,6 +60,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
 from _durable import dd_direct, fdatasync_loop, parallel_puts  # noqa: E402
+from _figures import Figure, write_figures  # noqa: E402
 from _server import Server, histogram, histogram_quantile, running  # noqa: E402
 
 from semcached.cachepolicy.lru import LruPolicy  # noqa: E402
@@ -340,13 +341,27 @@ def print_durable(durables: dict[int, dict[str, float | None]], blobs: int) -> N
         print(f"{size:>5} MiB " + " ".join(f"{c:>15}" for c in cells))
 
 
-def durable_csv(durables: dict[int, dict[str, float | None]]) -> None:
-    for size, row in durables.items():
-        base = row["write_fsync"] or 0.0
-        for c in DURABLE:
-            value = row[c]
-            cells = "," if value is None else f"{value:.1f},{value / base:.3f}"
-            print(f"csv,durable,{size},{c},{cells}")
+def figures(
+    rows: dict[int, dict[str, float]],
+    columns: tuple[str, ...],
+    durables: dict[int, dict[str, float | None]],
+) -> list[Figure]:
+    """The CSV lines: each throughput cell beside memcpy, each durable write beside the
+    write+fdatasync loop."""
+    out = [
+        Figure("kv_store", f"{size} MiB {c}", "MB/s vs memcpy", row[c], row["memcpy"])
+        for size, row in rows.items()
+        for c in columns[1:]
+    ]
+    for size, durable_row in durables.items():
+        base = durable_row["write_fsync"] or 0.0
+        for c in DURABLE[1:]:
+            value = durable_row[c]
+            if value is not None:
+                out.append(
+                    Figure("kv_store", f"{size} MiB {c}", "MB/s vs write_fsync", value, base)
+                )
+    return out
 
 
 def goals_met(
@@ -376,8 +391,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--plan-repeats", type=int, default=300)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--csv", action="store_true",
-                        help="also print csv,table,size_mib,path,mb_s,ratio lines")  # fmt: skip
+    parser.add_argument("--csv", type=Path, default=None,
+                        help="also write one CSV line per cell to this file")  # fmt: skip
     parser.add_argument("--example", type=Path, help="write the example plan JSON here")
     args = parser.parse_args()
     if args.quick:
@@ -425,11 +440,8 @@ def main() -> None:
           "   (from its latency histogram: bucket-interpolated)")  # fmt: skip
     goals = goals_met(rows, handler, durables)
     print("\nGoals: " + "; ".join(f"{g}: {'met' if ok else 'missed'}" for g, ok in goals))
-    if args.csv:
-        for size, row in rows.items():
-            for c in columns:
-                print(f"csv,throughput,{size},{c},{row[c]:.1f},{row[c] / row['memcpy']:.3f}")
-        durable_csv(durables)
+    if args.csv is not None:
+        write_figures(args.csv, figures(rows, columns, durables))
     if args.example is not None:
         import orjson
 
