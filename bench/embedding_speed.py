@@ -137,7 +137,8 @@ async def run(args: argparse.Namespace) -> None:
     embedders = {r: await open_embedder(r, args.cache, executor) for r in runtimes}
     backend = embedders["torch"].backend
     print(
-        f"model threads: {getattr(backend, 'torch_threads', '?')}; texts: {n_texts} distinct STS-B sentences"
+        f"model threads: {getattr(backend, 'torch_threads', '?')}; "
+        f"texts: {n_texts} distinct STS-B sentences"
     )
     csv: list[str] = []
 
