@@ -76,11 +76,8 @@ def length_groups(lengths: Sequence[int], max_group: int = 64) -> list[list[int]
 
 
 class OnnxEncoder:
-    """The exported MiniLM in one ONNX Runtime session, with its tokenizer; blocking calls.
-
-    Not thread-safe to call concurrently with itself only in the sense that both calls
-    share ``threads`` cores; ONNX Runtime's ``run`` itself is thread-safe.
-    """
+    """The exported MiniLM in one ONNX Runtime session, with its tokenizer; blocking
+    calls (ONNX Runtime's ``run`` is thread-safe; each call uses ``threads`` cores)."""
 
     def __init__(self, model_file: str, model_path: str, *, threads: int) -> None:
         ort = importlib.import_module("onnxruntime")

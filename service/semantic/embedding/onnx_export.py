@@ -18,6 +18,7 @@ crash leaves no file that passes; a file whose checksum does not match is export
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import importlib
 import importlib.metadata
@@ -142,6 +143,15 @@ def onnx_model_file(model_path: str, cache_dir: Path, params: ExportParams) -> P
     manifest = cache_dir / f"{key}.json"
     if _valid(model, manifest):
         return model
+    # Daemons sharing the folder (tests, replicas on one volume) export it once.
+    with (cache_dir / f".{key}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _valid(model, manifest):
+            return model
+        return _export_verified(model_path, model, manifest, params)
+
+
+def _export_verified(model_path: str, model: Path, manifest: Path, params: ExportParams) -> Path:
     if model.exists() or manifest.exists():
         log.warning("the cached ONNX model %s is incomplete or damaged; exporting it again", model)
         for stale in (manifest, model):
@@ -154,7 +164,7 @@ def onnx_model_file(model_path: str, cache_dir: Path, params: ExportParams) -> P
         raise
     except Exception as exc:  # the exporters raise anything; the caller falls back to torch
         raise OnnxExportError(f"exporting MiniLM to ONNX failed: {exc!r}") from exc
-    meta = {"sha256": _sha256(model), "bytes": model.stat().st_size, "key": key}
+    meta = {"sha256": _sha256(model), "bytes": model.stat().st_size, "key": model.stem}
     _write_atomically(manifest, lambda p: p.write_text(json.dumps(meta)))
     log.info("exported MiniLM to %s in %.1f s", model, time.perf_counter() - started)
     return model
