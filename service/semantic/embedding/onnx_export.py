@@ -229,8 +229,9 @@ def _quantize(source: Path, target: Path) -> None:
         if n.op_type in ("MatMul", "Attention")
         and ("layer.0/" in n.name or n.name == "Attention_0")
     ]
-    # The quantiser logs a line per tensor on the root logger: hold INFO back meanwhile.
-    logging.disable(logging.INFO)
+    # The quantiser logs a line per tensor and a pre-processing hint on the root
+    # logger: hold them back meanwhile (a second or two at the first start).
+    logging.disable(logging.WARNING)
     try:
         quantization.quantize_dynamic(
             str(source),
