@@ -269,8 +269,9 @@ class EmbeddingSettings:
     )
     onnx_int8: bool = _setting(
         False,
-        "Quantise the exported `onnx` model to int8 (dynamic; faster, but its vectors "
-        "differ more from torch's: see docs).",
+        "Quantise the exported `onnx` model to int8 (dynamic): about 2x the float "
+        "export's speed, but its vectors drift from torch's (worst cosine 0.97) and hit "
+        "quality drops a little.",
     )
     model_cache_dir: str = _setting(
         "",
