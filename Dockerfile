@@ -30,8 +30,9 @@ COPY . /src
 # With a wheelhouse: install from it alone (no network, no compiler). Without one:
 # a compiler for the Cython extensions and hnswlib, torch CPU from its own index, the
 # rest from PyPI.
-# Then what the daemon never loads goes (about 150 MB): torch's C++ headers, test
-# programs and tools (torch_shm_manager stays), the packages' own test suites, and pip.
+# Then what the daemon never loads goes (about 170 MB): torch's C++ headers, test
+# programs and tools (torch_shm_manager stays), the packages' own test suites (onnx's
+# 18 MB of backend test data among them), and pip.
 # hadolint ignore=DL3008
 RUN python3 -m venv /opt/venv \
     && if compgen -G '/src/wheelhouse/semcached-*.whl' > /dev/null; then \
@@ -47,6 +48,7 @@ RUN python3 -m venv /opt/venv \
     && find "${torch_dir}/bin" -mindepth 1 -not -name torch_shm_manager -delete \
     && rm -rf "${torch_dir}/include" "${torch_dir}/test" "${torch_dir}"/lib/*.a \
     && find /opt/venv/lib/python3*/site-packages -depth -type d -name tests -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3*/site-packages/onnx/backend/test \
     && /opt/venv/bin/python -m pip uninstall --yes --quiet pip \
     && /opt/venv/bin/semcached version
 

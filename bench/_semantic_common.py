@@ -207,15 +207,21 @@ async def minilm_engine(
     *,
     threads: int = 2,
     verifier: Verifier | None = None,
+    runtime: str = "onnx",
 ) -> AsyncIterator[SemanticCache]:
     """An open in-process :class:`SemanticCache` embedding with MiniLM, its LMDB under
     ``workdir``, HNSW at M=16, ef_construction 200, ef_search 128, and ``verifier``
-    judging its grey band (with the daemon's default token settings); closed on exit."""
+    judging its grey band (with the daemon's default token settings); closed on exit.
+    ``runtime``: ``onnx`` (the default), ``onnx-int8`` or ``torch``."""
     executor = ThreadPoolExecutor(threads, thread_name_prefix="bench")
     env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
     tokens = VerificationSettings()
     embedder = create_embedder(
-        EmbeddingSettings(backend="minilm"),
+        EmbeddingSettings(
+            backend="minilm",
+            runtime="torch" if runtime == "torch" else "onnx",
+            onnx_int8=runtime == "onnx-int8",
+        ),
         executor,
         token_cache_bytes=tokens.token_cache_bytes if verifier is not None else 0,
         max_tokens=tokens.max_tokens,

@@ -33,6 +33,7 @@ the curve as a PNG (``--png``).
     python bench/semantic_quality.py                          # GPTCache's pairs
     python bench/semantic_quality.py --stsb ../shared/data/stsb --png out.png
     python bench/semantic_quality.py --pairs pairs.tsv
+    python bench/semantic_quality.py --runtime torch          # MiniLM on torch, not ONNX
 
 Needs the ``embed`` extra (and matplotlib for ``--png``).
 """
@@ -178,6 +179,8 @@ async def run_pairwise(
     verifier: Verifier,
     calibrate_on: list[Pair] | None,
     budget: float,
+    *,
+    runtime: str,
 ) -> list[ModeRun]:
     modes: list[tuple[str, Verifier | None, float]] = [
         ("threshold", None, 0.0),
@@ -190,7 +193,7 @@ async def run_pairwise(
         where = workdir / name.split()[0]
         where.mkdir()
         async with minilm_engine(
-            where, categories(mode_budget), threads=4, verifier=mode_verifier
+            where, categories(mode_budget), threads=4, verifier=mode_verifier, runtime=runtime
         ) as engine:
             if mode_budget and calibrate_on:
                 await insert_pairwise(engine, calibrate_on, "cal")
@@ -219,13 +222,17 @@ async def run_pairwise(
     return runs
 
 
-async def run_shared(pairs: list[Pair], workdir: Path, verifier: Verifier) -> list[ModeRun]:
+async def run_shared(
+    pairs: list[Pair], workdir: Path, verifier: Verifier, runtime: str
+) -> list[ModeRun]:
     """GPTCache's protocol: one cache of every ``stored``, every ``asked`` looked up."""
     runs = []
     for name, mode_verifier in (("threshold", None), ("verifier", verifier)):
         where = workdir / name
         where.mkdir()
-        async with minilm_engine(where, categories(), threads=4, verifier=mode_verifier) as engine:
+        async with minilm_engine(
+            where, categories(), threads=4, verifier=mode_verifier, runtime=runtime
+        ) as engine:
             await engine.insert_many(
                 [Insert("bench", p.stored, orjson.dumps(i)) for i, p in enumerate(pairs)]
             )
@@ -442,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-fhr", type=float, default=0.03, help="curve operating point")
     parser.add_argument("--png", type=Path, help="write the recall-vs-false-hit curve here")
     parser.add_argument("--limit", type=int, help="only the first N pairs (a smoke run)")
+    parser.add_argument(
+        "--runtime",
+        choices=("onnx", "onnx-int8", "torch"),
+        default="onnx",
+        help="what runs MiniLM (embedding.runtime; onnx-int8: with embedding.onnx_int8)",
+    )
     args = parser.parse_args(argv)
     verifier = TreeVerifier.load()
     calibrate_on: list[Pair] | None = None
@@ -459,14 +472,16 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# {len(pairs)} pairs ({counts}); "
         f"verifier {verifier.name}, band [{verifier.band[0]:.3f}, {verifier.band[1]:.3f}), "
-        f"threshold {verifier.threshold:.3f}",
+        f"threshold {verifier.threshold:.3f}; MiniLM on {args.runtime}",
         file=sys.stderr,
     )
     with tempfile.TemporaryDirectory(prefix="semcached-bench-") as workdir:
         if shared:
-            print_shared(asyncio.run(run_shared(pairs, Path(workdir), verifier)))
+            print_shared(asyncio.run(run_shared(pairs, Path(workdir), verifier, args.runtime)))
             return 0
-        runs = asyncio.run(run_pairwise(pairs, Path(workdir), verifier, calibrate_on, args.budget))
+        runs = asyncio.run(
+            run_pairwise(pairs, Path(workdir), verifier, calibrate_on, args.budget, args.runtime)
+        )
     labelled_hard = "hard" in kinds
     print_modes(runs, labelled_hard)
     print_curves(runs, "hard" if labelled_hard else "negative", args.max_fhr, args.png)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import urllib3
 
+from semcached.service.semantic.embedding.onnx_export import default_model_cache_dir
+
 _LISTENING = re.compile(r"listening on (http://[\d.]+:\d+)")
 
 
@@ -25,6 +27,9 @@ class DaemonProcess:
         if "--embedding.backend" not in args:
             # Most tests send vectors; the model tests ask for it explicitly.
             args = [*args, "--embedding.backend", "none"]
+        if "--embedding.model_cache_dir" not in args:
+            # One ONNX export of MiniLM for every test daemon, not one per data directory.
+            args = [*args, "--embedding.model_cache_dir", str(default_model_cache_dir())]
         child_env = {k: v for k, v in os.environ.items() if not k.startswith("SEMCACHED_")}
         child_env.update(env or {})
         self.proc = subprocess.Popen(

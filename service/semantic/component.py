@@ -176,6 +176,7 @@ def install_semantic_cache(daemon: DaemonContext) -> Slot[SemanticCache]:
         stats=embedding_stats,
         token_cache_bytes=verification.token_cache_bytes if verification.enabled else 0,
         max_tokens=verification.max_tokens,
+        model_cache_dir=settings.storage.data_dir / "models",
     )
     choice = choose_verifier(verification, settings.embedding, embedder.name)
     if choice.degraded and choice.reason is not None:
