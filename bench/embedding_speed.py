@@ -18,7 +18,7 @@ Model threads are the daemon's default (``embedding.torch_threads`` = 0: half th
 cores). The ONNX files are exported on first use into ``--cache`` (kept for later runs).
 
     python bench/embedding_speed.py --stsb ../shared/data/stsb
-    python bench/embedding_speed.py --stsb DIR --quick --csv    # 1,000 texts, short cells
+    python bench/embedding_speed.py --stsb DIR --quick --csv F  # 1,000 texts, short cells
     python bench/embedding_speed.py --stsb DIR --runtimes torch,onnx
 
 Needs the ``embed`` extra.
@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _figures import Figure, write_figures
 from _stsb import load_stsb
 
 from semcached.service.config import EmbeddingSettings
@@ -153,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
         f"model threads: {getattr(backend, 'torch_threads', '?')}; "
         f"texts: {n_texts} distinct STS-B sentences"
     )
-    csv: list[str] = []
+    figures: list[Figure] = []
 
     # 1. Agreement with torch, per text.
     reference = await vectors(embedders["torch"], texts[:n_texts])
@@ -165,7 +166,7 @@ async def run(args: argparse.Namespace) -> None:
         low = int((cos < 0.99).sum())
         p01 = float(np.quantile(cos, 0.001))
         print(f"{r:<10} {cos.min():8.4f} {p01:8.4f} {cos.mean():8.5f} {low:6d}")
-        csv.append(f"agreement,{r},{cos.min():.5f},{p01:.5f},{cos.mean():.6f},{low}")
+        figures.append(Figure("embedding_speed", r, "min cosine vs torch", cos.min(), 1.0))
 
     # 2. Speed through the embedder and micro-batcher. Every runtime gets the same
     # texts (the LRU cache is off), a seeded sample: the files run from short captions
@@ -194,17 +195,15 @@ async def run(args: argparse.Namespace) -> None:
                 f"{callers:>4} {r:<10} {cell.rate:8.0f} {ratio:8.2f} "
                 f"{cell.latency_ms(0.5):8.2f} {cell.latency_ms(0.99):8.2f} {cell.mean_batch:6.1f}"
             )
-            csv.append(
-                f"speed,{r},{callers},{cell.rate:.1f},{ratio:.3f},{cell.latency_ms(0.5):.3f},"
-                f"{cell.latency_ms(0.99):.3f},{cell.mean_batch:.2f}"
-            )
+            if r != "torch":
+                figures.append(
+                    Figure("embedding_speed", f"c{callers} {r}", "texts/s", cell.rate, base_rate)
+                )
     for embedder in embedders.values():
         await embedder.close()
     executor.shutdown()
-    if args.csv:
-        print("\n# agreement,runtime,min,p0_1,mean,below_0_99")
-        print("# speed,runtime,concurrency,texts_s,x_torch,p50_ms,p99_ms,mean_batch")
-        print("\n".join(csv))
+    if args.csv is not None:
+        write_figures(args.csv, figures)
 
 
 def main() -> None:
@@ -220,7 +219,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=default_model_cache_dir())
     parser.add_argument("--seed", type=int, default=1, help="of the speed cells' sample")
     parser.add_argument("--quick", action="store_true", help="1,000 texts, short cells")
-    parser.add_argument("--csv", action="store_true", help="also print the rows as CSV")
+    parser.add_argument(
+        "--csv", type=Path, default=None, help="also write the rows as CSV lines to this file"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     asyncio.run(run(args))
