@@ -69,14 +69,15 @@ class MicroBatcher:
 
     A batch leaves when it holds ``max_batch`` texts, or ``max_wait_s`` after its oldest
     text arrived, whichever is first; at most ``max_concurrency`` batches run at once
-    (while they do, new texts queue up and leave together). Each caller gets its own
-    rows in order; an exception from ``batch_fn`` reaches every caller of that batch; a
-    cancelled caller's texts are dropped if not yet sent, its rows discarded if they
-    were. At most ``max_queued`` texts wait. A submission that fits in the free room is
-    queued whole; a larger one (an in-process ``insert_many`` of thousands) is fed in
-    slices as room frees up, holding at most half the queue so that other callers
-    still get in. :meth:`submit` fails fast (503) only when the queue has no room for
-    the caller's first slice.
+    (while they do, new texts queue up and leave together), and a backlog is split
+    evenly over the free ones so that every core of a thread-safe backend gets a share.
+    Each caller gets its own rows in order; an exception from ``batch_fn`` reaches every
+    caller of that batch; a cancelled caller's texts are dropped if not yet sent, its
+    rows discarded if they were. At most ``max_queued`` texts wait. A submission that
+    fits in the free room is queued whole; a larger one (an in-process ``insert_many``
+    of thousands) is fed in slices as room frees up, holding at most half the queue so
+    that other callers still get in. :meth:`submit` fails fast (503) only when the queue
+    has no room for the caller's first slice.
     """
 
     def __init__(
@@ -94,7 +95,9 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.max_queued = max_queued if max_queued is not None else max(1024, 64 * max_batch)
+        self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._in_flight = 0  # batches collecting or running, each holding a slot
         self._queue: deque[_Slice] = deque()
         self._queued_texts = 0
         self._feeding: deque[_Request] = deque()  # admitted, texts still to queue
@@ -140,13 +143,14 @@ class MicroBatcher:
     async def _work(self) -> None:
         while True:
             await self._slots.acquire()
+            self._in_flight += 1
             try:
                 batch = await self._collect()
             except asyncio.CancelledError:
-                self._slots.release()
+                self._release()
                 raise
             except Exception:  # a bug here must not leave callers waiting forever
-                self._slots.release()
+                self._release()
                 log.exception("embedding batcher failed; failing the queued texts")
                 self._fail_queued(EmbeddingError("internal error in the embedding batcher"))
                 self._worker = None  # the next submit starts a new one
@@ -210,9 +214,12 @@ class MicroBatcher:
             except TimeoutError:
                 break
             self._prune()
+        # An even share of the backlog for each free slot, this one included.
+        free = self.max_concurrency - self._in_flight + 1
+        limit = min(self.max_batch, -(-self._queued_texts // free))
         batch: list[_Slice] = []
         size = 0
-        while self._queue and size + self._queue[0].size <= self.max_batch:
+        while self._queue and (not batch or size + self._queue[0].size <= limit):
             piece = self._queue.popleft()
             self._queued_texts -= piece.size
             piece.request.queued -= piece.size
@@ -251,7 +258,11 @@ class MicroBatcher:
                 if request.complete:
                     request.future.set_result(request.out)
         finally:
-            self._slots.release()
+            self._release()
+
+    def _release(self) -> None:
+        self._in_flight -= 1
+        self._slots.release()
 
     async def close(self) -> None:
         """Refuse new texts, fail the queued ones (503), let running batches finish."""

@@ -35,6 +35,7 @@ __all__ = [
     "encode_with_tokens",
     "load_minilm",
     "minilm_model_path",
+    "usable_cpus",
 ]
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,8 @@ def minilm_model_path() -> str:
     return path
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):  # honours taskset/cpusets, unlike cpu_count()
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -152,7 +154,7 @@ def default_torch_threads() -> int:
     4-7 and 41-55 (OpenMP threads spin-wait on a core someone else holds). A busy
     neighbour is the normal case in the daemon, so a 2-core box gets one thread.
     """
-    return max(1, min(4, _usable_cpus() // 2))
+    return max(1, min(4, usable_cpus() // 2))
 
 
 class MiniLMBackend:

@@ -42,6 +42,7 @@ from semcached.service.semantic.embedding.minilm import (
     MiniLMBackend,
     default_torch_threads,
     minilm_model_path,
+    usable_cpus,
 )
 from semcached.service.semantic.embedding.onnx_export import (
     ExportParams,
@@ -164,7 +165,6 @@ class OnnxMiniLMBackend:
 
     name = MINILM_MODEL_NAME
     dim = MINILM_DIM
-    max_concurrency = 1
 
     def __init__(
         self,
@@ -186,6 +186,16 @@ class OnnxMiniLMBackend:
         self._encoder: OnnxEncoder | None = None
         self._torch: MiniLMBackend | None = None
         self.model_file: Path | None = None
+
+    @property
+    def max_concurrency(self) -> int:
+        """Batches run at once: ONNX Runtime's ``run`` is thread-safe and releases the
+        GIL, so one batch per ``threads`` cores keeps every core busy under load
+        (measured on 2 cores, 64 callers: 1.64x torch's texts/s with 2 batches, 1.17x
+        with 1); torch, the fallback, runs one at a time."""
+        if self._torch is not None:
+            return 1
+        return max(1, usable_cpus() // self.threads)
 
     @property
     def runtime(self) -> str:

@@ -156,6 +156,36 @@ async def test_slices_finishing_out_of_order_keep_their_order() -> None:
     await batcher.close()
 
 
+async def test_a_backlog_is_split_evenly_over_the_free_batch_slots() -> None:
+    calls: list[list[str]] = []
+    running = 0
+    most_at_once = 0
+
+    async def model(texts: list[str]) -> Matrix:
+        nonlocal running, most_at_once
+        calls.append(texts)
+        running += 1
+        most_at_once = max(most_at_once, running)
+        await asyncio.sleep(0.02)
+        running -= 1
+        return bows(texts)
+
+    batcher = MicroBatcher(model, max_batch=32, max_wait_s=0.01, max_concurrency=2)
+    texts = [f"s{i}" for i in range(16)]
+    results = await asyncio.gather(*(batcher.submit([t]) for t in texts))
+    for text, rows in zip(texts, results, strict=True):
+        np.testing.assert_allclose(rows[0], bow(text), rtol=1e-6, atol=1e-6)
+    assert sorted(len(c) for c in calls) == [8, 8]  # not one batch of 16 on one slot
+    assert most_at_once == 2
+    # One slot: the same backlog leaves as one batch.
+    calls.clear()
+    one = MicroBatcher(model, max_batch=32, max_wait_s=0.01, max_concurrency=1)
+    await asyncio.gather(*(one.submit([t]) for t in texts))
+    assert [len(c) for c in calls] == [16]
+    await batcher.close()
+    await one.close()
+
+
 async def test_a_batcher_fault_fails_the_queued_callers_and_recovers(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
