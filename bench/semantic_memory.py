@@ -97,6 +97,12 @@ class Walker:
         return sum(self.size(x) for x in items)
 
 
+def entry_table_bytes(entries: Any, walker: Walker) -> int:
+    if hasattr(entries, "column_bytes"):  # EntryMap: numpy columns and a dict of the rest
+        return int(entries.column_bytes()) + walker.size(entries.promoted)
+    return walker.size(entries)  # a dict of Entry tuples (before EntryMap)
+
+
 def live_ids_bytes(index: Any, walker: Walker) -> int:
     live = index._live
     if hasattr(live, "nbytes"):  # LiveIds: a sorted array and small change sets
@@ -135,7 +141,7 @@ async def measure_semcached(data: Path) -> dict[str, Any]:
     walker = Walker()
     walker.seen.add(id(None))
     parts = {
-        "entry table": walker.size(table.entries),
+        "entry table": entry_table_bytes(table.entries, walker),
         "hnsw live ids": sum(live_ids_bytes(i, walker) for i in engine._indexes.values()),
         "expiry id map": walker.size(table._expiry._key_of),
         "eviction policies": sum(
