@@ -129,8 +129,9 @@ class EntryTable:
         """Feed up to ``limit`` (default: all) backlog entries now. O(limit log n)."""
         start = self._backlog_done
         stop = len(self._backlog) if limit is None else min(len(self._backlog), start + limit)
-        for entry_id in self._backlog[start:stop]:
-            entry = self.entries.peek(entry_id)  # a one-off read: stays in the columns
+        chunk = self._backlog[start:stop]
+        # A one-off read of each: restored entries stay in the columns.
+        for entry_id, entry in zip(chunk, self.entries.peek_many(chunk), strict=True):
             if entry is not None:  # not removed since open
                 self._expiry.add(entry_id, entry.expires_at)
                 self._state[entry.category].eviction.admit(entry_id, entry.size)

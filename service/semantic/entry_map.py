@@ -14,7 +14,10 @@ Reads of restored entries that stay in the columns cost a binary search (about
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import itertools
+import operator
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +36,9 @@ class Entry(NamedTuple):
     expires_at: float
     size: int
 
+
+# Entry from a 6-tuple in C: NamedTuple's own __new__ is a Python function (~1 us).
+_new_entry = functools.partial(tuple.__new__, Entry)
 
 Group = tuple[str, str, str]  # (namespace, category, partition)
 
@@ -100,15 +106,8 @@ class EntryMap:
         return -1
 
     def _entry(self, i: int) -> Entry:
-        namespace, category, partition = self._groups[int(self._group[i])]
-        return Entry(
-            namespace,
-            category,
-            partition,
-            float(self._created[i]),
-            float(self._expires[i]),
-            int(self._size[i]),
-        )
+        numbers = (float(self._created[i]), float(self._expires[i]), int(self._size[i]))
+        return _new_entry(self._groups[int(self._group[i])] + numbers)
 
     def get(self, key: int, default: Entry | None = None) -> Entry | None:
         """The entry of ``key``; a restored one moves to the dict (read again soon)."""
@@ -129,6 +128,33 @@ class EntryMap:
             return entry
         i = self._row(key)
         return None if i < 0 else self._entry(i)
+
+    def peek_many(self, keys: Sequence[int]) -> list[Entry | None]:
+        """:meth:`peek` of each of ``keys`` (ids in ``[0, 2**64)``), one vectorised
+        search for those in the columns: about 0.5 us each instead of 2-3. O(m log n)."""
+        found: list[Entry | None] = [self._dict.get(key) for key in keys]
+        if not self._in_columns:
+            return found
+        if self._pending:
+            self._settle()
+        rest = [i for i, entry in enumerate(found) if entry is None]
+        if not rest or not self._ids.size:
+            return found
+        wanted = np.fromiter((keys[i] for i in rest), dtype=np.uint64, count=len(rest))
+        pos = np.minimum(self._ids.searchsorted(wanted), self._ids.size - 1)
+        hit = (self._ids[pos] == wanted) & self._held[pos]
+        rows = pos[hit]
+        groups = [self._groups[g] for g in self._group[rows].tolist()]
+        numbers = zip(
+            self._created[rows].tolist(),
+            self._expires[rows].tolist(),
+            self._size[rows].tolist(),
+            strict=True,
+        )
+        made = map(_new_entry, map(operator.add, groups, numbers))  # tuples built in C
+        for i, entry in zip(itertools.compress(rest, hit.tolist()), made, strict=True):
+            found[i] = entry
+        return found
 
     def __getitem__(self, key: int) -> Entry:
         entry = self.get(key)

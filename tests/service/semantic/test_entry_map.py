@@ -67,6 +67,8 @@ def test_random_operations_match_a_dict(monkeypatch: pytest.MonkeyPatch, compact
             assert entries.get(key) == model.get(key)
         elif op == 1:
             assert entries.peek(key) == model.get(key)
+            keys = [key, *rng.choice(ids, size=3).tolist(), 10_001]
+            assert entries.peek_many(keys) == [model.get(k) for k in keys]
         elif op == 2:
             assert entries.pop(key, None) == model.pop(key, None)
         elif op == 3:
