@@ -141,7 +141,12 @@ class EntryMap:
         if not rest or not self._ids.size:
             return found
         wanted = np.fromiter((keys[i] for i in rest), dtype=np.uint64, count=len(rest))
-        pos = np.minimum(self._ids.searchsorted(wanted), self._ids.size - 1)
+        # Sorted keys let numpy narrow each search from the last: a random binary
+        # search into millions of ids costs ~20 cache misses.
+        order = np.argsort(wanted)
+        pos = np.empty(len(wanted), dtype=np.intp)
+        pos[order] = self._ids.searchsorted(wanted[order])
+        np.minimum(pos, self._ids.size - 1, out=pos)
         hit = (self._ids[pos] == wanted) & self._held[pos]
         rows = pos[hit]
         groups = [self._groups[g] for g in self._group[rows].tolist()]
@@ -209,6 +214,15 @@ class EntryMap:
         gone = len(self._held) - self._in_columns
         if gone > max(_COMPACT_MIN, self._in_columns):  # mostly holes: compact
             self._settle()
+
+    def any_due(self, now: float) -> bool:
+        """Whether any entry expires at or before ``now`` (the columns vectorised,
+        the dict's entries one by one). O(n) in numpy + O(dict)."""
+        if self._pending:
+            self._settle()
+        if bool((self._expires[self._held] <= now).any()):
+            return True
+        return any(entry.expires_at <= now for entry in self._dict.values())
 
     # -- introspection ---------------------------------------------------------------
 

@@ -82,6 +82,17 @@ def test_random_operations_match_a_dict(monkeypatch: pytest.MonkeyPatch, compact
     check(entries, model)
 
 
+def test_any_due_sees_columns_and_dict() -> None:
+    entries, model = EntryMap(), {}
+    restore(entries, model, [1, 2, 3], 0)
+    first = min(e.expires_at for e in model.values())
+    assert not entries.any_due(first - 1)
+    assert entries.any_due(first)
+    entries.pop(min(model, key=lambda k: model[k].expires_at))
+    entries[9] = Entry("t1", "code", "", 0.0, first - 0.5, 1)
+    assert entries.any_due(first - 0.5)
+
+
 def test_only_reads_and_writes_make_tuples() -> None:
     entries, model = EntryMap(), {}
     restore(entries, model, list(range(1, 101)), 0)
