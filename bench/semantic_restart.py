@@ -1,8 +1,9 @@
 """Restart: time from ``semcached serve`` to ``/readyz`` 200, beside hnswlib's load_index.
 
     python bench/semantic_restart.py                    # 100k and 1M entries
-    python bench/semantic_restart.py --sizes 100000     # one size
-    python bench/semantic_restart.py --quick            # a smoke run at 5k entries
+    python bench/semantic_restart.py --quick            # 100k only: the routine run
+    python bench/semantic_restart.py --sizes 5000       # a smoke run
+    python bench/semantic_restart.py --sizes 1000000 --rebuild-max 0 --cache /tmp/bc --csv
 
 For each size the script writes a data directory in-process with the engine's own
 DocumentStore (the clustered synthetic vectors of bench/_semantic_common.py, dimension
@@ -30,7 +31,8 @@ DocumentStore (the clustered synthetic vectors of bench/_semantic_common.py, dim
   reconciles it with LMDB (with ``--always-restart``, also when no snapshot exists).
 
 Also the start of an empty data directory (the fixed cost of the interpreter, imports
-and components). The goal is a start within 2x the bare ``load_index`` time. The daemon
+and components), and each start's resident memory (``VmRSS``) once ready. The goal
+(issue #20) is a start within 1.5x the bare ``load_index`` time. The daemon
 runs with ``index.snapshot_interval_s = 0`` (snapshots only at shutdown) so no
 background snapshot runs during the first start. The engine's own log line (entries,
 indexes, seconds) is printed under the table.
@@ -69,6 +71,7 @@ from semcached.service.config import IndexSettings
 class Start:
     ready_s: float
     engine_line: str
+    rss_bytes: int  # the daemon's VmRSS when /readyz first answered 200
 
 
 @dataclass(slots=True)
@@ -108,7 +111,19 @@ def start(data_dir: Path, config: Path, args: argparse.Namespace) -> tuple[Serve
         server.stop()
         raise
     lines = [x.split("semantic cache: ", 1)[1] for x in server.lines if "semantic cache: " in x]
-    return server, Start(ready, lines[-1] if lines else "(no engine log line)")
+    return server, Start(ready, lines[-1] if lines else "(no engine log line)", rss(server))
+
+
+def rss(server: Server) -> int:
+    """The child's resident set size in bytes (0 where /proc cannot tell)."""
+    try:
+        status = Path(f"/proc/{server.proc.pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 def dir_bytes(path: Path) -> int:
@@ -228,20 +243,22 @@ def measure_starts(
     )
 
 
-def print_table(results: list[Result], empty: Start | None) -> None:
+def print_table(results: list[Result], empty: Start | None, csv: bool) -> None:
     print(
         "\n| entries | bare load_index s | bare server start s | semcached rebuild start s "
         "| shutdown s | snapshot MB | semcached start from snapshot s "
-        "| fastest start / load_index (goal <= 2x) "
-        "| fastest start / bare server start |"
+        "| fastest start / load_index (goal <= 1.5x) "
+        "| fastest start / bare server start | RSS at ready MB |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    lines: list[str] = []
     for r in results:
         snap = "none" if r.snapshot_bytes is None else f"{r.snapshot_bytes / 1e6:.0f}"
         starts = [x.ready_s for x in (r.first, r.second) if x is not None]
         if r.rebuilt:  # the first start rebuilt; only the second is from a snapshot
             starts = starts[1:] or starts
         fastest = min(starts)
+        rss_mb = max(x.rss_bytes for x in (r.first, r.second) if x is not None) / 1e6
         rebuild = f"{r.first.ready_s:.2f}" if r.rebuilt else "skipped (> --rebuild-max)"
         from_snapshot = (
             ", ".join(
@@ -255,8 +272,12 @@ def print_table(results: list[Result], empty: Start | None) -> None:
         print(
             f"| {r.size} | {r.load_index_s:.2f} | {r.bare_server_s:.2f} "
             f"| {rebuild} | {r.shutdown_s:.2f} | {snap} | {from_snapshot} "
-            f"| {ratio:.1f}x, {'met' if ratio <= 2 else 'missed'} "
-            f"| {fastest / r.bare_server_s:.1f}x |"
+            f"| {ratio:.2f}x, {'met' if ratio <= 1.5 else 'missed'} "
+            f"| {fastest / r.bare_server_s:.2f}x | {rss_mb:.0f} |"
+        )
+        lines.append(
+            f"csv,restart,{r.size},{r.load_index_s:.3f},{r.bare_server_s:.3f},{fastest:.3f},"
+            f"{ratio:.3f},{int(rss_mb * 1e6)}"
         )
     print("\nEngine log lines:")
     if empty is not None:
@@ -267,13 +288,17 @@ def print_table(results: list[Result], empty: Start | None) -> None:
             print(f"- {r.size}, 2nd start: {r.second.engine_line}")
         if r.exit_code:
             print(f"- {r.size}: the daemon exited with status {r.exit_code}")
+    if csv:
+        print("\ncsv,restart,entries,load_index_s,bare_server_s,start_s,ratio,rss_bytes")
+        print("\n".join(lines))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     index = IndexSettings()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--quick", action="store_true", help="5k entries: a smoke test")
+    p.add_argument("--quick", action="store_true", help="100k entries only: the routine run")
+    p.add_argument("--csv", action="store_true", help="also print a csv,... line per row")
     p.add_argument("--repeats", type=int, default=3, help="bare load_index runs (best kept)")
     p.add_argument(
         "--always-restart",
@@ -301,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes = [5_000]
+        args.sizes = [100_000]
     return args
 
 
@@ -334,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: the table holds what ran before", file=sys.stderr)
         except (RuntimeError, MemoryError, OSError) as exc:
             print(f"stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
-    print_table(results, empty)
+    print_table(results, empty, args.csv)
     return 0
 
 

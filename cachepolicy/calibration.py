@@ -61,7 +61,6 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import betaincinv
 
 __all__ = [
     "BANDS",
@@ -106,6 +105,10 @@ def clopper_pearson_upper(
     (element-wise; 1 where ``total`` is 0 or every observation was wrong)."""
     k = np.asarray(wrong, dtype=np.float64)
     n = np.asarray(total, dtype=np.float64)
+    # Imported here, at the first recalibration: scipy.special takes 0.3 s to import,
+    # which every daemon start (the config imports this module) would pay otherwise.
+    from scipy.special import betaincinv
+
     out = np.ones(np.broadcast(k, n).shape, dtype=np.float64)
     ok = (n > 0) & (k < n)
     kk, nn = np.broadcast_to(k, out.shape)[ok], np.broadcast_to(n, out.shape)[ok]

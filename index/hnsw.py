@@ -1,6 +1,6 @@
 """An HNSW vector index on hnswlib: cosine similarity, 64-bit labels, growth, slot reuse.
 
-(About 410 lines, at the house's 400: one wrapper around hnswlib's index.)
+(About 450 lines, over the house's 400: one wrapper around hnswlib's index.)
 
 Vectors are L2-normalised here (validating them) and stored in hnswlib's ``cosine``
 space; hnswlib's labels are ``size_t``, so the semantic cache's 64-bit entry ids are
@@ -46,8 +46,9 @@ vector whose every in-edge loses to a duplicate becomes unreachable (found by th
 property tests: 17 identical vectors and one opposite one, M=8). Generic data is not
 affected; a cache that stores one prompt in many partitions of one index could be.
 
-Memory: hnswlib's ``(4*dim + 8*M + 12)`` bytes per slot plus the set of live ids here
-(about 70 bytes per entry), which answers ``len``, ``in`` and ``ids()`` without hnswlib.
+Memory: hnswlib's ``(4*dim + 8*M + 12)`` bytes per slot plus the live ids here (a
+:class:`~semcached.index.live_ids.LiveIds`: about 8 bytes per entry), which answer
+``len``, ``in`` and ``ids()`` without hnswlib.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ import hnswlib
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from semcached.index.live_ids import LiveIds
 from semcached.index.rwlock import SharedExclusiveLock
-from semcached.index.snapshot import SnapshotError, read_snapshot, write_snapshot
+from semcached.index.snapshot import SnapshotError, open_snapshot, write_snapshot
 from semcached.index.vector_index import (
     IdArray,
     IndexFullError,
@@ -126,7 +128,7 @@ class HnswlibIndex:
             max_capacity=max_capacity,
             num_threads=num_threads,
         )
-        self._live: set[int] = set()
+        self._live = LiveIds()
         self._max_label = -1  # every label hnswlib holds (live or deleted) is <= this
 
     def _setup(
@@ -197,7 +199,7 @@ class HnswlibIndex:
 
     def ids(self) -> IdArray:
         with self._lock.shared():
-            return np.fromiter(self._live, dtype=np.uint64, count=len(self._live))
+            return self._live.to_array()
 
     # -- mutation -------------------------------------------------------------------
 
@@ -216,7 +218,7 @@ class HnswlibIndex:
         index = self._index
         live = self._live
         as_int = labels.tolist()
-        update = np.fromiter((label in live for label in as_int), dtype=bool, count=len(as_int))
+        update = live.contains_many(labels)
         revived: list[int] = []
         for row, label in enumerate(as_int):
             # A label at or below the highest ever added may still sit in a deleted
@@ -241,7 +243,7 @@ class HnswlibIndex:
             )
         if update.any():
             index.add_items(unit[update], labels[update], num_threads=self._num_threads)
-        live.update(as_int)
+        live.add_many(as_int)
         self._max_label = max(self._max_label, int(labels.max()))
 
     def _reserve(self, fresh: int, *, revived: int) -> None:
@@ -323,7 +325,7 @@ class HnswlibIndex:
     def save(self, path: Path) -> None:
         """Snapshot atomically; searches continue meanwhile, mutations wait. O(n)."""
         with self._save_lock, self._lock.shared():
-            live = np.fromiter(self._live, dtype="<u8", count=len(self._live))
+            live = self._live.to_array().astype("<u8", copy=False)  # sorted: a fast load
             meta = {
                 "dim": self._dim,
                 "m": self._m,
@@ -332,6 +334,7 @@ class HnswlibIndex:
                 "capacity": self.capacity,
                 "slots": int(self._index.get_current_count()),
                 "count": int(live.size),
+                "max_label": self._max_label,
             }
             write_snapshot(
                 path,
@@ -358,11 +361,42 @@ class HnswlibIndex:
         Raises :class:`SnapshotError` when it is missing, corrupt, of another ``dim``,
         or larger than ``max_capacity``. O(n).
         """
-        meta, parts = read_snapshot(path, kind=SNAPSHOT_KIND)
+        # The graph file's checksum is computed while hnswlib parses it (in parallel:
+        # xxh3 releases the GIL), and checked before the index is returned.
+        meta, parts, pending = open_snapshot(path, kind=SNAPSHOT_KIND, background=("hnsw",))
+        try:
+            loaded = cls._load_checked(
+                path,
+                meta,
+                parts,
+                dim=dim,
+                ef_search=ef_search,
+                max_capacity=max_capacity,
+                num_threads=num_threads,
+            )
+        except BaseException:
+            pending.wait()  # a corrupt file explains the failure best: its error first
+            raise
+        pending.wait()
+        return loaded
+
+    @classmethod
+    def _load_checked(
+        cls,
+        path: Path,
+        meta: dict[str, Any],
+        parts: dict[str, Path],
+        *,
+        dim: int,
+        ef_search: int | None,
+        max_capacity: int | None,
+        num_threads: int,
+    ) -> Self:
         try:
             saved_dim, m, ef_c = int(meta["dim"]), int(meta["m"]), int(meta["ef_construction"])
             capacity, slots, count = int(meta["capacity"]), int(meta["slots"]), int(meta["count"])
             saved_ef = int(meta["ef_search"])
+            max_label = int(meta.get("max_label", -2))  # -2: written before it was recorded
         except (KeyError, TypeError, ValueError) as exc:
             raise SnapshotError(f"snapshot {path} has malformed metadata: {exc}") from exc
         if saved_dim != dim:
@@ -391,9 +425,11 @@ class HnswlibIndex:
             max_capacity=max_capacity,
             num_threads=num_threads,
         )
-        loaded._live = set(live.tolist())
-        labels = index.get_ids_list() if slots else []  # deleted labels included
-        loaded._max_label = int(max(labels)) if labels else -1
+        loaded._live = LiveIds(live)
+        if max_label == -2:  # ask hnswlib (a list of every label, deleted ones included)
+            labels = index.get_ids_list() if slots else []
+            max_label = int(max(labels)) if labels else -1
+        loaded._max_label = max_label
         return loaded
 
 

@@ -13,6 +13,12 @@ instead of producing a subtly wrong index. Checking costs one sequential read of
 data (xxh3 runs at memory speed), which also warms the page cache for the load.
 
 One saver per path at a time (callers serialise saves); loads may run any time.
+
+:func:`open_snapshot` lets a loader check the largest files in background threads
+while it parses them (xxh3 releases the GIL; hnswlib's ``load_index`` does not), so a
+start costs the longer of the two passes rather than their sum. The loader must not
+hand out what it parsed before :meth:`PendingChecks.wait` has passed: until then the
+file may be corrupt.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ import mmap
 import os
 import re
 import secrets
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +38,14 @@ import xxhash
 
 from semcached.errors import SemcachedError
 
-__all__ = ["SNAPSHOT_FORMAT", "SnapshotError", "read_snapshot", "write_snapshot"]
+__all__ = [
+    "SNAPSHOT_FORMAT",
+    "PendingChecks",
+    "SnapshotError",
+    "open_snapshot",
+    "read_snapshot",
+    "write_snapshot",
+]
 
 SNAPSHOT_FORMAT = 1
 
@@ -115,12 +129,56 @@ def write_snapshot(
                 old.unlink()
 
 
+class PendingChecks:
+    """Checksums of snapshot files being computed in background threads."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._threads: list[threading.Thread] = []
+        self._failures: list[str] = []
+
+    def start(self, part: str, file: Path, expected: str) -> None:
+        def check() -> None:
+            try:
+                ok = _digest(file) == expected
+            except OSError as exc:
+                self._failures.append(f"{part} file cannot be read: {exc}")
+            else:
+                if not ok:
+                    self._failures.append(f"{part} file fails its checksum")
+
+        thread = threading.Thread(target=check, name=f"snapshot-check-{part}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> None:
+        """Block until every check is done; :class:`SnapshotError` if one failed."""
+        for thread in self._threads:
+            thread.join()
+        self._threads = []
+        if self._failures:
+            raise SnapshotError(f"snapshot {self._path}: {'; '.join(self._failures)}")
+
+
 def read_snapshot(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str, Path]]:
     """Verify the snapshot at ``path``; return its ``meta`` and the path of each part.
 
     Raises :class:`SnapshotError` when the manifest is missing or unreadable, was
     written for another ``kind`` or format, or any data file is missing or differs
     in size or checksum. O(size of the data).
+    """
+    meta, parts, pending = open_snapshot(path, kind=kind)
+    pending.wait()
+    return meta, parts
+
+
+def open_snapshot(
+    path: Path, *, kind: str, background: Collection[str] = ()
+) -> tuple[dict[str, Any], dict[str, Path], PendingChecks]:
+    """:func:`read_snapshot`, but the checksums of the parts named in ``background``
+    are computed in threads: call ``wait()`` on the returned checks (it raises
+    :class:`SnapshotError`) before trusting those files' contents. Their presence and
+    sizes are checked before this returns. Always ``wait()``, also on error paths.
     """
     try:
         raw = path.read_bytes()
@@ -143,6 +201,7 @@ def read_snapshot(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str, P
     if body.get("kind") != kind:
         raise SnapshotError(f"snapshot {path} holds a {body.get('kind')!r} index, not {kind!r}")
     parts: dict[str, Path] = {}
+    pending = PendingChecks(path)
     for part, entry in body["files"].items():
         file = path.parent / entry["file"]
         try:
@@ -154,7 +213,12 @@ def read_snapshot(path: Path, *, kind: str) -> tuple[dict[str, Any], dict[str, P
                 f"snapshot {path}: {part} file is {size} bytes, expected {entry['size']} "
                 "(truncated?)"
             )
-        if _digest(file) != entry["xxh3_128"]:
-            raise SnapshotError(f"snapshot {path}: {part} file fails its checksum")
         parts[part] = file
-    return dict(body["meta"]), parts
+    for part, file in parts.items():  # sizes first: a short file fails before any thread
+        expected = body["files"][part]["xxh3_128"]
+        if part in background:
+            pending.start(part, file, expected)
+        elif _digest(file) != expected:
+            pending.wait()
+            raise SnapshotError(f"snapshot {path}: {part} file fails its checksum")
+    return dict(body["meta"]), parts, pending

@@ -23,9 +23,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from semcached.index.exact import ExactIndex
 from semcached.index.faiss_index import FaissIndex
-from semcached.index.hnsw import HnswlibIndex
+from semcached.index.hnsw import SNAPSHOT_KIND, HnswlibIndex
 from semcached.index.milvus_index import MilvusIndex, stop_local_server
-from semcached.index.snapshot import write_snapshot
+from semcached.index.snapshot import read_snapshot, write_snapshot
 from semcached.index.vector_index import (
     IndexFullError,
     NonBlockingSearch,
@@ -523,6 +523,34 @@ def test_second_save_replaces_files(tmp_path: Path) -> None:
     index.save(path)
     assert len(list(tmp_path.iterdir())) == 3  # the manifest and one generation's two files
     assert 100 in HnswlibIndex.load(path, dim=DIM)
+
+
+def test_snapshot_of_an_older_version_loads(tmp_path: Path) -> None:
+    """Written before the meta held ``max_label`` and the ids were sorted: hnswlib is
+    asked for the highest label, so a deleted one is still revived in place."""
+    index, path = saved(tmp_path)
+    meta, parts = read_snapshot(path, kind=SNAPSHOT_KIND)
+    del meta["max_label"]
+    shuffled = np.random.default_rng(2).permutation(np.fromfile(parts["ids"], dtype="<u8"))
+    write_snapshot(
+        path,
+        kind=SNAPSHOT_KIND,
+        meta=meta,
+        files={
+            "hnsw": lambda target: shutil.copyfile(parts["hnsw"], target),
+            "ids": shuffled.tofile,
+        },
+    )
+    loaded = HnswlibIndex.load(path, dim=DIM)
+    assert sorted(loaded.ids().tolist()) == sorted(index.ids().tolist())
+    assert 3 not in loaded
+    assert 5 in loaded
+    rows = unit_rows(np.random.default_rng(9), 2)
+    loaded.add(ids(3, 4), rows)  # deleted before the save: revived in place
+    labels = loaded._index.get_ids_list()
+    assert sorted(labels) == list(range(1, 51))  # no label held by two slots
+    for row, label in zip(rows, (3, 4), strict=True):
+        assert loaded.search(row[None, :], k=1)[0][0][0] == label
 
 
 def data_file(path: Path, part: str) -> Path:
