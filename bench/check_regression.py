@@ -3,6 +3,7 @@
     python bench/check_regression.py                  # run the quick benches, compare
     python bench/check_regression.py --fresh run.csv  # compare a file already written
     python bench/check_regression.py --update         # run, then record as the reference
+    python bench/check_regression.py --cache /tmp/bc  # keep the 100k data directories
 
 Every bench that takes ``--csv`` writes lines of bench/_figures.py's format: a figure
 of semcached beside its baseline measured in the same run, and their ratio. This
@@ -33,20 +34,19 @@ sys.path.insert(0, str(BENCH_DIR))
 from _figures import Figure, read_figures  # noqa: E402
 
 REFERENCE = BENCH_DIR / "results" / "quick.csv"
-BENCHES = ("semantic_http.py", "semantic_restart.py", "kv_store.py")
+BENCHES = ("semantic_http.py", "semantic_restart.py", "semantic_memory.py", "kv_store.py")
 """The benches whose ``--quick --csv`` run is compared (each prints its own table too)."""
 
 
-def run_benches(out: Path, only: list[str] | None) -> None:
+def run_benches(out: Path, only: list[str] | None, cache: Path | None) -> None:
     for name in BENCHES:
         if only and name not in only:
             continue
-        print(f"# running bench/{name} --quick --csv {out}", flush=True)
-        subprocess.run(
-            [sys.executable, str(BENCH_DIR / name), "--quick", "--csv", str(out)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
+        argv = [str(BENCH_DIR / name), "--quick", "--csv", str(out)]
+        if cache is not None and name.startswith("semantic_"):
+            argv += ["--cache", str(cache)]  # their data directories, built once
+        print(f"# running bench/{' '.join(argv)}", flush=True)
+        subprocess.run([sys.executable, *argv], check=True, stdout=subprocess.DEVNULL)
 
 
 def change(reference: Figure, fresh: Figure) -> float:
@@ -92,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tolerance", type=float, default=0.15)
     p.add_argument("--only", nargs="*", help=f"run only these of {', '.join(BENCHES)}")
     p.add_argument("--update", action="store_true", help="write the fresh run as the reference")
+    p.add_argument("--cache", type=Path, default=None, help="--cache DIR for the semantic benches")
     a = p.parse_args(argv)
     if a.fresh is not None:
         fresh_path = a.fresh
     else:
         fresh_path = Path(tempfile.mkdtemp(prefix="semcached-regression-")) / "quick.csv"
-        run_benches(fresh_path, a.only)
+        run_benches(fresh_path, a.only, a.cache)
     fresh = read_figures(fresh_path)
     if a.update:
         a.reference.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
     python bench/semantic_memory.py --sizes 100000 --cache /tmp/bc   # reuse a data directory
     python bench/semantic_memory.py --quick                          # 5k entries, built here
-    python bench/semantic_memory.py --sizes 1000000 --cache DIR --csv
+    python bench/semantic_memory.py --sizes 1000000 --cache DIR --csv F
 
 Each size's data directory (the clustered synthetic 384-d vectors of
 bench/_semantic_common.py, with its index snapshot) comes from ``--cache`` (what
@@ -25,7 +25,7 @@ scratch directory. Two fresh child processes then measure, after their imports:
 
 The table prints bytes per entry and the ratio of semcached's growth to hnswlib's
 file plus the vectors' bytes (``n * 384 * 4``), the issue's goal being at most 1.3x;
-``--csv`` adds one ``csv,...`` line per row.
+``--csv F`` also writes the totals as CSV lines (bench/_figures.py) to F.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _figures import Figure, write_figures
 from _semantic_common import cache_key, populate, snapshot_hnsw_file, write_index_snapshot
 from _synthetic import DIM, Mixture, synthetic_vectors
 
@@ -252,11 +253,16 @@ def report(size: int, data: Path, args: argparse.Namespace) -> None:
         f"RSS = {ours['grown'] / bare['grown']:.2f}x. The exact-match map: "
         f"{ours['exact'] / MiB:.1f} MB of LMDB pages (resident ones in the store cache)."
     )
-    if args.csv:
-        totals = [("semcached total", ours["grown"]), ("semcached anon", anon)]
-        for name, nbytes in [*rows, *totals, ("bare", bare["grown"])]:
-            print(f"csv,memory,{n},{name.split(' (')[0]},{nbytes},{nbytes / max(n, 1):.1f}")
-        print(f"csv,memory,{n},ratio,{ratio:.3f},")
+    if args.csv is not None:
+        write_figures(
+            args.csv,
+            [
+                Figure("semantic_memory", f"{n}", "RSS vs hnswlib file + vectors",
+                       ours["grown"], budget, "lower"),
+                Figure("semantic_memory", f"{n}", "RSS vs bare hnswlib RSS", ours["grown"],
+                       bare["grown"], "lower"),
+            ],
+        )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000])
     p.add_argument("--quick", action="store_true", help="5k entries built here: a smoke test")
     p.add_argument("--cache", type=Path, default=None, help="data directories built before")
-    p.add_argument("--csv", action="store_true", help="also print csv,... lines")
+    p.add_argument("--csv", type=Path, default=None, help="also write CSV lines here")
     p.add_argument("--centroids", type=int, default=4096)
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--efc", type=int, default=200)

@@ -3,7 +3,7 @@
     python bench/semantic_restart.py                    # 100k and 1M entries
     python bench/semantic_restart.py --quick            # 100k only: the routine run
     python bench/semantic_restart.py --sizes 5000       # a smoke run
-    python bench/semantic_restart.py --sizes 1000000 --rebuild-max 0 --cache /tmp/bc --csv
+    python bench/semantic_restart.py --sizes 1000000 --rebuild-max 0 --cache /tmp/bc --csv F
 
 For each size the script writes a data directory in-process with the engine's own
 DocumentStore (the clustered synthetic vectors of bench/_semantic_common.py, dimension
@@ -54,6 +54,7 @@ from pathlib import Path
 
 import hnswlib
 import numpy as np
+from _figures import Figure, write_figures
 from _semantic_common import (
     cache_key,
     populate,
@@ -243,7 +244,7 @@ def measure_starts(
     )
 
 
-def print_table(results: list[Result], empty: Start | None, csv: bool) -> None:
+def print_table(results: list[Result], empty: Start | None, csv: Path | None) -> None:
     print(
         "\n| entries | bare load_index s | bare server start s | semcached rebuild start s "
         "| shutdown s | snapshot MB | semcached start from snapshot s "
@@ -251,7 +252,7 @@ def print_table(results: list[Result], empty: Start | None, csv: bool) -> None:
         "| fastest start / bare server start | RSS at ready MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
-    lines: list[str] = []
+    figures: list[Figure] = []
     for r in results:
         snap = "none" if r.snapshot_bytes is None else f"{r.snapshot_bytes / 1e6:.0f}"
         starts = [x.ready_s for x in (r.first, r.second) if x is not None]
@@ -275,10 +276,12 @@ def print_table(results: list[Result], empty: Start | None, csv: bool) -> None:
             f"| {ratio:.2f}x, {'met' if ratio <= 1.5 else 'missed'} "
             f"| {fastest / r.bare_server_s:.2f}x | {rss_mb:.0f} |"
         )
-        lines.append(
-            f"csv,restart,{r.size},{r.load_index_s:.3f},{r.bare_server_s:.3f},{fastest:.3f},"
-            f"{ratio:.3f},{int(rss_mb * 1e6)}"
-        )
+        figures += [
+            Figure("semantic_restart", f"{r.size}", "start s vs load_index", fastest,
+                   r.load_index_s, "lower"),
+            Figure("semantic_restart", f"{r.size}", "start s vs bare server", fastest,
+                   r.bare_server_s, "lower"),
+        ]  # fmt: skip
     print("\nEngine log lines:")
     if empty is not None:
         print(f"- empty data directory: ready in {empty.ready_s:.2f} s; {empty.engine_line}")
@@ -288,9 +291,8 @@ def print_table(results: list[Result], empty: Start | None, csv: bool) -> None:
             print(f"- {r.size}, 2nd start: {r.second.engine_line}")
         if r.exit_code:
             print(f"- {r.size}: the daemon exited with status {r.exit_code}")
-    if csv:
-        print("\ncsv,restart,entries,load_index_s,bare_server_s,start_s,ratio,rss_bytes")
-        print("\n".join(lines))
+    if csv is not None:
+        write_figures(csv, figures)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -298,7 +300,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--quick", action="store_true", help="100k entries only: the routine run")
-    p.add_argument("--csv", action="store_true", help="also print a csv,... line per row")
+    p.add_argument(
+        "--csv", type=Path, default=None, help="also write CSV lines (bench/_figures.py) here"
+    )
     p.add_argument("--repeats", type=int, default=3, help="bare load_index runs (best kept)")
     p.add_argument(
         "--always-restart",
