@@ -302,10 +302,26 @@ class ArenaTier:
             self._zombies.pop(vid, None)
 
     def remove(self, vid: int) -> None:
-        """Drop ``vid`` from the tier (demotion, eviction or delete); no-op if absent."""
-        extent = self._extents.pop(vid, None)
-        if extent is None:
+        """Drop ``vid`` from the tier (demotion, eviction or delete); no-op if absent.
+
+        An extent still being filled (reserved, not published) stays with its filler,
+        which writes into it outside the lock: freeing it here would let its bytes land
+        in another variant's room. The filler gives it back (:meth:`release`) once it
+        sees the variant gone."""
+        extent = self._extents.get(vid)
+        if extent is None or not extent.live:
             return
+        self._drop(vid)
+
+    def release(self, vid: int) -> None:
+        """Give back ``vid``'s reserved extent if it was never published (its filler's
+        last step, whatever happened meanwhile); no-op if published or absent."""
+        extent = self._extents.get(vid)
+        if extent is not None and not extent.live:
+            self._drop(vid)
+
+    def _drop(self, vid: int) -> None:
+        extent = self._extents.pop(vid)
         if extent.live:
             self._policy.forget(vid)
             self.stats.bytes -= extent.length

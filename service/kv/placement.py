@@ -99,8 +99,7 @@ class Promoter(Generic[_Tier, _Handle]):
                 return self.pin_into(lease, v)
         finally:
             with self._lock:
-                if not tier.holds(v.vid):  # not published: give the extent back
-                    tier.remove(v.vid)
+                tier.release(v.vid)  # unless published: give the extent back
                 del self._filling[v.vid]
             done.set()
 
@@ -176,8 +175,7 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
     def discard(self, vid: int) -> None:
         """Give back a put's extent unless it was published (a no-op then)."""
         with self._lock:
-            if not self.host.holds(vid):
-                self.host.remove(vid)
+            self.host.release(vid)
 
     def pin(self, v: Variant) -> ShmHandle | None:
         if not self.host.holds(v.vid):
@@ -203,8 +201,7 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
             return self._publish(v, promotion)
         finally:
             with self._lock:
-                if not self.host.holds(v.vid):
-                    self.host.remove(v.vid)
+                self.host.release(v.vid)
                 del self._filling[v.vid]
             done.set()
 
@@ -216,7 +213,7 @@ class HostPlacement(Promoter[HostTier, ShmHandle]):
         try:
             self.host.write(v.vid, data)
         except Exception:
-            self.host.remove(v.vid)
+            self.host.release(v.vid)
             raise
         self.host.publish(v.vid, v.saved_tokens)
         return True

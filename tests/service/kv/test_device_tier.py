@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from semcached.cachepolicy.lru import LruPolicy
 from semcached.errors import BadRequestError, ConflictError
-from semcached.index.kv_tiers import CudaHandle, ShmHandle
+from semcached.index.kv_tiers import CudaHandle, HostTier, ShmHandle
+from semcached.index.shm_arena import ShmArena
 from semcached.protocol.codes import ErrorCode
 from semcached.service.kv.engine import KvCache
 from tests.index.device_standin import HostDeviceMemory
@@ -292,3 +294,21 @@ def test_threads_planning_on_a_gpu_putting_and_deleting_keep_the_invariants(
     device = engine.devices[0]
     assert device.arena.used_bytes == device.stats.bytes
     assert all(device.holds(vid) <= (vid in live) for vid in range(1, 200))
+
+
+def test_a_delete_while_an_extent_is_filled_leaves_it_to_its_filler(tmp_path: Path) -> None:
+    # The race the threaded test above once hit: a delete (under the engine's lock)
+    # took a reserved extent while a promotion was copying into it outside the lock.
+    tier = HostTier(ShmArena(4 * PAGE, directory=tmp_path, prefix="t"), LruPolicy())
+    assert tier.reserve(1, 2 * PAGE) == []
+    tier.remove(1)  # the variant was deleted meanwhile
+    tier.write(1, b"x" * (2 * PAGE))  # the filler's copy still lands in its own room
+    assert not tier.holds(1)
+    tier._check(live=set())
+    tier.release(1)  # the filler sees the variant gone and gives the room back
+    assert tier.reserve(2, 4 * PAGE) == []  # all of it is free again
+    tier.publish(2, 1.0)
+    tier.remove(2)
+    tier.release(2)  # a published extent is not the filler's to give back: no-op
+    tier._check(live=set())
+    tier.close()
