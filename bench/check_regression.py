@@ -45,7 +45,7 @@ def run_benches(out: Path, only: list[str] | None, cache: Path | None) -> None:
         argv = [str(BENCH_DIR / name), "--quick", "--csv", str(out)]
         if cache is not None and name.startswith("semantic_"):
             argv += ["--cache", str(cache)]  # their data directories, built once
-        print(f"# running bench/{' '.join(argv)}", flush=True)
+        print(f"# running {' '.join(argv)}", flush=True)
         subprocess.run([sys.executable, *argv], check=True, stdout=subprocess.DEVNULL)
 
 
