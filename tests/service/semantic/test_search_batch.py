@@ -6,6 +6,7 @@ import asyncio
 import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -43,9 +44,15 @@ def idle(batcher: SearchBatcher) -> bool:
 
 
 def filled(n: int = 200, seed: int = 0) -> tuple[GatedIndex, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    index = GatedIndex()
+    return stocked(GatedIndex(), n, seed)
+
+
+IndexT = TypeVar("IndexT", bound=ExactIndex)
+
+
+def stocked(index: IndexT, n: int, seed: int) -> tuple[IndexT, np.ndarray]:
+    """``index`` holding ``n`` random vectors under ids 1..n, and the vectors."""
+    vectors = np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
     index.add(np.arange(1, n + 1), vectors)
     return index, vectors
 
@@ -168,11 +175,7 @@ async def test_a_shut_down_executor_fails_the_query() -> None:
 
 
 def exact(n: int = 200, seed: int = 0) -> tuple[ExactIndex, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, DIM)).astype(np.float32)
-    index = ExactIndex(DIM)
-    index.add(np.arange(1, n + 1), vectors)
-    return index, vectors
+    return stocked(ExactIndex(DIM), n, seed)
 
 
 class Opaque:
