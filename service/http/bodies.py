@@ -32,8 +32,9 @@ import asyncio
 import contextlib
 import math
 import mmap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from aiohttp import hdrs, web
 from prometheus_client import CollectorRegistry
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 RETRY_AFTER_S = 1
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,26 @@ def _timed_out(received: int, length: int | None) -> ApiError:
         status=408,
         headers={"Connection": "close"},
     )
+
+
+async def _in_time(
+    read: Coroutine[Any, Any, T],
+    ends: float,
+    deadline: BodyDeadline,
+    received: int,
+    length: int | None,
+) -> T:
+    """One read of a body, within ``idle_s`` and before the overall deadline ``ends``
+    (loop time): 408 otherwise, saying how much of it came."""
+    wait = min(deadline.idle_s, ends - asyncio.get_running_loop().time())
+    try:
+        if wait <= 0:
+            raise TimeoutError
+        async with asyncio.timeout(wait):
+            return await read
+    except TimeoutError:
+        read.close()  # never started when the deadline had already passed
+        raise _timed_out(received, length) from None
 
 
 async def read_exactly(
@@ -127,18 +149,10 @@ async def read_into(
     early. Each piece the connection received is handed over as it is (``readchunk``;
     ``read`` and ``readany`` join pieces first, a copy).
     """
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + deadline.total_s(length)
+    ends = asyncio.get_running_loop().time() + deadline.total_s(length)
     filled = 0
     while filled < length:
-        wait = min(deadline.idle_s, ends - loop.time())
-        try:
-            if wait <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(wait):
-                chunk, _ = await request.content.readchunk()
-        except TimeoutError:
-            raise _timed_out(filled, length) from None
+        chunk, _ = await _in_time(request.content.readchunk(), ends, deadline, filled, length)
         if not chunk:
             raise BadRequestError(
                 ErrorCode.TRUNCATED_BODY, f"the body ended after {filled} of {length} bytes"
@@ -185,18 +199,10 @@ async def read_all(request: web.Request, deadline: BodyDeadline) -> bytes:
         if len(whole) > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(whole))
         return whole
-    loop = asyncio.get_running_loop()
-    ends = loop.time() + deadline.total_s(limit if length is None else length)
+    ends = asyncio.get_running_loop().time() + deadline.total_s(limit if length is None else length)
     body = bytearray()
     while True:
-        wait = min(deadline.idle_s, ends - loop.time())
-        try:
-            if wait <= 0:
-                raise TimeoutError
-            async with asyncio.timeout(wait):
-                chunk = await request.content.readany()
-        except TimeoutError:
-            raise _timed_out(len(body), length) from None
+        chunk = await _in_time(request.content.readany(), ends, deadline, len(body), length)
         if not chunk:
             return bytes(body)
         body += chunk

@@ -35,6 +35,7 @@ __all__ = [
     "encode_with_tokens",
     "load_minilm",
     "minilm_model_path",
+    "unit_tokens",
     "usable_cpus",
 ]
 
@@ -112,12 +113,20 @@ def encode_with_tokens(
     for i, out in enumerate(outputs):  # one dict of torch tensors per text
         vectors[i] = out["sentence_embedding"].float().numpy()
         length = int(out["attention_mask"].sum())
-        ids = out["input_ids"][1 : length - 1].numpy().astype(np.int32)
-        rows = out["token_embeddings"][1 : length - 1].float().numpy()
-        norms = np.linalg.norm(rows, axis=1, keepdims=True)
-        tokens.append(TokenEmbeddings(ids, (rows / np.maximum(norms, 1e-12)).astype(np.float32)))
+        ids = out["input_ids"][1 : length - 1].numpy()
+        tokens.append(unit_tokens(ids, out["token_embeddings"][1 : length - 1].float().numpy()))
     vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     return vectors, tokens
+
+
+def unit_tokens(ids: object, rows: object) -> TokenEmbeddings:
+    """A text's token ids (int32) and its token embeddings, each row scaled to unit
+    length (float32): the form the hit verifier aligns, whichever runtime made them."""
+    array = np.asarray(rows, dtype=np.float32)
+    norms = np.linalg.norm(array, axis=1, keepdims=True)
+    return TokenEmbeddings(
+        np.asarray(ids, dtype=np.int32), (array / np.maximum(norms, 1e-12)).astype(np.float32)
+    )
 
 
 def minilm_model_path() -> str:

@@ -42,6 +42,7 @@ from semcached.service.semantic.embedding.minilm import (
     MiniLMBackend,
     default_torch_threads,
     minilm_model_path,
+    unit_tokens,
     usable_cpus,
 )
 from semcached.service.semantic.embedding.onnx_export import (
@@ -145,12 +146,7 @@ class OnnxEncoder:
         tokens: list[TokenEmbeddings] = []
         for i, h in enumerate(hidden):
             vectors[i] = h.mean(axis=0)
-            rows = np.asarray(h[1:-1], dtype=np.float32)
-            norms = np.linalg.norm(rows, axis=1, keepdims=True)
-            ids = np.asarray(ids_of[i][1:-1], dtype=np.int32)
-            tokens.append(
-                TokenEmbeddings(ids, (rows / np.maximum(norms, 1e-12)).astype(np.float32))
-            )
+            tokens.append(unit_tokens(ids_of[i][1:-1], h[1:-1]))
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         return vectors, tokens
 
