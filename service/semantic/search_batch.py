@@ -87,8 +87,8 @@ class SearchBatcher:
 
     Different indexes search in parallel (as many as the executor has threads). A
     lone query of an idle, fast index runs on the loop (``inline_below_s``; 0 turns
-    that off). A batch holds at most ``max_batch`` queries; ``k`` of a batch is the largest asked
-    for and each caller gets its own first ``k`` results. An exception from the index
+    that off). A batch holds at most ``max_batch`` queries; ``k`` of a batch is the
+    largest asked for and each caller gets its own first ``k`` results. An exception from the index
     reaches every caller of that batch. A cancelled caller's query is dropped if it
     has not left yet. Per query on the event loop: O(1) to queue, O(k) to answer.
     """
