@@ -15,7 +15,8 @@ into a daemon's state, and an in-process engine:
   through the daemon's own embedder, for stores whose entries the hit verifier reads
   (what an insert keeps in ``sem.tokens`` when verification is on);
 - :func:`minilm_engine` — an in-process engine with MiniLM, for the benchmarks that
-  need real embeddings but no HTTP (semantic_quality.py, the eviction trace).
+  need real embeddings but no HTTP (semantic_quality.py, the eviction trace);
+  :func:`minilm_vectors` embeds texts ahead with the same settings.
 
 The child server processes and the parsing of their ``/metrics`` are in bench/_server.py.
 """
@@ -200,6 +201,44 @@ def cache_key(size: int, *, texts: int, seed: int, centroids: int, m: int, efc: 
     return f"n{size}-texts{texts}-seed{seed}-centroids{centroids}-m{m}-efc{efc}"
 
 
+def minilm_settings(runtime: str = "onnx", *, threads: int = 0) -> EmbeddingSettings:
+    """The embedding settings of :func:`minilm_engine`, one place for both it and
+    :func:`minilm_vectors`, so that vectors embedded ahead match the engine's own.
+    ``threads``: the model's intra-op threads (0: the daemon's default)."""
+    return EmbeddingSettings(
+        backend="minilm",
+        runtime="torch" if runtime == "torch" else "onnx",
+        onnx_int8=runtime == "onnx-int8",
+        torch_threads=threads,
+    )
+
+
+async def minilm_vectors(
+    texts: Sequence[str], *, runtime: str = "onnx", threads: int = 1, chunk: int = 256
+) -> Matrix:
+    """Unit vectors of ``texts`` from the embedder :func:`minilm_engine` uses (same
+    settings), for benchmarks that replay many requests of few distinct texts: each
+    text is embedded once here and its vector sent with every request."""
+    rows: list[Matrix] = []
+    with ThreadPoolExecutor(1, thread_name_prefix="bench-embed") as executor:
+        embedder = create_embedder(
+            minilm_settings(runtime, threads=threads),
+            executor,
+            token_cache_bytes=0,
+            max_tokens=VerificationSettings().max_tokens,
+        )
+        await embedder.open()
+        try:
+            for lo in range(0, len(texts), chunk):
+                rows.append(np.asarray(await embedder.embed(texts[lo : lo + chunk])))
+        finally:
+            await embedder.close()
+    vectors = np.concatenate(rows) if rows else np.empty((0, DIM), dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: Matrix = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return unit
+
+
 @contextlib.asynccontextmanager
 async def minilm_engine(
     workdir: Path,
@@ -217,11 +256,7 @@ async def minilm_engine(
     env = LmdbEnvironment(workdir / "lmdb", initial_map_bytes=64 << 20, max_map_bytes=4 << 30)
     tokens = VerificationSettings()
     embedder = create_embedder(
-        EmbeddingSettings(
-            backend="minilm",
-            runtime="torch" if runtime == "torch" else "onnx",
-            onnx_int8=runtime == "onnx-int8",
-        ),
+        minilm_settings(runtime),
         executor,
         token_cache_bytes=tokens.token_cache_bytes if verifier is not None else 0,
         max_tokens=tokens.max_tokens,
