@@ -1,37 +1,44 @@
-"""Eviction policies on request traces: miss ratio vs cache size, against LRU, ARC,
-S3-FIFO, SIEVE and Belady (libCacheSim) in the same run.
+"""Eviction policies on request traces: miss ratio vs cache size, against libCacheSim's
+adaptive and learned policies and Belady, in the same run.
 
-    python bench/eviction.py                                  # all traces, all policies
-    python bench/eviction.py --plot eviction.png              # and a PNG plot
+    python bench/eviction.py                                  # every family, 2 seeds (~25 min)
+    python bench/eviction.py --quick                          # one seed, no semantic trace
+    python bench/eviction.py --traces loop,sized --seeds 3,4  # some families, other seeds
     python bench/eviction.py --trace my.csv --policies lru,s3fifo,belady,onebit
     python bench/eviction.py --sizes 0.01,0.05 --csv          # policy,size_fraction,miss_ratio
+    python bench/eviction.py --plot eviction.png              # and a PNG plot
 
-Traces (without ``--trace``; seeded, unit sizes): Zipf with alpha 0.8, 1.0 and 1.2;
-a shifting-popularity trace (half of the hot set is replaced every 20 k requests);
-a scan-polluted trace (Zipf 1.0, a one-off scan of 2 k new ids every 10 k requests);
-and a semantic-cache trace (GPTCache's mock_data queries with Zipf popularity
-replayed through the real SemanticCache; built once, cached under the temp dir; it
-needs the ``embed`` extra). ``--traces`` picks some of them by name.
+Trace families (without ``--trace``; seeded; one trace per family and seed, 400 k
+requests over 10 k objects; bench/_eviction_traces.py): Zipf with alpha 0.6, 0.8, 1.0
+and 1.2; hot-set shifts (half of the hot set replaced every 20 k / 40 k requests); scans
+(Zipf 1.0, a one-off scan of 2 k new ids every 10 k requests); a loop (Zipf 0.8 mixed
+with a 30 % share of a cyclic scan over 3 k ids); bursts (Zipf 0.9 with 40 % of the
+requests in short bursts of new ids); sized objects (Zipf 0.9, lognormal sizes, byte
+capacity); and the semantic-cache trace (GPTCache's queries with Zipf popularity
+replayed through the real SemanticCache; built once and cached under the temp dir;
+needs the ``embed`` extra). ``--traces`` picks families by name.
 
 ``--trace FILE``: CSV lines ``object_id,size`` (or ``object_id`` alone, unit sizes).
 Sizes are fractions of the working set (distinct objects, or their bytes).
 
-Policies (``--policies``, comma-separated; default all but ``markpredict-learned``):
+Policies (``--policies``, comma-separated):
 
-* libCacheSim: ``lru arc s3fifo sieve belady`` (Belady on the oracleGeneral
-  conversion of the trace, which carries next-access times);
-* ours (Python, semcached.cachepolicy): ``lru-ours s3fifo-ours`` (the daemon's LRU
-  and S3-FIFO); ``onebit`` (learned discard bits + guard: what ``eviction =
-  "onebit"`` runs), ``onebit-noguard``, ``onebit-logistic`` (logistic regression
-  instead of LightGBM, + guard); ``oracle`` / ``oracle-guard`` (Belady's bits),
-  ``flip10[-guard]`` / ``flip30[-guard]`` (10 % / 30 % of Belady's bits flipped);
-  ``markpredict`` (MARK&PREDICT with true phase bits), ``markpredict-learned``,
-  ``marking`` (MARK&PREDICT with no information: randomized marking).
+* libCacheSim (default): ``lru arc s3fifo sieve lirs wtinylfu lecar cacheus lrb
+  glcache threelcache belady`` (Belady on the oracleGeneral conversion of the trace,
+  which carries next-access times); the anchors are all of them but Belady;
+* ours (Python, semcached.cachepolicy; default ``lru-ours s3fifo-ours onebit``):
+  ``onebit`` is what ``eviction = "onebit"`` runs (per-bucket discard bits trained
+  online from Belady labels of past windows, a two-queue follower, the LRU guard),
+  ``onebit-noguard`` the same without the guard; ``onebit-lgbm`` /
+  ``onebit-logistic`` the earlier LightGBM / logistic bits in the marking guard;
+  ``oracle`` / ``oracle-guard`` (Belady's bits), ``flip10[-guard]`` /
+  ``flip30[-guard]`` (10 % / 30 % of Belady's bits flipped); ``markpredict``
+  (MARK&PREDICT with true phase bits), ``markpredict-learned``, ``marking``.
 
-The table shows miss ratios and, for our policies, the share of the LRU -> Belady gap
-closed, ``(LRU - x) / (LRU - Belady)``; then the issue's goals, met or not; then the
-cost of a learned prediction per access. The traces are built in bench/_eviction_traces.py
-(the semantic one in bench/_eviction_semantic.py), the tables, goals and plot written by
+The tables show miss ratios and, for our policies, the share of the LRU -> Belady gap
+closed, ``(LRU - x) / (LRU - Belady)``; then, per family and size, onebit's worst
+row over the seeds against each goal of issue #21, with the worst rows called out;
+then the cost per access against ``lru-ours``. Tables, goals and plot:
 bench/_eviction_report.py.
 """
 
@@ -43,7 +50,9 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -54,54 +63,68 @@ from _eviction_report import Run, check_goals, plot, print_tables
 from _eviction_traces import (
     LIBCACHESIM_POLICIES,
     Trace,
+    bursty_trace,
     libcachesim_miss_ratios,
+    loop_trace,
     read_trace,
     scan_trace,
     shifting_trace,
+    sized_trace,
     zipf_trace,
 )
 
 from semcached.cachepolicy.belady import belady_sized, belady_unit
 from semcached.cachepolicy.bits import OracleBits
-from semcached.cachepolicy.features import FeatureTracker
+from semcached.cachepolicy.bucket_bits import BucketBits
 from semcached.cachepolicy.labels import discard_labels, phase_labels
 from semcached.cachepolicy.lru import LruPolicy
-from semcached.cachepolicy.onebit import DiscardFollower, MarkAndPredict
+from semcached.cachepolicy.lru_guard import LruGuard
+from semcached.cachepolicy.onebit import DiscardFollower, MarkAndPredict, QueueFollower
 from semcached.cachepolicy.predictor import LearnedBits
 from semcached.cachepolicy.replay import replay
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
 from semcached.index.eviction import EvictionPolicy
 
 SIZES = (0.01, 0.05, 0.10, 0.20)
-REQUESTS = 200_000
+REQUESTS = 400_000
 OBJECTS = 10_000
+SEEDS = (1, 2)
 SEED = 7
 OURS = (
-    *("lru-ours", "s3fifo-ours", "onebit", "onebit-noguard", "onebit-logistic"),
+    *("lru-ours", "s3fifo-ours", "onebit", "onebit-noguard", "onebit-lgbm", "onebit-logistic"),
     *("oracle", "oracle-guard", "flip10", "flip10-guard", "flip30", "flip30-guard"),
     *("markpredict", "markpredict-learned", "marking"),
 )
 ALL_POLICIES = (*LIBCACHESIM_POLICIES, *OURS)
-DEFAULT_POLICIES = tuple(p for p in ALL_POLICIES if p != "markpredict-learned")
+DEFAULT_POLICIES = (*LIBCACHESIM_POLICIES, "lru-ours", "s3fifo-ours", "onebit")
+
+#: Trace family -> builder(seed). Unit sizes except ``sized``.
+_SHIFT = {"requests": REQUESTS, "objects": OBJECTS, "hot_change": 0.5}
+_MIX = {"requests": REQUESTS, "objects": OBJECTS}
+#: Trace family -> builder(seed=...). Unit sizes except ``sized``.
+FAMILIES: dict[str, Callable[..., Trace]] = {
+    **{f"zipf-{a:g}": partial(zipf_trace, a, REQUESTS, OBJECTS) for a in (0.6, 0.8, 1.0, 1.2)},
+    **{
+        f"shift-{p // 1000}k": partial(shifting_trace, 1.0, period=p, **_SHIFT)
+        for p in (20_000, 40_000)
+    },
+    "scan": partial(scan_trace, 1.0, scan_every=10_000, scan_length=2_000, **_MIX),
+    "loop": partial(loop_trace, 0.8, loop_length=3_000, loop_share=0.3, **_MIX),
+    "bursty": partial(bursty_trace, 0.9, burst_share=0.4, **_MIX),
+    "sized": partial(sized_trace, 0.9, **_MIX),
+}
+BUILTIN_TRACES = (*FAMILIES, "semantic")
 
 
-BUILTIN_TRACES = ("zipf-0.8", "zipf-1", "zipf-1.2", "shifting-1", "scan-1", "semantic")
-
-
-def builtin_traces(names: list[str]) -> list[Trace]:
-    """The built-in traces of those names, in :data:`BUILTIN_TRACES` order."""
-    traces = [zipf_trace(a, REQUESTS, OBJECTS, SEED) for a in (0.8, 1.0, 1.2)]
-    traces.append(
-        shifting_trace(
-            1.0, requests=REQUESTS, objects=OBJECTS, period=20_000, hot_change=0.5, seed=SEED
-        )
-    )
-    traces.append(
-        scan_trace(
-            1.0, requests=REQUESTS, objects=OBJECTS, scan_every=10_000, scan_length=2_000, seed=SEED
-        )
-    )
-    traces = [t for t in traces if t.name in names]
+def builtin_traces(names: list[str], seeds: list[int]) -> list[Trace]:
+    """The built-in traces of those families, one per seed (named ``family/sSEED``);
+    the semantic trace has one seed."""
+    traces = [
+        replace(FAMILIES[name](seed=seed), name=f"{name}/s{seed}")
+        for name in names
+        if name in FAMILIES
+        for seed in seeds
+    ]
     if "semantic" in names:
         from _eviction_semantic import semantic_trace
 
@@ -121,10 +144,13 @@ def make_policy(name: str, trace: Trace, capacity: int) -> EvictionPolicy:
         return LruPolicy()
     if name == "s3fifo-ours":
         return S3FifoPolicy()
-    if name in ("onebit", "onebit-noguard", "onebit-logistic"):
+    if name in ("onebit", "onebit-noguard"):  # what eviction = "onebit" runs, inline
+        follower = QueueFollower(BucketBits(background=False, sized=trace.sizes is not None))
+        return LruGuard(follower) if name == "onebit" else follower
+    if name in ("onebit-lgbm", "onebit-logistic"):
         model = "logistic" if name == "onebit-logistic" else "lightgbm"
         bits = LearnedBits(model=model, background=False, seed=SEED)
-        return DiscardFollower(bits, guard=name != "onebit-noguard", seed=SEED)
+        return DiscardFollower(bits, guard=True, seed=SEED)
     if name.startswith(("oracle", "flip")):
         flip = 0.0 if name.startswith("oracle") else int(name[4:6]) / 100
         oracle = OracleBits(discard(), flip=flip, seed=SEED)
@@ -191,40 +217,35 @@ def run_trace(trace: Trace, fractions: list[float], policies: list[str]) -> list
 
 
 def prediction_cost(trace: Trace, fraction: float) -> None:
-    """Per-access cost of the learned bits in one run of ``onebit``: the feature row
-    every access computes, the batched model calls amortised over all accesses, and
-    the labelling + fitting (a background thread in the daemon, inline here)."""
+    """Per-access cost of ``onebit`` beside ``lru-ours`` on one trace and size: the
+    whole replay (labelling inline), the labelling alone (a background thread in the
+    daemon) and what is left, the request path; and how often the guard followed LRU."""
     cap = max(2, round(fraction * trace.working_set()))
-    bits = LearnedBits(background=False, seed=SEED)
-    policy = DiscardFollower(bits, guard=True, seed=SEED)
-    replay(policy, trace.keys, cap, trace.sizes)
-    tracker = FeatureTracker()
-    keys = trace.keys[:50_000]
     started = time.perf_counter()
-    for k in keys:
-        tracker.access(k, 1, None)
-    row_us = 1e6 * (time.perf_counter() - started) / len(keys)
-    n = bits.observed
-    print(f"\n### Learned-bit cost ({trace.name}, size {fraction:g}, LightGBM)\n")
-    print(f"- feature row, on every access: {row_us:.2f} µs")
+    replay(LruPolicy(), trace.keys, cap, trace.sizes)
+    lru_s = time.perf_counter() - started
+    bits = BucketBits(background=False, sized=trace.sizes is not None)
+    guard = LruGuard(QueueFollower(bits))
+    started = time.perf_counter()
+    replay(guard, trace.keys, cap, trace.sizes)
+    total_s = time.perf_counter() - started
+    n = len(trace.keys)
+    path_s = total_s - bits.train_seconds
+    print(f"\n### Cost per access ({trace.name}, size {fraction:g}, {n} requests)\n")
+    print("| | µs/access | ÷ lru-ours |")
+    print("|---|---|---|")
+    for label, seconds in (
+        ("lru-ours", lru_s),
+        ("onebit, whole replay (labelling inline)", total_s),
+        ("onebit, labelling + table (background thread in the daemon)", bits.train_seconds),
+        ("onebit, request path (whole - labelling)", path_s),
+    ):
+        print(f"| {label} | {1e6 * seconds / n:.2f} | {seconds / lru_s:.2f}x |")
     print(
-        f"- model calls: {bits.predict_calls} for {n} accesses ({bits.predicted_rows} rows, "
-        f"{bits.predicted_rows / max(bits.predict_calls, 1):.1f} per call): "
-        f"{1e6 * bits.predict_seconds / n:.2f} µs per access amortised, "
-        f"{1e6 * bits.predict_seconds / max(bits.predict_calls, 1):.0f} µs per call"
+        f"\n- {bits.fits} tables built from {bits.labelled} labels; the guard switched to "
+        f"LRU {guard.switches} times (misses {guard.misses}, its LRU shadow's "
+        f"{guard.lru_misses}, following LRU at the end: {guard.following_lru})"
     )
-    print(
-        f"- labelling + fitting ({bits.fits} fits, {bits.labelled} labels; background thread "
-        f"in the daemon): {1e6 * bits.train_seconds / n:.2f} µs per access amortised"
-    )
-    for batch in (1, 8, 64):
-        obs = [bits.observe(k, 1, None, cap) for k in keys[:batch]]
-        reps = max(1, 2000 // batch)
-        started = time.perf_counter()
-        for _ in range(reps):
-            bits.predict(obs)
-        us = 1e6 * (time.perf_counter() - started) / (reps * batch)
-        print(f"- one model call, batch of {batch}: {us:.1f} µs per row")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(BUILTIN_TRACES),
         help="built-in traces to run (without --trace): " + ", ".join(BUILTIN_TRACES),
     )
-    ap.add_argument("--no-cost", action="store_true", help="skip the prediction-cost section")
+    ap.add_argument(
+        "--seeds",
+        default=",".join(str(x) for x in SEEDS),
+        help="seeds of the synthetic traces: one trace per family and seed",
+    )
+    ap.add_argument("--quick", action="store_true", help="one seed, no semantic trace")
+    ap.add_argument("--no-cost", action="store_true", help="skip the cost section")
     args = ap.parse_args(argv)
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     for p in policies:
@@ -252,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     for t in names:
         if t not in BUILTIN_TRACES:
             ap.error(f"unknown trace {t!r}; built in: {', '.join(BUILTIN_TRACES)}")
-    traces = [read_trace(args.trace)] if args.trace else builtin_traces(names)
+    seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    if args.quick:
+        seeds = seeds[:1]
+        names = [t for t in names if t != "semantic"]
+    traces = [read_trace(args.trace)] if args.trace else builtin_traces(names, seeds)
     runs: list[Run] = []
     for trace in traces:
         trace_runs = run_trace(trace, fractions, policies)
@@ -271,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {t.name}: {len(t.keys)} requests, working set {t.working_set()}")
         print("# n/a: libCacheSim's S3FIFO aborts or misses every request below 20 slots")
         print_tables(runs, fractions, policies)
-        check_goals(runs)
+        check_goals(runs, fractions)
         if not args.no_cost and "onebit" in policies:
             prediction_cost(traces[0], 0.05)
     if args.plot:

@@ -14,6 +14,10 @@ from a :class:`~semcached.cachepolicy.bits.BitPredictor`.
   the phase ends) and the victim is a uniformly random old unvisited item instead.
   Wrong bits then cost a bounded factor over marking (the authors prove
   O(log k)-robustness), while right bits still give Belady's misses.
+* :class:`QueueFollower` — the unguarded discard follower on two recency queues, for
+  predictors whose bit is known at once (:class:`~semcached.cachepolicy.bucket_bits.
+  BucketBits`): O(1) per call, what ``eviction = "onebit"`` runs inside the
+  :class:`~semcached.cachepolicy.lru_guard.LruGuard`.
 * :class:`MarkAndPredict` — randomized marking with *phase* bits: on a fault with no
   unmarked item, unmark everything (a new phase); evict a random unmarked item whose
   bit says "not requested next phase", else a random unmarked item.
@@ -26,6 +30,7 @@ still unknown are predicted together when a victim is chosen.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from typing import Literal
 
 from semcached.cachepolicy.bits import BitPredictor, Observation
@@ -33,7 +38,7 @@ from semcached.cachepolicy.randset import RandomSet
 from semcached.ext.bskiplist import BSkipList
 from semcached.index.eviction import AccessFeatures, EvictionPolicy
 
-__all__ = ["DiscardFollower", "MarkAndPredict"]
+__all__ = ["DiscardFollower", "MarkAndPredict", "QueueFollower"]
 
 
 class DiscardFollower(EvictionPolicy):
@@ -224,6 +229,89 @@ class DiscardFollower(EvictionPolicy):
         assert self._incoming is None or self._incoming in tracked
         assert self._chosen is None or self._chosen in tracked
         self._old_unvisited._check()
+
+
+class QueueFollower(EvictionPolicy):
+    """Evict the least recent item whose latest bit is 1, else the least recent item.
+
+    The same victims as ``DiscardFollower(guard=False)`` when every bit is known at
+    its access (an oracle, :class:`~semcached.cachepolicy.bucket_bits.BucketBits`),
+    on two ordered dicts instead of two skiplists: ``admit``, ``record_access``,
+    ``forget`` and ``choose_victim`` are O(1). Observations whose bit is not known
+    yet are predicted at once, one at a time.
+    """
+
+    def __init__(self, predictor: BitPredictor) -> None:
+        self._predictor = predictor
+        # A sized predictor labels in bytes, so it is told the cached bytes.
+        self._sized = bool(getattr(predictor, "sized", False))
+        self._discard: OrderedDict[int, None] = OrderedDict()  # bit 1, oldest first
+        self._keep: OrderedDict[int, None] = OrderedDict()  # bit 0, oldest first
+        self._size: dict[int, int] = {}
+        self._bytes = 0
+        self._incoming: int | None = None
+
+    def __len__(self) -> int:
+        return len(self._size)
+
+    def admit(self, key: int, size: int, features: AccessFeatures | None = None) -> None:
+        if key in self._size:
+            self.record_access(key, features)
+            return
+        size = max(size, 1)
+        self._size[key] = size
+        self._bytes += size
+        self._incoming = key
+        self._place(key, size, features)
+
+    def record_access(self, key: int, features: AccessFeatures | None = None) -> None:
+        size = self._size.get(key)
+        if size is None:
+            return
+        self._unplace(key)
+        self._place(key, size, features)
+
+    def forget(self, key: int) -> None:
+        size = self._size.pop(key, None)
+        if size is None:
+            return
+        self._bytes -= size
+        self._unplace(key)
+        if key == self._incoming:
+            self._incoming = None
+
+    def choose_victim(self) -> int | None:
+        incoming = self._incoming if len(self._size) > 1 else None
+        for queue in (self._discard, self._keep):
+            for key in queue:
+                if key != incoming:
+                    return key
+                break
+            if len(queue) > 1:  # the oldest was the incoming key: take the next
+                keys = iter(queue)
+                next(keys)
+                return next(keys)
+        return self._incoming
+
+    def _unplace(self, key: int) -> None:
+        if key in self._discard:
+            del self._discard[key]
+        else:
+            del self._keep[key]
+
+    def _place(self, key: int, size: int, features: AccessFeatures | None) -> None:
+        capacity = self._bytes if self._sized else len(self._size)
+        observation = self._predictor.observe(key, size, features, capacity)
+        bit = observation.bit
+        if bit is None:
+            bit = self._predictor.predict([observation])[0]
+        (self._discard if bit else self._keep)[key] = None
+
+    def _check(self) -> None:
+        assert set(self._discard).isdisjoint(self._keep)
+        assert set(self._discard) | set(self._keep) == set(self._size)
+        assert self._bytes == sum(self._size.values())
+        assert self._incoming is None or self._incoming in self._size
 
 
 class MarkAndPredict(EvictionPolicy):

@@ -8,7 +8,7 @@ import pytest
 
 from semcached.cachepolicy.categories import CategoryTable
 from semcached.cachepolicy.lru import LruPolicy
-from semcached.cachepolicy.onebit import DiscardFollower
+from semcached.cachepolicy.lru_guard import LruGuard
 from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
 from semcached.index.lmdb_env import LmdbEnvironment
@@ -22,7 +22,7 @@ from tests.service.semantic.test_engine import insert, make_engine
     [
         ("lru", LruPolicy),
         ("s3fifo", S3FifoPolicy),
-        ("onebit", DiscardFollower),
+        ("onebit", LruGuard),
         ("reuse", ReuseValuePolicy),
     ],
 )

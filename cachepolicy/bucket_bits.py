@@ -1,0 +1,205 @@
+"""A cheap learned one-bit predictor: Belady's discard rate per bucket of access history.
+
+Every access falls in a *bucket*: how often its item was requested before (0-7, in
+a history that forgets items idle for a few windows), how long ago the previous
+request was (the bit length of the gap in accesses, 0-21), and, for sized caches,
+the item's size class. :class:`BucketBits` keeps the last ``window`` accesses with
+their buckets. Each time the window is full it labels its older half with Belady's
+discard bits (:func:`~semcached.cachepolicy.labels.discard_labels`, replayed over the
+whole window at the cache's current capacity, so the older half's futures are
+known), adds the labels to exponentially decayed per-bucket counts, and rebuilds the
+table ``bucket -> P(discard) >= threshold``. The bit of an access is then one table
+lookup: the predictor is trained online, on the trace it serves, only from labels
+that have become known, and never sees the future of the access it predicts.
+
+Cost per access: O(1) on the request path (a dict lookup and a list index); the
+labelling is O(window log window) once per half window, i.e. O(log window) amortised,
+in a worker thread when ``background`` (the table swap is one reference assignment).
+Memory: one small list per item seen in the last few windows, plus the window.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+from semcached.cachepolicy.bits import Observation
+from semcached.cachepolicy.labels import discard_labels
+from semcached.index.eviction import AccessFeatures
+
+__all__ = ["BucketBits"]
+
+#: Request counts kept apart (0 = first request in the history, 7 = seven or more).
+COUNTS = 8
+#: Gap classes: the bit length of the gap in accesses (0 = no earlier request).
+GAPS = 22
+#: Size classes for sized caches (two powers of two each, from 256 B).
+SIZES = 8
+
+_worker: ThreadPoolExecutor | None = None
+_worker_lock = threading.Lock()
+
+
+def _shared_worker() -> ThreadPoolExecutor:
+    global _worker  # noqa: PLW0603  (one lazily started worker per process)
+    with _worker_lock:
+        if _worker is None:
+            _worker = ThreadPoolExecutor(1, thread_name_prefix="semcached-bucketbits")
+        return _worker
+
+
+def size_class(size: int) -> int:
+    """0 up to 511 B, then one class per factor of four, capped at ``SIZES - 1``."""
+    return min(max(size.bit_length() - 8, 0) // 2, SIZES - 1)
+
+
+class BucketBits:
+    """Discard bits from a per-bucket table of Belady's labels on past windows.
+
+    ``window``: accesses kept for labelling; None scales it with the capacity
+    (``window_factor`` x capacity, within ``[min_window, max_window]``).
+    ``decay``: weight of the older counts each time a half window is added.
+    ``sized``: add the item's size class to the bucket and label with sized Belady;
+    the ``capacity`` the policy passes is then in bytes.
+    Until the first labels arrive every bit is 0 (a follower is then LRU).
+    """
+
+    def __init__(
+        self,
+        *,
+        window: int | None = None,
+        window_factor: int = 8,
+        min_window: int = 4096,
+        max_window: int = 1 << 18,
+        decay: float = 0.5,
+        threshold: float = 0.5,
+        sized: bool = False,
+        background: bool = True,
+    ) -> None:
+        if not 0 <= decay < 1:
+            raise ValueError("decay must be in [0, 1)")
+        self._fixed_window = window
+        self._window_factor = window_factor
+        self._min_window = min_window
+        self._max_window = max_window
+        self._decay = decay
+        self._threshold = threshold
+        self._sized = sized
+        self._background = background
+        self._buckets = COUNTS * GAPS * (SIZES if sized else 1)
+        self._tick = 0
+        self._history: dict[int, list[int]] = {}  # key -> [last tick, requests]
+        self._keys: list[int] = []
+        self._bucket_of: list[int] = []
+        self._sizes: list[int] = []  # only when sized
+        self._size_sum = 0
+        self._capacity = 1
+        # Written by the trainer (worker thread or inline), read on the request path.
+        self._table: list[bool] = [False] * self._buckets
+        self._discards = np.zeros(self._buckets)
+        self._seen = np.zeros(self._buckets)
+        self._job: Future[None] | None = None
+        self.fits = 0
+        self.labelled = 0
+        self.observed = 0
+        self.train_seconds = 0.0
+
+    @property
+    def window(self) -> int:
+        if self._fixed_window is not None:
+            return self._fixed_window
+        items = self._capacity
+        if self._sized and self._sizes:  # bytes -> items at the window's mean size
+            items = self._capacity * len(self._sizes) // max(self._size_sum, 1)
+        return min(max(self._window_factor * items, self._min_window), self._max_window)
+
+    @property
+    def sized(self) -> bool:
+        """Whether buckets and labels count bytes: ``capacity`` is then in bytes."""
+        return self._sized
+
+    @property
+    def trained(self) -> bool:
+        return self.fits > 0
+
+    def bucket(self, key: int, size: int) -> int:
+        """Record an access of ``key`` and return its bucket. O(1)."""
+        self._tick += 1
+        tick = self._tick
+        seen = self._history.get(key)
+        if seen is None:
+            self._history[key] = [tick, 1]
+            bucket = 0
+        else:
+            gap_class = min((tick - seen[0]).bit_length(), GAPS - 1)
+            bucket = min(seen[1], COUNTS - 1) * GAPS + gap_class
+            seen[0] = tick
+            seen[1] += 1
+        if self._sized:
+            bucket = bucket * SIZES + size_class(size)
+        return bucket
+
+    def observe(
+        self, key: int, size: int, features: AccessFeatures | None, capacity: int
+    ) -> Observation:
+        bucket = self.bucket(key, size)
+        self.observed += 1
+        self._keys.append(key)
+        self._bucket_of.append(bucket)
+        if self._sized:
+            self._sizes.append(size)
+            self._size_sum += size
+        self._capacity = max(capacity, 1)
+        if len(self._keys) >= self.window:
+            self._slide()
+        return Observation(bit=self._table[bucket])
+
+    def predict(self, observations: Sequence[Observation]) -> list[bool]:
+        return [bool(o.bit) for o in observations]
+
+    def wait(self) -> None:
+        """Block until background labelling in flight is done (tests, benchmarks)."""
+        job = self._job
+        if job is not None:
+            job.result()
+
+    # -- training --------------------------------------------------------------------------
+
+    def _slide(self) -> None:
+        """Hand the window to the trainer, keep its newer half, forget idle items."""
+        keys, buckets, sizes = self._keys, self._bucket_of, self._sizes
+        half = len(keys) // 2
+        self._keys, self._bucket_of, self._sizes = keys[half:], buckets[half:], sizes[half:]
+        self._size_sum = sum(self._sizes)
+        if len(self._history) > 4 * len(keys):
+            cutoff = self._tick - 2 * len(keys)
+            self._history = {k: v for k, v in self._history.items() if v[0] >= cutoff}
+        capacity = self._capacity
+        if not self._background:
+            self._learn(keys, buckets, sizes, half, capacity)
+            return
+        if self._job is not None and not self._job.done():
+            return  # the trainer is behind: skip this window rather than queue up
+        self._job = _shared_worker().submit(self._learn, keys, buckets, sizes, half, capacity)
+
+    def _learn(
+        self, keys: list[int], buckets: list[int], sizes: list[int], half: int, capacity: int
+    ) -> None:
+        started = time.perf_counter()
+        labels = discard_labels(keys, capacity, sizes if self._sized else None)[:half]
+        b = np.asarray(buckets[:half], dtype=np.int64)
+        discards = self._decay * self._discards + np.bincount(
+            b, weights=labels, minlength=self._buckets
+        )
+        seen = self._decay * self._seen + np.bincount(b, minlength=self._buckets)
+        self._discards, self._seen = discards, seen
+        # A bucket never seen keeps bit 0 (keep): the follower is LRU there.
+        rate = np.divide(discards, seen, out=np.zeros_like(discards), where=seen > 0)
+        self._table = (rate >= self._threshold).tolist()
+        self.fits += 1
+        self.labelled += half
+        self.train_seconds += time.perf_counter() - started
