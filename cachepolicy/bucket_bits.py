@@ -1,16 +1,19 @@
 """A cheap learned one-bit predictor: Belady's discard rate per bucket of access history.
 
-Every access falls in a *bucket*: how often its item was requested before (0-7, in
+Every access falls in a *bucket*: how often its item was requested before (0-3, in
 a history that forgets items idle for a few windows), how long ago the previous
-request was (the bit length of the gap in accesses, 0-21), and, for sized caches,
-the item's size class. :class:`BucketBits` keeps the last ``window`` accesses with
-their buckets. Each time the window is full it labels its older half with Belady's
-discard bits (:func:`~semcached.cachepolicy.labels.discard_labels`, replayed over the
-whole window at the cache's current capacity, so the older half's futures are
-known), adds the labels to exponentially decayed per-bucket counts, and rebuilds the
-table ``bucket -> P(discard) >= threshold``. The bit of an access is then one table
-lookup: the predictor is trained online, on the trace it serves, only from labels
-that have become known, and never sees the future of the access it predicts.
+request was and the mean gap between its requests since the first (each as the bit
+length of a number of accesses, 0-21: a rate estimate that the last gap alone is too
+noisy for), and, for sized caches, the item's size class.
+
+:class:`BucketBits` keeps the last ``window`` accesses with their buckets. Each time
+the window is full it labels its older half with Belady's discard bits
+(:func:`~semcached.cachepolicy.labels.discard_labels`, replayed over the whole window
+at the cache's current capacity, so the older half's futures are known), adds the
+labels to exponentially decayed per-bucket counts, and rebuilds the table ``bucket ->
+P(discard) >= threshold``. The bit of an access is then one table lookup: the
+predictor is trained online, on the trace it serves, only from labels that have become
+known, and never sees the future of the access it predicts.
 
 Cost per access: O(1) on the request path (a dict lookup and a list index); the
 labelling is O(window log window) once per half window, i.e. O(log window) amortised,
@@ -33,12 +36,18 @@ from semcached.index.eviction import AccessFeatures
 
 __all__ = ["BucketBits"]
 
-#: Request counts kept apart (0 = first request in the history, 7 = seven or more).
-COUNTS = 8
-#: Gap classes: the bit length of the gap in accesses (0 = no earlier request).
+#: Request counts kept apart (0 = first request in the history, 3 = three or more).
+COUNTS = 4
+#: Gap classes: the bit length of a gap in accesses (0 = no earlier request), for the
+#: gap since the previous request and the mean gap since the first one.
 GAPS = 22
 #: Size classes for sized caches (two powers of two each, from 256 B).
 SIZES = 8
+
+# Every observation of this predictor carries its bit, so two shared ones do (never
+# mutated: a follower only reads ``bit``).
+_KEEP = Observation(bit=False)
+_DISCARD = Observation(bit=True)
 
 _worker: ThreadPoolExecutor | None = None
 _worker_lock = threading.Lock()
@@ -90,14 +99,15 @@ class BucketBits:
         self._threshold = threshold
         self._sized = sized
         self._background = background
-        self._buckets = COUNTS * GAPS * (SIZES if sized else 1)
+        self._buckets = COUNTS * GAPS * GAPS * (SIZES if sized else 1)
         self._tick = 0
-        self._history: dict[int, list[int]] = {}  # key -> [last tick, requests]
+        self._history: dict[int, list[int]] = {}  # key -> [last tick, requests, first tick]
         self._keys: list[int] = []
         self._bucket_of: list[int] = []
         self._sizes: list[int] = []  # only when sized
         self._size_sum = 0
         self._capacity = 1
+        self._next_slide = 0
         # Written by the trainer (worker thread or inline), read on the request path.
         self._table: list[bool] = [False] * self._buckets
         self._discards = np.zeros(self._buckets)
@@ -105,14 +115,13 @@ class BucketBits:
         self._job: Future[None] | None = None
         self.fits = 0
         self.labelled = 0
-        self.observed = 0
         self.train_seconds = 0.0
 
     @property
     def window(self) -> int:
         if self._fixed_window is not None:
             return self._fixed_window
-        items = self._capacity
+        items = max(self._capacity, 1)
         if self._sized and self._sizes:  # bytes -> items at the window's mean size
             items = self._capacity * len(self._sizes) // max(self._size_sum, 1)
         return min(max(self._window_factor * items, self._min_window), self._max_window)
@@ -132,31 +141,43 @@ class BucketBits:
         tick = self._tick
         seen = self._history.get(key)
         if seen is None:
-            self._history[key] = [tick, 1]
+            self._history[key] = [tick, 1, tick]
             bucket = 0
         else:
-            gap_class = min((tick - seen[0]).bit_length(), GAPS - 1)
-            bucket = min(seen[1], COUNTS - 1) * GAPS + gap_class
+            last, count, first = seen
+            gap_class = (tick - last).bit_length()
+            mean_class = ((tick - first) // count).bit_length()
+            bucket = (min(count, COUNTS - 1) * GAPS + min(gap_class, GAPS - 1)) * GAPS + min(
+                mean_class, GAPS - 1
+            )
             seen[0] = tick
-            seen[1] += 1
+            seen[1] = count + 1
         if self._sized:
             bucket = bucket * SIZES + size_class(size)
         return bucket
+
+    @property
+    def observed(self) -> int:
+        """Accesses seen so far."""
+        return self._tick
 
     def observe(
         self, key: int, size: int, features: AccessFeatures | None, capacity: int
     ) -> Observation:
         bucket = self.bucket(key, size)
-        self.observed += 1
         self._keys.append(key)
         self._bucket_of.append(bucket)
         if self._sized:
             self._sizes.append(size)
             self._size_sum += size
-        self._capacity = max(capacity, 1)
-        if len(self._keys) >= self.window:
-            self._slide()
-        return Observation(bit=self._table[bucket])
+        self._capacity = capacity
+        if len(self._keys) >= self._next_slide:  # the window's length, known lazily
+            window = self.window
+            if len(self._keys) >= window:
+                self._slide()
+            else:
+                self._next_slide = window
+        return _DISCARD if self._table[bucket] else _KEEP
 
     def predict(self, observations: Sequence[Observation]) -> list[bool]:
         return [bool(o.bit) for o in observations]

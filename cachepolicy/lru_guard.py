@@ -88,6 +88,11 @@ class LruGuard(EvictionPolicy):
             return
         self._chosen = None
         self.requests += 1
+        shadow = self._shadow
+        if shadow.get(key) == size:  # an LRU hit too (the common case, inline)
+            shadow.move_to_end(key)
+            self.inner.record_access(key, features)
+            return
         self._shadow_access(key, size)
         self.inner.record_access(key, features)
         self._steer()
@@ -144,6 +149,9 @@ class LruGuard(EvictionPolicy):
                 self._outside[key] = None
 
     def _steer(self) -> None:
+        """Run after each miss (the cache's or the shadow's): the excess only grows
+        then, so switching to LRU on time keeps the bound; the switch back may wait
+        for the next miss."""
         excess = self.misses - self.lru_misses
         allowance = self.slack * self.requests
         if not self.following_lru:

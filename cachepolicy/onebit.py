@@ -243,6 +243,7 @@ class QueueFollower(EvictionPolicy):
 
     def __init__(self, predictor: BitPredictor) -> None:
         self._predictor = predictor
+        self._observe = predictor.observe  # bound once: it runs on every access
         # A sized predictor labels in bytes, so it is told the cached bytes.
         self._sized = bool(getattr(predictor, "sized", False))
         self._discard: OrderedDict[int, None] = OrderedDict()  # bit 1, oldest first
@@ -268,7 +269,11 @@ class QueueFollower(EvictionPolicy):
         size = self._size.get(key)
         if size is None:
             return
-        self._unplace(key)
+        # Inline (this runs on every hit): out of its queue, then placed by its new bit.
+        if key in self._discard:
+            del self._discard[key]
+        else:
+            del self._keep[key]
         self._place(key, size, features)
 
     def forget(self, key: int) -> None:
@@ -276,7 +281,10 @@ class QueueFollower(EvictionPolicy):
         if size is None:
             return
         self._bytes -= size
-        self._unplace(key)
+        if key in self._discard:
+            del self._discard[key]
+        else:
+            del self._keep[key]
         if key == self._incoming:
             self._incoming = None
 
@@ -293,19 +301,17 @@ class QueueFollower(EvictionPolicy):
                 return next(keys)
         return self._incoming
 
-    def _unplace(self, key: int) -> None:
-        if key in self._discard:
-            del self._discard[key]
-        else:
-            del self._keep[key]
-
     def _place(self, key: int, size: int, features: AccessFeatures | None) -> None:
-        capacity = self._bytes if self._sized else len(self._size)
-        observation = self._predictor.observe(key, size, features, capacity)
+        observation = self._observe(
+            key, size, features, self._bytes if self._sized else len(self._size)
+        )
         bit = observation.bit
         if bit is None:
             bit = self._predictor.predict([observation])[0]
-        (self._discard if bit else self._keep)[key] = None
+        if bit:
+            self._discard[key] = None
+        else:
+            self._keep[key] = None
 
     def _check(self) -> None:
         assert set(self._discard).isdisjoint(self._keep)

@@ -45,13 +45,18 @@ def test_bits_depend_only_on_the_past() -> None:
 
 def test_buckets_separate_counts_and_gaps() -> None:
     bits = BucketBits(background=False)
-    first = bits.bucket(7, 1)
-    second = bits.bucket(7, 1)  # gap 1: bit length 1, one earlier request
+    first = bits.bucket(7, 1)  # tick 1
+    second = bits.bucket(7, 1)  # tick 2: gap 1, mean gap 1, one earlier request
     bits.bucket(8, 1)
-    third = bits.bucket(7, 1)  # gap 2: bit length 2, two earlier requests
+    third = bits.bucket(7, 1)  # tick 4: gap 2, mean gap 3 // 2 = 1, two earlier
+    for other in range(5):
+        bits.bucket(100 + other, 1)
+    fourth = bits.bucket(7, 1)  # tick 10: gap 6, mean gap 9 // 3 = 3, three earlier
     assert first == 0
-    assert second == 1 * GAPS + 1
-    assert third == 2 * GAPS + 2
+    # (count * GAPS + bit length of the gap) * GAPS + bit length of the mean gap
+    assert second == (1 * GAPS + 1) * GAPS + 1
+    assert third == (2 * GAPS + 2) * GAPS + 1
+    assert fourth == (3 * GAPS + 3) * GAPS + 2
 
 
 def test_size_classes() -> None:
