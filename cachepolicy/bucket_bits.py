@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +35,7 @@ from semcached.cachepolicy.bits import Observation
 from semcached.cachepolicy.labels import discard_labels
 from semcached.index.eviction import AccessFeatures
 
-__all__ = ["BucketBits"]
+__all__ = ["COUNTS", "GAPS", "SIZES", "BucketBits", "BucketTable", "size_class"]
 
 #: Request counts kept apart (0 = first request in the history, 3 = three or more).
 COUNTS = 4
@@ -66,15 +67,16 @@ def size_class(size: int) -> int:
     return min(max(size.bit_length() - 8, 0) // 2, SIZES - 1)
 
 
-class BucketBits:
-    """Discard bits from a per-bucket table of Belady's labels on past windows.
+class BucketTable:
+    """The trained half of :class:`BucketBits`: the table ``bucket -> bit`` and its
+    training from labelled windows. Shared with the compiled follower
+    (:class:`semcached.ext.onebit.GuardedFollower`), which keeps its own history and
+    window and hands full windows here.
 
     ``window``: accesses kept for labelling; None scales it with the capacity
     (``window_factor`` x capacity, within ``[min_window, max_window]``).
     ``decay``: weight of the older counts each time a half window is added.
-    ``sized``: add the item's size class to the bucket and label with sized Belady;
-    the ``capacity`` the policy passes is then in bytes.
-    Until the first labels arrive every bit is 0 (a follower is then LRU).
+    ``sized``: labels with sized Belady, capacities in bytes.
     """
 
     def __init__(
@@ -97,9 +99,81 @@ class BucketBits:
         self._max_window = max_window
         self._decay = decay
         self._threshold = threshold
-        self._sized = sized
+        self.sized = sized
         self._background = background
-        self._buckets = COUNTS * GAPS * GAPS * (SIZES if sized else 1)
+        self.buckets = COUNTS * GAPS * GAPS * (SIZES if sized else 1)
+        # Written by the trainer (worker thread or inline), read on the request path:
+        # a bucket never seen keeps bit 0 (keep), so a follower is LRU there.
+        self.table: list[bool] = [False] * self.buckets
+        self._discards = np.zeros(self.buckets)
+        self._seen = np.zeros(self.buckets)
+        self._job: Future[None] | None = None
+        self.fits = 0
+        self.labelled = 0
+        self.train_seconds = 0.0
+
+    @property
+    def trained(self) -> bool:
+        return self.fits > 0
+
+    def window_length(self, capacity: int, sizes: int, size_sum: int) -> int:
+        """The window for a cache of ``capacity`` (bytes when sized: turned into items
+        at the mean of the ``sizes`` sizes, summing to ``size_sum``, seen lately)."""
+        if self._fixed_window is not None:
+            return self._fixed_window
+        items = max(capacity, 1)
+        if self.sized and sizes:
+            items = capacity * sizes // max(size_sum, 1)
+        return min(max(self._window_factor * items, self._min_window), self._max_window)
+
+    def train(
+        self, keys: list[int], buckets: list[int], sizes: list[int], half: int, capacity: int
+    ) -> None:
+        """Label the older ``half`` of a full window and rebuild the table: inline, or
+        in the shared worker (skipped while the previous window is still in work)."""
+        if not self._background:
+            self._learn(keys, buckets, sizes, half, capacity)
+            return
+        if self._job is not None and not self._job.done():
+            return  # the trainer is behind: skip this window rather than queue up
+        self._job = _shared_worker().submit(self._learn, keys, buckets, sizes, half, capacity)
+
+    def wait(self) -> None:
+        """Block until background labelling in flight is done (tests, benchmarks)."""
+        job = self._job
+        if job is not None:
+            job.result()
+
+    def _learn(
+        self, keys: list[int], buckets: list[int], sizes: list[int], half: int, capacity: int
+    ) -> None:
+        started = time.perf_counter()
+        labels = discard_labels(keys, capacity, sizes if self.sized else None)[:half]
+        b = np.asarray(buckets[:half], dtype=np.int64)
+        discards = self._decay * self._discards + np.bincount(
+            b, weights=labels, minlength=self.buckets
+        )
+        seen = self._decay * self._seen + np.bincount(b, minlength=self.buckets)
+        self._discards, self._seen = discards, seen
+        rate = np.divide(discards, seen, out=np.zeros_like(discards), where=seen > 0)
+        self.table = (rate >= self._threshold).tolist()
+        self.fits += 1
+        self.labelled += half
+        self.train_seconds += time.perf_counter() - started
+
+
+class BucketBits:
+    """Discard bits from a per-bucket table of Belady's labels on past windows: the
+    per-access half (history, buckets, the window) over a :class:`BucketTable`.
+
+    Keyword arguments are the table's (see :class:`BucketTable`); ``sized`` also adds
+    the item's size class to the bucket, and the ``capacity`` the policy passes is
+    then in bytes. Until the first labels arrive every bit is 0 (a follower is LRU).
+    """
+
+    def __init__(self, *, sized: bool = False, **table: Any) -> None:
+        self.table = BucketTable(sized=sized, **table)
+        self._sized = sized
         self._tick = 0
         self._history: dict[int, list[int]] = {}  # key -> [last tick, requests, first tick]
         self._keys: list[int] = []
@@ -108,23 +182,10 @@ class BucketBits:
         self._size_sum = 0
         self._capacity = 1
         self._next_slide = 0
-        # Written by the trainer (worker thread or inline), read on the request path.
-        self._table: list[bool] = [False] * self._buckets
-        self._discards = np.zeros(self._buckets)
-        self._seen = np.zeros(self._buckets)
-        self._job: Future[None] | None = None
-        self.fits = 0
-        self.labelled = 0
-        self.train_seconds = 0.0
 
     @property
     def window(self) -> int:
-        if self._fixed_window is not None:
-            return self._fixed_window
-        items = max(self._capacity, 1)
-        if self._sized and self._sizes:  # bytes -> items at the window's mean size
-            items = self._capacity * len(self._sizes) // max(self._size_sum, 1)
-        return min(max(self._window_factor * items, self._min_window), self._max_window)
+        return self.table.window_length(self._capacity, len(self._sizes), self._size_sum)
 
     @property
     def sized(self) -> bool:
@@ -133,7 +194,24 @@ class BucketBits:
 
     @property
     def trained(self) -> bool:
-        return self.fits > 0
+        return self.table.trained
+
+    @property
+    def fits(self) -> int:
+        return self.table.fits
+
+    @property
+    def labelled(self) -> int:
+        return self.table.labelled
+
+    @property
+    def train_seconds(self) -> float:
+        return self.table.train_seconds
+
+    @property
+    def observed(self) -> int:
+        """Accesses seen so far."""
+        return self._tick
 
     def bucket(self, key: int, size: int) -> int:
         """Record an access of ``key`` and return its bucket. O(1)."""
@@ -156,11 +234,6 @@ class BucketBits:
             bucket = bucket * SIZES + size_class(size)
         return bucket
 
-    @property
-    def observed(self) -> int:
-        """Accesses seen so far."""
-        return self._tick
-
     def observe(
         self, key: int, size: int, features: AccessFeatures | None, capacity: int
     ) -> Observation:
@@ -177,21 +250,17 @@ class BucketBits:
                 self._slide()
             else:
                 self._next_slide = window
-        return _DISCARD if self._table[bucket] else _KEEP
+        return _DISCARD if self.table.table[bucket] else _KEEP
 
     def predict(self, observations: Sequence[Observation]) -> list[bool]:
         return [bool(o.bit) for o in observations]
 
     def wait(self) -> None:
         """Block until background labelling in flight is done (tests, benchmarks)."""
-        job = self._job
-        if job is not None:
-            job.result()
-
-    # -- training --------------------------------------------------------------------------
+        self.table.wait()
 
     def _slide(self) -> None:
-        """Hand the window to the trainer, keep its newer half, forget idle items."""
+        """Hand the window to the table, keep its newer half, forget idle items."""
         keys, buckets, sizes = self._keys, self._bucket_of, self._sizes
         half = len(keys) // 2
         self._keys, self._bucket_of, self._sizes = keys[half:], buckets[half:], sizes[half:]
@@ -199,28 +268,4 @@ class BucketBits:
         if len(self._history) > 4 * len(keys):
             cutoff = self._tick - 2 * len(keys)
             self._history = {k: v for k, v in self._history.items() if v[0] >= cutoff}
-        capacity = self._capacity
-        if not self._background:
-            self._learn(keys, buckets, sizes, half, capacity)
-            return
-        if self._job is not None and not self._job.done():
-            return  # the trainer is behind: skip this window rather than queue up
-        self._job = _shared_worker().submit(self._learn, keys, buckets, sizes, half, capacity)
-
-    def _learn(
-        self, keys: list[int], buckets: list[int], sizes: list[int], half: int, capacity: int
-    ) -> None:
-        started = time.perf_counter()
-        labels = discard_labels(keys, capacity, sizes if self._sized else None)[:half]
-        b = np.asarray(buckets[:half], dtype=np.int64)
-        discards = self._decay * self._discards + np.bincount(
-            b, weights=labels, minlength=self._buckets
-        )
-        seen = self._decay * self._seen + np.bincount(b, minlength=self._buckets)
-        self._discards, self._seen = discards, seen
-        # A bucket never seen keeps bit 0 (keep): the follower is LRU there.
-        rate = np.divide(discards, seen, out=np.zeros_like(discards), where=seen > 0)
-        self._table = (rate >= self._threshold).tolist()
-        self.fits += 1
-        self.labelled += half
-        self.train_seconds += time.perf_counter() - started
+        self.table.train(keys, buckets, sizes, half, self._capacity)

@@ -6,12 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Literal, get_args
 
-from semcached.cachepolicy.bucket_bits import BucketBits
+from semcached.cachepolicy.bucket_bits import BucketTable
 from semcached.cachepolicy.lru import LruPolicy
-from semcached.cachepolicy.lru_guard import LruGuard
-from semcached.cachepolicy.onebit import QueueFollower
 from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
+from semcached.ext.onebit import GuardedFollower
 from semcached.index.eviction import EvictionPolicy
 
 __all__ = ["EVICTION_POLICIES", "EvictionName", "eviction_factory"]
@@ -23,10 +22,10 @@ EVICTION_POLICIES: tuple[str, ...] = get_args(EvictionName)
 def _onebit() -> EvictionPolicy:
     """Discard bits from a per-bucket table of Belady's labels on the recent history
     (trained online, in a background thread), followed on two recency queues, inside
-    the LRU guard: never more than 0.5 % of requests (+ one cache's worth) worse than
-    LRU. (bench/eviction.py's ``onebit-lgbm`` row: the same bits from LightGBM over
-    richer features in the marking guard, about 10x the cost per access.)"""
-    return LruGuard(QueueFollower(BucketBits(background=True)))
+    the LRU guard: never worse than LRU by more than 0.5 % of requests plus one
+    cache's worth. Compiled (semcached.ext.onebit); its pure-Python twin is
+    ``LruGuard(QueueFollower(BucketBits()))``."""
+    return GuardedFollower(BucketTable(background=True))
 
 
 _FACTORIES: dict[str, Callable[[], EvictionPolicy]] = {

@@ -8,9 +8,9 @@ import pytest
 
 from semcached.cachepolicy.categories import CategoryTable
 from semcached.cachepolicy.lru import LruPolicy
-from semcached.cachepolicy.lru_guard import LruGuard
 from semcached.cachepolicy.reuse_value import ReuseValuePolicy
 from semcached.cachepolicy.s3fifo import S3FifoPolicy
+from semcached.ext.onebit import GuardedFollower
 from semcached.index.lmdb_env import LmdbEnvironment
 from semcached.service.semantic.engine import Lookup
 from tests.service.semantic.kit import Clock, unit
@@ -22,7 +22,7 @@ from tests.service.semantic.test_engine import insert, make_engine
     [
         ("lru", LruPolicy),
         ("s3fifo", S3FifoPolicy),
-        ("onebit", LruGuard),
+        ("onebit", GuardedFollower),
         ("reuse", ReuseValuePolicy),
     ],
 )
