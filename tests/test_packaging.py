@@ -64,7 +64,12 @@ PACKAGES = {
     "semcached.clients",
     "semcached.integrations",
 }
-COMPILED = {"semcached.ext.bskiplist", "semcached.ext.onebit", "semcached.ext.treewalk"}
+COMPILED = {
+    "semcached.ext.belady",
+    "semcached.ext.bskiplist",
+    "semcached.ext.onebit",
+    "semcached.ext.treewalk",
+}
 # Benchmark loaders and baselines that once lived in the product folders.
 BENCH_ONLY = {"hf_models", "_smollm2", "classic_skiplist", "_classic_skiplist"}
 

@@ -11,7 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from semcached.cachepolicy.belady import belady_sized, belady_unit, next_request
+from semcached.cachepolicy.belady import (
+    belady_sized,
+    belady_unit,
+    belady_unit_python,
+    next_request,
+)
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 from _eviction_traces import Trace, libcachesim_miss_ratios
@@ -94,3 +99,16 @@ def test_matches_libcachesim_belady(tmp_path: Path, seed: int) -> None:
     theirs = libcachesim_miss_ratios(sized, byte_caps, ["belady"], tmp_path)
     for cap in byte_caps:
         assert belady_sized(keys, sizes, cap).misses == round(theirs["belady", cap] * n)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_compiled_belady_matches_its_python_twin(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    objects = int(rng.integers(1, 3000))
+    keys = (rng.zipf(1.3, size=8000) % objects).tolist()
+    for capacity in (1, 2, 7, 64, 900):
+        fast, slow = belady_unit(keys, capacity), belady_unit_python(keys, capacity)
+        assert fast.misses == slow.misses
+        assert (fast.evicted_after == slow.evicted_after).all()
+    with pytest.raises(ValueError, match="capacity"):
+        belady_unit(keys, 0)

@@ -1,0 +1,69 @@
+# distutils: language = c++
+"""Belady's discard labels in C: the compiled twin of
+``semcached.cachepolicy.belady.belady_unit`` (unit sizes), which the one-bit
+predictor replays over every window of past accesses.
+
+:func:`evicted_after` takes each request's next-request position (``n`` for never
+again), runs furthest-next-request-first eviction at ``capacity`` items, and returns
+which requests were their item's last while it stayed cached. Ties (items never
+requested again) go to the smallest key first, as in the twin. O(n log capacity) time,
+O(n) memory: positions stand in for keys, so no hash map is needed.
+"""
+
+import numpy as np
+
+cimport numpy as cnp
+from libc.stdint cimport int64_t, uint8_t
+from libcpp.pair cimport pair
+from libcpp.queue cimport priority_queue
+
+cnp.import_array()
+
+__all__ = ["evicted_after"]
+
+ctypedef pair[pair[int64_t, int64_t], int64_t] Entry  # ((next, -key), position)
+
+
+def evicted_after(keys, nxt, int64_t capacity):
+    """``(misses, evicted_after)`` of Belady over ``keys`` (int64) whose next-request
+    positions are ``nxt`` (int64, ``len(keys)`` for never again)."""
+    if capacity < 1:
+        raise ValueError("capacity must be positive")
+    cdef const int64_t[::1] k = np.ascontiguousarray(keys, dtype=np.int64)
+    cdef const int64_t[::1] nx = np.ascontiguousarray(nxt, dtype=np.int64)
+    cdef Py_ssize_t n = k.shape[0]
+    if nx.shape[0] != n:
+        raise ValueError("keys and nxt differ in length")
+    out = np.zeros(n, dtype=np.uint8)
+    cdef uint8_t[::1] evicted = out
+    live_arr = np.zeros(n, dtype=np.uint8)  # the position holding its item's live entry
+    cdef uint8_t[::1] live = live_arr
+    prev_arr = np.full(n, -1, dtype=np.int64)
+    cdef int64_t[::1] prev = prev_arr
+    cdef Py_ssize_t i
+    cdef int64_t p, cached = 0, misses = 0
+    cdef priority_queue[Entry] heap
+    cdef Entry top
+    with nogil:
+        for i in range(n):
+            if nx[i] < n:
+                prev[nx[i]] = i
+        for i in range(n):
+            p = prev[i]
+            if p >= 0 and live[p]:  # a hit: the item's entry moves to this request
+                live[p] = 0
+            else:
+                misses += 1
+                if cached >= capacity:
+                    while True:
+                        top = heap.top()
+                        heap.pop()
+                        if live[top.second]:
+                            break
+                    live[top.second] = 0
+                    evicted[top.second] = 1
+                    cached -= 1
+                cached += 1
+            live[i] = 1
+            heap.push(Entry(pair[int64_t, int64_t](nx[i], -k[i]), i))
+    return misses, out.view(np.bool_)
