@@ -5,12 +5,12 @@ chunk reuse, CacheBlend's selection, Cache-Craft's planned recompute and control
     python bench/rag_reuse.py --quick         # the short run (a few minutes)
     python bench/rag_reuse.py --quick --workload long   # longer chunks, more per prompt
     python bench/rag_reuse.py --quick --diagnose        # + where the deviation lies
-    python bench/rag_reuse.py --quick --workload long --length-curve   # TTFT vs length
+    python bench/rag_reuse.py --quick --length-curve    # TTFT vs prompt length
     python bench/rag_reuse.py --quick --csv   # one line per mode, for scripts
     python bench/rag_reuse.py --device cuda --prompts 12   # TTFT on a GPU: full prefill
                                               # vs reuse via the GPU tier vs the host tier
 
-Why one file of about 830 lines: most of it is the ``Bench`` class, whose storing and
+Why one file of about 880 lines: most of it is the ``Bench`` class, whose storing and
 modes share one state (the model, the client, the chunks stored, the prefix store, the
 system part's KV); split, that state would be passed between modules. What has a role
 of its own lives beside it: the workload in bench/_rag_workload.py, the results, table,
@@ -716,14 +716,18 @@ def length_curve(model: Any, workload: Workload, config: Config, log: Any) -> No
             print(f"  length {length}: {tokens:.0f} tokens measured", file=log, flush=True)
     modes = list(curve[CURVE_LENGTHS[0]])
     print("\nTTFT / full prefill against prompt length (all chunks stored, moved):", file=log)
-    print(f"{'mode':<22} " + " ".join(f"{n:>14}" for n in CURVE_LENGTHS), file=log)
+    print(f"{'mode':<22} " + " ".join(f"{n:>20}" for n in CURVE_LENGTHS), file=log)
     for name in modes:
         cells = []
         for n in CURVE_LENGTHS:
             r = curve[n][name]
-            cells.append(f"{r.ttft_ratio:>6.3f} ({r.top1:.2f})")
-        print(f"{name:<22} " + " ".join(f"{c:>14}" for c in cells), file=log)
-    print("(cells: TTFT ratio, median; top-1 over the answer in brackets)", file=log)
+            cells.append(f"{r.ttft_ratio:.3f} ({r.recompute_fraction:.2f}, {r.top1:.2f})")
+        print(f"{name:<22} " + " ".join(f"{c:>20}" for c in cells), file=log)
+    print(
+        "(cells: TTFT ratio, median; in brackets the recompute fraction and top-1 over the "
+        "answer, means)",
+        file=log,
+    )
     for name in modes:
         if not name.startswith("cachecraft"):
             continue
