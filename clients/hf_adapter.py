@@ -60,7 +60,8 @@ class RagPrefill:
     """What one prefill did. ``logits`` ``[1, question_tokens, vocab]``; ``cache``
     covers the whole prompt (system, chunks, question), ready for decoding;
     ``stored`` the indices of the chunks computed and stored; ``reused`` those taken
-    from the daemon; ``recomputed`` the absolute positions recomputed;
+    from the daemon; ``recomputed`` the absolute positions the plan named (with
+    ``check_deviation``, as many per chunk were recomputed, chosen by the check);
     ``transfers`` how each reused chunk came: ``cuda`` (read in the daemon's GPU
     memory), ``shm`` or ``http``."""
 
