@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from semcached.clients.hf_forward import recompute
+from semcached.clients.hf_forward import recompute, select_tokens
 from semcached.clients.hf_kv import (
     KV_DTYPES,
     ChunkKv,
@@ -60,7 +60,8 @@ class RagPrefill:
     """What one prefill did. ``logits`` ``[1, question_tokens, vocab]``; ``cache``
     covers the whole prompt (system, chunks, question), ready for decoding;
     ``stored`` the indices of the chunks computed and stored; ``reused`` those taken
-    from the daemon; ``recomputed`` the absolute positions recomputed;
+    from the daemon; ``recomputed`` the absolute positions the plan named (with
+    ``check_deviation``, as many per chunk were recomputed, chosen by the check);
     ``transfers`` how each reused chunk came: ``cuda`` (read in the daemon's GPU
     memory), ``shm`` or ``http``."""
 
@@ -88,6 +89,11 @@ class HfKvAdapter:
     the bytes at a small quality cost). ``device_handles`` (a CUDA model only): ask
     the daemon for CUDA IPC handles on the model's GPU (False: copy every reused chunk
     from shared memory or HTTP to the GPU, e.g. to compare the two).
+    ``check_deviation``: recompute, in each reused chunk, as many tokens as the plan
+    names but chosen by CacheBlend's rule (those whose K/V deviate most at
+    :data:`~semcached.clients.hf_forward.CHECK_LAYER`, every token of such a chunk
+    computed up to it: about 2/30 of the chunk's full cost more on SmolLM2) instead of
+    the plan's own ranking by stored attention.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class HfKvAdapter:
         dtype: str = "float32",
         lease_s: float | None = None,
         device_handles: bool = True,
+        check_deviation: bool = False,
     ) -> None:
         if dtype not in KV_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(KV_DTYPES)}, got {dtype!r}")
@@ -115,6 +122,7 @@ class HfKvAdapter:
         self.device: torch.device = first.device
         self._on_gpu = self.device.type == "cuda"
         self.device_handles = device_handles and self._on_gpu
+        self.check_deviation = check_deviation
 
     def key(self, chunk: Sequence[int] | torch.Tensor) -> bytes:
         """The chunk key of ``chunk``'s token ids under this model, tokenizer and dtype."""
@@ -179,6 +187,7 @@ class HfKvAdapter:
         parts: list[torch.Tensor] = []
         reused: list[int] = []
         recomputed: list[int] = []
+        picks: list[tuple[int, int, list[int]]] = []
         transfers: list[str] = []
         try:
             if last_miss >= 0:
@@ -199,12 +208,16 @@ class HfKvAdapter:
                 parts.append(self.shifter.shift_kv(kv, base, bounds[i]))
                 reused.append(i)
                 recomputed.extend(bounds[i] + int(r) for r in planned.recompute)
+                picks.append((bounds[i], bounds[i + 1], [int(r) for r in planned.recompute]))
             # Copies: the chunks' handles may end with the lease below.
             cache = assemble_cache(parts, self.model.config, self._model_dtype)
         finally:
             if plan.lease is not None:
                 self.client.release_lease(plan.lease.id)
-        if recomputed:
+        if recomputed and self.check_deviation:
+            selection = select_tokens(picks, by_deviation=True)
+            selection.run(self.model, cache, torch.cat([system, *pieces]).to(self.device))
+        elif recomputed:
             prompt = torch.cat([system, *pieces])
             recompute(self.model, cache, prompt[recomputed], recomputed)
         logits = self._forward(question, cache)

@@ -17,7 +17,8 @@ explicit causal mask by absolute position and grouped-query heads.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,7 +27,27 @@ from transformers import DynamicCache
 
 from semcached.clients.hf_kv import apply_rope, cache_length, decoder, layer_kv
 
-__all__ = ["empty_cache", "recompute", "recompute_logits"]
+__all__ = [
+    "CHECK_LAYER",
+    "Narrow",
+    "Selection",
+    "empty_cache",
+    "kv_deviation",
+    "recompute",
+    "recompute_logits",
+    "select_tokens",
+    "top_per_group",
+]
+
+CHECK_LAYER = 1
+"""The layer at which a selective recompute compares fresh and cached K/V (CacheBlend's
+"first layer"). Layer 0's K/V depend on the token and its position only, never on the
+context, so a moved chunk's layer-0 K/V deviate by rounding alone; layer 1 is the
+earliest whose K/V see the new context (through layer 0's attention)."""
+
+Narrow = Callable[[torch.Tensor], torch.Tensor]
+"""Given the K/V deviation ``[S]`` of the positions being recomputed at the selection
+layer, the indices (into those S positions, ascending) to carry on to the next layers."""
 
 
 def empty_cache(model: Any, tokens: int, dtype: torch.dtype | None = None) -> DynamicCache:
@@ -54,12 +75,60 @@ def _positions(positions: Sequence[int] | torch.Tensor, limit: int) -> torch.Ten
     return pos
 
 
+def kv_deviation(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    fresh_keys: torch.Tensor,
+    fresh_values: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """Per position, the squared L2 distance between the cached K/V (``keys``/``values``
+    ``[1, kv_heads, N, head_dim]`` at ``positions``) and the fresh ones
+    (``[1, kv_heads, S, head_dim]``), summed over heads, dimensions, keys and values:
+    ``[S]`` float32. Keys are compared post-RoPE at the same position, so a correctly
+    shifted key that the new context leaves unchanged deviates by rounding only.
+    O(S·kv_heads·head_dim)."""
+    old_k = keys.index_select(2, positions).to(torch.float32)
+    old_v = values.index_select(2, positions).to(torch.float32)
+    dk = (fresh_keys.to(torch.float32) - old_k).square().sum(dim=(0, 1, 3))
+    dv = (fresh_values.to(torch.float32) - old_v).square().sum(dim=(0, 1, 3))
+    return dk + dv
+
+
+def top_per_group(groups: Sequence[tuple[int, int, int]]) -> Narrow:
+    """A :data:`Narrow` that keeps, in each group ``(start, end, count)`` of the
+    recomputed positions (indices ``start..end-1`` into them, groups disjoint), the
+    ``count`` with the largest deviation (ties: the earlier one); indices not in any
+    group (e.g. tokens of chunks that missed, which must be computed whole) are all
+    kept. CacheBlend's per-chunk selection. O(S log S)."""
+
+    def narrow(deviation: torch.Tensor) -> torch.Tensor:
+        size = int(deviation.numel())
+        keep = torch.ones(size, dtype=torch.bool)
+        dev = deviation.detach().to("cpu", torch.float64)
+        for start, end, count in groups:
+            if not 0 <= start <= end <= size:
+                raise ValueError(f"group [{start}, {end}) outside the {size} positions")
+            keep[start:end] = False
+            if count <= 0:
+                continue
+            # Stable descending sort: equal deviations keep the earlier position.
+            order = torch.sort(-dev[start:end], stable=True).indices[:count]
+            keep[start + order] = True
+        return torch.nonzero(keep).view(-1)
+
+    return narrow
+
+
 @torch.no_grad()
 def recompute(
     model: Any,
     cache: DynamicCache,
     token_ids: Sequence[int] | torch.Tensor,
     positions: Sequence[int] | torch.Tensor,
+    *,
+    narrow: Narrow | None = None,
+    narrow_layer: int = 0,
 ) -> torch.Tensor:
     """Recompute the tokens ``token_ids`` at the absolute ``positions`` (strictly
     ascending, inside the cache) layer by layer, writing their fresh K/V into ``cache``
@@ -70,6 +139,13 @@ def recompute(
     positions selected over an :func:`empty_cache` the result is the model's own
     prefill. Cost O(layers · |S| · N) attention plus |S| tokens of projections and MLP,
     for |S| selected tokens in an N-position cache.
+
+    With ``narrow`` (CacheBlend's selective recompute): at layer ``narrow_layer`` the
+    fresh K/V of all S positions are compared with what the cache held there
+    (:func:`kv_deviation`), written into the cache, and ``narrow(deviation)`` names
+    the positions that go on through the later layers; the others keep their cached
+    K/V there. The result then covers only the kept positions. Cost: S tokens through
+    layers 0..narrow_layer, the kept ones through the rest.
     """
     parts = decoder(model)
     n = cache_length(cache)
@@ -98,8 +174,16 @@ def recompute(
         q = apply_rope(q.transpose(1, 2), cos, sin)
         k = apply_rope(k.transpose(1, 2), cos, sin)
         keys, values = layer_kv(cache, i)
+        v = v.transpose(1, 2)
+        keep: torch.Tensor | None = None
+        if narrow is not None and i == narrow_layer:
+            keep = narrow(kv_deviation(keys, values, k, v, pos))
         keys.index_copy_(2, pos, k.to(keys.dtype))
-        values.index_copy_(2, pos, v.transpose(1, 2).to(values.dtype))
+        values.index_copy_(2, pos, v.to(values.dtype))
+        if keep is not None:
+            keep = keep.to(device=device, dtype=torch.long)
+            pos, q, residual, mask = pos[keep], q[:, :, keep], residual[:, keep], mask[keep]
+            cos, sin = cos[:, :, keep], sin[:, :, keep]
         out = F.scaled_dot_product_attention(
             q,
             keys.to(q.dtype),
@@ -127,3 +211,61 @@ def recompute_logits(
     with torch.no_grad():
         logits: torch.Tensor = head(recompute(model, cache, token_ids, positions))
     return logits
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What a selective recompute runs: ``positions`` (absolute, ascending) go through
+    the model, and, when ``groups`` is not empty, each group ``(start, end, count)`` of
+    them (indices into ``positions``) is narrowed to its ``count`` most deviating
+    tokens at :data:`CHECK_LAYER` (:func:`top_per_group`)."""
+
+    positions: list[int] = field(default_factory=list)
+    groups: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def token_layers(self, layers: int) -> float:
+        """Token-layers through the model: a narrowed group's tokens all pass layers
+        0..CHECK_LAYER and its kept ones the rest; other positions pass every layer."""
+        grouped = sum(end - start for start, end, _ in self.groups)
+        kept = sum(count for _, _, count in self.groups)
+        early = min(CHECK_LAYER + 1, layers)
+        whole = len(self.positions) - grouped
+        return float(whole * layers + grouped * early + kept * (layers - early))
+
+    def run(self, model: Any, cache: DynamicCache, prompt_ids: torch.Tensor) -> None:
+        """Recompute the selection inside ``cache`` (``prompt_ids``: every token id of
+        the cached span, indexed by absolute position). Nothing to do when empty."""
+        if not self.positions:
+            return
+        narrow = top_per_group(self.groups) if self.groups else None
+        ids = prompt_ids[self.positions]
+        recompute(model, cache, ids, self.positions, narrow=narrow, narrow_layer=CHECK_LAYER)
+
+
+def select_tokens(
+    chunks: Sequence[tuple[int, int, Sequence[int] | None]], *, by_deviation: bool = False
+) -> Selection:
+    """The :class:`Selection` for a prompt's chunks, each ``(start, end, picked)`` with
+    absolute bounds, in prompt order: ``picked`` None for a chunk computed whole (a
+    miss), else the positions within the chunk to recompute (a planner's choice; empty
+    for an exact reuse).
+
+    ``by_deviation`` (CacheBlend's rule applied to a planner's budget): a chunk with k
+    picked positions has all its tokens checked at :data:`CHECK_LAYER` and the k whose
+    K/V deviate most from the cache there recomputed, instead of the k picked: the
+    planner's statistics decide how many, the measured deviation which. It costs every
+    such token CHECK_LAYER + 1 layers, about 2/30 of a full recompute on SmolLM2.
+    O(total positions)."""
+    out = Selection()
+    for start, end, picked in chunks:
+        if picked is None:
+            out.positions.extend(range(start, end))
+        elif by_deviation and len(picked):
+            first = len(out.positions)
+            out.groups.append((first, first + end - start, len(picked)))
+            out.positions.extend(range(start, end))
+        else:
+            out.positions.extend(start + int(t) for t in sorted(picked))
+    if any(b <= a for a, b in zip(out.positions, out.positions[1:], strict=False)):
+        raise ValueError("chunks must be in prompt order, disjoint, picks inside their chunk")
+    return out

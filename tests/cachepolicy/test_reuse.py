@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from semcached.cachepolicy.reuse import (
+    BOUNDARY_TOKENS,
     KEY_BYTES,
     ChunkDecision,
     VariantStats,
@@ -133,20 +134,24 @@ def test_fix_overhead_scales_with_alpha_and_clamps() -> None:
 # -- which tokens ----------------------------------------------------------------------
 
 
-def test_tokens_to_recompute_top_scores_ascending() -> None:
-    scores = np.array([0.1, 0.9, 0.5, 0.9, 0.2], dtype=np.float32)
-    chosen = tokens_to_recompute(scores, 0.4)  # N = 2: the two 0.9s
+def test_tokens_to_recompute_boundary_then_top_scores_ascending() -> None:
+    assert BOUNDARY_TOKENS == 4
+    # The first four tokens (the chunk's boundary) come first whatever their scores.
+    scores = np.array([0.0, 0.0, 0.0, 0.0, 0.1, 0.9, 0.5, 0.9, 0.2, 0.0], dtype=np.float32)
+    chosen = tokens_to_recompute(scores, 0.6)  # N = 6: the boundary and the two 0.9s
     assert chosen.dtype == np.int32
-    assert chosen.tolist() == [1, 3]
-    assert tokens_to_recompute(scores, 0.5).tolist() == [1, 2, 3]  # N = ceil(2.5) = 3
+    assert chosen.tolist() == [0, 1, 2, 3, 5, 7]
+    assert tokens_to_recompute(scores, 0.65).tolist() == [0, 1, 2, 3, 5, 6, 7]  # ceil(6.5)
+    assert tokens_to_recompute(scores, 0.2).tolist() == [0, 1]
     assert tokens_to_recompute(scores, 0.0).tolist() == []
-    assert tokens_to_recompute(scores, 1.0).tolist() == [0, 1, 2, 3, 4]
-    assert tokens_to_recompute(scores, 0.01).tolist() == [1]  # any fraction > 0: one token
+    assert tokens_to_recompute(scores, 1.0).tolist() == list(range(10))
+    assert tokens_to_recompute(scores, 0.01).tolist() == [0]  # any fraction > 0: one token
 
 
 def test_tokens_to_recompute_ties_go_to_lower_positions() -> None:
-    scores = np.array([0.5, 0.7, 0.5, 0.5, 0.7], dtype=np.float32)
-    assert tokens_to_recompute(scores, 0.6).tolist() == [0, 1, 4]  # 0.7s, then first 0.5
+    scores = np.array([0, 0, 0, 0, 0.5, 0.7, 0.5, 0.5, 0.7], dtype=np.float32)
+    # N = 7: the boundary, the 0.7s, then the first 0.5.
+    assert tokens_to_recompute(scores, 7 / 9).tolist() == [0, 1, 2, 3, 4, 5, 8]
 
 
 def test_tokens_to_recompute_ceil_ignores_float_error() -> None:
@@ -236,7 +241,7 @@ def test_reordered_prefix_is_penalised() -> None:
     assert (decision.beta, decision.gamma, decision.beta_prime) == (1.0, 1.0, 0.0)
     assert decision.cfo == pytest.approx(cci)
     n = math.ceil(cci * 4)
-    assert decision.recompute.tolist() == sorted([1, 2, 3, 0][:n])
+    assert decision.recompute.tolist() == list(range(n))  # all within the boundary
     assert not decision.exact_prefix
 
 

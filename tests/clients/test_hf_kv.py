@@ -13,7 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from semcached.clients import SemcachedClient, hf_adapter  # noqa: E402
+from semcached.clients import SemcachedClient, hf_adapter, hf_forward  # noqa: E402
 from semcached.clients.hf_adapter import HfKvAdapter  # noqa: E402
 from semcached.clients.hf_forward import empty_cache, recompute, recompute_logits  # noqa: E402
 from semcached.clients.hf_kv import (  # noqa: E402
@@ -387,3 +387,31 @@ def test_reordered_chunks_recompute_what_the_plan_says(
     assert results["tiny-llama-naive"][0] == 0  # alpha 0: plain shifted reuse
     assert results["tiny-llama-naive"][1] > 1e-3  # and it shows
     assert 0 < results["tiny-llama-half"][0] < 36
+
+
+def test_check_deviation_recomputes_the_plans_count_chosen_by_deviation(
+    model: transformers.LlamaForCausalLM, client: SemcachedClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    system, a, b, q = ids(50, 5), ids(51, 16), ids(52, 20), ids(53, 4)
+    want = full_logits(model, system, b, a, q)[:, -4:]
+    rag = HfKvAdapter(
+        client, model, model_id="tiny-llama-exact", tokenizer_id="tiny-tok", check_deviation=True
+    )
+    rag.prefill(system, [a, b], q)  # stores a after [], b after [a]
+    seen: list[tuple[list[int], int]] = []
+    real = hf_forward.recompute
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(*args, **kwargs)
+        seen.append((list(args[3]), out.shape[1]))  # positions in, tokens kept to the end
+        return out
+
+    monkeypatch.setattr(hf_forward, "recompute", spy)
+    result = rag.prefill(system, [b, a], q)  # both moved; alpha 100 plans every token
+    monkeypatch.undo()
+    assert result.reused == (0, 1)
+    planned = len(result.plan.chunks[0].recompute) + len(result.plan.chunks[1].recompute)
+    assert planned == 36
+    # Every token of both chunks checked; as many kept as the plan names (here all).
+    assert seen == [(list(range(5, 41)), 36)]
+    assert float((result.logits - want).abs().max()) < 1e-3

@@ -39,14 +39,17 @@ def test_quick_run_prints_one_csv_line_per_mode(tmp_path: Path) -> None:
     )  # fmt: skip
     rows = list(csv.DictReader(io.StringIO(done.stdout)))
     assert rows[0].keys() == {
-        "mode", "recompute_fraction", "top1_agreement", "kl_last", "ttft_ratio_vs_full"
+        "mode", "recompute_fraction", "top1_agreement", "top1_question", "kl", "rouge_l",
+        "ttft_ratio_vs_full",
     }  # fmt: skip
     by_mode = {r["mode"]: r for r in rows}
     assert float(by_mode["full prefill"]["top1_agreement"]) == 1.0
     assert float(by_mode["naive reuse"]["recompute_fraction"]) == 0.0
     assert any(m.startswith("cachecraft a=") for m in by_mode)
+    assert "cacheblend r=0.15" in by_mode
     # Prefix reuse is exact; recomputing never does worse than nothing on this set.
     assert float(by_mode["prefix caching"]["top1_agreement"]) >= 0.99
     naive = float(by_mode["naive reuse"]["top1_agreement"])
-    assert float(by_mode["first-k 50%"]["top1_agreement"]) >= naive
+    assert float(by_mode["first-k 25%"]["top1_agreement"]) >= naive
+    assert float(by_mode["full prefill"]["rouge_l"]) == 1.0
     assert (tmp_path / "rag_reuse_quick.png").stat().st_size > 0
