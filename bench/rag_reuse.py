@@ -165,6 +165,19 @@ class Config:
     controls: bool = True
     diagnose: bool = False
 
+    def workload(self, tokenizer: Any) -> Workload:
+        """This family's seeded workload, tokenised by ``tokenizer``."""
+        return build_workload(
+            tokenizer,
+            chunks=self.chunks,
+            prompts=self.prompts,
+            seed=self.seed,
+            min_tokens=self.min_tokens,
+            max_tokens=self.max_tokens,
+            per_module=self.per_module,
+            chunks_per_prompt=self.per_prompt,
+        )
+
 
 QUICK = Config(chunks=40, prompts=12, alphas=(0.25, 0.5), continuation=16, seed=0)
 FULL = Config(chunks=50, prompts=60, alphas=(0.25, 0.5, 1.0), continuation=24, seed=0)
@@ -817,16 +830,7 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.perf_counter()
     model, tokenizer = load_smollm2()
-    workload = build_workload(
-        tokenizer,
-        chunks=config.chunks,
-        prompts=config.prompts,
-        seed=config.seed,
-        min_tokens=config.min_tokens,
-        max_tokens=config.max_tokens,
-        per_module=config.per_module,
-        chunks_per_prompt=config.per_prompt,
-    )
+    workload = config.workload(tokenizer)
     print(describe(workload), file=log)
     if args.length_curve:
         length_curve(model, workload, config, log)

@@ -23,16 +23,16 @@ Memory: one small list per item seen in the last few windows, plus the window.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
 
 from semcached.cachepolicy.bits import Observation
 from semcached.cachepolicy.labels import discard_labels
+from semcached.cachepolicy.training import training_worker
 from semcached.index.eviction import AccessFeatures
 
 __all__ = ["COUNTS", "GAPS", "SIZES", "BucketBits", "BucketTable", "size_class"]
@@ -49,17 +49,6 @@ SIZES = 8
 # mutated: a follower only reads ``bit``).
 _KEEP = Observation(bit=False)
 _DISCARD = Observation(bit=True)
-
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def _shared_worker() -> ThreadPoolExecutor:
-    global _worker  # noqa: PLW0603  (one lazily started worker per process)
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(1, thread_name_prefix="semcached-bucketbits")
-        return _worker
 
 
 def size_class(size: int) -> int:
@@ -136,7 +125,7 @@ class BucketTable:
             return
         if self._job is not None and not self._job.done():
             return  # the trainer is behind: skip this window rather than queue up
-        self._job = _shared_worker().submit(self._learn, keys, buckets, sizes, half, capacity)
+        self._job = training_worker().submit(self._learn, keys, buckets, sizes, half, capacity)
 
     def wait(self) -> None:
         """Block until background labelling in flight is done (tests, benchmarks)."""

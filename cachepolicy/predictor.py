@@ -27,10 +27,9 @@ model swap is one reference assignment. Predictions are made in batches
 from __future__ import annotations
 
 import math
-import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
@@ -39,6 +38,7 @@ import numpy.typing as npt
 from semcached.cachepolicy.bits import Observation
 from semcached.cachepolicy.features import FEATURE_NAMES, GAPS, FeatureTracker
 from semcached.cachepolicy.labels import discard_labels, phase_labels
+from semcached.cachepolicy.training import training_worker
 from semcached.index.eviction import AccessFeatures
 
 if TYPE_CHECKING:
@@ -49,17 +49,6 @@ __all__ = ["LearnedBits", "LogisticModel", "fit_model"]
 Matrix = npt.NDArray[np.float64]
 ModelKind = Literal["lightgbm", "logistic"]
 LabelKind = Literal["discard", "phase"]
-
-_worker: ThreadPoolExecutor | None = None
-_worker_lock = threading.Lock()
-
-
-def _shared_worker() -> ThreadPoolExecutor:
-    global _worker  # noqa: PLW0603  (one lazily started worker per process)
-    with _worker_lock:
-        if _worker is None:
-            _worker = ThreadPoolExecutor(1, thread_name_prefix="semcached-onebit")
-        return _worker
 
 
 class _Model(Protocol):
@@ -276,7 +265,7 @@ class LearnedBits:
             return
         if self._job is not None and not self._job.done():
             return  # the trainer is behind: skip this window rather than queue up
-        self._job = _shared_worker().submit(self._learn, keys, rows, half, capacity)
+        self._job = training_worker().submit(self._learn, keys, rows, half, capacity)
 
     def _learn(self, keys: list[int], rows: list[list[float]], half: int, capacity: int) -> None:
         started = time.perf_counter()

@@ -12,7 +12,6 @@ pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from _rag_workload import build_workload  # noqa: E402
 from _smollm2 import default_cache_dir  # noqa: E402
 from rag_reuse import CONFIGS, LONG_QUICK, QUICK, Config, curve_prompts  # noqa: E402
 
@@ -26,16 +25,7 @@ def tokenizer() -> object:
 
 
 def build(tokenizer: object, config: Config):  # type: ignore[no-untyped-def]
-    return build_workload(
-        tokenizer,
-        chunks=config.chunks,
-        prompts=config.prompts,
-        seed=config.seed,
-        min_tokens=config.min_tokens,
-        max_tokens=config.max_tokens,
-        per_module=config.per_module,
-        chunks_per_prompt=config.per_prompt,
-    )
+    return config.workload(tokenizer)
 
 
 def test_long_family_has_longer_chunks_and_more_per_prompt(tokenizer: object) -> None:
