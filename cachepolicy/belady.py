@@ -29,9 +29,16 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from semcached.ext.belady import evicted_after
+from semcached.ext.belady import evicted_after, evicted_after_sized
 
-__all__ = ["BeladyResult", "belady_sized", "belady_unit", "belady_unit_python", "next_request"]
+__all__ = [
+    "BeladyResult",
+    "belady_sized",
+    "belady_sized_python",
+    "belady_unit",
+    "belady_unit_python",
+    "next_request",
+]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -119,8 +126,28 @@ def belady_sized(
     """Replay ``keys`` (with per-request ``sizes``) through a furthest-next-request
     cache of ``capacity_bytes``; see the module docstring for the rule.
 
-    An item's size is the size of its latest request. O(n log n) time, O(n) memory.
+    An item's size is the size of its latest request. Compiled
+    (:func:`semcached.ext.belady.evicted_after_sized`); the pure-Python twin is
+    :func:`belady_sized_python`. O(n log n) time, O(n) memory.
     """
+    if capacity_bytes < 1:
+        raise ValueError("capacity must be positive")
+    arr = np.asarray(keys, dtype=np.int64)
+    size_arr = np.asarray(sizes, dtype=np.int64)
+    if len(size_arr) != len(arr):
+        raise ValueError("keys and sizes differ in length")
+    misses, byte_misses, evicted = evicted_after_sized(
+        arr, size_arr, next_request(arr), capacity_bytes
+    )
+    return BeladyResult(misses, byte_misses, evicted)
+
+
+def belady_sized_python(
+    keys: Sequence[int] | npt.ArrayLike,
+    sizes: Sequence[int] | npt.ArrayLike,
+    capacity_bytes: int,
+) -> BeladyResult:
+    """:func:`belady_sized` in Python. O(n log n) time, O(n) memory."""
     if capacity_bytes < 1:
         raise ValueError("capacity must be positive")
     arr = np.asarray(keys, dtype=np.int64)

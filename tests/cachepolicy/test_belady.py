@@ -13,6 +13,7 @@ import pytest
 
 from semcached.cachepolicy.belady import (
     belady_sized,
+    belady_sized_python,
     belady_unit,
     belady_unit_python,
     next_request,
@@ -112,3 +113,17 @@ def test_compiled_belady_matches_its_python_twin(seed: int) -> None:
         assert (fast.evicted_after == slow.evicted_after).all()
     with pytest.raises(ValueError, match="capacity"):
         belady_unit(keys, 0)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_sized_belady_matches_its_python_twin(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    objects = int(rng.integers(2, 900))
+    keys = rng.integers(0, objects, size=6000)
+    # Odd seeds: a size per request (an item's size changes); even: a size per item.
+    sizes = rng.integers(1, 400, size=6000) if seed % 2 else rng.integers(1, 400, objects)[keys]
+    for capacity in (1, 50, 399, 5000, 60_000):
+        fast = belady_sized(keys, sizes, capacity)
+        slow = belady_sized_python(keys, sizes, capacity)
+        assert (fast.misses, fast.byte_misses) == (slow.misses, slow.byte_misses)
+        assert (fast.evicted_after == slow.evicted_after).all()
