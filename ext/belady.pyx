@@ -24,6 +24,19 @@ __all__ = ["evicted_after", "evicted_after_sized"]
 ctypedef pair[pair[int64_t, int64_t], int64_t] Entry  # ((next, -key), position)
 
 
+cdef object previous_requests(const int64_t[::1] nx):
+    """The position of each request's previous request of the same key, or -1: the
+    inverse of ``nx``. Positions stand in for keys, so the replays need no hash map."""
+    cdef Py_ssize_t i, n = nx.shape[0]
+    prev_arr = np.full(n, -1, dtype=np.int64)
+    cdef int64_t[::1] prev = prev_arr
+    with nogil:
+        for i in range(n):
+            if nx[i] < n:
+                prev[nx[i]] = i
+    return prev_arr
+
+
 def evicted_after(keys, nxt, int64_t capacity):
     """``(misses, evicted_after)`` of Belady over ``keys`` (int64) whose next-request
     positions are ``nxt`` (int64, ``len(keys)`` for never again)."""
@@ -38,16 +51,12 @@ def evicted_after(keys, nxt, int64_t capacity):
     cdef uint8_t[::1] evicted = out
     live_arr = np.zeros(n, dtype=np.uint8)  # the position holding its item's live entry
     cdef uint8_t[::1] live = live_arr
-    prev_arr = np.full(n, -1, dtype=np.int64)
-    cdef int64_t[::1] prev = prev_arr
+    cdef const int64_t[::1] prev = previous_requests(nx)
     cdef Py_ssize_t i
     cdef int64_t p, cached = 0, misses = 0
     cdef priority_queue[Entry] heap
     cdef Entry top
     with nogil:
-        for i in range(n):
-            if nx[i] < n:
-                prev[nx[i]] = i
         for i in range(n):
             p = prev[i]
             if p >= 0 and live[p]:  # a hit: the item's entry moves to this request
@@ -86,16 +95,12 @@ def evicted_after_sized(keys, sizes, nxt, int64_t capacity):
     cdef uint8_t[::1] evicted = out
     live_arr = np.zeros(n, dtype=np.uint8)
     cdef uint8_t[::1] live = live_arr
-    prev_arr = np.full(n, -1, dtype=np.int64)
-    cdef int64_t[::1] prev = prev_arr
+    cdef const int64_t[::1] prev = previous_requests(nx)
     cdef Py_ssize_t i
     cdef int64_t p, used = 0, misses = 0, byte_misses = 0
     cdef priority_queue[Entry] heap
     cdef Entry top
     with nogil:
-        for i in range(n):
-            if nx[i] < n:
-                prev[nx[i]] = i
         for i in range(n):
             p = prev[i]
             if p >= 0 and live[p]:  # a hit: the size may change, nothing is evicted
